@@ -1,0 +1,1 @@
+"""DuckDB SQL models: staging/ -> features/ -> marts/, plus sources/ for custom source readers."""

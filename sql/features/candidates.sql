@@ -1,0 +1,108 @@
+-- Candidate items per user as of $cutoff, from several sources: globally popular, popular in the
+-- user's top categories, and items the user looked at recently. Items the user already bought and
+-- items not live at the cutoff are never candidates. Only users whose latest consent allows profiling
+-- are in scope; for a training cutoff, a seeded sample of those who engaged in the label window.
+with consented as (
+    select user_id
+    from staging.stg_consents
+    where is_latest and purpose = 'profiling' and is_granted
+),
+
+engaged as (
+    select distinct user_id
+    from staging.stg_interactions
+    where occurred_at >= $cutoff
+        and occurred_at < $cutoff + to_days(cast($label_days as integer))
+),
+
+users as (
+    select user_features.user_id
+    from features.user_features
+    semi join consented using (user_id)
+    where user_features.cutoff = $cutoff
+        and (not $is_training or user_features.user_id in (select user_id from engaged))
+    qualify not $is_training
+        or row_number() over (order by md5(concat(cast($seed as varchar), '|', user_features.user_id)))
+            <= $max_users
+),
+
+live_items as (
+    select item_id, category, popularity_rank
+    from features.item_features
+    where cutoff = $cutoff and is_live
+),
+
+popular as (
+    select item_id
+    from live_items
+    where popularity_rank <= (
+        select max(popularity_rank) from (
+            select popularity_rank from live_items order by popularity_rank limit $n_popular
+        )
+    )
+),
+
+category_popular as (
+    select
+        item_id,
+        category,
+        row_number() over (partition by category order by popularity_rank) as rank_in_category
+    from live_items
+),
+
+top_categories as (
+    select user_id, category
+    from features.user_category_affinity
+    where cutoff = $cutoff and category_rank <= $top_categories
+),
+
+recently_seen as (
+    select distinct interactions.user_id, interactions.item_id
+    from staging.stg_interactions as interactions
+    semi join live_items using (item_id)
+    where interactions.occurred_at < $cutoff
+        and interactions.occurred_at >= $cutoff - interval 14 day
+),
+
+bought as (
+    select distinct user_id, item_id
+    from staging.stg_interactions
+    where event_type = 'purchase' and occurred_at < $cutoff
+),
+
+unioned as (
+    select users.user_id, popular.item_id, 'popular' as candidate_source
+    from users
+    cross join popular
+
+    union all
+
+    select top_categories.user_id, category_popular.item_id, 'category' as candidate_source
+    from top_categories
+    semi join users using (user_id)
+    inner join category_popular using (category)
+    where category_popular.rank_in_category <= $n_per_category
+
+    union all
+
+    select recently_seen.user_id, recently_seen.item_id, 'recent' as candidate_source
+    from recently_seen
+    semi join users using (user_id)
+),
+
+final as (
+    select
+        -- keys
+        $cutoff as cutoff,
+        unioned.user_id,
+        unioned.item_id,
+        -- which sources proposed the item
+        bool_or(candidate_source = 'popular') as is_from_popular,
+        bool_or(candidate_source = 'category') as is_from_category,
+        bool_or(candidate_source = 'recent') as is_from_recent
+    from unioned
+    anti join bought using (user_id, item_id)
+    group by unioned.user_id, unioned.item_id
+)
+
+select * from final

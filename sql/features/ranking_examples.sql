@@ -1,0 +1,75 @@
+-- One row per candidate as of $cutoff: user, item and user-item features, and the graded relevance
+-- of what the user did with the item in the $label_days after the cutoff (0 for a scoring cutoff).
+with candidates as (
+    select * from features.candidates where cutoff = $cutoff
+),
+
+labels as (
+    select user_id, item_id, max(relevance) as relevance
+    from staging.stg_interactions
+    where occurred_at >= $cutoff
+        and occurred_at < $cutoff + to_days(cast($label_days as integer))
+    group by user_id, item_id
+),
+
+user_item_history as (
+    select
+        user_id,
+        item_id,
+        count(*) as n_user_item_events_30d,
+        max(relevance) as max_user_item_relevance_30d,
+        date_diff('second', max(occurred_at), $cutoff) / 86400.0 as days_since_user_item_event
+    from staging.stg_interactions
+    where occurred_at < $cutoff and occurred_at >= $cutoff - interval 30 day
+    group by user_id, item_id
+),
+
+final as (
+    select
+        -- keys
+        candidates.cutoff,
+        candidates.user_id,
+        candidates.item_id,
+        items.category,
+        -- candidate sources
+        candidates.is_from_popular,
+        candidates.is_from_category,
+        candidates.is_from_recent,
+        -- user
+        users.n_events_7d,
+        users.n_events_30d,
+        users.n_distinct_items_30d,
+        users.n_purchases_90d,
+        users.days_since_last_event,
+        -- item
+        items.price_cents,
+        items.days_since_published,
+        items.n_users_recent,
+        items.n_purchases_recent,
+        items.trend_ratio,
+        items.popularity_rank,
+        -- user x item
+        coalesce(affinity.affinity, 0) as user_category_affinity,
+        coalesce(affinity.affinity_share, 0) as user_category_affinity_share,
+        coalesce(affinity.category_rank, 99) as user_category_rank,
+        coalesce(history.n_user_item_events_30d, 0) as n_user_item_events_30d,
+        coalesce(history.max_user_item_relevance_30d, 0) as max_user_item_relevance_30d,
+        history.days_since_user_item_event,
+        -- label
+        coalesce(labels.relevance, 0) as relevance
+    from candidates
+    inner join features.user_features as users
+        on users.cutoff = candidates.cutoff and users.user_id = candidates.user_id
+    inner join features.item_features as items
+        on items.cutoff = candidates.cutoff and items.item_id = candidates.item_id
+    left join features.user_category_affinity as affinity
+        on affinity.cutoff = candidates.cutoff
+        and affinity.user_id = candidates.user_id
+        and affinity.category = items.category
+    left join user_item_history as history
+        on history.user_id = candidates.user_id and history.item_id = candidates.item_id
+    left join labels
+        on labels.user_id = candidates.user_id and labels.item_id = candidates.item_id
+)
+
+select * from final

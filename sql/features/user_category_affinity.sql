@@ -1,0 +1,37 @@
+-- Per user and category, as of $cutoff: interest decayed by age (half-life $half_life_days),
+-- weighted by how strong each event is.
+with events as (
+    select
+        interactions.user_id,
+        items.category,
+        interactions.relevance,
+        date_diff('second', interactions.occurred_at, $cutoff) / 86400.0 as age_days
+    from staging.stg_interactions as interactions
+    inner join staging.stg_items as items using (item_id)
+    where interactions.occurred_at < $cutoff
+        and interactions.occurred_at >= $cutoff - interval 90 day
+),
+
+weighted as (
+    select
+        user_id,
+        category,
+        sum(relevance * pow(0.5, age_days / $half_life_days)) as affinity
+    from events
+    group by user_id, category
+),
+
+final as (
+    select
+        -- keys
+        $cutoff as cutoff,
+        user_id,
+        category,
+        -- numerics
+        affinity,
+        affinity / sum(affinity) over (partition by user_id) as affinity_share,
+        row_number() over (partition by user_id order by affinity desc, category) as category_rank
+    from weighted
+)
+
+select * from final

@@ -1,0 +1,86 @@
+-- Per user, as of $cutoff: recency, frequency and monetary value of behaviour, and campaign history.
+-- Only events strictly before the cutoff are read, so a feature never sees its own future.
+with users as (
+    select user_id, created_at, country
+    from staging.stg_users
+    where created_at < $cutoff
+),
+
+events as (
+    select *
+    from staging.stg_interactions
+    where occurred_at < $cutoff
+        and occurred_at >= $cutoff - interval 90 day
+),
+
+behaviour as (
+    select
+        user_id,
+        count(*) filter (where occurred_at >= $cutoff - interval 7 day) as n_events_7d,
+        count(*) filter (where occurred_at >= $cutoff - interval 30 day) as n_events_30d,
+        count(*) as n_events_90d,
+        count(*) filter (
+            where event_type = 'click' and occurred_at >= $cutoff - interval 30 day
+        ) as n_clicks_30d,
+        count(*) filter (
+            where event_type = 'add_to_cart' and occurred_at >= $cutoff - interval 30 day
+        ) as n_carts_30d,
+        count(*) filter (
+            where event_type = 'purchase' and occurred_at >= $cutoff - interval 30 day
+        ) as n_purchases_30d,
+        count(*) filter (where event_type = 'purchase') as n_purchases_90d,
+        coalesce(sum(value) filter (where event_type = 'purchase'), 0) as revenue_cents_90d,
+        count(distinct item_id) filter (where occurred_at >= $cutoff - interval 30 day) as n_distinct_items_30d,
+        count(distinct cast(occurred_at as date)) filter (
+            where occurred_at >= $cutoff - interval 30 day
+        ) as n_active_days_30d,
+        date_diff('second', max(occurred_at), $cutoff) / 86400.0 as days_since_last_event,
+        date_diff('second', max(occurred_at) filter (where event_type = 'purchase'), $cutoff) / 86400.0
+            as days_since_last_purchase
+    from events
+    group by user_id
+),
+
+campaigns as (
+    -- outcomes count only once they happened before the cutoff
+    select
+        user_id,
+        count(*) filter (where not is_holdout) as n_campaign_sends_90d,
+        count(*) filter (where opened_at < $cutoff) as n_campaign_opens_90d,
+        count(*) filter (where clicked_at < $cutoff) as n_campaign_clicks_90d
+    from staging.stg_campaign_exposures
+    where sent_at < $cutoff and sent_at >= $cutoff - interval 90 day
+    group by user_id
+),
+
+final as (
+    select
+        -- keys
+        $cutoff as cutoff,
+        users.user_id,
+        -- attributes
+        users.country,
+        date_diff('day', users.created_at, $cutoff) as days_since_signup,
+        -- behaviour
+        coalesce(behaviour.n_events_7d, 0) as n_events_7d,
+        coalesce(behaviour.n_events_30d, 0) as n_events_30d,
+        coalesce(behaviour.n_events_90d, 0) as n_events_90d,
+        coalesce(behaviour.n_clicks_30d, 0) as n_clicks_30d,
+        coalesce(behaviour.n_carts_30d, 0) as n_carts_30d,
+        coalesce(behaviour.n_purchases_30d, 0) as n_purchases_30d,
+        coalesce(behaviour.n_purchases_90d, 0) as n_purchases_90d,
+        coalesce(behaviour.revenue_cents_90d, 0) as revenue_cents_90d,
+        coalesce(behaviour.n_distinct_items_30d, 0) as n_distinct_items_30d,
+        coalesce(behaviour.n_active_days_30d, 0) as n_active_days_30d,
+        behaviour.days_since_last_event,
+        behaviour.days_since_last_purchase,
+        -- campaigns
+        coalesce(campaigns.n_campaign_sends_90d, 0) as n_campaign_sends_90d,
+        coalesce(campaigns.n_campaign_opens_90d, 0) as n_campaign_opens_90d,
+        coalesce(campaigns.n_campaign_clicks_90d, 0) as n_campaign_clicks_90d
+    from users
+    left join behaviour using (user_id)
+    left join campaigns using (user_id)
+)
+
+select * from final

@@ -1,0 +1,283 @@
+"""Typed configuration: YAML in `config/`, validated by pydantic before any work starts.
+
+Relative paths in a config file are relative to that file's folder. Secrets never live here: S3
+credentials come from the standard AWS chain, the pseudonymisation key from an environment variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tailor.schema import CHANNELS, CONSENT_PURPOSES, TABLES
+
+REQUIRED_SOURCES = ("users", "consents", "items", "interactions")
+CHANNEL_CONSENT = {"email": "marketing_email", "push": "marketing_push", "web": "profiling"}
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CsvOptions(StrictModel):
+    delimiter: str = Field(",", description="field separator")
+    header: bool = Field(True, description="the first line holds column names")
+    column_names: list[str] | None = Field(None, description="names for a file without a header line")
+    encoding: Literal["utf-8", "latin-1", "utf-16"] = "utf-8"
+    timestamp_format: str | None = Field(None, description="strptime format if not ISO 8601")
+
+
+class SourceConfig(StrictModel):
+    path: str = Field(description="local glob (relative to the config file) or s3://bucket/prefix/glob")
+    format: Literal["csv", "parquet", "jsonl"] | None = Field(None, description="default: from extension")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="canonical column -> column in the file; unnamed ones map to same"
+    )
+    sql: str | None = Field(None, description="a file under sql/sources/ that reads $files instead")
+    csv: CsvOptions = Field(default_factory=CsvOptions)
+
+    def file_format(self) -> str:
+        if self.format is not None:
+            return self.format
+        for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl")):
+            if self.path.endswith(suffix):
+                return fmt
+        return "csv"
+
+
+class WarehouseConfig(StrictModel):
+    path: str = Field("var/tailor.duckdb", description="the DuckDB file")
+    runs_dir: str = Field("var/runs", description="local working folder of each run")
+    threads: int | None = Field(None, ge=1, description="DuckDB threads (default: all cores)")
+    memory_limit: str | None = Field(None, description="DuckDB memory limit such as '4GB'")
+
+
+class StorageConfig(StrictModel):
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint; default AWS_ENDPOINT_URL or AWS itself"
+    )
+    region: str = "us-east-1"
+    max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts per request")
+
+
+class PublishConfig(StrictModel):
+    target: str = Field(description="file://DIR or s3://BUCKET/PREFIX")
+    rows_per_file: int = Field(1_000_000, ge=1000)
+    csv_datasets: list[str] = Field(
+        default_factory=lambda: ["campaign_assignments"],
+        description="datasets also written as CSV for campaign systems",
+    )
+    published_user_id: Literal["pseudonymous", "external"] = Field(
+        "pseudonymous",
+        description="pseudonymous: keyed hash of user_id (key from pseudonym_key_env); external: raw user_id",
+    )
+    pseudonym_key_env: str = "TAILOR_PSEUDONYM_KEY"
+
+    @field_validator("target")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError("must start with file:// or s3://")
+        return value
+
+
+class PropensityConfig(StrictModel):
+    horizon_days: int = Field(7, ge=1, le=90, description="target: purchases within this many days")
+    n_estimators: int = Field(300, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(50, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    validation_share: float = Field(0.2, gt=0, lt=1, description="users held out for early stopping")
+
+
+class RankingConfig(StrictModel):
+    label_days: int = Field(7, ge=1, le=90, description="interactions in this window are the relevance")
+    popular_candidates: int = Field(50, ge=1, description="most popular items offered to everyone")
+    category_candidates: int = Field(20, ge=1, description="popular items from each top category")
+    top_categories: int = Field(3, ge=1, description="how many of the user's categories feed candidates")
+    popularity_days: int = Field(14, ge=1, description="window for item popularity")
+    affinity_half_life_days: float = Field(14.0, gt=0)
+    max_training_users: int = Field(10_000, ge=100, description="users sampled for a training window")
+    n_estimators: int = Field(150, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(50, ge=1)
+
+
+class RecommendationsConfig(StrictModel):
+    k: int = Field(10, ge=1, le=200, description="items per user")
+    requires_consent: Literal["marketing_email", "marketing_push", "profiling"] = "profiling"
+
+
+class VariantConfig(StrictModel):
+    variant_id: str
+    weight: float = Field(1.0, gt=0)
+    subject: str = Field(description="Jinja2 template; sees user, items (top recommendations), campaign")
+    headline: str = ""
+
+
+class CampaignConfig(StrictModel):
+    campaign_id: str
+    channel: Literal["email", "push", "web"]
+    consent_purpose: str | None = Field(None, description="default: the channel's marketing consent")
+    holdout_share: float = Field(0.1, ge=0, lt=1)
+    salt: str = Field("", description="change it to reshuffle assignment")
+    active_from: date | None = None
+    active_until: date | None = None
+    variants: list[VariantConfig] = Field(min_length=1)
+
+    @property
+    def required_consent(self) -> str:
+        return self.consent_purpose or CHANNEL_CONSENT[self.channel]
+
+    @model_validator(mode="after")
+    def _checks(self) -> CampaignConfig:
+        if self.consent_purpose is not None and self.consent_purpose not in CONSENT_PURPOSES:
+            raise ValueError(f"consent_purpose must be one of {', '.join(CONSENT_PURPOSES)}")
+        ids = [variant.variant_id for variant in self.variants]
+        if len(set(ids)) != len(ids) or "holdout" in ids:
+            raise ValueError("variant_id values must be unique and not 'holdout'")
+        return self
+
+    def is_active(self, run_date: date) -> bool:
+        starts_ok = self.active_from is None or self.active_from <= run_date
+        return starts_ok and (self.active_until is None or run_date <= self.active_until)
+
+
+class Settings(StrictModel):
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    timezone: str = Field("UTC", description="run dates are days in this zone")
+    seed: int = Field(42, description="drives every split, sample and model")
+    warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    sources: dict[str, SourceConfig]
+    publish: PublishConfig
+    propensity: PropensityConfig = Field(default_factory=PropensityConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
+    recommendations: RecommendationsConfig = Field(default_factory=RecommendationsConfig)
+    campaigns: list[CampaignConfig] = Field(default_factory=list)
+    # filled in by load_settings, not by the YAML
+    config_path: Annotated[str, Field(exclude=True)] = ""
+    config_sha256: Annotated[str, Field(exclude=True)] = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r}") from error
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _known_tables(cls, sources: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name, source in sources.items():
+            if name not in TABLES:
+                raise ValueError(f"unknown source {name!r}; the tables are {', '.join(TABLES)}")
+            table = TABLES[name]
+            for canonical in source.columns:
+                if canonical not in table.column_names:
+                    raise ValueError(f"{name}.columns: {canonical!r} is not a column of {name}")
+        missing = [name for name in REQUIRED_SOURCES if name not in sources]
+        if missing:
+            raise ValueError(f"missing required source(s): {', '.join(missing)}")
+        return sources
+
+    @model_validator(mode="after")
+    def _unique_campaigns(self) -> Settings:
+        ids = [campaign.campaign_id for campaign in self.campaigns]
+        if len(set(ids)) != len(ids):
+            raise ValueError("campaign_id values must be unique")
+        for channel in {campaign.channel for campaign in self.campaigns}:
+            assert channel in CHANNELS
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.config_path).parent
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (self.base_dir / candidate).resolve()
+
+    def resolve_uri(self, uri: str) -> str:
+        """A source path or publish target with relative local paths made absolute."""
+        if uri.startswith("s3://"):
+            return uri
+        if uri.startswith("file://"):
+            return "file://" + str(self.resolve(uri.removeprefix("file://")))
+        return str(self.resolve(uri))
+
+    def pseudonym_key(self) -> bytes | None:
+        if self.publish.published_user_id == "external":
+            return None
+        return os.environ[self.publish.pseudonym_key_env].encode()
+
+
+def _key_path(location: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in location) or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = _key_path(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"key '{key}': unknown key"
+    if error["type"] == "missing":
+        return f"key '{key}': required value missing"
+    return f"key '{key}': {error['msg']}"
+
+
+def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read, validate and return the settings, or raise one ConfigError naming the file and keys."""
+    config_path = Path(path).resolve()
+    try:
+        raw_bytes = config_path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from error
+    try:
+        data = yaml.safe_load(raw_bytes) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        settings = Settings.model_validate(
+            {
+                **data,
+                "config_path": str(config_path),
+                "config_sha256": hashlib.sha256(raw_bytes).hexdigest(),
+            }
+        )
+    except ValidationError as error:
+        problems = "; ".join(_describe(detail) for detail in error.errors())  # type: ignore[arg-type]
+        raise ConfigError(f"{path}: {problems}") from None
+    key_env = settings.publish.pseudonym_key_env
+    if settings.publish.published_user_id == "pseudonymous" and not os.environ.get(key_env):
+        raise ConfigError(
+            f"{path}: key 'publish.published_user_id' is 'pseudonymous' but the environment variable "
+            f"{key_env} (the pseudonymisation key) is not set"
+        )
+    return settings
+
+
+def _set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, leaf = dotted_key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value

@@ -1,0 +1,122 @@
+"""The canonical input tables and shared column names: the one place that spells them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ids
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+CAMPAIGN_ID = "campaign_id"
+VARIANT_ID = "variant_id"
+# lineage columns added at extract
+SOURCE_FILE = "_source_file"
+FILE_DATE = "_file_date"
+LOADED_RUN_DATE = "_loaded_run_date"
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+# How strongly an event says "this user wants this item": the ranker's graded relevance.
+EVENT_RELEVANCE = {"view": 1, "click": 2, "rating": 2, "add_to_cart": 3, "purchase": 4}
+CONSENT_PURPOSES = ("marketing_email", "marketing_push", "profiling")
+CHANNELS = ("email", "push", "web")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    duckdb_type: str
+    required: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    description: str
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    @property
+    def timestamp_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.duckdb_type == "TIMESTAMP")
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+TABLES: dict[str, Table] = {
+    table.name: table
+    for table in (
+        Table(
+            "users",
+            (
+                Column(USER_ID, "VARCHAR", description="the company's user id"),
+                Column("created_at", "TIMESTAMP", description="sign-up time (UTC)"),
+                Column("country", "VARCHAR", False, "ISO 3166-1 alpha-2 country code"),
+                Column("language", "VARCHAR", False, "ISO 639-1 language code"),
+                Column("age_band", "VARCHAR", False, "age band such as 25-34 (sensitive)"),
+                Column("gender", "VARCHAR", False, "self-declared gender (sensitive)"),
+                Column("email", "VARCHAR", False, "direct identifier: never published"),
+            ),
+            (USER_ID,),
+            "One row per user; a later file may restate a user, the newest file wins.",
+        ),
+        Table(
+            "consents",
+            (
+                Column(USER_ID, "VARCHAR"),
+                Column("purpose", "VARCHAR", description="marketing_email, marketing_push or profiling"),
+                Column("is_granted", "BOOLEAN"),
+                Column("updated_at", "TIMESTAMP"),
+            ),
+            (USER_ID, "purpose", "updated_at"),
+            "Consent history; the latest row per user and purpose wins.",
+        ),
+        Table(
+            "items",
+            (
+                Column(ITEM_ID, "VARCHAR"),
+                Column("title", "VARCHAR"),
+                Column("category", "VARCHAR"),
+                Column("tags", "VARCHAR", False, "comma-separated tags"),
+                Column("price_cents", "BIGINT", False),
+                Column("published_at", "TIMESTAMP"),
+                Column("expires_at", "TIMESTAMP", False, "no longer offered from this time"),
+                Column("is_available", "BOOLEAN", False, "in stock / offered now"),
+            ),
+            (ITEM_ID,),
+            "Content or products; a later file may restate an item, the newest file wins.",
+        ),
+        Table(
+            "interactions",
+            (
+                Column(USER_ID, "VARCHAR"),
+                Column(ITEM_ID, "VARCHAR"),
+                Column("event_type", "VARCHAR", description="view, click, add_to_cart, purchase, rating"),
+                Column("occurred_at", "TIMESTAMP"),
+                Column("value", "DOUBLE", False, "rating value or purchase amount in cents"),
+            ),
+            (USER_ID, ITEM_ID, "event_type", "occurred_at"),
+            "Behavioural events.",
+        ),
+        Table(
+            "campaign_exposures",
+            (
+                Column(CAMPAIGN_ID, "VARCHAR"),
+                Column(VARIANT_ID, "VARCHAR", description="'holdout' for the holdout group"),
+                Column(USER_ID, "VARCHAR"),
+                Column("sent_at", "TIMESTAMP"),
+                Column("opened_at", "TIMESTAMP", False),
+                Column("clicked_at", "TIMESTAMP", False),
+                Column("converted_at", "TIMESTAMP", False),
+                Column("revenue_cents", "BIGINT", False),
+            ),
+            (CAMPAIGN_ID, USER_ID, "sent_at"),
+            "Who got which variant of which campaign, and what they did.",
+        ),
+    )
+}

@@ -1,0 +1,100 @@
+"""The one way SQL runs: files under `sql/`, values bound as `$name` parameters, never formatted in.
+
+A model file `sql/<layer>/<name>.sql` materializes as the table `<layer>.<name>`; the identifiers come
+from the file's own path, the values only ever from bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def sql_root() -> Path:
+    return Path(str(resources.files("sql")))
+
+
+@cache
+def read_sql(model: str) -> str:
+    """The text of `sql/<model>.sql` (model like 'staging/stg_users'), without its trailing semicolon."""
+    path = sql_root() / f"{model}.sql"
+    return path.read_text(encoding="utf-8").strip().rstrip(";")
+
+
+def bind(text: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Keep the parameters the statement names; a named one that is missing is a programming error."""
+    wanted = set(_PARAM.findall(_strip_comments(text)))
+    missing = wanted - params.keys()
+    if missing:
+        raise KeyError(f"SQL parameter(s) not provided: {', '.join(sorted(missing))}")
+    return {name: params[name] for name in wanted}
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*", "", text)
+
+
+def table_name(model: str) -> str:
+    layer, _, name = model.partition("/")
+    for part in (layer, name):
+        if not _IDENTIFIER.match(part):
+            raise ValueError(f"model name {model!r} is not a plain identifier path")
+    return f"{layer}.{name}"
+
+
+def query(con: duckdb.DuckDBPyConnection, model: str, params: dict[str, Any] | None = None):
+    """Run a SELECT model and return the DuckDB relation (lazy: fetch with .pl(), .fetchall()...)."""
+    text = read_sql(model)
+    return con.sql(text, params=bind(text, params or {}))
+
+
+def materialize(con: duckdb.DuckDBPyConnection, model: str, params: dict[str, Any] | None = None) -> int:
+    """Replace the table `<layer>.<name>` with the model's result; return its row count."""
+    text = read_sql(model)
+    target = table_name(model)
+    con.execute(f"create schema if not exists {target.split('.')[0]}")
+    con.execute(f"create or replace table {target} as {text}", bind(text, params or {}))
+    return count_rows(con, target)
+
+
+def materialize_partition(
+    con: duckdb.DuckDBPyConnection,
+    model: str,
+    partition_column: str,
+    params: dict[str, Any],
+) -> int:
+    """Replace one partition (rows whose `partition_column` equals that parameter) of `<layer>.<name>`.
+
+    The model must select `$<partition_column> as <partition_column>`; rerunning it replaces, never appends.
+    """
+    text = read_sql(model)
+    target = table_name(model)
+    bound = bind(text, params)
+    con.execute(f"create schema if not exists {target.split('.')[0]}")
+    con.execute(f"create table if not exists {target} as select * from ({text}) where false", bound)
+    con.execute("begin transaction")
+    try:
+        con.execute(f"delete from {target} where {partition_column} = $value",
+                    {"value": params[partition_column]})
+        con.execute(f"insert into {target} by name {text}", bound)
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    result = con.execute(
+        f"select count(*) from {target} where {partition_column} = $value", {"value": params[partition_column]}
+    ).fetchone()
+    return int(result[0]) if result else 0
+
+
+def count_rows(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    result = con.execute(f"select count(*) from {table}").fetchone()
+    return int(result[0]) if result else 0

@@ -1,0 +1,215 @@
+"""Local folders and S3-compatible buckets behind one small interface (used by extract and publish).
+
+Credentials come from the standard AWS chain (environment, profile); the endpoint from config or
+AWS_ENDPOINT_URL. Nothing here logs keys or object contents.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from tailor.config import StorageConfig
+
+
+class StorageError(RuntimeError):
+    """A read or write on a target that failed; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    uri: str
+    size: int
+
+
+class ObjectStore(Protocol):
+    root: str
+
+    def uri(self, key: str) -> str: ...
+    def put_file(self, local: Path, key: str) -> None: ...
+    def put_bytes(self, data: bytes, key: str) -> None: ...
+    def get_bytes(self, key: str) -> bytes | None: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
+    def delete_keys(self, keys: list[str]) -> None: ...
+
+
+class LocalStore:
+    """A folder; writes land by rename so a reader never sees half a file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self._root = root
+
+    def uri(self, key: str) -> str:
+        return f"file://{self._root / key}"
+
+    def _write(self, key: str, write) -> None:
+        path = self._root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, local: Path, key: str) -> None:
+        with local.open("rb") as source:
+            self._write(key, lambda handle: shutil.copyfileobj(source, handle, 8 << 20))
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        self._write(key, lambda handle: handle.write(data))
+
+    def get_bytes(self, key: str) -> bytes | None:
+        path = self._root / key
+        return path.read_bytes() if path.exists() else None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._root / prefix
+        if not base.exists():
+            return []
+        return sorted(str(p.relative_to(self._root)) for p in base.rglob("*") if p.is_file())
+
+    def delete_keys(self, keys: list[str]) -> None:
+        for key in keys:
+            (self._root / key).unlink(missing_ok=True)
+
+
+def s3_client(storage: StorageConfig):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=storage.endpoint_url or None,
+        region_name=storage.region,
+        config=Config(
+            retries={"max_attempts": storage.max_attempts, "mode": "standard"},
+            signature_version="s3v4",
+            connect_timeout=10,
+            read_timeout=60,
+        ),
+    )
+
+
+class S3Store:
+    def __init__(self, bucket: str, prefix: str, storage: StorageConfig) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.root = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._client = s3_client(storage)
+        self._transfer = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=8)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _call(self, what: str, key: str, action):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return action()
+        except (BotoCoreError, ClientError) as error:
+            raise StorageError(f"{what} {self.uri(key)} failed: {error}") from error
+
+    def put_file(self, local: Path, key: str) -> None:
+        self._call(
+            "upload to",
+            key,
+            lambda: self._client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer),
+        )
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        self._call(
+            "upload to", key, lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        )
+
+    def get_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StorageError(f"read of {self.uri(key)} failed: {error}") from error
+        return response["Body"].read()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        full_prefix = self._key(prefix)
+
+        def collect() -> None:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    keys.append(item["Key"][len(self.prefix) + 1 :] if self.prefix else item["Key"])
+
+        self._call("listing of", prefix, collect)
+        return sorted(keys)
+
+    def delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            self._call(
+                "delete under",
+                keys[start],
+                lambda batch=batch: self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch}),
+            )
+
+
+def open_store(target: str, storage: StorageConfig) -> ObjectStore:
+    """`file:///abs/dir` or `s3://bucket/prefix`."""
+    parsed = urlparse(target)
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.netloc + parsed.path))
+    if parsed.scheme == "s3":
+        return S3Store(parsed.netloc, parsed.path, storage)
+    raise StorageError(f"unsupported target {target!r}: use file:// or s3://")
+
+
+def list_source_objects(pattern: str, storage: StorageConfig) -> list[StoredObject]:
+    """Files matching a local glob or an `s3://bucket/prefix/*.csv` pattern, sorted by URI."""
+    if not pattern.startswith("s3://"):
+        from glob import glob
+
+        return [StoredObject(p, os.path.getsize(p)) for p in sorted(glob(pattern)) if os.path.isfile(p)]
+    parsed = urlparse(pattern)
+    key_pattern = parsed.path.lstrip("/")
+    literal_prefix = key_pattern.split("*")[0].split("?")[0].split("[")[0]
+    client = s3_client(storage)
+    found: list[StoredObject] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=parsed.netloc, Prefix=literal_prefix):
+            for item in page.get("Contents", []):
+                if fnmatch.fnmatchcase(item["Key"], key_pattern):
+                    found.append(StoredObject(f"s3://{parsed.netloc}/{item['Key']}", int(item["Size"])))
+    except Exception as error:
+        raise StorageError(f"listing of {pattern} failed: {error}") from error
+    return sorted(found, key=lambda o: o.uri)
+
+
+def fetch_to_local(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
+    """A local path for a source file: itself if local, else a download into `cache_dir`."""
+    if not uri.startswith("s3://"):
+        return Path(uri)
+    parsed = urlparse(uri)
+    local = cache_dir / parsed.netloc / parsed.path.lstrip("/")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        s3_client(storage).download_file(parsed.netloc, parsed.path.lstrip("/"), str(local))
+    except Exception as error:
+        raise StorageError(f"download of {uri} failed: {error}") from error
+    return local

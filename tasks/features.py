@@ -1,0 +1,113 @@
+"""Features: staging models, then point-in-time feature tables at every cutoff the run needs.
+
+Training examples are built at past cutoffs whose label windows end by the run's cutoff; scoring
+examples at the run's cutoff. Every feature table is partitioned by `cutoff`, so a rerun replaces its
+partitions and a feature computed at cutoff T never changes when data after T arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tailor.config import Settings
+from tailor.sql import materialize, materialize_partition
+from tailor.warehouse import RunContext, connect
+
+STAGING_MODELS = (
+    "staging/stg_users",
+    "staging/stg_items",
+    "staging/stg_consents",
+    "staging/stg_interactions",
+    "staging/stg_campaign_exposures",
+)
+PER_CUTOFF_MODELS = ("features/user_features", "features/item_features", "features/user_category_affinity")
+# Large tables needed only by the run that built them.
+TRANSIENT_MODELS = ("features/candidates", "features/ranking_examples", "features/propensity_examples")
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """The instants a run computes features at."""
+
+    ranking_train: datetime
+    ranking_holdout: datetime
+    propensity_train: datetime
+    propensity_holdout: datetime
+    score: datetime
+
+    def all(self) -> list[datetime]:
+        return sorted({self.ranking_train, self.ranking_holdout, self.propensity_train,
+                       self.propensity_holdout, self.score})
+
+
+def cutoffs_for(settings: Settings, ctx: RunContext) -> Cutoffs:
+    label_days = settings.ranking.label_days
+    horizon = settings.propensity.horizon_days
+    return Cutoffs(
+        ranking_train=ctx.cutoff_minus(2 * label_days),
+        ranking_holdout=ctx.cutoff_minus(label_days),
+        propensity_train=ctx.cutoff_minus(2 * horizon),
+        propensity_holdout=ctx.cutoff_minus(horizon),
+        score=ctx.cutoff,
+    )
+
+
+def build_staging_models(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dict[str, int]:
+    params = {"run_date": ctx.run_date, "cutoff": ctx.cutoff}
+    return {model.split("/")[1]: materialize(con, model, params) for model in STAGING_MODELS}
+
+
+def build_feature_models(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> dict[str, int]:
+    cuts = cutoffs_for(settings, ctx)
+    ranking = settings.ranking
+    counts: dict[str, int] = {}
+    for cutoff in cuts.all():
+        params = {
+            "cutoff": cutoff,
+            "popularity_days": ranking.popularity_days,
+            "half_life_days": ranking.affinity_half_life_days,
+        }
+        for model in PER_CUTOFF_MODELS:
+            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(con, model, "cutoff", params)
+
+    for cutoff, is_training in ((cuts.ranking_train, True), (cuts.ranking_holdout, True), (cuts.score, False)):
+        params = {
+            "cutoff": cutoff,
+            "is_training": is_training,
+            "label_days": ranking.label_days,
+            "max_users": ranking.max_training_users,
+            "seed": settings.seed,
+            "n_popular": ranking.popular_candidates,
+            "n_per_category": ranking.category_candidates,
+            "top_categories": ranking.top_categories,
+        }
+        for model in ("features/candidates", "features/ranking_examples"):
+            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(con, model, "cutoff", params)
+
+    for cutoff in (cuts.propensity_train, cuts.propensity_holdout, cuts.score):
+        params = {"cutoff": cutoff, "horizon_days": settings.propensity.horizon_days}
+        counts[f"propensity_examples@{cutoff:%Y-%m-%d}"] = materialize_partition(
+            con, "features/propensity_examples", "cutoff", params
+        )
+    drop_stale_partitions(con, min(cuts.all()))
+    return counts
+
+
+def drop_stale_partitions(con: duckdb.DuckDBPyConnection, oldest_needed: datetime) -> None:
+    for model in TRANSIENT_MODELS:
+        table = model.replace("/", ".")
+        con.execute(f"delete from {table} where cutoff < $oldest", {"oldest": oldest_needed})
+
+
+@task(name="build-features", cache_policy=NO_CACHE)
+def build_features(settings: Settings, ctx: RunContext) -> dict[str, int]:
+    """Staging models, then features, candidates and training examples (SQL in DuckDB)."""
+    with connect(settings) as con:
+        counts = build_staging_models(con, ctx)
+        counts.update(build_feature_models(con, settings, ctx))
+    return counts
