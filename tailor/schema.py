@@ -15,8 +15,6 @@ FILE_DATE = "_file_date"
 LOADED_RUN_DATE = "_loaded_run_date"
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
-# How strongly an event says "this user wants this item": the ranker's graded relevance.
-EVENT_RELEVANCE = {"view": 1, "click": 2, "rating": 2, "add_to_cart": 3, "purchase": 4}
 CONSENT_PURPOSES = ("marketing_email", "marketing_push", "profiling")
 CHANNELS = ("email", "push", "web")
 
@@ -27,6 +25,8 @@ class Column:
     duckdb_type: str
     required: bool = True
     description: str = ""
+    # an event time: it cannot lie after the run's cutoff nor implausibly far before it
+    is_event_time: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,12 @@ class Table:
         return tuple(column.name for column in self.columns)
 
     @property
-    def timestamp_columns(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if c.duckdb_type == "TIMESTAMP")
+    def event_time_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.is_event_time)
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.required)
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -55,7 +59,7 @@ TABLES: dict[str, Table] = {
             "users",
             (
                 Column(USER_ID, "VARCHAR", description="the company's user id"),
-                Column("created_at", "TIMESTAMP", description="sign-up time (UTC)"),
+                Column("created_at", "TIMESTAMP", description="sign-up time (UTC)", is_event_time=True),
                 Column("country", "VARCHAR", False, "ISO 3166-1 alpha-2 country code"),
                 Column("language", "VARCHAR", False, "ISO 639-1 language code"),
                 Column("age_band", "VARCHAR", False, "age band such as 25-34 (sensitive)"),
@@ -71,7 +75,7 @@ TABLES: dict[str, Table] = {
                 Column(USER_ID, "VARCHAR"),
                 Column("purpose", "VARCHAR", description="marketing_email, marketing_push or profiling"),
                 Column("is_granted", "BOOLEAN"),
-                Column("updated_at", "TIMESTAMP"),
+                Column("updated_at", "TIMESTAMP", is_event_time=True),
             ),
             (USER_ID, "purpose", "updated_at"),
             "Consent history; the latest row per user and purpose wins.",
@@ -97,7 +101,7 @@ TABLES: dict[str, Table] = {
                 Column(USER_ID, "VARCHAR"),
                 Column(ITEM_ID, "VARCHAR"),
                 Column("event_type", "VARCHAR", description="view, click, add_to_cart, purchase, rating"),
-                Column("occurred_at", "TIMESTAMP"),
+                Column("occurred_at", "TIMESTAMP", is_event_time=True),
                 Column("value", "DOUBLE", False, "rating value or purchase amount in cents"),
             ),
             (USER_ID, ITEM_ID, "event_type", "occurred_at"),
@@ -109,10 +113,10 @@ TABLES: dict[str, Table] = {
                 Column(CAMPAIGN_ID, "VARCHAR"),
                 Column(VARIANT_ID, "VARCHAR", description="'holdout' for the holdout group"),
                 Column(USER_ID, "VARCHAR"),
-                Column("sent_at", "TIMESTAMP"),
-                Column("opened_at", "TIMESTAMP", False),
-                Column("clicked_at", "TIMESTAMP", False),
-                Column("converted_at", "TIMESTAMP", False),
+                Column("sent_at", "TIMESTAMP", is_event_time=True),
+                Column("opened_at", "TIMESTAMP", False, is_event_time=True),
+                Column("clicked_at", "TIMESTAMP", False, is_event_time=True),
+                Column("converted_at", "TIMESTAMP", False, is_event_time=True),
                 Column("revenue_cents", "BIGINT", False),
             ),
             (CAMPAIGN_ID, USER_ID, "sent_at"),
@@ -120,3 +124,11 @@ TABLES: dict[str, Table] = {
         ),
     )
 }
+
+# Columns whose values must come from a closed set (compared after trimming and lower-casing).
+ALLOWED_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("interactions", "event_type"): EVENT_TYPES,
+    ("consents", "purpose"): CONSENT_PURPOSES,
+}
+# The oldest event time a run accepts, in years before its cutoff.
+MAX_EVENT_AGE_YEARS = 20

@@ -89,12 +89,18 @@ def materialize_partition(
     except Exception:
         con.execute("rollback")
         raise
-    result = con.execute(
-        f"select count(*) from {target} where {partition_column} = $value", {"value": params[partition_column]}
-    ).fetchone()
-    return int(result[0]) if result else 0
+    return int(
+        scalar(con, f"select count(*) from {target} where {partition_column} = $value",
+               {"value": params[partition_column]})
+    )
 
 
 def count_rows(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    result = con.execute(f"select count(*) from {table}").fetchone()
-    return int(result[0]) if result else 0
+    return int(scalar(con, f"select count(*) from {table}"))
+
+
+def scalar(con: duckdb.DuckDBPyConnection, statement: str, params: dict[str, Any] | None = None) -> Any:
+    """The single value of a one-row, one-column statement (fully fetched: DuckDB 2 refuses new work
+    on a connection while a result is unfinished)."""
+    rows = con.execute(statement, params or {}).fetchall()
+    return rows[0][0] if rows else None

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings, SourceConfig
 from tailor.schema import FILE_DATE, LOADED_RUN_DATE, SOURCE_FILE, TABLES, Table
-from tailor.sql import read_sql
+from tailor.sql import read_sql, scalar
 from tailor.storage import StoredObject, fetch_to_local, list_source_objects
 from tailor.warehouse import RunContext, connect
 
@@ -131,15 +131,15 @@ def _failing_column(con: duckdb.DuckDBPyConnection, table: Table, source: Source
         file_column = source.columns.get(column.name, column.name)
         ref = quote_identifier(file_column)
         try:
-            row = con.execute(
+            rows = con.execute(
                 f"select {ref} from {relation} where {ref} is not null "
                 f"and try_cast({ref} as {column.duckdb_type}) is null limit 1",
                 params,
-            ).fetchone()
+            ).fetchall()
         except duckdb.Error:
             continue
-        if row is not None:
-            return f"column '{file_column}': value {str(row[0])[:40]!r} is not a valid {column.duckdb_type}"
+        if rows:
+            return f"column '{file_column}': value {str(rows[0][0])[:40]!r} is not a valid {column.duckdb_type}"
     return "a value could not be converted"
 
 
@@ -177,11 +177,14 @@ def load_file(
         raise ExtractError(f"{label}: {_failing_column(con, table, source, relation, params)}") from None
     except duckdb.Error as error:
         raise ExtractError(f"{label}: {_first_line(error)}") from None
-    row = con.execute(
-        f"select count(*) from raw.{table.name} where {SOURCE_FILE} = $source_file and {LOADED_RUN_DATE} = $run_date",
-        {"source_file": stored.uri, "run_date": run_date},
-    ).fetchone()
-    rows = int(row[0]) if row else 0
+    rows = int(
+        scalar(
+            con,
+            f"select count(*) from raw.{table.name} "
+            f"where {SOURCE_FILE} = $source_file and {LOADED_RUN_DATE} = $run_date",
+            {"source_file": stored.uri, "run_date": run_date},
+        )
+    )
     if rows == 0:
         raise ExtractError(f"{label}: file has a header but no rows")
     return rows, warnings
@@ -243,10 +246,8 @@ def extract_source(
     except Exception:
         con.execute("rollback")
         raise
-    newest = con.execute(
-        "select max(file_date) from meta.loaded_files where source = $source", {"source": table_name}
-    ).fetchone()
-    result.watermark = newest[0].isoformat() if newest and newest[0] else None
+    newest = scalar(con, "select max(file_date) from meta.loaded_files where source = $source", {"source": table_name})
+    result.watermark = newest.isoformat() if newest else None
     for warning in result.warnings:
         log.warning(warning)
     return result

@@ -1,0 +1,164 @@
+"""`tailor`: generate demo data and run the nightly flow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+# Offline machines: Prefect's telemetry would only log connection errors.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tailor",
+        description="Tailor: the nightly batch that turns customer data into personalized marketing outputs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser(
+        "generate",
+        help="write a realistic synthetic data set and a ready config",
+        description="Write daily source files DIR/sources/<table>/<YYYY-MM-DD>.<fmt>, a config DIR/tailor.yaml "
+        "that reads them, and the simulation's ground truth in DIR/truth/.",
+    )
+    gen.add_argument("--users", type=_positive, default=20_000, help="number of users (default 20000)")
+    gen.add_argument("--items", type=_positive, default=2_000, help="number of items (default 2000)")
+    gen.add_argument("--days", type=_positive, default=60, help="days of history (default 60)")
+    gen.add_argument(
+        "--end", type=_day, default=None, help="last day of data, YYYY-MM-DD (default: yesterday, UTC)"
+    )
+    gen.add_argument("--seed", type=int, default=42, help="random seed; same seed, same data (default 42)")
+    gen.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+    gen.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+
+    run = commands.add_parser(
+        "run",
+        help="run the nightly flow for one date",
+        description="Extract, validate, build features, train, score, assign variants and publish.",
+    )
+    run.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. config/demo.yaml")
+    run.add_argument(
+        "--run-date",
+        type=_day,
+        default=None,
+        help="the run's date, YYYY-MM-DD; it uses data up to the end of the day before "
+        "(default: today in the config's timezone)",
+    )
+    run.add_argument(
+        "--target",
+        default=None,
+        help="publish here instead of the config's target: file://DIR or s3://BUCKET/PREFIX",
+    )
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    return parser
+
+
+def _absolute_target(target: str | None) -> str | None:
+    if target and target.startswith("file://") and not target.startswith("file:///"):
+        return "file://" + str(Path(target.removeprefix("file://")).resolve())
+    return target
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tailor.generate import generate
+
+    end = args.end or (date.today() - timedelta(days=1))
+    started = time.monotonic()
+    counts = generate(args.out, args.users, args.items, args.days, end, args.seed, args.format)
+    print(f"generated {args.days} days ending {end} in {args.out} ({time.monotonic() - started:.1f}s)")
+    for table, rows in counts.items():
+        print(f"  {table:<20} {rows:>12,} rows")
+    print(f"config: {args.out / 'tailor.yaml'}   ground truth: {args.out / 'truth'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tailor.config import load_settings
+
+    target = _absolute_target(args.target)
+    # fail on a bad config before Prefect starts anything
+    load_settings(args.config, {"publish.target": target} if target else None)
+    from flows.nightly import nightly
+
+    started = time.monotonic()
+    summary = nightly(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
+    summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    published = summary["published"]
+    quality = summary["data_quality"]
+    propensity = summary["models"]["propensity"]
+    ranking = summary["models"]["ranking"]
+    pm, rm = propensity["metrics"], ranking["metrics"]
+    lines = [
+        f"Tailor nightly run {summary['run_date']} finished in {summary['wall_seconds']}s",
+        f"published to {published['target']}",
+        "",
+        "extracted (rows loaded by this run):",
+        *(f"  {name:<20} {rows:>12,}" for name, rows in summary["extracted"].items()),
+        "",
+        f"data quality: {quality['passed']}/{quality['expectations']} expectations passed"
+        + (f", {quality['failed_warning']} warning(s)" if quality["failed_warning"] else ""),
+        "",
+        f"propensity model {propensity['version']}: ROC AUC {pm['roc_auc']:.3f}, PR AUC {pm['pr_auc']:.3f}, "
+        f"log loss {pm['log_loss']:.4f} (base rate {pm['baseline']['log_loss']:.4f}), "
+        f"{pm['holdout_users']:,} holdout users",
+        f"ranking model {ranking['version']}: NDCG@10 {rm['ndcg_at_10']:.3f} "
+        f"(popularity {rm['baseline']['ndcg_at_10']:.3f}), precision@10 {rm['precision_at_10']:.3f} "
+        f"(popularity {rm['baseline']['precision_at_10']:.3f}), recall@10 {rm['recall_at_10']:.3f}, "
+        f"coverage {rm['catalogue_coverage']:.1%}",
+        "",
+        "campaign arms (users):",
+        *(
+            f"  {campaign:<20} " + ", ".join(f"{arm} {n:,}" for arm, n in arms.items())
+            for campaign, arms in summary["campaign_arms"].items()
+        ),
+        "",
+        "files:",
+        *(f"  {uri}" for uri in published["files"]),
+        f"  {published['manifest']}",
+        f"latest.json: {published['latest']}"
+        + ("" if published["latest_moved"] else " (kept on a newer run; this was a backfill)"),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tailor.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_generate(args) if args.command == "generate" else cmd_run(args)
+    except USER_ERRORS as error:
+        print(f"tailor: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The errors a user can act on: the CLI prints their one-line message instead of a traceback."""
+
+from __future__ import annotations
+
+from tailor.config import ConfigError
+from tailor.storage import StorageError
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tasks.extract import ExtractError
+    from tasks.publish import ConsentViolation
+    from tasks.validate import DataQualityError
+    from tasks.variants import TemplateRenderError
+
+    return (ConfigError, StorageError, ExtractError, DataQualityError, ConsentViolation, TemplateRenderError)
+
+
+USER_ERRORS = _user_errors()

@@ -1,0 +1,242 @@
+"""Publish: write each dataset as Parquet (and CSV where a campaign system needs it), describe the run in
+`manifest.json`, upload everything, and only then point `latest.json` at the run.
+
+Layout, identical for `file://` and `s3://` targets:
+    PREFIX/runs/RUN_DATE/<dataset>/part-0000.parquet
+    PREFIX/runs/RUN_DATE/manifest.json
+    PREFIX/latest.json          {"run_date": ..., "manifest": "runs/RUN_DATE/manifest.json"}
+
+Before anything is written, a last consent check runs on the exact rows to be published,
+independently of the filters upstream: a row for a user without the consent it needs fails the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import shutil
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tailor.config import Settings
+from tailor.sql import query
+from tailor.storage import open_store
+from tailor.warehouse import RunContext, connect
+
+MANIFEST_VERSION = 1
+PSEUDONYM_HEX_CHARS = 32  # 128 bits of HMAC-SHA256
+
+
+class ConsentViolation(RuntimeError):
+    """Rows were about to be published for users without the consent they need."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    table: str
+    order_by: str
+    model: str | None  # the model whose version produced it
+    description: str
+
+
+DATASETS = (
+    Dataset(
+        "recommendations",
+        "marts.mart_recommendations",
+        "user_id, rank",
+        "ranking",
+        "Top-K items per user who allows profiling, with score, rank and a readable reason.",
+    ),
+    Dataset(
+        "user_propensity",
+        "marts.mart_user_propensity",
+        "user_id",
+        "propensity",
+        "Probability of a purchase within the horizon, and its decile, per user who allows profiling.",
+    ),
+    Dataset(
+        "campaign_assignments",
+        "marts.mart_campaign_content",
+        "campaign_id, user_id",
+        "ranking",
+        "Arm (holdout or variant) and rendered content per consented user and active campaign.",
+    ),
+)
+
+
+def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) -> pl.DataFrame:
+    """(user_id, purpose) pairs this dataset's rows need, derived from config, not from the rows."""
+    if dataset.name == "campaign_assignments":
+        purposes = {c.campaign_id: c.required_consent for c in settings.campaigns}
+        return frame.select(
+            "user_id", pl.col("campaign_id").replace_strict(purposes, default="unknown-campaign").alias("purpose")
+        )
+    purpose = settings.recommendations.requires_consent if dataset.name == "recommendations" else "profiling"
+    return frame.select("user_id", pl.lit(purpose).alias("purpose"))
+
+
+def check_consent(con: duckdb.DuckDBPyConnection, dataset: Dataset, frame: pl.DataFrame, settings: Settings) -> None:
+    con.register("publish_required_consent", required_consent(dataset, frame, settings).to_arrow())
+    try:
+        violations = query(con, "checks/unconsented_rows").pl()
+    finally:
+        con.unregister("publish_required_consent")
+    if violations.height:
+        purposes = ", ".join(sorted(set(violations["purpose"].to_list())))
+        raise ConsentViolation(
+            f"dataset {dataset.name}: {violations.height} row(s) for users without consent for {purposes}; "
+            "nothing was published"
+        )
+
+
+def pseudonymize(frame: pl.DataFrame, key: bytes | None) -> pl.DataFrame:
+    """Replace user_id by its keyed hash (HMAC-SHA256), or keep it when config publishes external ids."""
+    if key is None or "user_id" not in frame.columns:
+        return frame
+    ids = frame["user_id"].unique().sort()
+    hashed = [hmac.new(key, uid.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX_CHARS] for uid in ids]
+    mapping = pl.DataFrame({"user_id": ids, "_pseudonym": hashed})
+    return (
+        frame.join(mapping, on="user_id", how="left", maintain_order="left")
+        .with_columns(pl.col("_pseudonym").alias("user_id"))
+        .drop("_pseudonym")
+    )
+
+
+def plain_types(table: pa.Table) -> pa.Table:
+    """Arrow's 32-bit-offset `string` rather than polars' `large_string`: what every reader expects."""
+    fields = [
+        pa.field(f.name, pa.string() if pa.types.is_large_string(f.type) else f.type, f.nullable)
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_parts(table: pa.Table, folder: Path, name: str, rows_per_file: int, formats: list[str]) -> list[dict]:
+    """Split a dataset into part files; the same rows in the same order give the same bytes."""
+    files = []
+    n_parts = max(1, -(-table.num_rows // rows_per_file))
+    for part in range(n_parts):
+        chunk = table.slice(part * rows_per_file, rows_per_file)
+        for fmt in formats:
+            relative = f"{name}/part-{part:04d}.{fmt}"
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "parquet":
+                pq.write_table(chunk, path, compression="zstd", row_group_size=256_000, use_dictionary=True)
+            else:
+                pa_csv.write_csv(chunk, path)
+            files.append(
+                {
+                    "path": relative,
+                    "format": fmt,
+                    "rows": chunk.num_rows,
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            )
+    return files
+
+
+def model_summary(model: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": model["version"],
+        "objective": model["objective"],
+        "trained_cutoff": model["trained_cutoff"],
+        "holdout_cutoff": model["holdout_cutoff"],
+        "features": model["features"],
+        "metrics": model["metrics"],
+    }
+
+
+@task(name="write-datasets", cache_policy=NO_CACHE)
+def write_datasets(
+    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]], quality: dict[str, Any]
+) -> Path:
+    """Write the run's files and manifest locally under the run folder; return that folder."""
+    out = ctx.run_dir / "publish"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    key = settings.pseudonym_key()
+    datasets: dict[str, Any] = {}
+    with connect(settings) as con:
+        for dataset in DATASETS:
+            frame = con.sql(f"select * from {dataset.table} order by {dataset.order_by}").pl()
+            check_consent(con, dataset, frame, settings)
+            table = plain_types(pseudonymize(frame, key).to_arrow())
+            formats = ["parquet", *(["csv"] if dataset.name in settings.publish.csv_datasets else [])]
+            files = write_parts(table, out, dataset.name, settings.publish.rows_per_file, formats)
+            datasets[dataset.name] = {
+                "description": dataset.description,
+                "rows": table.num_rows,
+                "columns": {field.name: str(field.type) for field in table.schema},
+                "model_versions": {dataset.model: models[dataset.model]["version"]} if dataset.model else {},
+                "files": files,
+            }
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "run_date": ctx.run_date.isoformat(),
+        "data_cutoff_utc": ctx.cutoff.isoformat(),
+        "config_sha256": settings.config_sha256,
+        "tailor_version": version("tailor"),
+        "user_id": "pseudonymous (HMAC-SHA256, 128 bits)" if key else "external",
+        "models": {name: model_summary(model) for name, model in sorted(models.items())},
+        "data_quality": quality,
+        "datasets": datasets,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+@task(name="upload", retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+def upload_run(settings: Settings, ctx: RunContext, local_run: Path, target: str) -> dict[str, Any]:
+    """Upload data files, then the manifest, then `latest.json`; retried with backoff as a whole.
+
+    `latest.json` only moves forward: publishing an older date (a backfill) leaves it on the newest run.
+    """
+    store = open_store(target, settings.storage)
+    manifest = json.loads((local_run / "manifest.json").read_text())
+    prefix = f"runs/{ctx.run_date.isoformat()}"
+    written = []
+    for dataset in manifest["datasets"].values():
+        for file in dataset["files"]:
+            store.put_file(local_run / file["path"], f"{prefix}/{file['path']}")
+            written.append(f"{prefix}/{file['path']}")
+    store.put_file(local_run / "manifest.json", f"{prefix}/manifest.json")
+    written.append(f"{prefix}/manifest.json")
+    stale = [key for key in store.list_keys(prefix + "/") if key not in written]
+    store.delete_keys(stale)
+
+    latest_raw = store.get_bytes("latest.json")
+    current = json.loads(latest_raw)["run_date"] if latest_raw else None
+    moved = current is None or current <= ctx.run_date.isoformat()
+    if moved:
+        latest = {"run_date": ctx.run_date.isoformat(), "manifest": f"{prefix}/manifest.json"}
+        store.put_bytes((json.dumps(latest, indent=2) + "\n").encode(), "latest.json")
+    return {
+        "target": store.root,
+        "manifest": store.uri(f"{prefix}/manifest.json"),
+        "latest": store.uri("latest.json"),
+        "latest_moved": moved,
+        "files": [store.uri(key) for key in written if not key.endswith("manifest.json")],
+    }

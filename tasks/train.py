@@ -1,0 +1,348 @@
+"""Train: a LightGBM propensity model (binary) and a LightGBM ranking model (lambdarank).
+
+Each is fitted at a past cutoff, early-stopped on a seeded share of that window's users, and measured
+on the next, later window it never saw (a time-based holdout), beside a baseline on the same split.
+Models are saved as files in the run folder and registered in `meta.models`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tailor import metrics
+from tailor.config import Settings
+from tailor.sql import query, scalar
+from tailor.warehouse import RunContext, connect
+from tasks.features import Cutoffs, cutoffs_for
+
+PROPENSITY_FEATURES = (
+    "country",
+    "days_since_signup",
+    "n_events_7d",
+    "n_events_30d",
+    "n_events_90d",
+    "n_clicks_30d",
+    "n_carts_30d",
+    "n_purchases_30d",
+    "n_purchases_90d",
+    "revenue_cents_90d",
+    "n_distinct_items_30d",
+    "n_active_days_30d",
+    "days_since_last_event",
+    "days_since_last_purchase",
+    "n_campaign_sends_90d",
+    "n_campaign_opens_90d",
+    "n_campaign_clicks_90d",
+)
+RANKING_FEATURES = (
+    "is_from_popular",
+    "is_from_category",
+    "is_from_recent",
+    "n_events_7d",
+    "n_events_30d",
+    "n_distinct_items_30d",
+    "n_purchases_90d",
+    "days_since_last_event",
+    "price_cents",
+    "days_since_published",
+    "n_users_recent",
+    "n_purchases_recent",
+    "trend_ratio",
+    "popularity_rank",
+    "user_category_affinity",
+    "user_category_affinity_share",
+    "user_category_rank",
+    "n_user_item_events_30d",
+    "max_user_item_relevance_30d",
+    "days_since_user_item_event",
+)
+CATEGORICAL = ("country",)
+EVAL_K = 10
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    version: str
+    objective: str
+    trained_cutoff: str
+    holdout_cutoff: str
+    features: list[str]
+    categories: dict[str, list[str]]
+    params: dict[str, Any]
+    best_iteration: int
+    metrics: dict[str, Any]
+    training_rows: int
+    training_data_sha256: str
+    path: str
+
+    def booster(self) -> lgb.Booster:
+        return lgb.Booster(model_file=self.path)
+
+
+def lightgbm_params(settings: Settings, objective: str, **extra: Any) -> dict[str, Any]:
+    """Parameters that make a fit reproducible: one seed, deterministic histograms, fixed threads."""
+    return {
+        "objective": objective,
+        "seed": settings.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": settings.warehouse.threads or 2,
+        "verbosity": -1,
+        **extra,
+    }
+
+
+def vocabulary(frame: pl.DataFrame, features: tuple[str, ...]) -> dict[str, list[str]]:
+    return {
+        name: sorted(v for v in frame[name].unique().to_list() if v is not None)
+        for name in features
+        if name in CATEGORICAL
+    }
+
+
+def feature_matrix(frame: pl.DataFrame, features: tuple[str, ...], categories: dict[str, list[str]]) -> np.ndarray:
+    """float32 matrix; a categorical becomes its index in the training vocabulary (unknown: missing)."""
+    columns = []
+    for name in features:
+        if name in categories:
+            codes = {value: float(i) for i, value in enumerate(categories[name])}
+            columns.append(frame[name].replace_strict(codes, default=None, return_dtype=pl.Float32))
+        else:
+            columns.append(frame[name].cast(pl.Float32))
+    return pl.DataFrame(columns).to_numpy().astype(np.float32, copy=False)
+
+
+def data_hash(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def seeded_validation_users(users: pl.Series, share: float, seed: int) -> np.ndarray:
+    """A boolean mask over rows: whether the row's user falls in the early-stopping share."""
+    unique = users.unique().sort()
+    chosen = np.random.default_rng(seed).random(unique.len()) < share
+    picked = unique.filter(pl.Series(chosen))
+    return users.is_in(picked.implode()).to_numpy()
+
+
+def examples(con: duckdb.DuckDBPyConnection, table: str, cutoff: Any, order: str) -> pl.DataFrame:
+    # table and order come from this module's constants, never from input
+    return con.sql(f"select * from {table} where cutoff = $cutoff order by {order}", params={"cutoff": cutoff}).pl()
+
+
+def save_model(booster: lgb.Booster, run_dir: Path, name: str) -> tuple[str, str]:
+    text = booster.model_to_string()
+    version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = run_dir / "models" / f"{name}-{version}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return version, str(path)
+
+
+def train_propensity(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs) -> TrainedModel:
+    config = settings.propensity
+    train = examples(con, "features.propensity_examples", cuts.propensity_train, "user_id")
+    holdout = examples(con, "features.propensity_examples", cuts.propensity_holdout, "user_id")
+    if train.height == 0 or train["is_converted"].sum() == 0:
+        raise ValueError(f"propensity: no converting user in the training window at {cuts.propensity_train}")
+    categories = vocabulary(train, PROPENSITY_FEATURES)
+    x = feature_matrix(train, PROPENSITY_FEATURES, categories)
+    y = train["is_converted"].to_numpy().astype(np.float32)
+    is_valid = seeded_validation_users(train["user_id"], config.validation_share, settings.seed)
+    params = lightgbm_params(
+        settings,
+        "binary",
+        learning_rate=config.learning_rate,
+        num_leaves=config.num_leaves,
+        min_data_in_leaf=config.min_data_in_leaf,
+        metric="binary_logloss",
+    )
+    names = list(PROPENSITY_FEATURES)
+    categorical = [n for n in names if n in categories]
+    fit = lgb.Dataset(x[~is_valid], y[~is_valid], feature_name=names, categorical_feature=categorical)
+    valid = lgb.Dataset(x[is_valid], y[is_valid], reference=fit)
+    booster = lgb.train(
+        params,
+        fit,
+        num_boost_round=config.n_estimators,
+        valid_sets=[valid],
+        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
+    )
+    predicted = booster.predict(feature_matrix(holdout, PROPENSITY_FEATURES, categories))
+    labels = holdout["is_converted"].to_numpy()
+    base_rate = float(y.mean())
+    scores = {
+        "roc_auc": metrics.roc_auc(labels, predicted),
+        "pr_auc": metrics.average_precision(labels, predicted),
+        "log_loss": metrics.log_loss(labels, predicted),
+        "brier": metrics.brier_score(labels, predicted),
+        "holdout_users": holdout.height,
+        "holdout_positive_rate": float(labels.mean()) if labels.size else float("nan"),
+        "baseline": {  # the training base rate for everyone: what a model must beat
+            "log_loss": metrics.log_loss(labels, np.full(labels.size, base_rate)),
+            "brier": metrics.brier_score(labels, np.full(labels.size, base_rate)),
+        },
+    }
+    version, path = save_model(booster, ctx.run_dir, "propensity")
+    return TrainedModel(
+        name="propensity",
+        version=version,
+        objective=f"purchase within {config.horizon_days} days",
+        trained_cutoff=cuts.propensity_train.isoformat(),
+        holdout_cutoff=cuts.propensity_holdout.isoformat(),
+        features=names,
+        categories=categories,
+        params=params,
+        best_iteration=int(booster.best_iteration or booster.current_iteration()),
+        metrics=scores,
+        training_rows=train.height,
+        training_data_sha256=data_hash(x, y),
+        path=path,
+    )
+
+
+def group_sizes(users: pl.Series) -> np.ndarray:
+    """Rows per user, for rows sorted by user (LightGBM's query groups)."""
+    return users.rle().struct.field("len").to_numpy()
+
+
+def train_ranking(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs) -> TrainedModel:
+    config = settings.ranking
+    train = examples(con, "features.ranking_examples", cuts.ranking_train, "user_id, item_id")
+    # a user with no relevant candidate teaches lambdarank nothing
+    engaged = train.group_by("user_id").agg(pl.col("relevance").max().alias("best")).filter(pl.col("best") > 0)
+    train = train.join(engaged.select("user_id"), on="user_id", how="semi").sort("user_id", "item_id")
+    if train.height == 0:
+        raise ValueError(f"ranking: no user engaged with a candidate after {cuts.ranking_train}")
+    x = feature_matrix(train, RANKING_FEATURES, {})
+    y = train["relevance"].to_numpy().astype(np.float32)
+    is_valid = seeded_validation_users(train["user_id"], 0.1, settings.seed)
+    params = lightgbm_params(
+        settings,
+        "lambdarank",
+        learning_rate=config.learning_rate,
+        num_leaves=config.num_leaves,
+        min_data_in_leaf=config.min_data_in_leaf,
+        metric="ndcg",
+        eval_at=[EVAL_K],
+        lambdarank_truncation_level=2 * EVAL_K,
+    )
+    names = list(RANKING_FEATURES)
+    fit = lgb.Dataset(x[~is_valid], y[~is_valid], group=group_sizes(train["user_id"].filter(~is_valid)),
+                      feature_name=names)
+    valid = lgb.Dataset(x[is_valid], y[is_valid], group=group_sizes(train["user_id"].filter(is_valid)),
+                        reference=fit)
+    booster = lgb.train(
+        params,
+        fit,
+        num_boost_round=config.n_estimators,
+        valid_sets=[valid],
+        callbacks=[lgb.early_stopping(20, verbose=False)],
+    )
+    scores = evaluate_ranking(con, booster, settings, cuts)
+    version, path = save_model(booster, ctx.run_dir, "ranking")
+    return TrainedModel(
+        name="ranking",
+        version=version,
+        objective=f"graded engagement within {config.label_days} days",
+        trained_cutoff=cuts.ranking_train.isoformat(),
+        holdout_cutoff=cuts.ranking_holdout.isoformat(),
+        features=names,
+        categories={},
+        params=params,
+        best_iteration=int(booster.best_iteration or booster.current_iteration()),
+        metrics=scores,
+        training_rows=train.height,
+        training_data_sha256=data_hash(x, y),
+        path=path,
+    )
+
+
+def evaluate_ranking(
+    con: duckdb.DuckDBPyConnection, booster: lgb.Booster, settings: Settings, cuts: Cutoffs
+) -> dict[str, Any]:
+    """NDCG@10 and friends on the holdout window, beside most-popular-first on the same candidates."""
+    holdout = examples(con, "features.ranking_examples", cuts.ranking_holdout, "user_id, item_id")
+    truth = query(
+        con, "features/ranking_truth", {"cutoff": cuts.ranking_holdout, "label_days": settings.ranking.label_days}
+    ).pl()
+    scored = holdout.select("user_id", "item_id", "popularity_rank").with_columns(
+        pl.Series("score", booster.predict(feature_matrix(holdout, RANKING_FEATURES, {}))),
+        (-pl.col("popularity_rank")).alias("popularity_score"),
+    )
+    model = metrics.ranking_metrics(metrics.top_k_from_scores(scored, "score", EVAL_K), truth, EVAL_K)
+    baseline = metrics.ranking_metrics(metrics.top_k_from_scores(scored, "popularity_score", EVAL_K), truth, EVAL_K)
+    candidate_recall = truth.join(holdout.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi").height
+    live_items = scalar(
+        con,
+        "select count(*) from features.item_features where cutoff = $cutoff and is_live",
+        {"cutoff": cuts.ranking_holdout},
+    )
+    top = metrics.top_k_from_scores(scored, "score", EVAL_K)
+    return {
+        **model,
+        "catalogue_coverage": top["item_id"].n_unique() / max(int(live_items or 1), 1),
+        "candidate_recall": candidate_recall / max(truth.height, 1),
+        "baseline": {"name": "most popular", **baseline},
+    }
+
+
+def register(con: duckdb.DuckDBPyConnection, ctx: RunContext, model: TrainedModel) -> None:
+    con.execute("create schema if not exists meta")
+    con.execute(
+        """
+        create table if not exists meta.models (
+            run_date date, model_name varchar, model_version varchar, trained_cutoff timestamp,
+            holdout_cutoff timestamp, features varchar[], params json, metrics json, training_rows bigint,
+            training_data_sha256 varchar, path varchar
+        )
+        """
+    )
+    con.execute(
+        "delete from meta.models where run_date = $run_date and model_name = $name",
+        {"run_date": ctx.run_date, "name": model.name},
+    )
+    con.execute(
+        "insert into meta.models values ($run_date, $name, $version, $trained, $holdout, $features, $params, "
+        "$metrics, $rows, $sha, $path)",
+        {
+            "run_date": ctx.run_date,
+            "name": model.name,
+            "version": model.version,
+            "trained": model.trained_cutoff,
+            "holdout": model.holdout_cutoff,
+            "features": model.features,
+            "params": json.dumps(model.params, sort_keys=True),
+            "metrics": json.dumps(model.metrics, sort_keys=True),
+            "rows": model.training_rows,
+            "sha": model.training_data_sha256,
+            "path": model.path,
+        },
+    )
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """Fit, evaluate and register the propensity and ranking models."""
+    cuts = cutoffs_for(settings, ctx)
+    trained = {}
+    with connect(settings) as con:
+        for fit in (train_propensity, train_ranking):
+            model = fit(con, settings, ctx, cuts)
+            register(con, ctx, model)
+            trained[model.name] = asdict(model)
+    return trained
