@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def _absolute_target(target: str | None) -> str | None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tailor.generate import generate
 
-    end = args.end or (date.today() - timedelta(days=1))
+    end = args.end or (datetime.now(UTC).date() - timedelta(days=1))
     started = time.monotonic()
     counts = generate(args.out, args.users, args.items, args.days, end, args.seed, args.format)
     print(f"generated {args.days} days ending {end} in {args.out} ({time.monotonic() - started:.1f}s)")

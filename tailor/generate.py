@@ -285,7 +285,7 @@ def _pick_items(world: World, rng: np.random.Generator, day: int, genres: np.nda
     weights = _item_weights(world, day)
     items = np.empty(genres.size, dtype=np.int64)
     order = np.argsort(world.item_genre, kind="stable")
-    bounds = np.searchsorted(world.item_genre[order], np.arange(world.item_genre.max() + 2))
+    bounds = np.searchsorted(world.item_genre[order], np.arange(len(CATEGORIES) * GENRES_PER_CATEGORY + 1))
     for genre in np.unique(genres):
         members = order[bounds[genre] : bounds[genre + 1]]
         slots = np.flatnonzero(genres == genre)

@@ -1,0 +1,53 @@
+# Tailor: `make demo` and `make test` work on a fresh machine with Python 3.11 and make.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+S3_PORT ?= 8333
+
+# Offline-friendly Prefect and GX, with their state kept under var/.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/var/prefect
+# Demo-only credentials for the local SeaweedFS server and a demo pseudonymisation key.
+# Real deployments take these from their environment or AWS profile, never from files.
+export AWS_ACCESS_KEY_ID ?= tailor-demo
+export AWS_SECRET_ACCESS_KEY ?= tailor-demo-secret
+export AWS_DEFAULT_REGION ?= us-east-1
+export TAILOR_PSEUDONYM_KEY ?= demo-only-pseudonym-key
+
+.PHONY: install demo demo-data demo-stop s3-start test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+s3-start: install
+	$(BIN)/python -m tailor.s3server start --dir var/s3 --port $(S3_PORT) --bucket tailor --pidfile var/s3.pid
+
+demo-data: install
+	test -f var/demo/tailor.yaml || $(BIN)/tailor generate --users 20000 --items 2000 --days 60 --out var/demo
+
+demo: s3-start demo-data
+	$(BIN)/tailor run --config config/demo.yaml
+	@echo
+	@echo "SeaweedFS is still serving s3://tailor on http://127.0.0.1:$(S3_PORT) (stop it: make demo-stop)."
+
+demo-stop:
+	$(BIN)/python -m tailor.s3server stop --pidfile var/s3.pid
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	-$(BIN)/python -m tailor.s3server stop --pidfile var/s3.pid
+	rm -rf var

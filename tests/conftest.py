@@ -1,0 +1,87 @@
+"""Shared fixtures: a real SeaweedFS S3 server, a Prefect test harness and a small generated company."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "tailor-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "tailor-test-secret")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("TAILOR_PSEUDONYM_KEY", "test-pseudonym-key")
+
+from tailor.s3server import SeaweedServer, free_port  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_END = date(2026, 11, 20)
+RUN_DATE = date(2026, 11, 21)
+TEST_BUCKET = "tailor-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A real SeaweedFS S3 server on a free loopback port, stopped by its PID at the end."""
+    data_dir = tmp_path_factory.mktemp("seaweedfs")
+    server = SeaweedServer(data_dir=data_dir, s3_port=free_port(), buckets=(TEST_BUCKET,)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_company(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated company (sources, config, truth); treat as read-only, copy to modify."""
+    from tailor.generate import generate
+
+    out = tmp_path_factory.mktemp("company")
+    generate(out, n_users=800, n_items=200, days=35, end=DATA_END, seed=7, fmt="csv")
+    return out
+
+
+@pytest.fixture
+def company(tmp_path: Path, small_company: Path) -> Path:
+    """A private, writable copy of the small company's sources and config."""
+    import shutil
+
+    target = tmp_path / "company"
+    shutil.copytree(small_company, target, ignore=shutil.ignore_patterns("var", "published"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_company(tmp_path_factory: pytest.TempPathFactory, small_company: Path):
+    """The small company taken through extract, validate, features and train (task functions, no flow)."""
+    import shutil
+
+    from tailor.config import load_settings
+    from tailor.warehouse import run_context
+    from tasks.extract import extract_sources
+    from tasks.features import build_features
+    from tasks.train import train_models
+    from tasks.validate import validate_sources
+
+    root = tmp_path_factory.mktemp("trained") / "company"
+    shutil.copytree(small_company, root)
+    settings = load_settings(root / "tailor.yaml")
+    ctx = run_context(settings, RUN_DATE)
+    extract_sources.fn(settings, ctx)
+    quality = validate_sources.fn(settings, ctx)
+    build_features.fn(settings, ctx)
+    models = train_models.fn(settings, ctx)
+    return settings, ctx, models, quality
