@@ -126,7 +126,10 @@ def projection(table: Table, source: SourceConfig, present: list[str], label: st
 
 def _failing_column(con: duckdb.DuckDBPyConnection, table: Table, source: SourceConfig, relation: str,
                     params: dict[str, object]) -> str:
-    """After a failed cast, find which column (and a sample value) did not convert."""
+    """After a failed cast, find which column (and a sample value) did not convert.
+
+    Runs on its own cursor: the failed insert has aborted the load's transaction."""
+    con = con.cursor()
     for column in table.columns:
         file_column = source.columns.get(column.name, column.name)
         ref = quote_identifier(file_column)

@@ -16,7 +16,9 @@ weighted as (
     select
         user_id,
         category,
-        sum(relevance * pow(0.5, age_days / $half_life_days)) as affinity
+        -- summed as decimals: exact, so parallel aggregation order cannot change the result
+        cast(sum(cast(relevance * pow(0.5, age_days / $half_life_days) as decimal(18, 12))) as double)
+            as affinity
     from events
     group by user_id, category
 ),
@@ -29,7 +31,8 @@ final as (
         category,
         -- numerics
         affinity,
-        affinity / sum(affinity) over (partition by user_id) as affinity_share,
+        affinity / cast(sum(cast(affinity as decimal(18, 12))) over (partition by user_id) as double)
+            as affinity_share,
         row_number() over (partition by user_id order by affinity desc, category) as category_rank
     from weighted
 )

@@ -42,14 +42,16 @@ behaviour as (
 ),
 
 campaigns as (
-    -- outcomes count only once they happened before the cutoff
+    -- only sends reported before the cutoff, and outcomes that happened before it
     select
         user_id,
         count(*) filter (where not is_holdout) as n_campaign_sends_90d,
         count(*) filter (where opened_at < $cutoff) as n_campaign_opens_90d,
         count(*) filter (where clicked_at < $cutoff) as n_campaign_clicks_90d
     from staging.stg_campaign_exposures
-    where sent_at < $cutoff and sent_at >= $cutoff - interval 90 day
+    where sent_at < $cutoff
+        and sent_at >= $cutoff - interval 90 day
+        and known_on < cast($cutoff as date)
     group by user_id
 ),
 

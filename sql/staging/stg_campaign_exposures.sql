@@ -1,4 +1,5 @@
 -- Campaign sends before the cutoff with their outcomes, one row per campaign, user and send.
+-- A restated send (a later file reporting new outcomes) replaces the earlier row.
 with source as (
     select * from raw.campaign_exposures
     where coalesce(_file_date < $run_date, true)
@@ -23,6 +24,9 @@ final as (
         user_id,
         -- timestamps
         sent_at,
+        -- the day the row's file was dated: outcomes are reported days after the send, so a feature
+        -- at a cutoff may only use rows known by then
+        coalesce(_file_date, cast(sent_at as date)) as known_on,
         opened_at,
         clicked_at,
         converted_at,

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import boto3
+import duckdb
+import pytest
+import yaml
+
+from tailor.config import load_settings
+from tailor.warehouse import connect, run_context
+from tasks.extract import ExtractError, extract_sources
+from tests.conftest import TEST_BUCKET
+
+USERS = "uid,signed_up,country\nu1,2026-01-01 10:00:00,DE\nu2,2026-01-02 11:00:00,FR\n"
+CONSENTS = "user_id,purpose,is_granted,updated_at\nu1,profiling,true,2026-01-01 10:00:00\n"
+ITEMS = "item_id,title,category,published_at\ni1,Lamp,home,2025-12-01 00:00:00\n"
+
+
+def interactions(day: str, n: int = 2) -> str:
+    rows = "".join(f"u1,i1,view,{day} 0{h}:00:00,\n" for h in range(n))
+    return "user_id,item_id,event_type,occurred_at,value\n" + rows
+
+
+def make_company(root: Path, extra_sources: dict | None = None) -> Path:
+    files = {
+        "users/2026-01-02.csv": USERS,
+        "consents/2026-01-02.csv": CONSENTS,
+        "items/2026-01-02.csv": ITEMS,
+        "interactions/2026-01-02.csv": interactions("2026-01-02"),
+        "interactions/2026-01-03.csv": interactions("2026-01-03", 3),
+    }
+    for relative, text in files.items():
+        path = root / "sources" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    config = {
+        "project": "tiny",
+        "sources": {
+            "users": {"path": "sources/users/*.csv", "columns": {"user_id": "uid", "created_at": "signed_up"}},
+            "consents": {"path": "sources/consents/*.csv"},
+            "items": {"path": "sources/items/*.csv"},
+            "interactions": {"path": "sources/interactions/*.csv"},
+            **(extra_sources or {}),
+        },
+        "publish": {"target": "file://published", "published_user_id": "external"},
+    }
+    (root / "tailor.yaml").write_text(yaml.safe_dump(config))
+    return root / "tailor.yaml"
+
+
+def raw_count(settings, table: str) -> int:
+    with connect(settings) as con:
+        return con.execute(f"select count(*) from raw.{table}").fetchall()[0][0]
+
+
+def test_maps_columns_and_sees_only_files_before_the_run_date(tmp_path: Path) -> None:
+    settings = load_settings(make_company(tmp_path))
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert loads["interactions"].rows_loaded == 2  # the 2026-01-03 file is not yet due
+    assert loads["interactions"].watermark == "2026-01-02"
+    with connect(settings) as con:
+        rows = con.execute("select user_id, created_at, country from raw.users order by user_id").fetchall()
+    assert rows[0][0] == "u1" and rows[0][2] == "DE" and str(rows[0][1]) == "2026-01-01 10:00:00"
+
+
+def test_rerun_replaces_and_next_night_adds_only_new_files(tmp_path: Path) -> None:
+    settings = load_settings(make_company(tmp_path))
+    for _ in range(2):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert raw_count(settings, "interactions") == 2
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    assert loads["interactions"].files_loaded == 1 and loads["interactions"].rows_loaded == 3
+    assert loads["users"].files_loaded == 0
+    assert raw_count(settings, "interactions") == 5
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    assert raw_count(settings, "interactions") == 5
+
+
+def test_missing_mapped_column_names_file_and_column(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/users/2026-01-02.csv").write_text("uid,country\nu1,DE\n")
+    settings = load_settings(config)
+    with pytest.raises(ExtractError) as error:
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    message = str(error.value)
+    assert "users/2026-01-02.csv" in message and "'signed_up'" in message and "users.created_at" in message
+
+
+def test_bad_value_names_the_column_and_keeps_nothing_of_the_source(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/interactions/2026-01-01.csv").write_text(interactions("2026-01-01"))
+    (tmp_path / "sources/interactions/2026-01-02.csv").write_text(
+        "user_id,item_id,event_type,occurred_at,value\nu1,i1,view,yesterday-ish,\n"
+    )
+    settings = load_settings(config)
+    with pytest.raises(ExtractError, match=r"2026-01-02\.csv: column 'occurred_at': value 'yesterday-ish'"):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert raw_count(settings, "interactions") == 0  # the good file of the same source rolled back too
+
+
+def test_empty_file_and_missing_source_are_clear(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/items/2026-01-02.csv").write_text("")
+    settings = load_settings(config)
+    with pytest.raises(ExtractError, match=r"items/2026-01-02\.csv: file is empty"):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    (tmp_path / "sources/items/2026-01-02.csv").unlink()
+    with pytest.raises(ExtractError, match="source items: no file matches"):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+
+
+def test_extra_column_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/items/2026-01-02.csv").write_text(
+        "item_id,title,category,published_at,colour\ni1,Lamp,home,2025-12-01 00:00:00,red\n"
+    )
+    settings = load_settings(config)
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert loads["items"].rows_loaded == 1
+    assert any("colour" in w for w in loads["items"].warnings)
+
+
+def test_reads_csv_options_and_s3_sources(tmp_path: Path, s3_server) -> None:
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    body = "u2|i1|click|2026-01-02 09:00:00|\n"
+    client.put_object(Bucket=TEST_BUCKET, Key="extract-test/events/2026-01-02.psv", Body=body.encode())
+    remote = {
+        "interactions": {
+            "path": f"s3://{TEST_BUCKET}/extract-test/events/*.psv",
+            "format": "csv",
+            "csv": {
+                "delimiter": "|",
+                "header": False,
+                "column_names": ["user_id", "item_id", "event_type", "occurred_at", "value"],
+            },
+        }
+    }
+    config = make_company(tmp_path, remote)
+    settings = load_settings(config, {"storage.endpoint_url": s3_server.endpoint_url})
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert loads["interactions"].rows_loaded == 1
+    with connect(settings) as con:
+        row = con.execute("select user_id, event_type, _source_file from raw.interactions").fetchall()[0]
+    assert row[:2] == ("u2", "click") and row[2].startswith("s3://")
+
+
+def test_quote_identifier_escapes() -> None:
+    from tasks.extract import quote_identifier
+
+    con = duckdb.connect()
+    name = quote_identifier('we"ird')
+    con.execute(f"create table t ({name} int)")
+    assert con.execute("select column_name from (describe t)").fetchall() == [('we"ird',)]

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import shutil
+from datetime import date, datetime
+from pathlib import Path
+
+import polars as pl
+
+from tailor.config import load_settings
+from tailor.sql import materialize_partition
+from tailor.warehouse import connect, run_context
+from tasks.extract import extract_sources
+from tasks.features import PER_CUTOFF_MODELS, build_features, build_staging_models, cutoffs_for
+
+CUTOFF = datetime(2026, 11, 10)
+
+
+def features_at_cutoff(company: Path, run_date: date) -> dict[str, pl.DataFrame]:
+    settings = load_settings(company / "tailor.yaml")
+    ctx = run_context(settings, run_date)
+    extract_sources.fn(settings, ctx)
+    params = {"cutoff": CUTOFF, "popularity_days": 14, "half_life_days": 14.0}
+    with connect(settings) as con:
+        build_staging_models(con, ctx)
+        frames = {}
+        for model in PER_CUTOFF_MODELS:
+            materialize_partition(con, model, "cutoff", params)
+            table = model.replace("/", ".")
+            frames[table] = con.sql(f"select * from {table} order by all").pl()
+    return frames
+
+
+def test_features_at_a_cutoff_ignore_everything_after_it(company: Path, tmp_path: Path) -> None:
+    early = tmp_path / "early"
+    shutil.copytree(company, early)
+    for path in (early / "sources").rglob("*.csv"):
+        if path.stem >= CUTOFF.date().isoformat():
+            path.unlink()
+    before = features_at_cutoff(early, CUTOFF.date())
+    after = features_at_cutoff(company, date(2026, 11, 21))  # ten more days of data exist now
+    for table, frame in before.items():
+        other = after[table]
+        if table == "features.item_features":  # availability is only known as of the newest file
+            frame, other = frame.drop("is_live"), other.drop("is_live")
+        assert frame.height > 0, table
+        assert frame.equals(other), f"{table} changed when data after the cutoff arrived"
+
+
+def test_latest_consent_wins_and_candidates_respect_it(company: Path) -> None:
+    settings = load_settings(company / "tailor.yaml")
+    ctx = run_context(settings, date(2026, 11, 21))
+    extract_sources.fn(settings, ctx)
+    with connect(settings) as con:
+        con.execute(
+            "insert into raw.consents values ('u001', 'profiling', true, '2026-11-01 00:00:00', 'x', null, $d),"
+            "('u001', 'profiling', false, '2026-11-15 00:00:00', 'x', null, $d)",
+            {"d": ctx.run_date},
+        )
+    build_features.fn(settings, ctx)
+    with connect(settings) as con:
+        latest = con.execute(
+            "select is_granted from staging.stg_consents where user_id = 'u001' and purpose = 'profiling' "
+            "and is_latest"
+        ).fetchall()
+        in_candidates = con.execute(
+            "select count(*) from features.candidates where user_id = 'u001' and cutoff = $c", {"c": ctx.cutoff}
+        ).fetchall()[0][0]
+        bought_recommended = con.execute(
+            """
+            select count(*) from features.candidates c
+            join staging.stg_interactions i using (user_id, item_id)
+            where i.event_type = 'purchase' and i.occurred_at < c.cutoff
+            """
+        ).fetchall()[0][0]
+    assert latest == [(False,)]
+    assert in_candidates == 0
+    assert bought_recommended == 0
+
+
+def test_training_cutoffs_leave_room_for_labels() -> None:
+    settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "demo.yaml")
+    ctx = run_context(settings, date(2026, 11, 21))
+    cuts = cutoffs_for(settings, ctx)
+    assert cuts.ranking_holdout == datetime(2026, 11, 14) and cuts.ranking_train == datetime(2026, 11, 7)
+    assert cuts.score == datetime(2026, 11, 21) and cuts.all()[-1] == cuts.score
