@@ -111,7 +111,9 @@ def build_world(rng: np.random.Generator, n_users: int, n_items: int, start: dat
     trend_peak = np.where(rng.random(n_items) < 0.08, rng.integers(0, days + 14, n_items), -1000)
 
     # users: latent tastes over genres (sparse), activity, purchase propensity from observable traits
-    created = np.where(rng.random(n_users) < 0.8, -rng.integers(1, 730, n_users), rng.integers(0, days, n_users))
+    created = np.where(
+        rng.random(n_users) < 0.8, -rng.integers(1, 730, n_users), rng.integers(0, days, n_users)
+    )
     country = rng.choice(len(COUNTRIES), size=n_users, p=COUNTRY_SHARES)
     age = rng.choice(len(AGE_BANDS), size=n_users, p=AGE_SHARES)
     gender = rng.choice(len(GENDERS), size=n_users, p=GENDER_SHARES)
@@ -178,9 +180,9 @@ class Writer:
             frame.write_parquet(path, statistics=False)
 
     def write_by_day(self, table: str, frame: pl.DataFrame, day_column: str, start: date) -> None:
-        for (day_offset,), part in frame.sort(day_column).partition_by(
-            day_column, as_dict=True, maintain_order=True
-        ).items():
+        for (day_offset,), part in (
+            frame.sort(day_column).partition_by(day_column, as_dict=True, maintain_order=True).items()
+        ):
             self.write_day(table, start + timedelta(days=int(day_offset)), part.drop(day_column))
 
 
@@ -216,9 +218,14 @@ def write_items(world: World, writer: Writer, seed: int) -> None:
     frame = pl.DataFrame(
         {
             "item_id": np.arange(n),
-            "title": [f"{w} {c.title()} {i % 997}" for w, c, i in zip(words, categories, range(n), strict=True)],
+            "title": [
+                f"{w} {c.title()} {i % 997}" for w, c, i in zip(words, categories, range(n), strict=True)
+            ],
             "category": categories,
-            "tags": [f"{c},{c}-{g % GENRES_PER_CATEGORY}" for c, g in zip(categories, world.item_genre, strict=True)],
+            "tags": [
+                f"{c},{c}-{g % GENRES_PER_CATEGORY}"
+                for c, g in zip(categories, world.item_genre, strict=True)
+            ],
             "price_cents": world.item_price_cents,
             "published_at": _timestamps(world.item_published_day, rng.integers(0, 86_400, n), world.start),
             "expires_at": _timestamps(
@@ -321,7 +328,9 @@ def simulate_day(world: World, rng: np.random.Generator, day: int) -> pl.DataFra
     rated = rng.random(users.size) < 0.04
     ratings = np.clip(np.round(rng.normal(3.8, 0.9, users.size)), 1, 5)
 
-    buyers = np.flatnonzero(rng.random(world.activity.size) < world.daily_purchase_prob * WEEKDAY_FACTOR[weekday] * signed_up)
+    buyers = np.flatnonzero(
+        rng.random(world.activity.size) < world.daily_purchase_prob * WEEKDAY_FACTOR[weekday] * signed_up
+    )
     bought = _pick_items(world, rng, day, _draw_genres(world, rng, buyers))
     buy_seconds = rng.integers(900, 86_000, buyers.size)
     price = world.item_price_cents[bought].astype(np.float64)
@@ -365,6 +374,12 @@ def campaign_probabilities(world: World, campaign: Campaign, users: np.ndarray) 
     return np.column_stack([*columns, _sigmoid(base - 0.8)])
 
 
+def _after(stamps: np.ndarray, rng: np.random.Generator, low_s: int, high_s: int) -> np.ndarray:
+    """Each timestamp plus a random delay of low_s to high_s seconds."""
+    delay = rng.integers(low_s, high_s, stamps.size).astype("timedelta64[s]")
+    return stamps + delay.astype("timedelta64[ms]")
+
+
 def simulate_campaigns(
     world: World, rng: np.random.Generator, consents: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -400,7 +415,6 @@ def simulate_campaigns(
             converted = rng.random(users.size) < p_convert
             sent = rng.integers(6 * 3600, 20 * 3600, users.size)
             sent_at = _timestamps(np.full(users.size, day), sent, world.start)
-            after = lambda lo, hi: sent_at + rng.integers(lo, hi, users.size).astype("timedelta64[s]").astype("timedelta64[ms]")  # noqa: E731
             frames.append(
                 pl.DataFrame(
                     {
@@ -408,9 +422,9 @@ def simulate_campaigns(
                         "variant_id": np.array([*campaign.variants, "holdout"])[arm],
                         "user_index": users,
                         "sent_at": sent_at,
-                        "opened_at": after(60, 36_000),
-                        "clicked_at": after(36_000, 72_000),
-                        "converted_at": after(72_000, 86_400 * ATTRIBUTION_DAYS - 3600),
+                        "opened_at": _after(sent_at, rng, 60, 36_000),
+                        "clicked_at": _after(sent_at, rng, 36_000, 72_000),
+                        "converted_at": _after(sent_at, rng, 72_000, 86_400 * ATTRIBUTION_DAYS - 3600),
                         "revenue_cents": np.round(rng.lognormal(8.0, 0.6, users.size)).astype(np.int64),
                         "file_day": np.full(users.size, day + ATTRIBUTION_DAYS),
                         "_opened": opened,
@@ -511,7 +525,8 @@ def generated_config(fmt: str, seed: int) -> dict:
         "seed": seed,
         "warehouse": {"path": "var/tailor.duckdb", "runs_dir": "var/runs"},
         "sources": {
-            table: source(table) for table in ("users", "consents", "items", "interactions", "campaign_exposures")
+            table: source(table)
+            for table in ("users", "consents", "items", "interactions", "campaign_exposures")
         },
         # Synthetic users: publishing their raw ids is harmless. Real data should stay pseudonymous.
         "publish": {"target": "file://published", "published_user_id": "external"},

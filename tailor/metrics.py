@@ -41,7 +41,9 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-15) 
 
 
 def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    return float(np.mean((np.asarray(probabilities, dtype=np.float64) - np.asarray(labels, dtype=np.float64)) ** 2))
+    return float(
+        np.mean((np.asarray(probabilities, dtype=np.float64) - np.asarray(labels, dtype=np.float64)) ** 2)
+    )
 
 
 def top_k_from_scores(frame: pl.DataFrame, score_column: str, k: int) -> pl.DataFrame:
@@ -68,11 +70,18 @@ def ranking_metrics(top_k: pl.DataFrame, truth: pl.DataFrame, k: int) -> dict[st
     per_user = hits.group_by(USER).agg(
         pl.col("is_hit").sum().alias("n_hits"),
         (pl.col("is_hit").cast(pl.Float64) / (pl.col(RANK) + 1).log(2)).sum().alias("dcg"),
-        (pl.when(pl.col("is_hit")).then(pl.col("hits_so_far") / pl.col(RANK)).otherwise(0.0)).sum().alias("ap_sum"),
+        (pl.when(pl.col("is_hit")).then(pl.col("hits_so_far") / pl.col(RANK)).otherwise(0.0))
+        .sum()
+        .alias("ap_sum"),
         pl.col(RANK).filter(pl.col("is_hit")).min().alias("first_hit_rank"),
     )
-    users = n_relevant.join(per_user, on=USER, how="left").with_columns(
-        pl.col("n_hits").fill_null(0), pl.col("dcg").fill_null(0.0), pl.col("ap_sum").fill_null(0.0)
+    # sorted: group_by order varies between runs, and float means must not
+    users = (
+        n_relevant.join(per_user, on=USER, how="left")
+        .with_columns(
+            pl.col("n_hits").fill_null(0), pl.col("dcg").fill_null(0.0), pl.col("ap_sum").fill_null(0.0)
+        )
+        .sort(USER)
     )
     ideal_discounts = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
     idcg = ideal_discounts[np.minimum(users["n_relevant"].to_numpy(), k)]
@@ -80,7 +89,9 @@ def ranking_metrics(top_k: pl.DataFrame, truth: pl.DataFrame, k: int) -> dict[st
     n_hits = users["n_hits"].to_numpy().astype(np.float64)
     first = users["first_hit_rank"].to_numpy().astype(np.float64)
     if users.height == 0:
-        return {f"{name}_at_{k}": float("nan") for name in ("map", "ndcg", "precision", "recall")} | {"mrr": float("nan")}
+        return {f"{name}_at_{k}": float("nan") for name in ("map", "ndcg", "precision", "recall")} | {
+            "mrr": float("nan")
+        }
     return {
         f"map_at_{k}": float(np.mean(users["ap_sum"].to_numpy() / np.minimum(n_rel, k))),
         f"ndcg_at_{k}": float(np.mean(users["dcg"].to_numpy() / idcg)),

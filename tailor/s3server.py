@@ -7,6 +7,7 @@ takes a port, so each gets a free loopback port of its own here, and the extras 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -141,10 +142,8 @@ def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
         if _is_zombie(pid):
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _is_zombie(pid: int) -> bool:
@@ -155,7 +154,9 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description="Start or stop the local SeaweedFS S3 server (loopback only).")
+    parser = argparse.ArgumentParser(
+        description="Start or stop the local SeaweedFS S3 server (loopback only)."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     start = sub.add_parser("start", help="start in the background and write its PID file")
     start.add_argument("--dir", type=Path, required=True, help="data folder of the server")

@@ -82,16 +82,20 @@ def materialize_partition(
     con.execute(f"create table if not exists {target} as select * from ({text}) where false", bound)
     con.execute("begin transaction")
     try:
-        con.execute(f"delete from {target} where {partition_column} = $value",
-                    {"value": params[partition_column]})
+        con.execute(
+            f"delete from {target} where {partition_column} = $value", {"value": params[partition_column]}
+        )
         con.execute(f"insert into {target} by name {text}", bound)
         con.execute("commit")
     except Exception:
         con.execute("rollback")
         raise
     return int(
-        scalar(con, f"select count(*) from {target} where {partition_column} = $value",
-               {"value": params[partition_column]})
+        scalar(
+            con,
+            f"select count(*) from {target} where {partition_column} = $value",
+            {"value": params[partition_column]},
+        )
     )
 
 

@@ -133,7 +133,9 @@ class S3Store:
 
     def put_bytes(self, data: bytes, key: str) -> None:
         self._call(
-            "upload to", key, lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            "upload to",
+            key,
+            lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
         )
 
     def get_bytes(self, key: str) -> bytes | None:
@@ -166,7 +168,9 @@ class S3Store:
             self._call(
                 "delete under",
                 keys[start],
-                lambda batch=batch: self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch}),
+                lambda batch=batch: self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch}
+                ),
             )
 
 
@@ -192,7 +196,9 @@ def list_source_objects(pattern: str, storage: StorageConfig) -> list[StoredObje
     client = s3_client(storage)
     found: list[StoredObject] = []
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=parsed.netloc, Prefix=literal_prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=parsed.netloc, Prefix=literal_prefix
+        ):
             for item in page.get("Contents", []):
                 if fnmatch.fnmatchcase(item["Key"], key_pattern):
                     found.append(StoredObject(f"s3://{parsed.netloc}/{item['Key']}", int(item["Size"])))

@@ -88,10 +88,15 @@ def reader_sql(source: SourceConfig) -> tuple[str, dict[str, object]]:
             "all_varchar = true, names = $names)",
             params,
         )
-    return "read_csv($path, delim = $delimiter, header = $header, encoding = $encoding, all_varchar = true)", params
+    return (
+        "read_csv($path, delim = $delimiter, header = $header, encoding = $encoding, all_varchar = true)",
+        params,
+    )
 
 
-def describe_columns(con: duckdb.DuckDBPyConnection, relation_sql: str, params: dict[str, object]) -> list[str]:
+def describe_columns(
+    con: duckdb.DuckDBPyConnection, relation_sql: str, params: dict[str, object]
+) -> list[str]:
     rows = con.execute(f"select column_name from (describe select * from {relation_sql})", params).fetchall()
     return [row[0] for row in rows]
 
@@ -112,7 +117,11 @@ def projection(table: Table, source: SourceConfig, present: list[str], label: st
             continue
         mapped.add(file_column)
         ref = quote_identifier(file_column)
-        if column.duckdb_type == "TIMESTAMP" and source.csv.timestamp_format and source.file_format() == "csv":
+        if (
+            column.duckdb_type == "TIMESTAMP"
+            and source.csv.timestamp_format
+            and source.file_format() == "csv"
+        ):
             value = f"strptime({ref}, $timestamp_format)"
         elif column.duckdb_type == "BOOLEAN":
             value = f"cast(lower(trim(cast({ref} as varchar))) as boolean)"
@@ -124,8 +133,13 @@ def projection(table: Table, source: SourceConfig, present: list[str], label: st
     return ", ".join(expressions), warnings
 
 
-def _failing_column(con: duckdb.DuckDBPyConnection, table: Table, source: SourceConfig, relation: str,
-                    params: dict[str, object]) -> str:
+def _failing_column(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    source: SourceConfig,
+    relation: str,
+    params: dict[str, object],
+) -> str:
     """After a failed cast, find which column (and a sample value) did not convert.
 
     Runs on its own cursor: the failed insert has aborted the load's transaction."""
@@ -142,7 +156,9 @@ def _failing_column(con: duckdb.DuckDBPyConnection, table: Table, source: Source
         except duckdb.Error:
             continue
         if rows:
-            return f"column '{file_column}': value {str(rows[0][0])[:40]!r} is not a valid {column.duckdb_type}"
+            return (
+                f"column '{file_column}': value {str(rows[0][0])[:40]!r} is not a valid {column.duckdb_type}"
+            )
     return "a value could not be converted"
 
 
@@ -165,7 +181,9 @@ def load_file(
     try:
         present = describe_columns(con, relation, params)
     except duckdb.Error as error:
-        raise ExtractError(f"{label}: cannot be read as {source.file_format()}: {_first_line(error)}") from None
+        raise ExtractError(
+            f"{label}: cannot be read as {source.file_format()}: {_first_line(error)}"
+        ) from None
     select_list, warnings = projection(table, source, present, label)
     if source.csv.timestamp_format and "$timestamp_format" in select_list:
         params = {**params, "timestamp_format": source.csv.timestamp_format}
@@ -215,7 +233,9 @@ def extract_source(
     con.execute("begin transaction")
     try:
         # a rerun of this date replaces what this date loaded
-        con.execute(f"delete from raw.{table_name} where {LOADED_RUN_DATE} = $run_date", {"run_date": ctx.run_date})
+        con.execute(
+            f"delete from raw.{table_name} where {LOADED_RUN_DATE} = $run_date", {"run_date": ctx.run_date}
+        )
         con.execute(
             "delete from meta.loaded_files where source = $source and loaded_run_date = $run_date",
             {"source": table_name, "run_date": ctx.run_date},
@@ -249,7 +269,9 @@ def extract_source(
     except Exception:
         con.execute("rollback")
         raise
-    newest = scalar(con, "select max(file_date) from meta.loaded_files where source = $source", {"source": table_name})
+    newest = scalar(
+        con, "select max(file_date) from meta.loaded_files where source = $source", {"source": table_name}
+    )
     result.watermark = newest.isoformat() if newest else None
     for warning in result.warnings:
         log.warning(warning)

@@ -41,8 +41,15 @@ class Cutoffs:
     score: datetime
 
     def all(self) -> list[datetime]:
-        return sorted({self.ranking_train, self.ranking_holdout, self.propensity_train,
-                       self.propensity_holdout, self.score})
+        return sorted(
+            {
+                self.ranking_train,
+                self.ranking_holdout,
+                self.propensity_train,
+                self.propensity_holdout,
+                self.score,
+            }
+        )
 
 
 def cutoffs_for(settings: Settings, ctx: RunContext) -> Cutoffs:
@@ -62,7 +69,9 @@ def build_staging_models(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dic
     return {model.split("/")[1]: materialize(con, model, params) for model in STAGING_MODELS}
 
 
-def build_feature_models(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> dict[str, int]:
+def build_feature_models(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext
+) -> dict[str, int]:
     cuts = cutoffs_for(settings, ctx)
     ranking = settings.ranking
     counts: dict[str, int] = {}
@@ -73,9 +82,15 @@ def build_feature_models(con: duckdb.DuckDBPyConnection, settings: Settings, ctx
             "half_life_days": ranking.affinity_half_life_days,
         }
         for model in PER_CUTOFF_MODELS:
-            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(con, model, "cutoff", params)
+            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(
+                con, model, "cutoff", params
+            )
 
-    for cutoff, is_training in ((cuts.ranking_train, True), (cuts.ranking_holdout, True), (cuts.score, False)):
+    for cutoff, is_training in (
+        (cuts.ranking_train, True),
+        (cuts.ranking_holdout, True),
+        (cuts.score, False),
+    ):
         params = {
             "cutoff": cutoff,
             "is_training": is_training,
@@ -87,7 +102,9 @@ def build_feature_models(con: duckdb.DuckDBPyConnection, settings: Settings, ctx
             "top_categories": ranking.top_categories,
         }
         for model in ("features/candidates", "features/ranking_examples"):
-            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(con, model, "cutoff", params)
+            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(
+                con, model, "cutoff", params
+            )
 
     for cutoff in (cuts.propensity_train, cuts.propensity_holdout, cuts.score):
         params = {"cutoff": cutoff, "horizon_days": settings.propensity.horizon_days}

@@ -81,13 +81,16 @@ def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) 
     if dataset.name == "campaign_assignments":
         purposes = {c.campaign_id: c.required_consent for c in settings.campaigns}
         return frame.select(
-            "user_id", pl.col("campaign_id").replace_strict(purposes, default="unknown-campaign").alias("purpose")
+            "user_id",
+            pl.col("campaign_id").replace_strict(purposes, default="unknown-campaign").alias("purpose"),
         )
     purpose = settings.recommendations.requires_consent if dataset.name == "recommendations" else "profiling"
     return frame.select("user_id", pl.lit(purpose).alias("purpose"))
 
 
-def check_consent(con: duckdb.DuckDBPyConnection, dataset: Dataset, frame: pl.DataFrame, settings: Settings) -> None:
+def check_consent(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, frame: pl.DataFrame, settings: Settings
+) -> None:
     con.register("publish_required_consent", required_consent(dataset, frame, settings).to_arrow())
     try:
         violations = query(con, "checks/unconsented_rows").pl()
@@ -132,7 +135,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_parts(table: pa.Table, folder: Path, name: str, rows_per_file: int, formats: list[str]) -> list[dict]:
+def write_parts(
+    table: pa.Table, folder: Path, name: str, rows_per_file: int, formats: list[str]
+) -> list[dict]:
     """Split a dataset into part files; the same rows in the same order give the same bytes."""
     files = []
     n_parts = max(1, -(-table.num_rows // rows_per_file))

@@ -44,8 +44,10 @@ def score_candidates(con: duckdb.DuckDBPyConnection, booster: lgb.Booster, ctx: 
         assert isinstance(frame, pl.DataFrame)
         scores = booster.predict(feature_matrix(frame, RANKING_FEATURES, {}))
         parts.append(frame.select("user_id", "item_id").with_columns(pl.Series("score", scores)))
-    scored = pl.concat(parts) if parts else pl.DataFrame(
-        schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "score": pl.Float64}
+    scored = (
+        pl.concat(parts)
+        if parts
+        else pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "score": pl.Float64})
     )
     replace_table(con, "model.scored_candidates", scored.to_arrow())
     return scored.height
@@ -58,7 +60,9 @@ def score_propensity(
         "select * from features.propensity_examples where cutoff = $cutoff order by user_id",
         params={"cutoff": ctx.cutoff},
     ).pl()
-    probability = booster.predict(feature_matrix(users, PROPENSITY_FEATURES, categories)) if users.height else []
+    probability = (
+        booster.predict(feature_matrix(users, PROPENSITY_FEATURES, categories)) if users.height else []
+    )
     scored = users.select("user_id").with_columns(
         pl.Series("conversion_probability", np.asarray(probability, dtype=np.float64))
     )

@@ -112,7 +112,9 @@ def vocabulary(frame: pl.DataFrame, features: tuple[str, ...]) -> dict[str, list
     }
 
 
-def feature_matrix(frame: pl.DataFrame, features: tuple[str, ...], categories: dict[str, list[str]]) -> np.ndarray:
+def feature_matrix(
+    frame: pl.DataFrame, features: tuple[str, ...], categories: dict[str, list[str]]
+) -> np.ndarray:
     """float32 matrix; a categorical becomes its index in the training vocabulary (unknown: missing)."""
     columns = []
     for name in features:
@@ -141,7 +143,9 @@ def seeded_validation_users(users: pl.Series, share: float, seed: int) -> np.nda
 
 def examples(con: duckdb.DuckDBPyConnection, table: str, cutoff: Any, order: str) -> pl.DataFrame:
     # table and order come from this module's constants, never from input
-    return con.sql(f"select * from {table} where cutoff = $cutoff order by {order}", params={"cutoff": cutoff}).pl()
+    return con.sql(
+        f"select * from {table} where cutoff = $cutoff order by {order}", params={"cutoff": cutoff}
+    ).pl()
 
 
 def save_model(booster: lgb.Booster, run_dir: Path, name: str) -> tuple[str, str]:
@@ -153,7 +157,9 @@ def save_model(booster: lgb.Booster, run_dir: Path, name: str) -> tuple[str, str
     return version, str(path)
 
 
-def train_propensity(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs) -> TrainedModel:
+def train_propensity(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
+) -> TrainedModel:
     config = settings.propensity
     train = examples(con, "features.propensity_examples", cuts.propensity_train, "user_id")
     holdout = examples(con, "features.propensity_examples", cuts.propensity_holdout, "user_id")
@@ -220,11 +226,15 @@ def group_sizes(users: pl.Series) -> np.ndarray:
     return users.rle().struct.field("len").to_numpy()
 
 
-def train_ranking(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs) -> TrainedModel:
+def train_ranking(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
+) -> TrainedModel:
     config = settings.ranking
     train = examples(con, "features.ranking_examples", cuts.ranking_train, "user_id, item_id")
     # a user with no relevant candidate teaches lambdarank nothing
-    engaged = train.group_by("user_id").agg(pl.col("relevance").max().alias("best")).filter(pl.col("best") > 0)
+    engaged = (
+        train.group_by("user_id").agg(pl.col("relevance").max().alias("best")).filter(pl.col("best") > 0)
+    )
     train = train.join(engaged.select("user_id"), on="user_id", how="semi").sort("user_id", "item_id")
     if train.height == 0:
         raise ValueError(f"ranking: no user engaged with a candidate after {cuts.ranking_train}")
@@ -242,10 +252,12 @@ def train_ranking(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunCo
         lambdarank_truncation_level=2 * EVAL_K,
     )
     names = list(RANKING_FEATURES)
-    fit = lgb.Dataset(x[~is_valid], y[~is_valid], group=group_sizes(train["user_id"].filter(~is_valid)),
-                      feature_name=names)
-    valid = lgb.Dataset(x[is_valid], y[is_valid], group=group_sizes(train["user_id"].filter(is_valid)),
-                        reference=fit)
+    fit = lgb.Dataset(
+        x[~is_valid], y[~is_valid], group=group_sizes(train["user_id"].filter(~is_valid)), feature_name=names
+    )
+    valid = lgb.Dataset(
+        x[is_valid], y[is_valid], group=group_sizes(train["user_id"].filter(is_valid)), reference=fit
+    )
     booster = lgb.train(
         params,
         fit,
@@ -278,15 +290,21 @@ def evaluate_ranking(
     """NDCG@10 and friends on the holdout window, beside most-popular-first on the same candidates."""
     holdout = examples(con, "features.ranking_examples", cuts.ranking_holdout, "user_id, item_id")
     truth = query(
-        con, "features/ranking_truth", {"cutoff": cuts.ranking_holdout, "label_days": settings.ranking.label_days}
+        con,
+        "features/ranking_truth",
+        {"cutoff": cuts.ranking_holdout, "label_days": settings.ranking.label_days},
     ).pl()
     scored = holdout.select("user_id", "item_id", "popularity_rank").with_columns(
         pl.Series("score", booster.predict(feature_matrix(holdout, RANKING_FEATURES, {}))),
         (-pl.col("popularity_rank")).alias("popularity_score"),
     )
     model = metrics.ranking_metrics(metrics.top_k_from_scores(scored, "score", EVAL_K), truth, EVAL_K)
-    baseline = metrics.ranking_metrics(metrics.top_k_from_scores(scored, "popularity_score", EVAL_K), truth, EVAL_K)
-    candidate_recall = truth.join(holdout.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi").height
+    baseline = metrics.ranking_metrics(
+        metrics.top_k_from_scores(scored, "popularity_score", EVAL_K), truth, EVAL_K
+    )
+    candidate_recall = truth.join(
+        holdout.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi"
+    ).height
     live_items = scalar(
         con,
         "select count(*) from features.item_features where cutoff = $cutoff and is_live",

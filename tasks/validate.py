@@ -74,7 +74,9 @@ def expectations_for(table: Table, cutoff: datetime) -> list[Any]:
 
     suite: list[Any] = []
     for column in table.key:
-        suite.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=column, meta={"severity": CRITICAL}))
+        suite.append(
+            gx.expectations.ExpectColumnValuesToNotBeNull(column=column, meta={"severity": CRITICAL})
+        )
     suite.append(
         gx.expectations.ExpectCompoundColumnsToBeUnique(
             column_list=[*table.key, SOURCE_FILE], meta={"severity": CRITICAL}
@@ -83,7 +85,9 @@ def expectations_for(table: Table, cutoff: datetime) -> list[Any]:
     oldest = cutoff - timedelta(days=365 * MAX_EVENT_AGE_YEARS)
     for name in table.event_time_columns:
         if table.column(name).required and name not in table.key:
-            suite.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=name, meta={"severity": CRITICAL}))
+            suite.append(
+                gx.expectations.ExpectColumnValuesToNotBeNull(column=name, meta={"severity": CRITICAL})
+            )
         suite.append(
             gx.expectations.ExpectColumnValuesToBeBetween(
                 column=name,
@@ -114,7 +118,9 @@ def loaded_rows(con: duckdb.DuckDBPyConnection, table: Table, ctx: RunContext) -
     for (table_name, name), _ in ALLOWED_VALUES.items():
         if table_name == table.name and name not in columns:
             select.append(f"lower(trim({name})) as {name}")
-    sql = f"select {', '.join(select)}, {SOURCE_FILE} from raw.{table.name} where {LOADED_RUN_DATE} = $run_date"
+    sql = (
+        f"select {', '.join(select)}, {SOURCE_FILE} from raw.{table.name} where {LOADED_RUN_DATE} = $run_date"
+    )
     return con.execute(sql, {"run_date": ctx.run_date}).df()
 
 
@@ -138,14 +144,18 @@ def run_suite(table: Table, frame: pd.DataFrame, cutoff: datetime) -> list[Check
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{table.name}_raw", data=batch, suite=suite)
     )
-    checkpoint = context.checkpoints.add(gx.Checkpoint(name=f"{table.name}_gate", validation_definitions=[definition]))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(name=f"{table.name}_gate", validation_definitions=[definition])
+    )
     result = checkpoint.run(batch_parameters={"dataframe": frame})
     checks = []
     for validation in result.run_results.values():
         for outcome in validation.results:
             config = outcome.expectation_config
             kwargs = config.kwargs
-            column = kwargs.get("column") or "+".join(c for c in kwargs.get("column_list", []) if c != SOURCE_FILE)
+            column = kwargs.get("column") or "+".join(
+                c for c in kwargs.get("column_list", []) if c != SOURCE_FILE
+            )
             raw_sample = outcome.result.get("partial_unexpected_list")
             checks.append(
                 Check(
@@ -181,7 +191,9 @@ def store_results(con: duckdb.DuckDBPyConnection, ctx: RunContext, checks: list[
         )
         """
     )
-    con.execute("delete from meta.data_quality_results where run_date = $run_date", {"run_date": ctx.run_date})
+    con.execute(
+        "delete from meta.data_quality_results where run_date = $run_date", {"run_date": ctx.run_date}
+    )
     for check in checks:
         con.execute(
             "insert into meta.data_quality_results values ($run_date, $table, $expectation, $column, $severity, "

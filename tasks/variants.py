@@ -86,14 +86,18 @@ def render_campaign(
     ).fetchall()
     subjects, headlines, item_ids = [], [], []
     campaign_context = {"id": campaign.campaign_id, "channel": campaign.channel}
-    for user_id, variant_id, is_holdout, country, language, items in rows:
+    for _user_id, variant_id, is_holdout, country, language, items in rows:
         items = items or []
         item_ids.append(",".join(item["item_id"] for item in items))
         if is_holdout:  # the holdout gets no message
             subjects.append(None)
             headlines.append(None)
             continue
-        context = {"user": {"country": country, "language": language}, "items": items, "campaign": campaign_context}
+        context = {
+            "user": {"country": country, "language": language},
+            "items": items,
+            "campaign": campaign_context,
+        }
         try:
             subjects.append(templates[variant_id]["subject"].render(context))
             headlines.append(templates[variant_id]["headline"].render(context))

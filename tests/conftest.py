@@ -17,7 +17,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "tailor-test-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("TAILOR_PSEUDONYM_KEY", "test-pseudonym-key")
 
-from tailor.s3server import SeaweedServer, free_port  # noqa: E402
+from tailor.s3server import SeaweedServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_END = date(2026, 11, 20)

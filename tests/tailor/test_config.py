@@ -18,7 +18,9 @@ def write(tmp_path: Path, data: dict) -> Path:
 def minimal() -> dict:
     return {
         "project": "acme",
-        "sources": {name: {"path": f"data/{name}/*.csv"} for name in ("users", "consents", "items", "interactions")},
+        "sources": {
+            name: {"path": f"data/{name}/*.csv"} for name in ("users", "consents", "items", "interactions")
+        },
         "publish": {"target": "file://out", "published_user_id": "external"},
     }
 
@@ -92,7 +94,7 @@ def test_campaign_variants_must_be_unique(tmp_path: Path) -> None:
             }
         ]
     }
-    with pytest.raises(ConfigError, match="campaigns.0"):
+    with pytest.raises(ConfigError, match=r"campaigns\.0"):
         load_settings(write(tmp_path, data))
 
 

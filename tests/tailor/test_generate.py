@@ -44,7 +44,9 @@ def test_structure_the_models_can_learn(tmp_path: Path) -> None:
     generate(tmp_path, 3000, 400, 28, END, seed=3, fmt="parquet")
     events = pl.read_parquet(tmp_path / "sources" / "interactions" / "*.parquet")
     # long tail: the top 10% of items draw far more than 10% of views
-    views = events.filter(pl.col("event_type") == "view").group_by("item_id").len().sort("len", descending=True)
+    views = (
+        events.filter(pl.col("event_type") == "view").group_by("item_id").len().sort("len", descending=True)
+    )
     top_share = views.head(len(views) // 10)["len"].sum() / views["len"].sum()
     assert top_share > 0.35
     # weekly seasonality: weekend days carry more events than midweek days
@@ -60,7 +62,9 @@ def test_structure_the_models_can_learn(tmp_path: Path) -> None:
     truth = pl.read_parquet(tmp_path / "truth" / "users.parquet")
     buyers = events.filter(pl.col("event_type") == "purchase").group_by("user_id").len()
     joined = truth.join(buyers, on="user_id", how="left").with_columns(pl.col("len").fill_null(0))
-    decile = joined.with_columns(pl.col("daily_purchase_prob").qcut(10, labels=[str(i) for i in range(10)]).alias("d"))
+    decile = joined.with_columns(
+        pl.col("daily_purchase_prob").qcut(10, labels=[str(i) for i in range(10)]).alias("d")
+    )
     means = decile.group_by("d").agg(pl.col("len").mean()).sort("d")["len"].to_numpy()
     assert means[-1] > 3 * means[0]
 

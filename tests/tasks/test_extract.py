@@ -38,7 +38,10 @@ def make_company(root: Path, extra_sources: dict | None = None) -> Path:
     config = {
         "project": "tiny",
         "sources": {
-            "users": {"path": "sources/users/*.csv", "columns": {"user_id": "uid", "created_at": "signed_up"}},
+            "users": {
+                "path": "sources/users/*.csv",
+                "columns": {"user_id": "uid", "created_at": "signed_up"},
+            },
             "consents": {"path": "sources/consents/*.csv"},
             "items": {"path": "sources/items/*.csv"},
             "interactions": {"path": "sources/interactions/*.csv"},

@@ -63,7 +63,8 @@ def test_latest_consent_wins_and_candidates_respect_it(company: Path) -> None:
             "and is_latest"
         ).fetchall()
         in_candidates = con.execute(
-            "select count(*) from features.candidates where user_id = 'u001' and cutoff = $c", {"c": ctx.cutoff}
+            "select count(*) from features.candidates where user_id = 'u001' and cutoff = $c",
+            {"c": ctx.cutoff},
         ).fetchall()[0][0]
         bought_recommended = con.execute(
             """

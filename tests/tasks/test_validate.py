@@ -52,7 +52,9 @@ def test_null_key_future_time_and_unknown_event_type_fail() -> None:
 
 
 def test_duplicate_key_within_a_file_fails_across_files_does_not() -> None:
-    same = events(user_id=["u1", "u1"], event_type=["view", "view"], occurred_at=pd.to_datetime(["2026-01-02"] * 2))
+    same = events(
+        user_id=["u1", "u1"], event_type=["view", "view"], occurred_at=pd.to_datetime(["2026-01-02"] * 2)
+    )
     assert ("expect_compound_columns_to_be_unique", "user_id+item_id+event_type+occurred_at") in failed(
         run_suite(TABLES["interactions"], same, CUTOFF)
     )
@@ -84,7 +86,9 @@ def test_validate_task_stores_results_and_raises(company) -> None:
     settings = load_settings(company / "tailor.yaml")
     ctx = run_context(settings, date(2026, 11, 21))
     extract_sources.fn(settings, ctx)
-    with pytest.raises(DataQualityError, match="interactions: expect_column_values_to_be_between on occurred_at"):
+    with pytest.raises(
+        DataQualityError, match="interactions: expect_column_values_to_be_between on occurred_at"
+    ):
         validate_sources.fn(settings, ctx)
     with connect(settings) as con:
         rows = con.execute(

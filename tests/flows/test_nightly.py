@@ -1,0 +1,135 @@
+"""The whole nightly flow, for real: Prefect (test harness), Great Expectations, DuckDB, LightGBM, and a
+SeaweedFS S3 server started on a free loopback port."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import date
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from flows.nightly import nightly
+from tailor.config import load_settings
+from tailor.warehouse import connect
+from tasks.validate import DataQualityError
+from tests.conftest import RUN_DATE, TEST_BUCKET
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def s3_company(company: Path, s3_server) -> tuple[Path, str]:
+    """The small company publishing pseudonymous ids to its own prefix on the test S3 server."""
+    config_path = company / "tailor.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    prefix = f"nightly-{uuid.uuid4().hex[:8]}"
+    config["storage"] = {"endpoint_url": s3_server.endpoint_url}
+    config["publish"] = {"target": f"s3://{TEST_BUCKET}/{prefix}", "published_user_id": "pseudonymous"}
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path, prefix
+
+
+def s3(s3_server):
+    return boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+
+
+def read_json(client, key: str) -> dict:
+    return json.loads(client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read())
+
+
+def published_hashes(client, prefix: str, manifest: dict) -> dict[str, str]:
+    hashes = {}
+    for dataset in manifest["datasets"].values():
+        for file in dataset["files"]:
+            key = f"{prefix}/runs/{manifest['run_date']}/{file['path']}"
+            hashes[file["path"]] = hashlib.sha256(
+                client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read()
+            ).hexdigest()
+    return hashes
+
+
+def test_nightly_publishes_a_consistent_run_and_reruns_identically(
+    s3_company, s3_server, prefect_harness
+) -> None:
+    config_path, prefix = s3_company
+    summary = nightly(config_path=str(config_path), run_date=RUN_DATE)
+    client = s3(s3_server)
+
+    latest = read_json(client, f"{prefix}/latest.json")
+    assert latest == {"run_date": RUN_DATE.isoformat(), "manifest": f"runs/{RUN_DATE}/manifest.json"}
+    manifest = read_json(client, f"{prefix}/{latest['manifest']}")
+    assert manifest["run_date"] == RUN_DATE.isoformat()
+    assert manifest["config_sha256"] == load_settings(config_path).config_sha256
+    assert set(manifest["models"]) == {"propensity", "ranking"}
+    assert manifest["data_quality"]["success"] is True
+    assert set(manifest["datasets"]) == {"recommendations", "user_propensity", "campaign_assignments"}
+
+    settings = load_settings(config_path)
+    tables = {
+        "recommendations": "marts.mart_recommendations",
+        "user_propensity": "marts.mart_user_propensity",
+        "campaign_assignments": "marts.mart_campaign_content",
+    }
+    with connect(settings) as con:
+        for name, table in tables.items():
+            rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+            dataset = manifest["datasets"][name]
+            assert rows > 0 and dataset["rows"] == rows, name
+            assert sum(f["rows"] for f in dataset["files"] if f["format"] == "parquet") == rows
+            assert "email" not in dataset["columns"] and "user_id" in dataset["columns"]
+        raw_interactions = con.execute("select count(*) from raw.interactions").fetchall()[0][0]
+    assert manifest["datasets"]["recommendations"]["model_versions"] == {
+        "ranking": manifest["models"]["ranking"]["version"]
+    }
+
+    first = published_hashes(client, prefix, manifest)
+    for dataset in manifest["datasets"].values():
+        for file in dataset["files"]:
+            assert first[file["path"]] == file["sha256"]
+    assert any(f.endswith(".csv") for f in first)
+
+    # published ids are pseudonyms, not the company's ids
+    import polars as pl
+
+    key = f"{prefix}/runs/{RUN_DATE}/recommendations/part-0000.parquet"
+    body = client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read()
+    users = pl.read_parquet(body)["user_id"]
+    assert users.str.contains(r"^[0-9a-f]{32}$").all()
+    assert summary["published"]["latest_moved"] is True
+
+    # the same night again: same rows loaded, byte-identical files
+    nightly(config_path=str(config_path), run_date=RUN_DATE)
+    again = read_json(client, f"{prefix}/runs/{RUN_DATE}/manifest.json")
+    assert published_hashes(client, prefix, again) == first
+    assert again == manifest
+    with connect(settings) as con:
+        assert con.execute("select count(*) from raw.interactions").fetchall()[0][0] == raw_interactions
+
+
+def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_run(
+    s3_company, s3_server, prefect_harness
+) -> None:
+    config_path, prefix = s3_company
+    nightly(config_path=str(config_path), run_date=RUN_DATE)
+    client = s3(s3_server)
+    before = read_json(client, f"{prefix}/latest.json")
+
+    bad = config_path.parent / "sources" / "interactions" / f"{RUN_DATE}.csv"
+    bad.write_text("user_id,item_id,event_type,occurred_at,value\nu001,i001,view,2031-01-01 00:00:00,\n")
+    next_day = date.fromordinal(RUN_DATE.toordinal() + 1)
+    state = nightly(config_path=str(config_path), run_date=next_day, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(
+        DataQualityError, match=r"interactions: expect_column_values_to_be_between on occurred_at"
+    ):
+        state.result()
+    assert read_json(client, f"{prefix}/latest.json") == before
+    listed = client.list_objects_v2(Bucket=TEST_BUCKET, Prefix=f"{prefix}/runs/{next_day}/")
+    assert listed["KeyCount"] == 0
+    assert re.match(r"\d{4}-\d{2}-\d{2}", before["run_date"])

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tailor.cli import build_parser, format_summary, main
+
+
+def test_help_explains_every_option(capsys) -> None:
+    for command, options in (
+        ("generate", ["--users", "--items", "--days", "--end", "--seed", "--format", "--out"]),
+        ("run", ["--config", "--run-date", "--target"]),
+    ):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        for option in options:
+            assert option in text, (command, option)
+
+
+def test_bad_config_fails_fast_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"project": "x", "sourcez": {}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "tailor.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("tailor: error: ")
+    assert "bad.yaml" in result.stderr and "'sourcez': unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_dates_are_rejected_by_the_parser(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--config", "c.yaml", "--run-date", "27/11/2026"])
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_generate_command_writes_a_runnable_company(tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "generate",
+                "--users",
+                "50",
+                "--items",
+                "20",
+                "--days",
+                "14",
+                "--end",
+                "2026-02-01",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert "interactions" in capsys.readouterr().out
+    assert (tmp_path / "tailor.yaml").exists()
+    assert len(list((tmp_path / "sources" / "interactions").glob("*.csv"))) == 14
+
+
+def test_summary_mentions_where_and_what(trained_company) -> None:
+    models = trained_company[2]
+    summary = {
+        "run_date": "2026-11-21",
+        "wall_seconds": 1.0,
+        "extracted": {"users": 10},
+        "data_quality": {"passed": 3, "expectations": 3, "failed_warning": 0},
+        "models": {name: {"version": m["version"], "metrics": m["metrics"]} for name, m in models.items()},
+        "campaign_arms": {"c": {"a": 5, "holdout": 1}},
+        "published": {
+            "target": "s3://b/p",
+            "files": ["s3://b/p/runs/x/part-0000.parquet"],
+            "manifest": "s3://b/p/runs/x/manifest.json",
+            "latest": "s3://b/p/latest.json",
+            "latest_moved": True,
+        },
+    }
+    text = format_summary(summary)
+    assert "s3://b/p/latest.json" in text and "NDCG@10" in text and "ROC AUC" in text and "3/3" in text
