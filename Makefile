@@ -22,6 +22,7 @@ export TAILOR_PSEUDONYM_KEY ?= demo-only-pseudonym-key
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	mkdir -p var
 	touch $@
 
 install: $(VENV)/.installed

@@ -86,3 +86,16 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
     }
     text = format_summary(summary)
     assert "s3://b/p/latest.json" in text and "NDCG@10" in text and "ROC AUC" in text and "3/3" in text
+
+
+def test_readme_documents_every_canonical_column_and_starts_with_the_commands() -> None:
+    from tailor.schema import TABLES
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    first_lines = "\n".join(readme.splitlines()[:5])
+    assert "make demo" in first_lines and "make test" in first_lines
+    for table in TABLES.values():
+        assert f"`{table.name}`" in readme
+        for column in table.columns:
+            assert f"`{column.name}`" in readme, f"{table.name}.{column.name} is not documented"

@@ -156,3 +156,33 @@ def test_quote_identifier_escapes() -> None:
     name = quote_identifier('we"ird')
     con.execute(f"create table t ({name} int)")
     assert con.execute("select column_name from (describe t)").fetchall() == [('we"ird',)]
+
+
+def test_a_sql_source_derives_what_a_rename_cannot(tmp_path: Path) -> None:
+    from tailor.sql import sql_root
+
+    model = sql_root() / "sources" / "test_consents_from_flags.sql"
+    model.write_text(
+        "-- a consent export with one column per purpose\n"
+        "with source as (select * from read_csv($file, all_varchar = true)),\n"
+        "final as (\n"
+        "    select uid as user_id, 'profiling' as purpose, profiling_flag = 'Y' as is_granted,\n"
+        "           changed as updated_at from source\n"
+        ")\nselect * from final\n"
+    )
+    try:
+        config = make_company(
+            tmp_path, {"consents": {"path": "sources/cmp/*.csv", "sql": "test_consents_from_flags"}}
+        )
+        cmp = tmp_path / "sources" / "cmp" / "2026-01-02.csv"
+        cmp.parent.mkdir(parents=True)
+        cmp.write_text("uid,profiling_flag,changed\nu1,Y,2026-01-01 00:00:00\nu2,N,2026-01-01 00:00:00\n")
+        settings = load_settings(config)
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+        with connect(settings) as con:
+            rows = con.execute(
+                "select user_id, purpose, is_granted from raw.consents order by user_id"
+            ).fetchall()
+        assert rows == [("u1", "profiling", True), ("u2", "profiling", False)]
+    finally:
+        model.unlink()
