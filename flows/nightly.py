@@ -18,7 +18,13 @@ from tasks.validate import validate_sources
 from tasks.variants import assign_variants
 
 
-@flow(name="tailor-nightly", flow_run_name="nightly-{run_date}")
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"nightly-{flow_run.parameters.get('run_date') or 'today'}"
+
+
+@flow(name="tailor-nightly", flow_run_name=_run_name)
 def nightly(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
     """Turn the sources into published recommendations, propensities and campaign content for one day."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)

@@ -18,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings, SourceConfig
+from tailor.retry import retry_unless
 from tailor.schema import FILE_DATE, LOADED_RUN_DATE, SOURCE_FILE, TABLES, Table
 from tailor.sql import read_sql, scalar
 from tailor.storage import StoredObject, fetch_to_local, list_source_objects
@@ -278,9 +279,15 @@ def extract_source(
     return result
 
 
-@task(name="extract", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+@task(
+    name="extract",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_unless(ExtractError),
+    cache_policy=NO_CACHE,
+)
 def extract_sources(settings: Settings, ctx: RunContext) -> dict[str, SourceLoad]:
-    """Load every configured source; retried, since sources may live on remote storage."""
+    """Load every configured source; retried when storage fails, not when a file is bad."""
     loads = {}
     with connect(settings) as con:
         ensure_meta(con)

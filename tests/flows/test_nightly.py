@@ -133,3 +133,19 @@ def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_run(
     listed = client.list_objects_v2(Bucket=TEST_BUCKET, Prefix=f"{prefix}/runs/{next_day}/")
     assert listed["KeyCount"] == 0
     assert re.match(r"\d{4}-\d{2}-\d{2}", before["run_date"])
+
+
+def test_a_bad_file_fails_once_without_pointless_retries(company: Path, prefect_harness) -> None:
+    (company / "sources" / "items" / "2026-11-20.csv").write_text("")
+    state = nightly(config_path=str(company / "tailor.yaml"), run_date=RUN_DATE, return_state=True)
+    assert state.is_failed()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs()
+    extract_runs = [r for r in runs if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("extract")]
+    assert len(extract_runs) == 1 and extract_runs[0].run_count == 1
+    from tasks.extract import ExtractError
+
+    with pytest.raises(ExtractError, match="items/2026-11-20.csv: file is empty"):
+        state.result()
