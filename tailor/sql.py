@@ -99,6 +99,17 @@ def materialize_partition(
     )
 
 
+def read_partition(con: duckdb.DuckDBPyConnection, model: str, cutoff: Any, order_by: tuple[str, ...]):
+    """One cutoff's rows of a partitioned model table, in a stable order (a relation: .pl(), readers)."""
+    for column in order_by:
+        if not _IDENTIFIER.match(column):
+            raise ValueError(f"order column {column!r} is not a plain identifier")
+    return con.sql(
+        f"select * from {table_name(model)} where cutoff = $cutoff order by {', '.join(order_by)}",
+        params={"cutoff": cutoff},
+    )
+
+
 def count_rows(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(scalar(con, f"select count(*) from {table}"))
 

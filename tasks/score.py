@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
-from tailor.sql import materialize
+from tailor.sql import materialize, read_partition
 from tailor.warehouse import RunContext, connect
 from tasks.train import PROPENSITY_FEATURES, RANKING_FEATURES, feature_matrix
 
@@ -34,9 +34,8 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
 
 
 def score_candidates(con: duckdb.DuckDBPyConnection, booster: lgb.Booster, ctx: RunContext) -> int:
-    reader = con.sql(
-        "select * from features.ranking_examples where cutoff = $cutoff order by user_id, item_id",
-        params={"cutoff": ctx.cutoff},
+    reader = read_partition(
+        con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")
     ).to_arrow_reader(BATCH_ROWS)
     parts = []
     for batch in reader:
@@ -56,10 +55,7 @@ def score_candidates(con: duckdb.DuckDBPyConnection, booster: lgb.Booster, ctx: 
 def score_propensity(
     con: duckdb.DuckDBPyConnection, booster: lgb.Booster, categories: dict[str, list[str]], ctx: RunContext
 ) -> int:
-    users = con.sql(
-        "select * from features.propensity_examples where cutoff = $cutoff order by user_id",
-        params={"cutoff": ctx.cutoff},
-    ).pl()
+    users = read_partition(con, "features/propensity_examples", ctx.cutoff, ("user_id",)).pl()
     probability = (
         booster.predict(feature_matrix(users, PROPENSITY_FEATURES, categories)) if users.height else []
     )

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor import metrics
 from tailor.config import Settings
-from tailor.sql import query, scalar
+from tailor.sql import query, read_partition, scalar
 from tailor.warehouse import RunContext, connect
 from tasks.features import Cutoffs, cutoffs_for
 
@@ -141,13 +141,6 @@ def seeded_validation_users(users: pl.Series, share: float, seed: int) -> np.nda
     return users.is_in(picked.implode()).to_numpy()
 
 
-def examples(con: duckdb.DuckDBPyConnection, table: str, cutoff: Any, order: str) -> pl.DataFrame:
-    # table and order come from this module's constants, never from input
-    return con.sql(
-        f"select * from {table} where cutoff = $cutoff order by {order}", params={"cutoff": cutoff}
-    ).pl()
-
-
 def save_model(booster: lgb.Booster, run_dir: Path, name: str) -> tuple[str, str]:
     text = booster.model_to_string()
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -161,8 +154,8 @@ def train_propensity(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
 ) -> TrainedModel:
     config = settings.propensity
-    train = examples(con, "features.propensity_examples", cuts.propensity_train, "user_id")
-    holdout = examples(con, "features.propensity_examples", cuts.propensity_holdout, "user_id")
+    train = read_partition(con, "features/propensity_examples", cuts.propensity_train, ("user_id",)).pl()
+    holdout = read_partition(con, "features/propensity_examples", cuts.propensity_holdout, ("user_id",)).pl()
     if train.height == 0 or train["is_converted"].sum() == 0:
         raise ValueError(f"propensity: no converting user in the training window at {cuts.propensity_train}")
     categories = vocabulary(train, PROPENSITY_FEATURES)
@@ -230,7 +223,7 @@ def train_ranking(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
 ) -> TrainedModel:
     config = settings.ranking
-    train = examples(con, "features.ranking_examples", cuts.ranking_train, "user_id, item_id")
+    train = read_partition(con, "features/ranking_examples", cuts.ranking_train, ("user_id", "item_id")).pl()
     # a user with no relevant candidate teaches lambdarank nothing
     engaged = (
         train.group_by("user_id").agg(pl.col("relevance").max().alias("best")).filter(pl.col("best") > 0)
@@ -288,7 +281,9 @@ def evaluate_ranking(
     con: duckdb.DuckDBPyConnection, booster: lgb.Booster, settings: Settings, cuts: Cutoffs
 ) -> dict[str, Any]:
     """NDCG@10 and friends on the holdout window, beside most-popular-first on the same candidates."""
-    holdout = examples(con, "features.ranking_examples", cuts.ranking_holdout, "user_id, item_id")
+    holdout = read_partition(
+        con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")
+    ).pl()
     truth = query(
         con,
         "features/ranking_truth",

@@ -128,47 +128,59 @@ def _sample(values: list[Any] | None) -> list[str]:
     return [str(value)[:60] for value in (values or [])[:5]]
 
 
-def run_suite(table: Table, frame: pd.DataFrame, cutoff: datetime) -> list[Check]:
-    import great_expectations as gx
+class Gate:
+    """One ephemeral Great Expectations context, shared by every table's suite in a run."""
 
-    context = gx.get_context(mode="ephemeral")
-    _quiet(context)
-    batch = (
-        context.data_sources.add_pandas(f"tailor_{table.name}")
-        .add_dataframe_asset(table.name)
-        .add_batch_definition_whole_dataframe("loaded_by_run")
+    def __init__(self) -> None:
+        import great_expectations as gx
+
+        # GX announces each temporary docs folder at INFO; a nightly log does not need that
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        self._gx = gx
+        self.context = gx.get_context(mode="ephemeral")
+        _quiet(self.context)
+        self.source = self.context.data_sources.add_pandas("tailor")
+
+    def run(self, table: Table, frame: pd.DataFrame, cutoff: datetime) -> list[Check]:
+        gx = self._gx
+        batch = self.source.add_dataframe_asset(table.name).add_batch_definition_whole_dataframe(
+            "loaded_by_run"
+        )
+        suite = self.context.suites.add(gx.ExpectationSuite(name=f"{table.name}_schema"))
+        for expectation in expectations_for(table, cutoff):
+            suite.add_expectation(expectation)
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{table.name}_raw", data=batch, suite=suite)
+        )
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(name=f"{table.name}_gate", validation_definitions=[definition])
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        return [
+            _check(table, outcome)
+            for validation in result.run_results.values()
+            for outcome in validation.results
+        ]
+
+
+def _check(table: Table, outcome: Any) -> Check:
+    config = outcome.expectation_config
+    kwargs = config.kwargs
+    column = kwargs.get("column") or "+".join(c for c in kwargs.get("column_list", []) if c != SOURCE_FILE)
+    return Check(
+        table=table.name,
+        expectation=config.type,
+        column=column,
+        severity=config.meta.get("severity", CRITICAL),
+        success=bool(outcome.success),
+        unexpected_count=int(outcome.result.get("unexpected_count") or 0),
+        sample=_sample(outcome.result.get("partial_unexpected_list")),
     )
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{table.name}_schema"))
-    for expectation in expectations_for(table, cutoff):
-        suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{table.name}_raw", data=batch, suite=suite)
-    )
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(name=f"{table.name}_gate", validation_definitions=[definition])
-    )
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
-    checks = []
-    for validation in result.run_results.values():
-        for outcome in validation.results:
-            config = outcome.expectation_config
-            kwargs = config.kwargs
-            column = kwargs.get("column") or "+".join(
-                c for c in kwargs.get("column_list", []) if c != SOURCE_FILE
-            )
-            raw_sample = outcome.result.get("partial_unexpected_list")
-            checks.append(
-                Check(
-                    table=table.name,
-                    expectation=config.type,
-                    column=column,
-                    severity=config.meta.get("severity", CRITICAL),
-                    success=bool(outcome.success),
-                    unexpected_count=int(outcome.result.get("unexpected_count") or 0),
-                    sample=_sample(raw_sample),
-                )
-            )
-    return checks
+
+
+def run_suite(table: Table, frame: pd.DataFrame, cutoff: datetime) -> list[Check]:
+    """One table's suite on one frame, in a context of its own."""
+    return Gate().run(table, frame, cutoff)
 
 
 def _quiet(context: Any) -> None:
@@ -216,10 +228,11 @@ def validate_sources(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     """Run the gate on every configured source; raise DataQualityError on a critical failure."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     checks: list[Check] = []
+    gate = Gate()
     with connect(settings) as con:
         for table_name in settings.sources:
             table = TABLES[table_name]
-            checks += run_suite(table, loaded_rows(con, table, ctx), ctx.cutoff)
+            checks += gate.run(table, loaded_rows(con, table, ctx), ctx.cutoff)
         store_results(con, ctx, checks)
     report = QualityReport(checks)
     for check in report.failed:

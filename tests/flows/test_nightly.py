@@ -143,9 +143,11 @@ def test_a_bad_file_fails_once_without_pointless_retries(company: Path, prefect_
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs()
-    extract_runs = [r for r in runs if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("extract")]
+    extract_runs = [
+        r for r in runs if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("extract")
+    ]
     assert len(extract_runs) == 1 and extract_runs[0].run_count == 1
     from tasks.extract import ExtractError
 
-    with pytest.raises(ExtractError, match="items/2026-11-20.csv: file is empty"):
+    with pytest.raises(ExtractError, match=r"items/2026-11-20\.csv: file is empty"):
         state.result()

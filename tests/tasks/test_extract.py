@@ -186,3 +186,33 @@ def test_a_sql_source_derives_what_a_rename_cannot(tmp_path: Path) -> None:
         assert rows == [("u1", "profiling", True), ("u2", "profiling", False)]
     finally:
         model.unlink()
+
+
+def test_parquet_and_json_lines_sources(tmp_path: Path) -> None:
+    import polars as pl
+
+    config = make_company(
+        tmp_path,
+        {
+            "items": {"path": "sources/catalogue/*.jsonl"},
+            "interactions": {"path": "sources/events/*.parquet", "columns": {"occurred_at": "ts"}},
+        },
+    )
+    catalogue = tmp_path / "sources" / "catalogue" / "2026-01-02.jsonl"
+    catalogue.parent.mkdir(parents=True)
+    catalogue.write_text(
+        '{"item_id": "i1", "title": "Lamp", "category": "home", "published_at": "2025-12-01 00:00:00",'
+        ' "price_cents": 1999, "is_available": true}\n'
+    )
+    events = tmp_path / "sources" / "events" / "2026-01-02.parquet"
+    events.parent.mkdir(parents=True)
+    pl.DataFrame(
+        {"user_id": ["u1"], "item_id": ["i1"], "event_type": ["purchase"], "value": [1999.0]}
+    ).with_columns(pl.lit("2026-01-02 08:00:00").str.to_datetime().alias("ts")).write_parquet(events)
+    settings = load_settings(config)
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    with connect(settings) as con:
+        item = con.execute("select item_id, price_cents, is_available from raw.items").fetchall()
+        event = con.execute("select event_type, occurred_at, value from raw.interactions").fetchall()
+    assert item == [("i1", 1999, True)]
+    assert event[0][0] == "purchase" and str(event[0][1]) == "2026-01-02 08:00:00" and event[0][2] == 1999.0
