@@ -19,13 +19,35 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings, SourceConfig
 from tailor.retry import retry_unless
-from tailor.schema import FILE_DATE, LOADED_RUN_DATE, SOURCE_FILE, TABLES, Table
-from tailor.sql import read_sql, scalar
+from tailor.schema import (
+    FILE_DATE,
+    INVALID_COLUMNS,
+    LOADED_RUN_DATE,
+    ORIGINAL_VALUES,
+    ROW_KEY,
+    SOURCE_FILE,
+    TABLES,
+    Table,
+)
+from tailor.sql import bind, read_sql, scalar
 from tailor.storage import StoredObject, fetch_to_local, list_source_objects
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
 _FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
+# Added to every raw row: where it came from, and which values did not parse (kept as the original text).
+LINEAGE_COLUMNS = {
+    ROW_KEY: "bigint",
+    INVALID_COLUMNS: "varchar[]",
+    ORIGINAL_VALUES: "varchar",
+    SOURCE_FILE: "varchar",
+    FILE_DATE: "date",
+    LOADED_RUN_DATE: "date",
+}
+TRUE_SPELLINGS = ("true", "t", "yes", "y", "1")
+FALSE_SPELLINGS = ("false", "f", "no", "n", "0")
+# A column whose values mostly fail to parse has changed type upstream: that is drift, not bad rows.
+DRIFT_SHARE = 0.5
 
 
 class ExtractError(RuntimeError):
@@ -61,12 +83,12 @@ def ensure_meta(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+    con.execute("create sequence if not exists raw.row_key_sequence")
     for table in TABLES.values():
         columns = ", ".join(f"{quote_identifier(c.name)} {c.duckdb_type}" for c in table.columns)
-        con.execute(
-            f"create table if not exists raw.{table.name} ({columns}, "
-            f"{SOURCE_FILE} varchar, {FILE_DATE} date, {LOADED_RUN_DATE} date)"
-        )
+        con.execute(f"create table if not exists raw.{table.name} ({columns})")
+        for name, sql_type in LINEAGE_COLUMNS.items():
+            con.execute(f"alter table raw.{table.name} add column if not exists {name} {sql_type}")
 
 
 def reader_sql(source: SourceConfig) -> tuple[str, dict[str, object]]:
@@ -102,9 +124,17 @@ def describe_columns(
     return [row[0] for row in rows]
 
 
-def projection(table: Table, source: SourceConfig, present: list[str], label: str) -> tuple[str, list[str]]:
-    """SELECT list mapping the file's columns onto the canonical ones; and warnings (extra columns)."""
-    expressions = []
+@dataclass(frozen=True)
+class Projection:
+    typed: list[str]  # one expression per canonical column, NULL where a value does not parse
+    originals: dict[str, str]  # canonical column -> the file's value as text, for mapped columns
+    warnings: list[str]
+
+
+def projection(table: Table, source: SourceConfig, present: list[str], label: str) -> Projection:
+    """Map the file's columns onto the canonical ones; values that do not parse become NULL and are
+    reported per row (never a failed load), and an unmapped extra column is a warning."""
+    typed, originals = [], {}
     mapped = set()
     for column in table.columns:
         file_column = source.columns.get(column.name, column.name)
@@ -112,55 +142,79 @@ def projection(table: Table, source: SourceConfig, present: list[str], label: st
             if column.required or column.name in source.columns:
                 raise ExtractError(
                     f"{label}: column '{file_column}' (mapped to {table.name}.{column.name}) is missing; "
-                    f"the file has {', '.join(present)}"
+                    f"the file has {', '.join(present)}{_delimiter_hint(present, source)}"
                 )
-            expressions.append(f"null::{column.duckdb_type} as {quote_identifier(column.name)}")
+            typed.append(f"null::{column.duckdb_type} as {quote_identifier(column.name)}")
             continue
         mapped.add(file_column)
         ref = quote_identifier(file_column)
+        text = f"nullif(trim(cast({ref} as varchar)), '')"
         if (
             column.duckdb_type == "TIMESTAMP"
             and source.csv.timestamp_format
             and source.file_format() == "csv"
         ):
-            value = f"strptime({ref}, $timestamp_format)"
+            value = f"try_strptime({text}, $timestamp_format)"
         elif column.duckdb_type == "BOOLEAN":
-            value = f"cast(lower(trim(cast({ref} as varchar))) as boolean)"
+            value = (
+                f"case when list_contains($true_spellings, lower({text})) then true "
+                f"when list_contains($false_spellings, lower({text})) then false end"
+            )
         else:
-            value = f"cast({ref} as {column.duckdb_type})"
-        expressions.append(f"{value} as {quote_identifier(column.name)}")
+            value = f"try_cast({text} as {column.duckdb_type})"
+        typed.append(f"{value} as {quote_identifier(column.name)}")
+        originals[column.name] = text
     extra = [name for name in present if name not in mapped]
     warnings = [f"{label}: column(s) {', '.join(extra)} not mapped, ignored"] if extra else []
-    return ", ".join(expressions), warnings
+    return Projection(typed, originals, warnings)
 
 
-def _failing_column(
-    con: duckdb.DuckDBPyConnection,
-    table: Table,
-    source: SourceConfig,
-    relation: str,
-    params: dict[str, object],
-) -> str:
-    """After a failed cast, find which column (and a sample value) did not convert.
+def _delimiter_hint(present: list[str], source: SourceConfig) -> str:
+    if len(present) != 1 or source.file_format() != "csv":
+        return ""
+    for delimiter in (";", "\t", "|", ","):
+        if delimiter != source.csv.delimiter and delimiter in present[0]:
+            return f" (the file looks delimited by {delimiter!r}; the source says {source.csv.delimiter!r})"
+    return ""
 
-    Runs on its own cursor: the failed insert has aborted the load's transaction."""
-    con = con.cursor()
-    for column in table.columns:
-        file_column = source.columns.get(column.name, column.name)
-        ref = quote_identifier(file_column)
-        try:
-            rows = con.execute(
-                f"select {ref} from {relation} where {ref} is not null "
-                f"and try_cast({ref} as {column.duckdb_type}) is null limit 1",
-                params,
-            ).fetchall()
-        except duckdb.Error:
-            continue
-        if rows:
-            return (
-                f"column '{file_column}': value {str(rows[0][0])[:40]!r} is not a valid {column.duckdb_type}"
-            )
-    return "a value could not be converted"
+
+def insert_sql(table: Table, projection: Projection, relation: str) -> str:
+    """INSERT of one file into raw.<table>: typed columns, which values failed to parse, lineage."""
+    checks = ", ".join(
+        f"case when original_values.{quote_identifier(name)} is not null and {quote_identifier(name)} is null "
+        f"then '{name}' end"
+        for name in projection.originals
+    )
+    originals = ", ".join(
+        f"{quote_identifier(name)} := {text}" for name, text in projection.originals.items()
+    )
+    canonical = ", ".join(quote_identifier(c.name) for c in table.columns)
+    return f"""
+        insert into raw.{table.name} by name
+        with source as (
+            select * from {relation}
+        ),
+        parsed as (
+            select {", ".join(projection.typed)}, struct_pack({originals}) as original_values
+            from source
+        ),
+        final as (
+            select
+                {canonical},
+                list_filter([{checks}], lambda name: name is not null) as {INVALID_COLUMNS},
+                original_values
+            from parsed
+        )
+        select
+            {canonical},
+            nextval('raw.row_key_sequence') as {ROW_KEY},
+            {INVALID_COLUMNS},
+            case when len({INVALID_COLUMNS}) > 0 then to_json(original_values) end as {ORIGINAL_VALUES},
+            $source_file as {SOURCE_FILE},
+            $file_date as {FILE_DATE},
+            $run_date as {LOADED_RUN_DATE}
+        from final
+    """
 
 
 def load_file(
@@ -182,23 +236,17 @@ def load_file(
     try:
         present = describe_columns(con, relation, params)
     except duckdb.Error as error:
-        raise ExtractError(
-            f"{label}: cannot be read as {source.file_format()}: {_first_line(error)}"
-        ) from None
-    select_list, warnings = projection(table, source, present, label)
-    if source.csv.timestamp_format and "$timestamp_format" in select_list:
+        raise ExtractError(f"{label}: {_readable(error, source, local)}") from None
+    shape = projection(table, source, present, label)
+    if source.csv.timestamp_format and source.file_format() == "csv":
         params = {**params, "timestamp_format": source.csv.timestamp_format}
     lineage = {"source_file": stored.uri, "file_date": file_date(stored.uri), "run_date": run_date}
+    statement = insert_sql(table, shape, relation)
+    spellings = {"true_spellings": list(TRUE_SPELLINGS), "false_spellings": list(FALSE_SPELLINGS)}
     try:
-        con.execute(
-            f"insert into raw.{table.name} select {select_list}, $source_file, $file_date, $run_date "
-            f"from {relation}",
-            {**params, **lineage},
-        )
-    except duckdb.ConversionException:
-        raise ExtractError(f"{label}: {_failing_column(con, table, source, relation, params)}") from None
+        con.execute(statement, bind(statement, {**params, **lineage, **spellings}))
     except duckdb.Error as error:
-        raise ExtractError(f"{label}: {_first_line(error)}") from None
+        raise ExtractError(f"{label}: {_readable(error, source, local)}") from None
     rows = int(
         scalar(
             con,
@@ -209,7 +257,96 @@ def load_file(
     )
     if rows == 0:
         raise ExtractError(f"{label}: file has a header but no rows")
-    return rows, warnings
+    check_drift(con, table, stored.uri, run_date, rows, label)
+    return rows, shape.warnings + boolean_spellings(con, table, source, present, relation, params, label)
+
+
+def check_drift(
+    con: duckdb.DuckDBPyConnection, table: Table, uri: str, run_date: date, rows: int, label: str
+) -> None:
+    """Fail when a column's values mostly do not parse: the upstream type changed."""
+    failures = con.execute(
+        f"""
+        select name, count(*) as failed, any_value(json_extract_string({ORIGINAL_VALUES}, '$.' || name)) as sample
+        from (select unnest({INVALID_COLUMNS}) as name, {ORIGINAL_VALUES} from raw.{table.name}
+              where {SOURCE_FILE} = $uri and {LOADED_RUN_DATE} = $run_date)
+        group by name order by name
+        """,
+        {"uri": uri, "run_date": run_date},
+    ).fetchall()
+    for name, failed, sample in failures:
+        if failed / rows >= DRIFT_SHARE:
+            raise ExtractError(
+                f"{label}: column {table.name}.{name} changed type: {failed} of {rows} value(s) are not "
+                f"{table.column(name).duckdb_type} (e.g. {str(sample)[:40]!r})"
+            )
+
+
+def boolean_spellings(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    source: SourceConfig,
+    present: list[str],
+    relation: str,
+    params: dict[str, object],
+    label: str,
+) -> list[str]:
+    """Booleans given as yes/no, y/n, 1/0 or t/f parse, but a data engineer should hear of it."""
+    warnings = []
+    unusual = [*TRUE_SPELLINGS[1:], *FALSE_SPELLINGS[1:]]
+    for column in table.columns:
+        file_column = source.columns.get(column.name, column.name)
+        if column.duckdb_type != "BOOLEAN" or file_column not in present:
+            continue
+        ref = quote_identifier(file_column)
+        statement = f"select count(*) from {relation} where list_contains($unusual, lower(trim(cast({ref} as varchar))))"
+        count = scalar(con, statement, bind(statement, {**params, "unusual": unusual}))
+        if count:
+            warnings.append(
+                f"{label}: column '{file_column}': {count} value(s) spelled yes/no, y/n, 1/0 or t/f, "
+                "read as booleans"
+            )
+    return warnings
+
+
+_COLUMNS_MISMATCH = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
+_LINE = re.compile(r"Line: (\d+)")
+
+
+def _readable(error: Exception, source: SourceConfig, local: Path) -> str:
+    """DuckDB's reader errors, as one line a data engineer can act on."""
+    text = str(error)
+    if "Invalid unicode" in text or "byte sequence mismatch" in text:
+        return f"not valid {source.csv.encoding} text (set csv.encoding for this source)"
+    if source.file_format() == "csv" and "sniffing" in text:
+        ragged = _ragged_line(local, source)
+        if ragged:
+            return ragged
+    mismatch = _COLUMNS_MISMATCH.search(text)
+    if mismatch:
+        line = _LINE.search(text)
+        where = f"line {line.group(1)}" if line else "a line"
+        return (
+            f"{where} has {mismatch.group(2)} field(s), expected {mismatch.group(1)} "
+            "(truncated or malformed file)"
+        )
+    return f"cannot be read as {source.file_format()}: {_first_line(error)}"
+
+
+def _ragged_line(local: Path, source: SourceConfig) -> str | None:
+    """The first line whose field count differs from the first line's (only read when parsing failed)."""
+    import csv
+
+    encoding = {"utf-8": "utf-8", "latin-1": "latin-1", "utf-16": "utf-16"}[source.csv.encoding]
+    with local.open(newline="", encoding=encoding, errors="replace") as handle:
+        rows = csv.reader(handle, delimiter=source.csv.delimiter.replace("\\t", "\t"))
+        expected = None
+        for number, row in enumerate(rows, start=1):
+            if expected is None:
+                expected = len(row)
+            elif len(row) != expected:
+                return f"line {number} has {len(row)} field(s), expected {expected} (truncated or malformed file)"
+    return None
 
 
 def _first_line(error: Exception) -> str:

@@ -91,14 +91,18 @@ def test_missing_mapped_column_names_file_and_column(tmp_path: Path) -> None:
     assert "users/2026-01-02.csv" in message and "'signed_up'" in message and "users.created_at" in message
 
 
-def test_bad_value_names_the_column_and_keeps_nothing_of_the_source(tmp_path: Path) -> None:
+def test_a_changed_type_names_the_column_and_keeps_nothing_of_the_source(tmp_path: Path) -> None:
     config = make_company(tmp_path)
     (tmp_path / "sources/interactions/2026-01-01.csv").write_text(interactions("2026-01-01"))
     (tmp_path / "sources/interactions/2026-01-02.csv").write_text(
         "user_id,item_id,event_type,occurred_at,value\nu1,i1,view,yesterday-ish,\n"
     )
     settings = load_settings(config)
-    with pytest.raises(ExtractError, match=r"2026-01-02\.csv: column 'occurred_at': value 'yesterday-ish'"):
+    with pytest.raises(
+        ExtractError,
+        match=r"2026-01-02\.csv: column interactions\.occurred_at changed type: 1 of 1 value\(s\) are not "
+        r"TIMESTAMP \(e\.g\. 'yesterday-ish'\)",
+    ):
         extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
     assert raw_count(settings, "interactions") == 0  # the good file of the same source rolled back too
 
@@ -216,3 +220,52 @@ def test_parquet_and_json_lines_sources(tmp_path: Path) -> None:
         event = con.execute("select event_type, occurred_at, value from raw.interactions").fetchall()
     assert item == [("i1", 1999, True)]
     assert event[0][0] == "purchase" and str(event[0][1]) == "2026-01-02 08:00:00" and event[0][2] == 1999.0
+
+
+def test_a_few_unparseable_values_are_kept_with_their_original_text(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/interactions/2026-01-02.csv").write_text(
+        "user_id,item_id,event_type,occurred_at,value\n"
+        "u1,i1,view,2026-01-02 01:00:00,\nu1,i1,rating,2026-01-02 02:00:00,five\nu1,i1,view,2026-01-02 03:00:00,\n"
+    )
+    settings = load_settings(config)
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    with connect(settings) as con:
+        rows = con.execute(
+            "select event_type, value, _invalid_columns, _original_values from raw.interactions order by occurred_at"
+        ).fetchall()
+    assert [r[2] for r in rows] == [[], ["value"], []]
+    assert rows[1][1] is None and '"value":"five"' in rows[1][3]
+    assert rows[0][3] is None
+
+
+def test_yes_no_booleans_parse_with_a_warning(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/consents/2026-01-02.csv").write_text(
+        "user_id,purpose,is_granted,updated_at\nu1,profiling,yes,2026-01-01 10:00:00\n"
+        "u2,profiling,No,2026-01-01 10:00:00\n"
+    )
+    settings = load_settings(config)
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    with connect(settings) as con:
+        granted = con.execute("select user_id, is_granted from raw.consents order by user_id").fetchall()
+    assert granted == [("u1", True), ("u2", False)]
+    assert any("2 value(s) spelled yes/no" in w and "is_granted" in w for w in loads["consents"].warnings)
+
+
+def test_reader_errors_are_translated(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    events = tmp_path / "sources/interactions/2026-01-02.csv"
+    settings = load_settings(config)
+    ctx = run_context(settings, date(2026, 1, 3))
+    events.write_bytes(b"user_id,item_id,event_type,occurred_at,value\nu1,i1,vi\xe9w,2026-01-02 01:00:00,\n")
+    with pytest.raises(ExtractError, match="not valid utf-8 text"):
+        extract_sources.fn(settings, ctx)
+    events.write_text("user_id;item_id;event_type;occurred_at;value\nu1;i1;view;2026-01-02 01:00:00;\n")
+    with pytest.raises(ExtractError, match="looks delimited by ';'"):
+        extract_sources.fn(settings, ctx)
+    events.write_text(interactions("2026-01-02", 3) + "u1,i1,vi")
+    with pytest.raises(
+        ExtractError, match=r"line \d+ has \d field\(s\), expected 5 \(truncated or malformed file\)"
+    ):
+        extract_sources.fn(settings, ctx)
