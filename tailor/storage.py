@@ -26,6 +26,7 @@ class StorageError(RuntimeError):
 class StoredObject:
     uri: str
     size: int
+    fingerprint: str  # changes when the content is replaced: size and mtime locally, the ETag on S3
 
 
 class ObjectStore(Protocol):
@@ -189,7 +190,12 @@ def list_source_objects(pattern: str, storage: StorageConfig) -> list[StoredObje
     if not pattern.startswith("s3://"):
         from glob import glob
 
-        return [StoredObject(p, os.path.getsize(p)) for p in sorted(glob(pattern)) if os.path.isfile(p)]
+        found_local = []
+        for path in sorted(glob(pattern)):
+            if os.path.isfile(path):
+                stat = os.stat(path)
+                found_local.append(StoredObject(path, stat.st_size, f"{stat.st_size}:{stat.st_mtime_ns}"))
+        return found_local
     parsed = urlparse(pattern)
     key_pattern = parsed.path.lstrip("/")
     literal_prefix = key_pattern.split("*")[0].split("?")[0].split("[")[0]
@@ -201,7 +207,13 @@ def list_source_objects(pattern: str, storage: StorageConfig) -> list[StoredObje
         ):
             for item in page.get("Contents", []):
                 if fnmatch.fnmatchcase(item["Key"], key_pattern):
-                    found.append(StoredObject(f"s3://{parsed.netloc}/{item['Key']}", int(item["Size"])))
+                    found.append(
+                        StoredObject(
+                            f"s3://{parsed.netloc}/{item['Key']}",
+                            int(item["Size"]),
+                            str(item.get("ETag", "")),
+                        )
+                    )
     except Exception as error:
         raise StorageError(f"listing of {pattern} failed: {error}") from error
     return sorted(found, key=lambda o: o.uri)

@@ -56,6 +56,9 @@ def connect(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
     if settings.warehouse.memory_limit:
         config["memory_limit"] = settings.warehouse.memory_limit
     con = duckdb.connect(str(path), config=config)
+    # timestamps are UTC throughout; the host's zone must never shift a cast (set after connecting:
+    # the setting needs the built-in ICU extension, which loads with the connection)
+    con.execute("set TimeZone = 'UTC'")
     try:
         yield con
     finally:

@@ -83,6 +83,7 @@ def ensure_meta(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+    con.execute("alter table meta.loaded_files add column if not exists fingerprint varchar")
     con.execute("create sequence if not exists raw.row_key_sequence")
     for table in TABLES.values():
         columns = ", ".join(f"{quote_identifier(c.name)} {c.duckdb_type}" for c in table.columns)
@@ -378,19 +379,24 @@ def extract_source(
             "delete from meta.loaded_files where source = $source and loaded_run_date = $run_date",
             {"source": table_name, "run_date": ctx.run_date},
         )
-        already = {
-            row[0]
-            for row in con.execute(
-                "select file_uri from meta.loaded_files where source = $source", {"source": table_name}
+        already = dict(
+            con.execute(
+                "select file_uri, fingerprint from meta.loaded_files where source = $source",
+                {"source": table_name},
             ).fetchall()
-        }
+        )
         for stored in objects:
             if stored.uri in already:
-                continue
+                if already[stored.uri] == stored.fingerprint:
+                    continue
+                # the file was replaced since an earlier run loaded it (a snapshot, a re-delivery)
+                forget_file(con, table_name, stored.uri)
             local = fetch_to_local(stored.uri, ctx.run_dir / "downloads", settings.storage)
             rows, warnings = load_file(con, table, source, stored, local, ctx.run_date)
             con.execute(
-                "insert into meta.loaded_files values ($source, $uri, $file_date, $run_date, $rows, $bytes)",
+                "insert into meta.loaded_files by name select $source as source, $uri as file_uri, "
+                "$file_date as file_date, $run_date as loaded_run_date, $rows as row_count, $bytes as byte_count, "
+                "$fingerprint as fingerprint",
                 {
                     "source": table_name,
                     "uri": stored.uri,
@@ -398,6 +404,7 @@ def extract_source(
                     "run_date": ctx.run_date,
                     "rows": rows,
                     "bytes": stored.size,
+                    "fingerprint": stored.fingerprint,
                 },
             )
             result.files_loaded += 1
@@ -416,6 +423,27 @@ def extract_source(
     return result
 
 
+def forget_file(con: duckdb.DuckDBPyConnection, table_name: str, uri: str) -> None:
+    con.execute(f"delete from raw.{table_name} where {SOURCE_FILE} = $uri", {"uri": uri})
+    con.execute(
+        "delete from meta.loaded_files where source = $source and file_uri = $uri",
+        {"source": table_name, "uri": uri},
+    )
+
+
+def unload_run(con: duckdb.DuckDBPyConnection, run_date: date) -> None:
+    """Forget everything a failed run loaded, so the next run loads (and checks) those files again."""
+    for table in TABLES:
+        con.execute(f"delete from raw.{table} where {LOADED_RUN_DATE} = $run_date", {"run_date": run_date})
+        if scalar(
+            con,
+            "select count(*) from information_schema.tables where table_schema = 'quarantine' and table_name = $t",
+            {"t": table},
+        ):
+            con.execute(f"delete from quarantine.{table} where run_date = $run_date", {"run_date": run_date})
+    con.execute("delete from meta.loaded_files where loaded_run_date = $run_date", {"run_date": run_date})
+
+
 @task(
     name="extract",
     retries=2,
@@ -428,6 +456,10 @@ def extract_sources(settings: Settings, ctx: RunContext) -> dict[str, SourceLoad
     loads = {}
     with connect(settings) as con:
         ensure_meta(con)
-        for table_name in settings.sources:
-            loads[table_name] = extract_source(con, settings, table_name, ctx)
+        try:
+            for table_name in settings.sources:
+                loads[table_name] = extract_source(con, settings, table_name, ctx)
+        except Exception:
+            unload_run(con, ctx.run_date)
+            raise
     return loads

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -104,18 +105,22 @@ def check_consent(
         )
 
 
-def pseudonymize(frame: pl.DataFrame, key: bytes | None) -> pl.DataFrame:
-    """Replace user_id by its keyed hash (HMAC-SHA256), or keep it when config publishes external ids."""
+def pseudonymize(frame: pl.DataFrame, key: bytes | None, order_by: list[str] | None = None) -> pl.DataFrame:
+    """Replace user_id by its keyed hash (HMAC-SHA256), or keep it when config publishes external ids.
+
+    Rows are then sorted by `order_by` (pseudonym included): an order inherited from the raw ids would
+    let anyone line pseudonyms up with sequential ids."""
     if key is None or "user_id" not in frame.columns:
         return frame
     ids = frame["user_id"].unique().sort()
     hashed = [hmac.new(key, uid.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX_CHARS] for uid in ids]
     mapping = pl.DataFrame({"user_id": ids, "_pseudonym": hashed})
-    return (
+    hashed_frame = (
         frame.join(mapping, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.col("_pseudonym").alias("user_id"))
         .drop("_pseudonym")
     )
+    return hashed_frame.sort(order_by, maintain_order=True) if order_by else hashed_frame
 
 
 def plain_types(table: pa.Table) -> pa.Table:
@@ -163,6 +168,17 @@ def write_parts(
     return files
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (a metric with no positives to measure) become null: strict JSON readers reject them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def model_summary(model: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": model["version"],
@@ -188,7 +204,8 @@ def write_datasets(
         for dataset in DATASETS:
             frame = con.sql(f"select * from {dataset.table} order by {dataset.order_by}").pl()
             check_consent(con, dataset, frame, settings)
-            table = plain_types(pseudonymize(frame, key).to_arrow())
+            order = [column.strip() for column in dataset.order_by.split(",")]
+            table = plain_types(pseudonymize(frame, key, order).to_arrow())
             formats = ["parquet", *(["csv"] if dataset.name in settings.publish.csv_datasets else [])]
             files = write_parts(table, out, dataset.name, settings.publish.rows_per_file, formats)
             datasets[dataset.name] = {
@@ -209,7 +226,9 @@ def write_datasets(
         "data_quality": quality,
         "datasets": datasets,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (out / "manifest.json").write_text(
+        json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
     return out
 
 

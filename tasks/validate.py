@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import Settings
 from tailor.schema import ALLOWED_VALUES, LOADED_RUN_DATE, MAX_EVENT_AGE_YEARS, SOURCE_FILE, TABLES, Table
 from tailor.warehouse import RunContext, connect
+from tasks.extract import unload_run
 
 log = logging.getLogger(__name__)
 CRITICAL, WARNING = "critical", "warning"
@@ -238,6 +239,8 @@ def validate_sources(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     for check in report.failed:
         log.warning("data quality %s: %s", check.severity, check.describe())
     if report.critical_failures:
+        with connect(settings) as con:
+            unload_run(con, ctx.run_date)
         raise DataQualityError(
             "data-quality gate failed, nothing published: "
             + "; ".join(check.describe() for check in report.critical_failures)

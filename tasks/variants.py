@@ -88,11 +88,12 @@ def render_campaign(
     campaign_context = {"id": campaign.campaign_id, "channel": campaign.channel}
     for _user_id, variant_id, is_holdout, country, language, items in rows:
         items = items or []
-        item_ids.append(",".join(item["item_id"] for item in items))
-        if is_holdout:  # the holdout gets no message
+        if is_holdout:  # the holdout gets no message and no items: it measures "no contact"
             subjects.append(None)
             headlines.append(None)
+            item_ids.append(None)
             continue
+        item_ids.append(",".join(item["item_id"] for item in items))
         context = {
             "user": {"country": country, "language": language},
             "items": items,
@@ -118,7 +119,7 @@ def render_campaign(
             "headline": headlines,
             "recommended_item_ids": item_ids,
         },
-        schema_overrides={"subject": pl.Utf8, "headline": pl.Utf8},
+        schema_overrides={"subject": pl.Utf8, "headline": pl.Utf8, "recommended_item_ids": pl.Utf8},
     )
 
 

@@ -269,3 +269,58 @@ def test_reader_errors_are_translated(tmp_path: Path) -> None:
         ExtractError, match=r"line \d+ has \d field\(s\), expected 5 \(truncated or malformed file\)"
     ):
         extract_sources.fn(settings, ctx)
+
+
+def test_a_failing_source_unloads_the_whole_run(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/interactions/2026-01-02.csv").write_text("")  # the last source configured fails
+    settings = load_settings(config)
+    with pytest.raises(ExtractError):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert raw_count(settings, "users") == 0  # loaded before the failure, then forgotten
+    with connect(settings) as con:
+        assert con.execute("select count(*) from meta.loaded_files").fetchall()[0][0] == 0
+
+
+def test_a_replaced_snapshot_is_loaded_again(tmp_path: Path) -> None:
+    import os
+
+    config = make_company(tmp_path, {"items": {"path": "sources/catalogue.csv"}})
+    snapshot = tmp_path / "sources" / "catalogue.csv"
+    snapshot.write_text(ITEMS)
+    settings = load_settings(config)
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    snapshot.write_text(ITEMS + "i2,Desk,home,2025-12-02 00:00:00\n")
+    os.utime(snapshot, ns=(snapshot.stat().st_atime_ns, snapshot.stat().st_mtime_ns + 10**9))
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    assert loads["items"].files_loaded == 1
+    with connect(settings) as con:
+        items = con.execute("select item_id from raw.items order by item_id").fetchall()
+    assert items == [("i1",), ("i2",)]
+    assert extract_sources.fn(settings, run_context(settings, date(2026, 1, 5)))["items"].files_loaded == 0
+
+
+def test_zone_aware_timestamps_land_in_utc_whatever_the_host_zone(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    import polars as pl
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        config = make_company(tmp_path, {"interactions": {"path": "sources/events/*.parquet"}})
+        events = tmp_path / "sources" / "events" / "2026-01-02.parquet"
+        events.parent.mkdir(parents=True)
+        pl.DataFrame(
+            {"user_id": ["u1"], "item_id": ["i1"], "event_type": ["view"], "value": [None]}
+        ).with_columns(
+            pl.lit("2026-01-02 08:00:00").str.to_datetime().dt.replace_time_zone("UTC").alias("occurred_at")
+        ).write_parquet(events)
+        settings = load_settings(config)
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+        with connect(settings) as con:
+            stamp = con.execute("select occurred_at from raw.interactions").fetchall()[0][0]
+        assert str(stamp) == "2026-01-02 08:00:00"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

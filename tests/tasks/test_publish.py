@@ -20,6 +20,18 @@ def test_pseudonyms_are_keyed_stable_and_not_the_id() -> None:
     assert pseudonymize(frame, b"k1").equals(once)
     assert not set(pseudonymize(frame, b"k2")["user_id"]) & set(once["user_id"])
     assert pseudonymize(frame, None).equals(frame)
+    ordered = pseudonymize(pl.DataFrame({"user_id": [f"u{i:03d}" for i in range(50)]}), b"k", ["user_id"])
+    assert ordered["user_id"].is_sorted()  # sorted by pseudonym, so row order says nothing of the raw ids
+
+
+def test_manifest_values_are_strict_json() -> None:
+    from tasks.publish import json_safe
+
+    assert json_safe({"auc": float("nan"), "m": [1.0, float("inf")], "n": 2}) == {
+        "auc": None,
+        "m": [1.0, None],
+        "n": 2,
+    }
 
 
 def test_parts_are_byte_identical_for_the_same_rows(tmp_path: Path) -> None:

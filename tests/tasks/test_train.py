@@ -47,12 +47,6 @@ def test_retraining_same_inputs_same_seed_gives_the_same_model(trained_company) 
     assert ranking.version == models["ranking"]["version"]
 
 
-def test_sensitive_attributes_are_not_model_features(trained_company) -> None:
-    _, _, models, _ = trained_company
-    for model in models.values():
-        assert not {"age_band", "gender", "email"} & set(model["features"])
-
-
 def test_feature_matrix_encodes_categories_with_the_training_vocabulary() -> None:
     frame = pl.DataFrame({"country": ["DE", "FR", "XX", None], "n": [1, 2, 3, 4]})
     matrix = feature_matrix(frame, ("country", "n"), {"country": ["DE", "FR"]})

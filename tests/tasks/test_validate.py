@@ -94,4 +94,10 @@ def test_validate_task_stores_results_and_raises(company) -> None:
         rows = con.execute(
             "select table_name, column_name, unexpected_count from meta.data_quality_results where not is_success"
         ).fetchall()
+        left = con.execute(
+            "select count(*) from raw.interactions where _loaded_run_date = $d", {"d": ctx.run_date}
+        ).fetchall()[0][0]
+        remembered = con.execute("select count(*) from meta.loaded_files").fetchall()[0][0]
     assert rows == [("interactions", "occurred_at", 1)]
+    # a failed gate forgets what its run loaded: the next run checks those files again
+    assert left == 0 and remembered == 0

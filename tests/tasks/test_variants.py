@@ -43,7 +43,7 @@ def test_assignment_is_deterministic_consented_and_rendered(trained_company) -> 
         rows = con.execute(
             """
             select campaign_id, count(*), avg(is_holdout::int),
-                   count(*) filter (where is_holdout and subject is not null),
+                   count(*) filter (where is_holdout and (subject is not null or recommended_item_ids is not null)),
                    count(*) filter (where not is_holdout and (subject is null or subject = ''))
             from marts.mart_campaign_content group by campaign_id order by campaign_id
             """
