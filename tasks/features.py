@@ -8,7 +8,7 @@ partitions and a feature computed at cutoff T never changes when data after T ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 import duckdb
 from prefect import task
@@ -64,6 +64,12 @@ def cutoffs_for(settings: Settings, ctx: RunContext) -> Cutoffs:
     )
 
 
+def cutoff_day(ctx: RunContext, cutoff: datetime) -> date:
+    """The run date a cutoff belongs to (a day in the config's zone): rows from files dated before it
+    were known at the cutoff."""
+    return ctx.run_date - timedelta(days=(ctx.cutoff - cutoff).days)
+
+
 def build_staging_models(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dict[str, int]:
     params = {"run_date": ctx.run_date, "cutoff": ctx.cutoff}
     return {model.split("/")[1]: materialize(con, model, params) for model in STAGING_MODELS}
@@ -78,6 +84,7 @@ def build_feature_models(
     for cutoff in cuts.all():
         params = {
             "cutoff": cutoff,
+            "cutoff_day": cutoff_day(ctx, cutoff),
             "popularity_days": ranking.popularity_days,
             "half_life_days": ranking.affinity_half_life_days,
         }

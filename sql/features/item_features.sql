@@ -1,9 +1,10 @@
--- Per item published before $cutoff: recent popularity, its trend, age and price.
--- Availability and expiry come from the newest item file (the catalogue keeps no history of them).
+-- Per item published before $cutoff, as its catalogue row was known then: recent popularity, its
+-- trend, age, price and whether it could be offered.
 with items as (
     select *
     from staging.stg_items
-    where published_at < $cutoff
+    where published_at < $cutoff and known_on < $cutoff_day
+    qualify row_number() over (partition by item_id order by known_on desc) = 1
 ),
 
 recent as (

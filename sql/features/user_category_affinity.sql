@@ -1,13 +1,20 @@
 -- Per user and category, as of $cutoff: interest decayed by age (half-life $half_life_days),
 -- weighted by how strong each event is.
-with events as (
+with items as (
+    select item_id, category
+    from staging.stg_items
+    where known_on < $cutoff_day
+    qualify row_number() over (partition by item_id order by known_on desc) = 1
+),
+
+events as (
     select
         interactions.user_id,
         items.category,
         interactions.relevance,
         date_diff('second', interactions.occurred_at, $cutoff) / 86400.0 as age_days
     from staging.stg_interactions as interactions
-    inner join staging.stg_items as items using (item_id)
+    inner join items using (item_id)
     where interactions.occurred_at < $cutoff
         and interactions.occurred_at >= $cutoff - interval 90 day
 ),

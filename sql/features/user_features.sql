@@ -1,9 +1,12 @@
 -- Per user, as of $cutoff: recency, frequency and monetary value of behaviour, and campaign history.
--- Only events strictly before the cutoff are read, so a feature never sees its own future.
+-- Only events strictly before the cutoff, and rows known before its day ($cutoff_day), are read:
+-- a feature never sees its own future.
 with users as (
+    -- each user as known at the cutoff
     select user_id, created_at, country
     from staging.stg_users
-    where created_at < $cutoff
+    where created_at < $cutoff and known_on < $cutoff_day
+    qualify row_number() over (partition by user_id order by known_on desc) = 1
 ),
 
 events as (
@@ -41,17 +44,23 @@ behaviour as (
     group by user_id
 ),
 
+sends_known as (
+    -- each send as reported before the cutoff; outcomes count only if they happened before it
+    select *
+    from staging.stg_campaign_exposures
+    where sent_at < $cutoff
+        and sent_at >= $cutoff - interval 90 day
+        and known_on < $cutoff_day
+    qualify row_number() over (partition by campaign_id, user_id, sent_at order by known_on desc) = 1
+),
+
 campaigns as (
-    -- only sends reported before the cutoff, and outcomes that happened before it
     select
         user_id,
         count(*) filter (where not is_holdout) as n_campaign_sends_90d,
         count(*) filter (where opened_at < $cutoff) as n_campaign_opens_90d,
         count(*) filter (where clicked_at < $cutoff) as n_campaign_clicks_90d
-    from staging.stg_campaign_exposures
-    where sent_at < $cutoff
-        and sent_at >= $cutoff - interval 90 day
-        and known_on < cast($cutoff as date)
+    from sends_known
     group by user_id
 ),
 

@@ -18,7 +18,7 @@ final as (
             order by recs.rank
         ) filter (where recs.item_id is not null) as items
     from assignments
-    inner join staging.stg_users as users using (user_id)
+    inner join staging.stg_users as users on users.user_id = assignments.user_id and users.is_latest
     left join marts.mart_recommendations as recs
         on recs.user_id = assignments.user_id and recs.rank <= $items_in_context
     group by all

@@ -11,6 +11,7 @@ users as (
     select user_id
     from staging.stg_users
     semi join consented using (user_id)
+    where is_latest
 ),
 
 draws as (

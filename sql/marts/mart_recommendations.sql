@@ -34,7 +34,7 @@ explained as (
         on examples.cutoff = $cutoff
         and examples.user_id = ranked.user_id
         and examples.item_id = ranked.item_id
-    inner join staging.stg_items as items on items.item_id = ranked.item_id
+    inner join staging.stg_items as items on items.item_id = ranked.item_id and items.is_latest
 ),
 
 final as (

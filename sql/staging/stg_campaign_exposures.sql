@@ -1,19 +1,24 @@
--- Campaign sends before the cutoff with their outcomes, one row per campaign, user and send.
--- A restated send (a later file reporting new outcomes) replaces the earlier row.
+-- Campaign sends before the cutoff, every reported version of each (campaign, user, send): outcomes
+-- are reported days after the send and may be restated. `known_on` is the day a version became known;
+-- features take the newest version known at their cutoff, analyses the latest (`is_latest`).
 with source as (
-    select * from raw.campaign_exposures
+    select *
+    from raw.campaign_exposures
     where coalesce(_file_date < $run_date, true)
         and sent_at < $cutoff
+        and campaign_id is not null
+        and user_id is not null
 ),
 
-deduplicated as (
+versions as (
     select
         *,
+        coalesce(_file_date, _loaded_run_date - 1) as known_on,
         row_number() over (
-            partition by campaign_id, user_id, sent_at order by _file_date desc nulls last, _source_file desc
-        ) as restatement_rank
+            partition by campaign_id, user_id, sent_at, coalesce(_file_date, _loaded_run_date - 1)
+            order by _source_file desc
+        ) as rank_within_day
     from source
-    where campaign_id is not null and user_id is not null
 ),
 
 final as (
@@ -24,19 +29,18 @@ final as (
         user_id,
         -- timestamps
         sent_at,
-        -- the day the row's file was dated: outcomes are reported days after the send, so a feature
-        -- at a cutoff may only use rows known by then
-        coalesce(_file_date, cast(sent_at as date)) as known_on,
         opened_at,
         clicked_at,
         converted_at,
+        known_on,
         -- flags
         variant_id = 'holdout' as is_holdout,
         converted_at is not null as is_converted,
+        row_number() over (partition by campaign_id, user_id, sent_at order by known_on desc) = 1 as is_latest,
         -- numerics
         coalesce(revenue_cents, 0) as revenue_cents
-    from deduplicated
-    where restatement_rank = 1
+    from versions
+    where rank_within_day = 1
 )
 
 select * from final

@@ -1,17 +1,20 @@
--- One row per item; the newest restatement wins. Availability is as of the newest file.
+-- Every version of every item known before the run (a later file may restate price, availability or
+-- expiry). `known_on` is the day a version became known; `is_latest` marks the current one.
 with source as (
-    select * from raw.items
+    select *
+    from raw.items
     where coalesce(_file_date < $run_date, true)
+        and item_id is not null
 ),
 
-ranked as (
+versions as (
     select
         *,
+        coalesce(_file_date, _loaded_run_date - 1) as known_on,
         row_number() over (
-            partition by item_id order by _file_date desc nulls last, _source_file desc
-        ) as restatement_rank
+            partition by item_id, coalesce(_file_date, _loaded_run_date - 1) order by _source_file desc
+        ) as rank_within_day
     from source
-    where item_id is not null
 ),
 
 final as (
@@ -27,10 +30,12 @@ final as (
         -- timestamps
         published_at,
         expires_at,
+        known_on,
         -- flags
-        coalesce(is_available, true) as is_available
-    from ranked
-    where restatement_rank = 1
+        coalesce(is_available, true) as is_available,
+        row_number() over (partition by item_id order by known_on desc) = 1 as is_latest
+    from versions
+    where rank_within_day = 1
 )
 
 select * from final

@@ -19,7 +19,7 @@ def features_at_cutoff(company: Path, run_date: date) -> dict[str, pl.DataFrame]
     settings = load_settings(company / "tailor.yaml")
     ctx = run_context(settings, run_date)
     extract_sources.fn(settings, ctx)
-    params = {"cutoff": CUTOFF, "popularity_days": 14, "half_life_days": 14.0}
+    params = {"cutoff": CUTOFF, "cutoff_day": CUTOFF.date(), "popularity_days": 14, "half_life_days": 14.0}
     with connect(settings) as con:
         build_staging_models(con, ctx)
         frames = {}
@@ -37,11 +37,22 @@ def test_features_at_a_cutoff_ignore_everything_after_it(company: Path, tmp_path
         if path.stem >= CUTOFF.date().isoformat():
             path.unlink()
     before = features_at_cutoff(early, CUTOFF.date())
-    after = features_at_cutoff(company, date(2026, 11, 21))  # ten more days of data exist now
+    # ten more days of data, and a later file restating an item and a user known before the cutoff
+    items = sorted((company / "sources" / "items").glob("*.csv"))[0].read_text().splitlines()
+    restated_item = items[1].split(",")
+    restated_item[-1] = "false" if restated_item[-1] == "true" else "true"
+    (company / "sources" / "items" / "2026-11-15.csv").write_text(
+        items[0] + "\n" + ",".join(restated_item) + "\n"
+    )
+    users = sorted((company / "sources" / "users").glob("*.csv"))[0].read_text().splitlines()
+    restated_user = users[1].split(",")
+    restated_user[2] = "XX"
+    (company / "sources" / "users" / "2026-11-15.csv").write_text(
+        users[0] + "\n" + ",".join(restated_user) + "\n"
+    )
+    after = features_at_cutoff(company, date(2026, 11, 21))
     for table, frame in before.items():
         other = after[table]
-        if table == "features.item_features":  # availability is only known as of the newest file
-            frame, other = frame.drop("is_live"), other.drop("is_live")
         assert frame.height > 0, table
         assert frame.equals(other), f"{table} changed when data after the cutoff arrived"
 
@@ -52,8 +63,9 @@ def test_latest_consent_wins_and_candidates_respect_it(company: Path) -> None:
     extract_sources.fn(settings, ctx)
     with connect(settings) as con:
         con.execute(
-            "insert into raw.consents values ('u001', 'profiling', true, '2026-11-01 00:00:00', 'x', null, $d),"
-            "('u001', 'profiling', false, '2026-11-15 00:00:00', 'x', null, $d)",
+            "insert into raw.consents (user_id, purpose, is_granted, updated_at, _source_file, _loaded_run_date) "
+            "values ('u001', 'profiling', true, '2026-11-01 00:00:00', 'x', $d),"
+            "('u001', 'profiling', false, '2026-11-15 00:00:00', 'x', $d)",
             {"d": ctx.run_date},
         )
     build_features.fn(settings, ctx)

@@ -25,8 +25,8 @@ def test_recommendations_are_top_k_unbought_live_and_consented(trained_company) 
             ") using (user_id)"
         ).fetchall()[0][0]
         not_live = con.execute(
-            "select count(*) from marts.mart_recommendations r join staging.stg_items i using (item_id) "
-            "where not i.is_available or i.expires_at <= $c or i.published_at >= $c",
+            "select count(*) from marts.mart_recommendations r join staging.stg_items i using (item_id) where i.is_latest and ("
+            "not i.is_available or i.expires_at <= $c or i.published_at >= $c)",
             {"c": ctx.cutoff},
         ).fetchall()[0][0]
         ordered = con.execute(
