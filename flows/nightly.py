@@ -14,7 +14,7 @@ from tasks.features import build_features
 from tasks.publish import upload_run, write_datasets
 from tasks.score import score_users
 from tasks.train import train_models
-from tasks.validate import validate_sources
+from tasks.validate import combine, validate_features, validate_sources
 from tasks.variants import assign_variants
 
 
@@ -30,8 +30,9 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
     loads = extract_sources(settings, ctx)
-    quality = validate_sources(settings, ctx)
+    source_quality = validate_sources(settings, ctx, loads)
     feature_rows = build_features(settings, ctx)
+    quality = combine(source_quality, validate_features(settings, ctx))
     models = train_models(settings, ctx)
     scored = score_users(settings, ctx, models)
     arms = assign_variants(settings, ctx)

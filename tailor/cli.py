@@ -123,8 +123,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         "extracted (rows loaded by this run):",
         *(f"  {name:<20} {rows:>12,}" for name, rows in summary["extracted"].items()),
         "",
-        f"data quality: {quality['passed']}/{quality['expectations']} expectations passed"
-        + (f", {quality['failed_warning']} warning(s)" if quality["failed_warning"] else ""),
+        f"data quality: {quality['passed']}/{quality['expectations']} checks passed"
+        + (f", {quality['failed_warning']} warning(s)" if quality["failed_warning"] else "")
+        + (
+            ", quarantined rows: " + ", ".join(f"{t} {n:,}" for t, n in quarantined.items())
+            if (quarantined := {t: n for t, n in quality.get("quarantined_rows", {}).items() if n})
+            else ", no row quarantined"
+        ),
+        *(f"  {failure}" for failure in quality.get("failures", [])[:10]),
+        *(f"  data docs: {uri}" for uri in published.get("data_docs", [])),
         "",
         f"propensity model {propensity['version']}: ROC AUC {pm['roc_auc']:.3f}, PR AUC {pm['pr_auc']:.3f}, "
         f"log loss {pm['log_loss']:.4f} (base rate {pm['baseline']['log_loss']:.4f}), "

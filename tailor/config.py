@@ -156,6 +156,12 @@ class CampaignConfig(StrictModel):
         return starts_ok and (self.active_until is None or run_date <= self.active_until)
 
 
+class QualityConfig(StrictModel):
+    suites_dir: str | None = Field(
+        None, description="folder with raw/ and features/ suites (default: Tailor's config/quality)"
+    )
+
+
 class Settings(StrictModel):
     project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     timezone: str = Field("UTC", description="run dates are days in this zone")
@@ -168,6 +174,7 @@ class Settings(StrictModel):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     recommendations: RecommendationsConfig = Field(default_factory=RecommendationsConfig)
     campaigns: list[CampaignConfig] = Field(default_factory=list)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""
     config_sha256: Annotated[str, Field(exclude=True)] = ""

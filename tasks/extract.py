@@ -379,6 +379,7 @@ def extract_source(
             "delete from meta.loaded_files where source = $source and loaded_run_date = $run_date",
             {"source": table_name, "run_date": ctx.run_date},
         )
+        forget_quarantine(con, table_name, ctx.run_date)
         already = dict(
             con.execute(
                 "select file_uri, fingerprint from meta.loaded_files where source = $source",
@@ -431,16 +432,21 @@ def forget_file(con: duckdb.DuckDBPyConnection, table_name: str, uri: str) -> No
     )
 
 
+def forget_quarantine(con: duckdb.DuckDBPyConnection, table: str, run_date: date) -> None:
+    exists = scalar(
+        con,
+        "select count(*) from information_schema.tables where table_schema = 'quarantine' and table_name = $t",
+        {"t": table},
+    )
+    if exists:
+        con.execute(f"delete from quarantine.{table} where run_date = $run_date", {"run_date": run_date})
+
+
 def unload_run(con: duckdb.DuckDBPyConnection, run_date: date) -> None:
     """Forget everything a failed run loaded, so the next run loads (and checks) those files again."""
     for table in TABLES:
         con.execute(f"delete from raw.{table} where {LOADED_RUN_DATE} = $run_date", {"run_date": run_date})
-        if scalar(
-            con,
-            "select count(*) from information_schema.tables where table_schema = 'quarantine' and table_name = $t",
-            {"t": table},
-        ):
-            con.execute(f"delete from quarantine.{table} where run_date = $run_date", {"run_date": run_date})
+        forget_quarantine(con, table, run_date)
     con.execute("delete from meta.loaded_files where loaded_run_date = $run_date", {"run_date": run_date})
 
 

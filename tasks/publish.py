@@ -31,9 +31,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
-from tailor.sql import query
+from tailor.sql import materialize, query
 from tailor.storage import open_store
 from tailor.warehouse import RunContext, connect
+from tasks.validate import Check, store_results
 
 MANIFEST_VERSION = 1
 PSEUDONYM_HEX_CHARS = 32  # 128 bits of HMAC-SHA256
@@ -50,6 +51,8 @@ class Dataset:
     order_by: str
     model: str | None  # the model whose version produced it
     description: str
+    this_run_only: bool = False  # the table keeps history; publish only the run's rows
+    drop_columns: tuple[str, ...] = ()  # internal detail that must not leave the warehouse
 
 
 DATASETS = (
@@ -74,11 +77,23 @@ DATASETS = (
         "ranking",
         "Arm (holdout or variant) and rendered content per consented user and active campaign.",
     ),
+    Dataset(
+        "data_quality",
+        "marts.mart_data_quality",
+        "stage, table_name, rule",
+        None,
+        "Every data-quality check of the run: stage, table, rule, severity, outcome, unexpected rows.",
+        this_run_only=True,
+        # samples of unexpected values may hold ids or free text: they stay in the warehouse
+        drop_columns=("unexpected_sample",),
+    ),
 )
 
 
 def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     """(user_id, purpose) pairs this dataset's rows need, derived from config, not from the rows."""
+    if "user_id" not in frame.columns:
+        return pl.DataFrame(schema={"user_id": pl.Utf8, "purpose": pl.Utf8})
     if dataset.name == "campaign_assignments":
         purposes = {c.campaign_id: c.required_consent for c in settings.campaigns}
         return frame.select(
@@ -89,10 +104,24 @@ def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) 
     return frame.select("user_id", pl.lit(purpose).alias("purpose"))
 
 
+def read_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ctx: RunContext) -> pl.DataFrame:
+    # table, order and column names come from DATASETS above, never from input
+    where = "where run_date = $run_date" if dataset.this_run_only else ""
+    frame = con.sql(
+        f"select * from {dataset.table} {where} order by {dataset.order_by}",
+        params={"run_date": ctx.run_date} if dataset.this_run_only else None,
+    ).pl()
+    return frame.drop(dataset.drop_columns)
+
+
 def check_consent(
     con: duckdb.DuckDBPyConnection, dataset: Dataset, frame: pl.DataFrame, settings: Settings
-) -> None:
-    con.register("publish_required_consent", required_consent(dataset, frame, settings).to_arrow())
+) -> Check | None:
+    """Refuse the dataset if a row's user lacks the consent it needs; the passed check, if it has users."""
+    required = required_consent(dataset, frame, settings)
+    if required.height == 0 and "user_id" not in frame.columns:
+        return None
+    con.register("publish_required_consent", required.to_arrow())
     try:
         violations = query(con, "checks/unconsented_rows").pl()
     finally:
@@ -103,6 +132,8 @@ def check_consent(
             f"dataset {dataset.name}: {violations.height} row(s) for users without consent for {purposes}; "
             "nothing was published"
         )
+    return Check("output", dataset.name, "consent_required", "every row's user has the consent it needs",
+                 "user_id", "critical", True, 0, required.height)  # fmt: skip
 
 
 def pseudonymize(frame: pl.DataFrame, key: bytes | None, order_by: list[str] | None = None) -> pl.DataFrame:
@@ -201,9 +232,14 @@ def write_datasets(
     key = settings.pseudonym_key()
     datasets: dict[str, Any] = {}
     with connect(settings) as con:
+        output_checks: list[Check] = []
         for dataset in DATASETS:
-            frame = con.sql(f"select * from {dataset.table} order by {dataset.order_by}").pl()
-            check_consent(con, dataset, frame, settings)
+            if dataset.name == "data_quality":  # last: it reports the checks made above
+                store_results(con, ctx, ("output",), output_checks)
+                materialize(con, "marts/mart_data_quality")
+            frame = read_dataset(con, dataset, ctx)
+            check = check_consent(con, dataset, frame, settings)
+            output_checks += [check] if check else []
             order = [column.strip() for column in dataset.order_by.split(",")]
             table = plain_types(pseudonymize(frame, key, order).to_arrow())
             formats = ["parquet", *(["csv"] if dataset.name in settings.publish.csv_datasets else [])]
@@ -215,6 +251,11 @@ def write_datasets(
                 "model_versions": {dataset.model: models[dataset.model]["version"]} if dataset.model else {},
                 "files": files,
             }
+    docs = {}
+    for stage_docs in sorted((ctx.run_dir / "data_docs").glob("*/index.html")):
+        stage = stage_docs.parent.name
+        shutil.copytree(stage_docs.parent, out / "data_docs" / stage)
+        docs[stage] = f"data_docs/{stage}/index.html"
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "run_date": ctx.run_date.isoformat(),
@@ -224,6 +265,7 @@ def write_datasets(
         "user_id": "pseudonymous (HMAC-SHA256, 128 bits)" if key else "external",
         "models": {name: model_summary(model) for name, model in sorted(models.items())},
         "data_quality": quality,
+        "data_docs": docs,
         "datasets": datasets,
     }
     (out / "manifest.json").write_text(
@@ -239,13 +281,13 @@ def upload_run(settings: Settings, ctx: RunContext, local_run: Path, target: str
     `latest.json` only moves forward: publishing an older date (a backfill) leaves it on the newest run.
     """
     store = open_store(target, settings.storage)
-    manifest = json.loads((local_run / "manifest.json").read_text())
     prefix = f"runs/{ctx.run_date.isoformat()}"
     written = []
-    for dataset in manifest["datasets"].values():
-        for file in dataset["files"]:
-            store.put_file(local_run / file["path"], f"{prefix}/{file['path']}")
-            written.append(f"{prefix}/{file['path']}")
+    # data files and Data Docs first, the manifest after them, latest.json last
+    for path in sorted(p for p in local_run.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        relative = path.relative_to(local_run).as_posix()
+        store.put_file(path, f"{prefix}/{relative}")
+        written.append(f"{prefix}/{relative}")
     store.put_file(local_run / "manifest.json", f"{prefix}/manifest.json")
     written.append(f"{prefix}/manifest.json")
     stale = [key for key in store.list_keys(prefix + "/") if key not in written]
@@ -262,5 +304,10 @@ def upload_run(settings: Settings, ctx: RunContext, local_run: Path, target: str
         "manifest": store.uri(f"{prefix}/manifest.json"),
         "latest": store.uri("latest.json"),
         "latest_moved": moved,
-        "files": [store.uri(key) for key in written if not key.endswith("manifest.json")],
+        "files": [
+            store.uri(key)
+            for key in written
+            if "/data_docs/" not in key and not key.endswith("manifest.json")
+        ],
+        "data_docs": [store.uri(key) for key in written if key.endswith("data_docs/raw/index.html")],
     }

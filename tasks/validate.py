@@ -1,30 +1,44 @@
-"""Validate: a Great Expectations gate on the rows this run loaded, before anything is trained on them.
+"""Validate: the data-quality gate, run with Great Expectations on the rows each run loads (raw) and on
+tonight's feature tables (features), from the suites in `config/quality/<stage>/<table>.yaml`.
 
-The suite of each table is derived from the canonical schema: keys present and unique within a file,
-event times neither after the run's cutoff nor implausibly old, closed value sets respected. Every
-outcome is stored in `meta.data_quality_results`; a failed `critical` expectation stops the run.
+- A failed `critical` expectation stops the run before training and publishing; the run's loads are
+  forgotten so the next run checks those files again.
+- Rows failing a `quarantine: true` rule move from `raw.<table>` to `quarantine.<table>` with the run
+  date, the source file, the failed rules and their original values; more than the suite's
+  `quarantine_max_share` of a table's loaded rows in quarantine is critical.
+- Volume (the newest file day against the trailing median) and freshness (the newest file against the
+  run date) are checked per source, also through Great Expectations.
+- Every outcome lands in `meta.data_quality_results`, and Data Docs (HTML) are written for publishing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import statistics
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
-from tailor.schema import ALLOWED_VALUES, LOADED_RUN_DATE, MAX_EVENT_AGE_YEARS, SOURCE_FILE, TABLES, Table
+from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
+from tailor.schema import ORIGINAL_VALUES, ROW_KEY, SOURCE_FILE, TABLES
+from tailor.sql import query
 from tailor.warehouse import RunContext, connect
-from tasks.extract import unload_run
+from tasks.extract import SourceLoad, quote_identifier, unload_run
 
 log = logging.getLogger(__name__)
 CRITICAL, WARNING = "critical", "warning"
+SAMPLE_SIZE = 5
 
 
 class DataQualityError(RuntimeError):
@@ -33,22 +47,31 @@ class DataQualityError(RuntimeError):
 
 @dataclass
 class Check:
+    stage: str
     table: str
+    rule: str
     expectation: str
     column: str
     severity: str
     success: bool
     unexpected_count: int
+    rows_checked: int
     sample: list[str] = field(default_factory=list)
+    quarantine: bool = False
+    row_keys: list[int] = field(default_factory=list, repr=False)
 
     def describe(self) -> str:
         sample = f" (e.g. {', '.join(self.sample[:3])})" if self.sample else ""
-        return f"{self.table}: {self.expectation} on {self.column} failed for {self.unexpected_count} row(s){sample}"
+        return (
+            f"{self.table}: {self.rule} ({self.expectation} on {self.column}) failed for "
+            f"{self.unexpected_count} of {self.rows_checked} row(s){sample}"
+        )
 
 
 @dataclass
 class QualityReport:
     checks: list[Check]
+    quarantined: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Check]:
@@ -64,124 +87,116 @@ class QualityReport:
             "passed": len(self.checks) - len(self.failed),
             "failed_critical": len(self.critical_failures),
             "failed_warning": len(self.failed) - len(self.critical_failures),
+            "quarantined_rows": dict(sorted(self.quarantined.items())),
             "success": not self.critical_failures,
-            "failures": [check.describe() for check in self.failed],
+            "failures": [f"[{check.severity}] {check.describe()}" for check in self.failed],
         }
 
 
-def expectations_for(table: Table, cutoff: datetime) -> list[Any]:
-    """The suite of one table, from its schema: (GX expectation, severity) pairs."""
-    import great_expectations as gx
-
-    suite: list[Any] = []
-    for column in table.key:
-        suite.append(
-            gx.expectations.ExpectColumnValuesToNotBeNull(column=column, meta={"severity": CRITICAL})
-        )
-    suite.append(
-        gx.expectations.ExpectCompoundColumnsToBeUnique(
-            column_list=[*table.key, SOURCE_FILE], meta={"severity": CRITICAL}
-        )
-    )
-    oldest = cutoff - timedelta(days=365 * MAX_EVENT_AGE_YEARS)
-    for name in table.event_time_columns:
-        if table.column(name).required and name not in table.key:
-            suite.append(
-                gx.expectations.ExpectColumnValuesToNotBeNull(column=name, meta={"severity": CRITICAL})
-            )
-        suite.append(
-            gx.expectations.ExpectColumnValuesToBeBetween(
-                column=name,
-                min_value=pd.Timestamp(oldest),
-                # strictly before the cutoff: the run sees data up to the end of the previous day
-                max_value=pd.Timestamp(cutoff - timedelta(microseconds=1)),
-                meta={"severity": CRITICAL},
-            )
-        )
-    for (table_name, column_name), allowed in ALLOWED_VALUES.items():
-        if table_name == table.name:
-            suite.append(
-                gx.expectations.ExpectColumnValuesToBeInSet(
-                    column=column_name, value_set=list(allowed), meta={"severity": CRITICAL}
-                )
-            )
-    return suite
-
-
-def loaded_rows(con: duckdb.DuckDBPyConnection, table: Table, ctx: RunContext) -> pd.DataFrame:
-    columns = {*table.key, *table.event_time_columns}
-    select = []
-    for name in sorted(columns):
-        if (table.name, name) in ALLOWED_VALUES:
-            select.append(f"lower(trim({name})) as {name}")
-        else:
-            select.append(name)
-    for (table_name, name), _ in ALLOWED_VALUES.items():
-        if table_name == table.name and name not in columns:
-            select.append(f"lower(trim({name})) as {name}")
-    sql = (
-        f"select {', '.join(select)}, {SOURCE_FILE} from raw.{table.name} where {LOADED_RUN_DATE} = $run_date"
-    )
-    return con.execute(sql, {"run_date": ctx.run_date}).df()
+def combine(*summaries: dict[str, Any]) -> dict[str, Any]:
+    """One summary over the gate's stages (for the manifest and the run summary)."""
+    quarantined: dict[str, int] = {}
+    for summary in summaries:
+        for table, rows in summary.get("quarantined_rows", {}).items():
+            quarantined[table] = quarantined.get(table, 0) + rows
+    return {
+        "expectations": sum(s["expectations"] for s in summaries),
+        "passed": sum(s["passed"] for s in summaries),
+        "failed_critical": sum(s["failed_critical"] for s in summaries),
+        "failed_warning": sum(s["failed_warning"] for s in summaries),
+        "quarantined_rows": quarantined,
+        "success": all(s["success"] for s in summaries),
+        "failures": [failure for s in summaries for failure in s["failures"]],
+    }
 
 
 def _sample(values: list[Any] | None) -> list[str]:
-    return [str(value)[:60] for value in (values or [])[:5]]
+    return [str(value)[:60] for value in (values or [])[:SAMPLE_SIZE]]
 
 
 class Gate:
-    """One ephemeral Great Expectations context, shared by every table's suite in a run."""
+    """One ephemeral Great Expectations context per stage of a run; builds the stage's Data Docs."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: str) -> None:
         import great_expectations as gx
 
         # GX announces each temporary docs folder at INFO; a nightly log does not need that
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         self._gx = gx
+        self.stage = stage
         self.context = gx.get_context(mode="ephemeral")
         _quiet(self.context)
-        self.source = self.context.data_sources.add_pandas("tailor")
+        self.source = self.context.data_sources.add_pandas(f"tailor_{stage}")
 
-    def run(self, table: Table, frame: pd.DataFrame, cutoff: datetime) -> list[Check]:
+    def run(
+        self, name: str, frame: pd.DataFrame, specs: list[ExpectationSpec], cutoff: datetime
+    ) -> list[Check]:
         gx = self._gx
-        batch = self.source.add_dataframe_asset(table.name).add_batch_definition_whole_dataframe(
-            "loaded_by_run"
-        )
-        suite = self.context.suites.add(gx.ExpectationSuite(name=f"{table.name}_schema"))
-        for expectation in expectations_for(table, cutoff):
-            suite.add_expectation(expectation)
+        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("this_run")
+        suite = self.context.suites.add(gx.ExpectationSuite(name=f"{self.stage}.{name}"))
+        for spec in specs:
+            expectation_type = expectation_class(spec.type)
+            assert expectation_type is not None  # checked when the suite was loaded
+            suite.add_expectation(
+                expectation_type(**resolve_kwargs(spec.kwargs, cutoff), meta={"rule": spec.rule})
+            )
         definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{table.name}_raw", data=batch, suite=suite)
+            gx.ValidationDefinition(name=f"{self.stage}.{name}", data=batch, suite=suite)
         )
+        complete = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_KEY]}
         checkpoint = self.context.checkpoints.add(
-            gx.Checkpoint(name=f"{table.name}_gate", validation_definitions=[definition])
+            gx.Checkpoint(
+                name=f"{self.stage}.{name}.gate",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                result_format=complete if ROW_KEY in frame.columns else "SUMMARY",
+            )
         )
         result = checkpoint.run(batch_parameters={"dataframe": frame})
-        return [
-            _check(table, outcome)
-            for validation in result.run_results.values()
-            for outcome in validation.results
+        by_rule = {spec.rule: spec for spec in specs}
+        checks = []
+        for validation in result.run_results.values():
+            for outcome in validation.results:
+                spec = by_rule[outcome.expectation_config.meta["rule"]]
+                checks.append(self._check(name, spec, outcome, len(frame)))
+        return checks
+
+    def _check(self, table: str, spec: ExpectationSpec, outcome: Any, rows: int) -> Check:
+        kwargs = spec.kwargs
+        column = kwargs.get("column") or "+".join(
+            c
+            for c in kwargs.get("column_list", [kwargs.get("column_A", ""), kwargs.get("column_B", "")])
+            if c != SOURCE_FILE
+        )
+        result = outcome.result
+        keys = [
+            int(entry[ROW_KEY]) for entry in result.get("unexpected_index_list") or [] if ROW_KEY in entry
         ]
+        return Check(
+            stage=self.stage,
+            table=table,
+            rule=spec.rule,
+            expectation=spec.type,
+            column=column,
+            severity=spec.severity,
+            success=bool(outcome.success),
+            unexpected_count=int(result.get("unexpected_count") or 0),
+            rows_checked=rows,
+            sample=_sample(result.get("partial_unexpected_list")),
+            quarantine=spec.quarantine,
+            row_keys=keys if spec.quarantine else [],
+        )
 
-
-def _check(table: Table, outcome: Any) -> Check:
-    config = outcome.expectation_config
-    kwargs = config.kwargs
-    column = kwargs.get("column") or "+".join(c for c in kwargs.get("column_list", []) if c != SOURCE_FILE)
-    return Check(
-        table=table.name,
-        expectation=config.type,
-        column=column,
-        severity=config.meta.get("severity", CRITICAL),
-        success=bool(outcome.success),
-        unexpected_count=int(outcome.result.get("unexpected_count") or 0),
-        sample=_sample(outcome.result.get("partial_unexpected_list")),
-    )
-
-
-def run_suite(table: Table, frame: pd.DataFrame, cutoff: datetime) -> list[Check]:
-    """One table's suite on one frame, in a context of its own."""
-    return Gate().run(table, frame, cutoff)
+    def write_docs(self, folder: Path) -> Path | None:
+        """Copy the stage's Data Docs site into `folder` (and remove GX's temporary copy)."""
+        sites = self.context.get_docs_sites_urls()
+        if not sites or not sites[0].get("site_url"):
+            return None
+        site = Path(urlparse(sites[0]["site_url"]).path).parent
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(site, folder)
+        shutil.rmtree(site, ignore_errors=True)
+        return folder / "index.html"
 
 
 def _quiet(context: Any) -> None:
@@ -194,55 +209,270 @@ def _quiet(context: Any) -> None:
         pass
 
 
-def store_results(con: duckdb.DuckDBPyConnection, ctx: RunContext, checks: list[Check]) -> None:
+def run_suite(table: str, frame: pd.DataFrame, specs: list[ExpectationSpec], cutoff: datetime) -> list[Check]:
+    """One table's expectations on one frame, in a context of its own (for tests and tools)."""
+    return Gate("raw").run(table, frame, specs, cutoff)
+
+
+# --- quarantine ---------------------------------------------------------------------------------------
+
+
+def quarantine_rows(con: duckdb.DuckDBPyConnection, table: str, checks: list[Check], ctx: RunContext) -> int:
+    """Move rows failing quarantine rules from raw.<table> to quarantine.<table>; return how many."""
+    rules_by_key: dict[int, list[str]] = {}
+    for check in checks:
+        if check.quarantine and not check.success:
+            for key in check.row_keys:
+                rules_by_key.setdefault(key, []).append(check.rule)
+    con.execute("create schema if not exists quarantine")
+    con.execute(
+        f"""
+        create table if not exists quarantine.{table} (
+            run_date date, source_file varchar, failed_rules varchar[], original_values json, row_key bigint
+        )
+        """
+    )
+    con.execute(f"delete from quarantine.{table} where run_date = $run_date", {"run_date": ctx.run_date})
+    if not rules_by_key:
+        return 0
+    failing = pa.table(
+        {"row_key": list(rules_by_key), "failed_rules": [sorted(set(r)) for r in rules_by_key.values()]}
+    )
+    canonical = ", ".join(
+        f"{quote_identifier(c.name)} := {quote_identifier(c.name)}" for c in TABLES[table].columns
+    )
+    con.register("quarantine_keys", failing)
+    try:
+        con.execute("begin transaction")
+        # identifiers come from the canonical schema; values are bound
+        con.execute(
+            f"""
+            insert into quarantine.{table}
+            select $run_date, {SOURCE_FILE}, keys.failed_rules,
+                coalesce({ORIGINAL_VALUES}, to_json(struct_pack({canonical}))), {ROW_KEY}
+            from raw.{table} inner join quarantine_keys as keys on keys.row_key = raw.{table}.{ROW_KEY}
+            """,
+            {"run_date": ctx.run_date},
+        )
+        con.execute(f"delete from raw.{table} where {ROW_KEY} in (select row_key from quarantine_keys)")
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    finally:
+        con.unregister("quarantine_keys")
+    return len(rules_by_key)
+
+
+def quarantine_share_check(
+    table: str, quarantined: int, loaded: int, suite: TableSuite, checks: list[Check]
+) -> Check:
+    share = quarantined / loaded if loaded else 0.0
+    by_rule = [f"{c.rule} {c.unexpected_count}" for c in checks if c.quarantine and not c.success]
+    samples = [s for c in checks if c.quarantine and not c.success for s in c.sample[:1]]
+    return Check(
+        stage="raw",
+        table=table,
+        rule="quarantine_share",
+        expectation=f"at most {suite.quarantine_max_share:.1%} of loaded rows quarantined ({', '.join(by_rule)})"
+        if by_rule
+        else f"at most {suite.quarantine_max_share:.1%} of loaded rows quarantined",
+        column="*",
+        severity=CRITICAL,
+        success=share <= suite.quarantine_max_share,
+        unexpected_count=quarantined,
+        rows_checked=loaded,
+        sample=samples,
+    )
+
+
+# --- volume and freshness -----------------------------------------------------------------------------
+
+
+def activity_frame(history: list[tuple[date, int]], run_date: date, suite: TableSuite) -> pd.DataFrame:
+    """One row: the newest file day's rows over the trailing median, and the newest file's lag in days."""
+    days = sorted(history)
+    newest_day, newest_rows = days[-1] if days else (None, 0)
+    earlier = [rows for _, rows in days[:-1]]
+    volume = suite.volume
+    trailing = earlier[-volume.trailing_days :] if volume else []
+    enough = volume is not None and len(trailing) >= volume.min_history
+    ratio = newest_rows / statistics.median(trailing) if enough and statistics.median(trailing) > 0 else None
+    lag = (run_date - newest_day).days if newest_day else None
+    return pd.DataFrame(
+        {
+            "newest_file_day": [str(newest_day)],
+            "newest_day_rows": [newest_rows],
+            "volume_ratio": [ratio],
+            "lag_days": [lag if lag is not None else 10**6],
+        }
+    )
+
+
+def activity_specs(suite: TableSuite) -> list[ExpectationSpec]:
+    specs = []
+    if suite.volume:
+        specs.append(
+            ExpectationSpec(
+                rule="volume",
+                type="expect_column_values_to_be_between",
+                kwargs={
+                    "column": "volume_ratio",
+                    "min_value": suite.volume.min_ratio,
+                    "max_value": suite.volume.max_ratio,
+                },
+                severity=suite.volume.severity,
+                description="the newest file day's rows against the trailing median of earlier days",
+            )
+        )
+    if suite.freshness:
+        specs.append(
+            ExpectationSpec(
+                rule="freshness",
+                type="expect_column_values_to_be_between",
+                kwargs={"column": "lag_days", "max_value": suite.freshness.max_lag_days},
+                severity=suite.freshness.severity,
+                description="days from the newest file to the run date",
+            )
+        )
+    return specs
+
+
+def activity_checks(
+    con: duckdb.DuckDBPyConnection, gate: Gate, suite: TableSuite, ctx: RunContext
+) -> list[Check]:
+    specs = activity_specs(suite)
+    if not specs:
+        return []
+    history = [
+        (day, int(rows))
+        for source, day, rows in query(con, "checks/source_activity", {"run_date": ctx.run_date}).fetchall()
+        if source == suite.table
+    ]
+    frame = activity_frame(history, ctx.run_date, suite)
+    checks = gate.run(f"{suite.table}_activity", frame, specs, ctx.cutoff)
+    for check in checks:
+        check.table = suite.table
+        row = frame.iloc[0]
+        check.sample = [
+            f"newest file {row['newest_file_day']}, {row['newest_day_rows']} rows"
+            + (f", {row['volume_ratio']:.2f}x the trailing median" if pd.notna(row["volume_ratio"]) else "")
+        ]
+    return checks
+
+
+# --- results ------------------------------------------------------------------------------------------
+
+
+def extract_warning_checks(loads: dict[str, SourceLoad]) -> list[Check]:
+    return [
+        Check("extract", table, "extract_warning", "schema drift or unusual values at extract", "*", WARNING,
+              False, 1, load.rows_loaded, [warning[-200:]])
+        for table, load in sorted(loads.items())
+        for warning in load.warnings
+    ]  # fmt: skip
+
+
+def store_results(
+    con: duckdb.DuckDBPyConnection, ctx: RunContext, stages: tuple[str, ...], checks: list[Check]
+) -> None:
     con.execute("create schema if not exists meta")
     con.execute(
         """
         create table if not exists meta.data_quality_results (
-            run_date date, table_name varchar, expectation varchar, column_name varchar, severity varchar,
-            is_success boolean, unexpected_count bigint, unexpected_sample varchar[]
+            run_date date, stage varchar, table_name varchar, rule varchar, expectation varchar,
+            column_name varchar, severity varchar, is_success boolean, unexpected_count bigint,
+            rows_checked bigint, unexpected_sample varchar[]
         )
         """
     )
     con.execute(
-        "delete from meta.data_quality_results where run_date = $run_date", {"run_date": ctx.run_date}
+        "delete from meta.data_quality_results where run_date = $run_date and list_contains($stages, stage)",
+        {"run_date": ctx.run_date, "stages": list(stages)},
     )
-    for check in checks:
-        con.execute(
-            "insert into meta.data_quality_results values ($run_date, $table, $expectation, $column, $severity, "
-            "$success, $count, $sample)",
+    if not checks:
+        return
+    rows = pa.Table.from_pylist(
+        [
             {
                 "run_date": ctx.run_date,
-                "table": check.table,
-                "expectation": check.expectation,
-                "column": check.column,
-                "severity": check.severity,
-                "success": check.success,
-                "count": check.unexpected_count,
-                "sample": check.sample,
-            },
-        )
+                "stage": c.stage,
+                "table_name": c.table,
+                "rule": c.rule,
+                "expectation": c.expectation,
+                "column_name": c.column,
+                "severity": c.severity,
+                "is_success": c.success,
+                "unexpected_count": c.unexpected_count,
+                "rows_checked": c.rows_checked,
+                "unexpected_sample": c.sample,
+            }
+            for c in checks
+        ]
+    )
+    con.register("new_results", rows)
+    try:
+        con.execute("insert into meta.data_quality_results by name select * from new_results")
+    finally:
+        con.unregister("new_results")
 
 
-@task(name="validate", cache_policy=NO_CACHE)
-def validate_sources(settings: Settings, ctx: RunContext) -> dict[str, Any]:
-    """Run the gate on every configured source; raise DataQualityError on a critical failure."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    checks: list[Check] = []
-    gate = Gate()
-    with connect(settings) as con:
-        for table_name in settings.sources:
-            table = TABLES[table_name]
-            checks += gate.run(table, loaded_rows(con, table, ctx), ctx.cutoff)
-        store_results(con, ctx, checks)
-    report = QualityReport(checks)
+def fail_if_critical(report: QualityReport, settings: Settings, ctx: RunContext, stage: str) -> None:
     for check in report.failed:
-        log.warning("data quality %s: %s", check.severity, check.describe())
+        log.warning("data quality [%s] %s", check.severity, check.describe())
     if report.critical_failures:
         with connect(settings) as con:
             unload_run(con, ctx.run_date)
         raise DataQualityError(
-            "data-quality gate failed, nothing published: "
+            f"data-quality gate ({stage}) failed, nothing published: "
             + "; ".join(check.describe() for check in report.critical_failures)
         )
+
+
+def suites_for(settings: Settings, stage: str) -> dict[str, TableSuite]:
+    folder = settings.resolve(settings.quality.suites_dir) if settings.quality.suites_dir else None
+    return load_suites(stage, folder)
+
+
+@task(name="validate-sources", cache_policy=NO_CACHE)
+def validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, SourceLoad]) -> dict[str, Any]:
+    """The gate on the rows this run loaded: quarantine bad rows, stop on a critical failure."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    suites = suites_for(settings, "raw")
+    gate = Gate("raw")
+    checks = extract_warning_checks(loads)
+    quarantined = {}
+    with connect(settings) as con:
+        for table in settings.sources:
+            suite = suites.get(table)
+            if suite is None:
+                continue
+            frame = query(con, f"checks/raw_{table}", {"run_date": ctx.run_date}).df()
+            table_checks = gate.run(table, frame, suite.expectations, ctx.cutoff)
+            quarantined[table] = quarantine_rows(con, table, table_checks, ctx)
+            table_checks.append(
+                quarantine_share_check(table, quarantined[table], len(frame), suite, table_checks)
+            )
+            checks += table_checks + activity_checks(con, gate, suite, ctx)
+        store_results(con, ctx, ("extract", "raw"), checks)
+    gate.write_docs(ctx.run_dir / "data_docs" / "raw")
+    report = QualityReport(checks, quarantined)
+    fail_if_critical(report, settings, ctx, "sources")
+    return report.summary()
+
+
+@task(name="validate-features", cache_policy=NO_CACHE)
+def validate_features(settings: Settings, ctx: RunContext) -> dict[str, Any]:
+    """The gate on tonight's feature tables, before any model trains on or scores them."""
+    suites = suites_for(settings, "features")
+    gate = Gate("features")
+    checks: list[Check] = []
+    with connect(settings) as con:
+        for table, suite in suites.items():
+            frame = query(con, f"checks/features_{table}", {"cutoff": ctx.cutoff}).df()
+            checks += gate.run(table, frame, suite.expectations, ctx.cutoff)
+        store_results(con, ctx, ("features",), checks)
+    gate.write_docs(ctx.run_dir / "data_docs" / "features")
+    report = QualityReport(checks)
+    fail_if_critical(report, settings, ctx, "features")
     return report.summary()

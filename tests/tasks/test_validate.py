@@ -1,24 +1,35 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from tailor.schema import TABLES
-from tasks.validate import DataQualityError, QualityReport, run_suite
+from tailor.config import ConfigError
+from tailor.quality import ExpectationSpec, load_suite, load_suites, resolve_kwargs
+from tasks.validate import QualityReport, activity_frame, run_suite
 
 CUTOFF = datetime(2026, 1, 3)
+INTERACTIONS = load_suites("raw")["interactions"]
 
 
 def events(**overrides) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
+            "_row_key": [1, 2],
+            "_source_file": ["f1", "f1"],
             "user_id": ["u1", "u2"],
             "item_id": ["i1", "i1"],
             "event_type": ["view", "purchase"],
             "occurred_at": pd.to_datetime(["2026-01-02 10:00", "2026-01-02 11:00"]),
-            "_source_file": ["f1", "f1"],
+            "_n_invalid_values": [0, 0],
+            "_rating": [None, None],
+            "_purchase_value": [None, 1999.0],
+            "_user_is_known": [True, True],
+            "_item_is_known": [True, True],
+            "_is_duplicate": [False, False],
         }
     )
     for column, values in overrides.items():
@@ -26,78 +37,82 @@ def events(**overrides) -> pd.DataFrame:
     return frame
 
 
-def failed(checks) -> set[tuple[str, str]]:
-    return {(c.expectation, c.column) for c in checks if not c.success}
+def failed(checks) -> dict[str, list[int]]:
+    return {c.rule: c.row_keys for c in checks if not c.success}
+
+
+def test_every_shipped_suite_loads_and_names_real_expectations() -> None:
+    raw, features = load_suites("raw"), load_suites("features")
+    assert set(raw) == {"users", "consents", "items", "interactions", "campaign_exposures"}
+    assert set(features) == {"user_features", "item_features", "ranking_examples", "propensity_examples"}
+    assert {e.severity for s in raw.values() for e in s.expectations} == {"critical", "warning"}
 
 
 def test_clean_rows_pass_every_expectation() -> None:
-    checks = run_suite(TABLES["interactions"], events(), CUTOFF)
-    assert len(checks) == 7 and not failed(checks)
+    checks = run_suite("interactions", events(), INTERACTIONS.expectations, CUTOFF)
+    assert len(checks) == len(INTERACTIONS.expectations) and not failed(checks)
 
 
-def test_null_key_future_time_and_unknown_event_type_fail() -> None:
+def test_failing_rows_are_named_by_row_key_for_quarantine() -> None:
     frame = events(
         user_id=["u1", None],
         occurred_at=pd.to_datetime(["2026-01-02 10:00", "2026-01-05 00:00"]),
-        event_type=["view", "teleport"],
+        event_type=["teleport", "purchase"],
+        _purchase_value=[None, -5.0],
     )
-    checks = run_suite(TABLES["interactions"], frame, CUTOFF)
+    checks = run_suite("interactions", frame, INTERACTIONS.expectations, CUTOFF)
     assert failed(checks) == {
-        ("expect_column_values_to_not_be_null", "user_id"),
-        ("expect_column_values_to_be_between", "occurred_at"),
-        ("expect_column_values_to_be_in_set", "event_type"),
+        "user_id_present": [2],
+        "not_in_future": [2],
+        "known_event_type": [1],
+        "purchase_value_not_negative": [2],
     }
-    bad_type = next(c for c in checks if c.expectation == "expect_column_values_to_be_in_set")
-    assert bad_type.unexpected_count == 1 and bad_type.sample == ["teleport"]
+    bad_type = next(c for c in checks if c.rule == "known_event_type")
+    assert bad_type.sample == ["teleport"] and bad_type.quarantine and bad_type.severity == "critical"
 
 
-def test_duplicate_key_within_a_file_fails_across_files_does_not() -> None:
-    same = events(
-        user_id=["u1", "u1"], event_type=["view", "view"], occurred_at=pd.to_datetime(["2026-01-02"] * 2)
-    )
-    assert ("expect_compound_columns_to_be_unique", "user_id+item_id+event_type+occurred_at") in failed(
-        run_suite(TABLES["interactions"], same, CUTOFF)
-    )
-    across = same.assign(_source_file=["f1", "f2"])
-    assert not failed(run_suite(TABLES["interactions"], across, CUTOFF))
-
-
-def test_report_summary_and_error_message_name_table_and_expectation() -> None:
-    checks = run_suite(TABLES["interactions"], events(user_id=["u1", None]), CUTOFF)
-    report = QualityReport(checks)
+def test_report_summary_and_message() -> None:
+    checks = run_suite("interactions", events(_is_duplicate=[False, True]), INTERACTIONS.expectations, CUTOFF)
+    report = QualityReport(checks, {"interactions": 1})
     summary = report.summary()
-    assert summary["failed_critical"] == 1 and summary["success"] is False
-    message = "; ".join(c.describe() for c in report.critical_failures)
-    assert "interactions: expect_column_values_to_not_be_null on user_id failed for 1 row(s)" in message
-    assert issubclass(DataQualityError, RuntimeError)
+    assert summary["failed_warning"] == 1 and summary["failed_critical"] == 0 and summary["success"] is True
+    assert summary["quarantined_rows"] == {"interactions": 1}
+    assert (
+        "interactions: not_a_duplicate (expect_column_values_to_be_in_set on _is_duplicate) failed for 1 of 2"
+        in (summary["failures"][0])
+    )
 
 
-def test_validate_task_stores_results_and_raises(company) -> None:
-    from datetime import date
+def test_relative_time_bounds() -> None:
+    resolved = resolve_kwargs({"column": "t", "min_value": "cutoff-10d", "max_value": "cutoff"}, CUTOFF)
+    assert resolved["min_value"] == pd.Timestamp("2025-12-24")
+    assert resolved["max_value"] < pd.Timestamp(CUTOFF) and resolved["column"] == "t"
 
-    from tailor.config import load_settings
-    from tailor.warehouse import connect, run_context
-    from tasks.extract import extract_sources
-    from tasks.validate import validate_sources
 
-    future = company / "sources" / "interactions" / "2026-11-20.csv"
-    with future.open("a") as handle:
-        handle.write("u001,i001,view,2027-01-01 00:00:00,\n")
-    settings = load_settings(company / "tailor.yaml")
-    ctx = run_context(settings, date(2026, 11, 21))
-    extract_sources.fn(settings, ctx)
-    with pytest.raises(
-        DataQualityError, match="interactions: expect_column_values_to_be_between on occurred_at"
-    ):
-        validate_sources.fn(settings, ctx)
-    with connect(settings) as con:
-        rows = con.execute(
-            "select table_name, column_name, unexpected_count from meta.data_quality_results where not is_success"
-        ).fetchall()
-        left = con.execute(
-            "select count(*) from raw.interactions where _loaded_run_date = $d", {"d": ctx.run_date}
-        ).fetchall()[0][0]
-        remembered = con.execute("select count(*) from meta.loaded_files").fetchall()[0][0]
-    assert rows == [("interactions", "occurred_at", 1)]
-    # a failed gate forgets what its run loaded: the next run checks those files again
-    assert left == 0 and remembered == 0
+def test_volume_and_freshness_inputs() -> None:
+    history = [(date(2026, 1, d), 100) for d in range(1, 15)] + [(date(2026, 1, 15), 10)]
+    frame = activity_frame(history, date(2026, 1, 16), INTERACTIONS)
+    assert frame["volume_ratio"][0] == pytest.approx(0.1) and frame["lag_days"][0] == 1
+    short = activity_frame(history[:3], date(2026, 1, 20), INTERACTIONS)
+    assert pd.isna(short["volume_ratio"][0]) and short["lag_days"][0] == 17
+
+
+def test_a_bad_suite_file_names_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "interactions.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "table": "interactions",
+                "stage": "raw",
+                "expectations": [{"rule": "x", "type": "expect_column_values_to_be_nice", "kwarg": {}}],
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as error:
+        load_suite(path)
+    assert "interactions.yaml" in str(error.value)
+    assert "expectations.0.type" in str(error.value) and "expectations.0.kwarg': unknown key" in str(
+        error.value
+    )
+    with pytest.raises(ValueError, match="lower_snake_case"):
+        ExpectationSpec(rule="Bad Rule", type="expect_column_values_to_not_be_null")

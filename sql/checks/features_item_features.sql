@@ -1,0 +1,6 @@
+-- features.item_features at the run's cutoff, as the feature gate checks it.
+with final as (
+    select * from features.item_features where cutoff = $cutoff
+)
+
+select * from final

@@ -1,0 +1,13 @@
+-- features.ranking_examples at the run's cutoff, with how many candidate sources proposed each row.
+with final as (
+    select
+        user_id,
+        item_id,
+        user_category_affinity_share,
+        relevance,
+        is_from_popular::int + is_from_category::int + is_from_recent::int as _n_sources
+    from features.ranking_examples
+    where cutoff = $cutoff
+)
+
+select * from final

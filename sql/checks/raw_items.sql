@@ -1,0 +1,14 @@
+-- The items this run loaded, as the gate checks them.
+with final as (
+    select
+        _row_key,
+        _source_file,
+        item_id,
+        published_at,
+        price_cents,
+        len(_invalid_columns) as _n_invalid_values
+    from raw.items
+    where _loaded_run_date = $run_date
+)
+
+select * from final
