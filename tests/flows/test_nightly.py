@@ -68,7 +68,18 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
     assert manifest["config_sha256"] == load_settings(config_path).config_sha256
     assert set(manifest["models"]) == {"propensity", "ranking"}
     assert manifest["data_quality"]["success"] is True
-    assert set(manifest["datasets"]) == {"recommendations", "user_propensity", "campaign_assignments"}
+    assert set(manifest["datasets"]) == {
+        "recommendations",
+        "user_propensity",
+        "campaign_assignments",
+        "data_quality",
+    }
+    assert manifest["data_docs"] == {
+        "raw": "data_docs/raw/index.html",
+        "features": "data_docs/features/index.html",
+    }
+    docs = client.get_object(Bucket=TEST_BUCKET, Key=f"{prefix}/runs/{RUN_DATE}/data_docs/raw/index.html")
+    assert b"<html" in docs["Body"].read().lower()
 
     settings = load_settings(config_path)
     tables = {
@@ -125,10 +136,11 @@ def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_run(
     next_day = date.fromordinal(RUN_DATE.toordinal() + 1)
     state = nightly(config_path=str(config_path), run_date=next_day, return_state=True)
     assert state.is_failed()
-    with pytest.raises(
-        DataQualityError, match=r"interactions: expect_column_values_to_be_between on occurred_at"
-    ):
+    with pytest.raises(DataQualityError) as failure:
         state.result()
+    message = str(failure.value)
+    assert "interactions: quarantine_share" in message and "not_in_future: 1" in message
+    assert "interactions: volume" in message
     assert read_json(client, f"{prefix}/latest.json") == before
     listed = client.list_objects_v2(Bucket=TEST_BUCKET, Prefix=f"{prefix}/runs/{next_day}/")
     assert listed["KeyCount"] == 0

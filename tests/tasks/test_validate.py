@@ -68,7 +68,7 @@ def test_failing_rows_are_named_by_row_key_for_quarantine() -> None:
         "purchase_value_not_negative": [2],
     }
     bad_type = next(c for c in checks if c.rule == "known_event_type")
-    assert bad_type.sample == ["teleport"] and bad_type.quarantine and bad_type.severity == "critical"
+    assert bad_type.sample == ["teleport"] and bad_type.quarantine and bad_type.severity == "warning"
 
 
 def test_report_summary_and_message() -> None:
