@@ -228,6 +228,13 @@ class Settings(StrictModel):
             return "file://" + str(self.resolve(uri.removeprefix("file://")))
         return str(self.resolve(uri))
 
+    def source_identity(self, uri: str) -> str:
+        """How lineage names a source file: relative to the config's folder when it lies below it."""
+        if uri.startswith("s3://"):
+            return uri
+        path = Path(uri).resolve()
+        return str(path.relative_to(self.base_dir)) if path.is_relative_to(self.base_dir) else str(path)
+
     def pseudonym_key(self) -> bytes | None:
         if self.publish.published_user_id == "external":
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -226,7 +226,8 @@ def load_file(
     local: Path,
     run_date: date,
 ) -> tuple[int, list[str]]:
-    label = f"source {table.name}: file {stored.uri}"
+    identity = stored.uri  # how lineage names the file: relative to the config's folder when local
+    label = f"source {table.name}: file {identity}"
     if stored.size == 0:
         raise ExtractError(f"{label}: file is empty")
     if source.sql:
@@ -241,7 +242,7 @@ def load_file(
     shape = projection(table, source, present, label)
     if source.csv.timestamp_format and source.file_format() == "csv":
         params = {**params, "timestamp_format": source.csv.timestamp_format}
-    lineage = {"source_file": stored.uri, "file_date": file_date(stored.uri), "run_date": run_date}
+    lineage = {"source_file": identity, "file_date": file_date(identity), "run_date": run_date}
     statement = insert_sql(table, shape, relation)
     spellings = {"true_spellings": list(TRUE_SPELLINGS), "false_spellings": list(FALSE_SPELLINGS)}
     try:
@@ -253,12 +254,12 @@ def load_file(
             con,
             f"select count(*) from raw.{table.name} "
             f"where {SOURCE_FILE} = $source_file and {LOADED_RUN_DATE} = $run_date",
-            {"source_file": stored.uri, "run_date": run_date},
+            {"source_file": identity, "run_date": run_date},
         )
     )
     if rows == 0:
         raise ExtractError(f"{label}: file has a header but no rows")
-    check_drift(con, table, stored.uri, run_date, rows, label)
+    check_drift(con, table, identity, run_date, rows, label)
     return rows, shape.warnings + boolean_spellings(con, table, source, present, relation, params, label)
 
 
@@ -365,7 +366,11 @@ def extract_source(
     source = settings.sources[table_name]
     table = TABLES[table_name]
     pattern = settings.resolve_uri(source.path)
-    objects = eligible_files(list_source_objects(pattern, settings.storage), ctx.run_date)
+    found = eligible_files(list_source_objects(pattern, settings.storage), ctx.run_date)
+    # a file is known by its path relative to the config's folder, so moving a deployment (or a test
+    # copying one) does not make every file look new; `located` keeps where to read it from
+    objects = [replace(o, uri=settings.source_identity(o.uri)) for o in found]
+    located = {o.uri: f.uri for o, f in zip(objects, found, strict=True)}
     if not objects:
         raise ExtractError(f"source {table_name}: no file matches {pattern} before {ctx.run_date}")
     result = SourceLoad(table_name)
@@ -392,7 +397,7 @@ def extract_source(
                     continue
                 # the file was replaced since an earlier run loaded it (a snapshot, a re-delivery)
                 forget_file(con, table_name, stored.uri)
-            local = fetch_to_local(stored.uri, ctx.run_dir / "downloads", settings.storage)
+            local = fetch_to_local(located[stored.uri], ctx.run_dir / "downloads", settings.storage)
             rows, warnings = load_file(con, table, source, stored, local, ctx.run_date)
             con.execute(
                 "insert into meta.loaded_files by name select $source as source, $uri as file_uri, "
