@@ -45,6 +45,9 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+bench: install
+	$(BIN)/python bench/gate.py --users 200000 --days 60 --out var/bench/gate
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -80,8 +80,8 @@ def trained_company(tmp_path_factory: pytest.TempPathFactory, small_company: Pat
     shutil.copytree(small_company, root)
     settings = load_settings(root / "tailor.yaml")
     ctx = run_context(settings, RUN_DATE)
-    extract_sources.fn(settings, ctx)
-    quality = validate_sources.fn(settings, ctx)
+    loads = extract_sources.fn(settings, ctx)
+    quality = validate_sources.fn(settings, ctx, loads)
     build_features.fn(settings, ctx)
     models = train_models.fn(settings, ctx)
     return settings, ctx, models, quality
