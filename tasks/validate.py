@@ -39,6 +39,7 @@ from tasks.extract import SourceLoad, quote_identifier, unload_run
 log = logging.getLogger(__name__)
 CRITICAL, WARNING = "critical", "warning"
 SAMPLE_SIZE = 5
+CHUNK_ROWS = 1_000_000
 
 
 class DataQualityError(RuntimeError):
@@ -213,6 +214,52 @@ def _quiet(context: Any) -> None:
 def run_suite(table: str, frame: pd.DataFrame, specs: list[ExpectationSpec], cutoff: datetime) -> list[Check]:
     """One table's expectations on one frame, in a context of its own (for tests and tools)."""
     return Gate("raw").run(table, frame, specs, cutoff)
+
+
+# --- chunks -------------------------------------------------------------------------------------------
+
+
+def file_chunks(con: duckdb.DuckDBPyConnection, table: str, ctx: RunContext) -> list[list[str]]:
+    """This run's files of a table, grouped into chunks of about CHUNK_ROWS rows: whole files, so a
+    rule about rows within one file sees the whole file, and memory stays bounded by the chunk."""
+    files = con.execute(
+        "select file_uri, row_count from meta.loaded_files where source = $table and loaded_run_date = $run_date "
+        "order by file_uri",
+        {"table": table, "run_date": ctx.run_date},
+    ).fetchall()
+    chunks: list[list[str]] = [[]]
+    rows_in_chunk = 0
+    for uri, rows in files:
+        if chunks[-1] and rows_in_chunk + rows > CHUNK_ROWS:
+            chunks.append([])
+            rows_in_chunk = 0
+        chunks[-1].append(uri)
+        rows_in_chunk += rows
+    return [chunk for chunk in chunks if chunk] or [[]]
+
+
+def merge_parts(table: str, parts: list[list[Check]]) -> list[Check]:
+    """One check per rule from the checks of each chunk."""
+    merged = []
+    for same_rule in zip(*parts, strict=True):
+        first = same_rule[0]
+        merged.append(
+            Check(
+                stage=first.stage,
+                table=table,
+                rule=first.rule,
+                expectation=first.expectation,
+                column=first.column,
+                severity=first.severity,
+                success=all(c.success for c in same_rule),
+                unexpected_count=sum(c.unexpected_count for c in same_rule),
+                rows_checked=sum(c.rows_checked for c in same_rule),
+                sample=[s for c in same_rule for s in c.sample][:SAMPLE_SIZE],
+                quarantine=first.quarantine,
+                row_keys=[k for c in same_rule for k in c.row_keys],
+            )
+        )
+    return merged
 
 
 # --- quarantine ---------------------------------------------------------------------------------------
@@ -445,11 +492,16 @@ def validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, Sourc
             suite = suites.get(table)
             if suite is None:
                 continue
-            frame = query(con, f"checks/raw_{table}", {"run_date": ctx.run_date}).df()
-            table_checks = gate.run(table, frame, suite.expectations, ctx.cutoff)
+            parts, loaded = [], 0
+            for part, files in enumerate(file_chunks(con, table, ctx)):
+                frame = query(con, f"checks/raw_{table}", {"run_date": ctx.run_date, "files": files}).df()
+                parts.append(gate.run(f"{table}_part{part}", frame, suite.expectations, ctx.cutoff))
+                loaded += len(frame)
+                del frame
+            table_checks = merge_parts(table, parts)
             quarantined[table] = quarantine_rows(con, table, table_checks, ctx)
             table_checks.append(
-                quarantine_share_check(table, quarantined[table], len(frame), suite, table_checks)
+                quarantine_share_check(table, quarantined[table], loaded, suite, table_checks)
             )
             checks += table_checks + activity_checks(con, gate, suite, ctx)
         store_results(con, ctx, ("extract", "raw"), checks)

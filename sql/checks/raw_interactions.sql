@@ -3,7 +3,7 @@
 with this_run as (
     select *
     from raw.interactions
-    where _loaded_run_date = $run_date
+    where _loaded_run_date = $run_date and list_contains($files, _source_file)
 ),
 
 known_users as (

@@ -8,7 +8,7 @@ with final as (
         price_cents,
         len(_invalid_columns) as _n_invalid_values
     from raw.items
-    where _loaded_run_date = $run_date
+    where _loaded_run_date = $run_date and list_contains($files, _source_file)
 )
 
 select * from final

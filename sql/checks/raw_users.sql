@@ -7,7 +7,7 @@ with final as (
         created_at,
         len(_invalid_columns) as _n_invalid_values
     from raw.users
-    where _loaded_run_date = $run_date
+    where _loaded_run_date = $run_date and list_contains($files, _source_file)
 )
 
 select * from final

@@ -116,3 +116,33 @@ def test_a_bad_suite_file_names_the_file_and_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="lower_snake_case"):
         ExpectationSpec(rule="Bad Rule", type="expect_column_values_to_not_be_null")
+
+
+def test_chunked_validation_agrees_with_one_pass(company: Path, monkeypatch) -> None:
+    import tasks.validate as validate
+    from tailor.config import load_settings
+    from tailor.warehouse import connect, run_context
+    from tasks.extract import extract_sources
+
+    events = company / "sources" / "interactions" / "2026-11-20.csv"
+    lines = events.read_text().splitlines()
+    events.write_text("\n".join([lines[0], *lines[1:], lines[1]]) + "\n")  # one duplicate event in a file
+    settings = load_settings(company / "tailor.yaml")
+    ctx = run_context(settings, date(2026, 11, 21))
+
+    def gate_outcome() -> dict[str, tuple[bool, int, int]]:
+        loads = extract_sources.fn(settings, ctx)
+        validate.validate_sources.fn(settings, ctx, loads)
+        with connect(settings) as con:
+            rows = con.execute(
+                "select table_name || '.' || rule, is_success, unexpected_count, rows_checked "
+                "from meta.data_quality_results where stage = 'raw'"
+            ).fetchall()
+            quarantined = con.execute("select count(*) from quarantine.interactions").fetchall()[0][0]
+        return {name: (ok, n, checked) for name, ok, n, checked in rows} | {"quarantined": quarantined}
+
+    one_pass = gate_outcome()
+    monkeypatch.setattr(validate, "CHUNK_ROWS", 3000)  # interactions in about seven chunks of files
+    chunked = gate_outcome()
+    assert chunked == one_pass
+    assert one_pass["interactions.not_a_duplicate"][:2] == (False, 1) and one_pass["quarantined"] == 1
