@@ -44,7 +44,10 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
         "watermarks": {name: load.watermark for name, load in loads.items()},
         "data_quality": quality,
         "feature_rows": feature_rows,
-        "models": {name: {"version": m["version"], "metrics": m["metrics"]} for name, m in models.items()},
+        "models": {
+            name: {"version": m["version"], "metrics": m["metrics"], "decision": m["decision"]}
+            for name, m in models.items()
+        },
         "scored": scored,
         "campaign_arms": arms,
         "published": published,

@@ -140,6 +140,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"(popularity {rm['baseline']['ndcg_at_10']:.3f}), precision@10 {rm['precision_at_10']:.3f} "
         f"(popularity {rm['baseline']['precision_at_10']:.3f}), recall@10 {rm['recall_at_10']:.3f}, "
         f"coverage {rm['catalogue_coverage']:.1%}",
+        *(f"  {name}: {m['decision']}" for name, m in summary["models"].items() if m.get("decision")),
         "",
         "campaign arms (users):",
         *(

@@ -94,10 +94,11 @@ class PublishConfig(StrictModel):
 
 class PropensityConfig(StrictModel):
     horizon_days: int = Field(7, ge=1, le=90, description="target: purchases within this many days")
-    n_estimators: int = Field(300, ge=1)
-    learning_rate: float = Field(0.05, gt=0, le=1)
-    num_leaves: int = Field(31, ge=2)
-    min_data_in_leaf: int = Field(50, ge=1)
+    training_windows: int = Field(3, ge=1, le=12, description="consecutive past windows stacked for training")
+    n_estimators: int = Field(600, ge=1, description="upper bound; early stopping picks the number")
+    learning_rate: float = Field(0.03, gt=0, le=1)
+    num_leaves: int = Field(7, ge=2)
+    min_data_in_leaf: int = Field(200, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
     validation_share: float = Field(0.2, gt=0, lt=1, description="users held out for early stopping")
 
@@ -114,6 +115,15 @@ class RankingConfig(StrictModel):
     learning_rate: float = Field(0.05, gt=0, le=1)
     num_leaves: int = Field(31, ge=2)
     min_data_in_leaf: int = Field(50, ge=1)
+
+
+class RegistryConfig(StrictModel):
+    tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="a new model may score this much below the champion and still replace it",
+    )
 
 
 class RecommendationsConfig(StrictModel):
@@ -173,6 +183,7 @@ class Settings(StrictModel):
     propensity: PropensityConfig = Field(default_factory=PropensityConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     recommendations: RecommendationsConfig = Field(default_factory=RecommendationsConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     campaigns: list[CampaignConfig] = Field(default_factory=list)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     # filled in by load_settings, not by the YAML

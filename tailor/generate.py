@@ -124,11 +124,13 @@ def build_world(rng: np.random.Generator, n_users: int, n_items: int, start: dat
     cdf[:, -1] = 1.0
     focus = _zscore((category_taste**2).sum(axis=1))
     activity = rng.lognormal(np.log(0.45), 0.8, n_users)
-    age_effect = np.array([-0.2, 0.15, 0.25, 0.1, -0.05, -0.3])
+    # Purchase propensity depends on behaviour, market and tenure, never on a sensitive attribute: a model
+    # that may not use age or gender can still reach the ceiling the truth sets.
+    tenure_effect = -0.25 * _zscore(np.log1p(np.maximum(days - created, 1)))
     country_effect = np.array([0.1, 0.0, 0.05, 0.15, -0.15, -0.1, 0.05, -0.2])
     log_activity = _zscore(np.log(activity))
     purchase_logit = (
-        -4.4 + 0.9 * log_activity + age_effect[age] + country_effect[country] + rng.normal(0, 0.35, n_users)
+        -4.4 + 0.9 * log_activity + tenure_effect + country_effect[country] + rng.normal(0, 0.25, n_users)
     )
     price_sensitivity = _zscore(-0.35 * age + rng.normal(0, 1.0, n_users))
     return World(

@@ -36,7 +36,7 @@ class Cutoffs:
 
     ranking_train: datetime
     ranking_holdout: datetime
-    propensity_train: datetime
+    propensity_train: tuple[datetime, ...]  # consecutive past windows, stacked for training
     propensity_holdout: datetime
     score: datetime
 
@@ -45,7 +45,7 @@ class Cutoffs:
             {
                 self.ranking_train,
                 self.ranking_holdout,
-                self.propensity_train,
+                *self.propensity_train,
                 self.propensity_holdout,
                 self.score,
             }
@@ -58,7 +58,9 @@ def cutoffs_for(settings: Settings, ctx: RunContext) -> Cutoffs:
     return Cutoffs(
         ranking_train=ctx.cutoff_minus(2 * label_days),
         ranking_holdout=ctx.cutoff_minus(label_days),
-        propensity_train=ctx.cutoff_minus(2 * horizon),
+        propensity_train=tuple(
+            ctx.cutoff_minus((2 + window) * horizon) for window in range(settings.propensity.training_windows)
+        ),
         propensity_holdout=ctx.cutoff_minus(horizon),
         score=ctx.cutoff,
     )
@@ -113,7 +115,7 @@ def build_feature_models(
                 con, model, "cutoff", params
             )
 
-    for cutoff in (cuts.propensity_train, cuts.propensity_holdout, cuts.score):
+    for cutoff in (*cuts.propensity_train, cuts.propensity_holdout, cuts.score):
         params = {"cutoff": cutoff, "horizon_days": settings.propensity.horizon_days}
         counts[f"propensity_examples@{cutoff:%Y-%m-%d}"] = materialize_partition(
             con, "features/propensity_examples", "cutoff", params

@@ -218,6 +218,7 @@ def model_summary(model: dict[str, Any]) -> dict[str, Any]:
         "holdout_cutoff": model["holdout_cutoff"],
         "features": model["features"],
         "metrics": model["metrics"],
+        "registry_decision": model.get("decision", ""),
     }
 
 

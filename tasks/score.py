@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import Settings
 from tailor.sql import materialize, read_partition
 from tailor.warehouse import RunContext, connect
-from tasks.train import PROPENSITY_FEATURES, RANKING_FEATURES, feature_matrix
+from tasks.train import PROPENSITY_FEATURES, RANKING_FEATURES, feature_matrix, predict_propensity
 
 BATCH_ROWS = 500_000
 
@@ -53,12 +53,11 @@ def score_candidates(con: duckdb.DuckDBPyConnection, booster: lgb.Booster, ctx: 
 
 
 def score_propensity(
-    con: duckdb.DuckDBPyConnection, booster: lgb.Booster, categories: dict[str, list[str]], ctx: RunContext
+    con: duckdb.DuckDBPyConnection, booster: lgb.Booster, model: dict[str, Any], ctx: RunContext
 ) -> int:
     users = read_partition(con, "features/propensity_examples", ctx.cutoff, ("user_id",)).pl()
-    probability = (
-        booster.predict(feature_matrix(users, PROPENSITY_FEATURES, categories)) if users.height else []
-    )
+    matrix = feature_matrix(users, PROPENSITY_FEATURES, model["categories"])
+    probability = predict_propensity(booster, matrix, model["params"]["calibration"]) if users.height else []
     scored = users.select("user_id").with_columns(
         pl.Series("conversion_probability", np.asarray(probability, dtype=np.float64))
     )
@@ -74,7 +73,7 @@ def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str,
         counts = {
             "scored_candidates": score_candidates(con, lgb.Booster(model_file=ranking["path"]), ctx),
             "scored_users": score_propensity(
-                con, lgb.Booster(model_file=propensity["path"]), propensity["categories"], ctx
+                con, lgb.Booster(model_file=propensity["path"]), propensity, ctx
             ),
         }
         counts["mart_recommendations"] = materialize(

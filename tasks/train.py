@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor import metrics
+from tailor.calibration import apply_platt, calibration_table, fit_platt
 from tailor.config import Settings
 from tailor.sql import query, read_partition, scalar
 from tailor.warehouse import RunContext, connect
 from tasks.features import Cutoffs, cutoffs_for
+
+log = logging.getLogger(__name__)
 
 PROPENSITY_FEATURES = (
     "country",
@@ -154,10 +158,15 @@ def train_propensity(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
 ) -> TrainedModel:
     config = settings.propensity
-    train = read_partition(con, "features/propensity_examples", cuts.propensity_train, ("user_id",)).pl()
+    train = pl.concat(
+        [
+            read_partition(con, "features/propensity_examples", cutoff, ("user_id",)).pl()
+            for cutoff in cuts.propensity_train
+        ]
+    )
     holdout = read_partition(con, "features/propensity_examples", cuts.propensity_holdout, ("user_id",)).pl()
     if train.height == 0 or train["is_converted"].sum() == 0:
-        raise ValueError(f"propensity: no converting user in the training window at {cuts.propensity_train}")
+        raise ValueError(f"propensity: no converting user in the training windows at {cuts.propensity_train}")
     categories = vocabulary(train, PROPENSITY_FEATURES)
     x = feature_matrix(train, PROPENSITY_FEATURES, categories)
     y = train["is_converted"].to_numpy().astype(np.float32)
@@ -181,37 +190,58 @@ def train_propensity(
         valid_sets=[valid],
         callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
     )
-    predicted = booster.predict(feature_matrix(holdout, PROPENSITY_FEATURES, categories))
-    labels = holdout["is_converted"].to_numpy()
-    base_rate = float(y.mean())
-    scores = {
-        "roc_auc": metrics.roc_auc(labels, predicted),
-        "pr_auc": metrics.average_precision(labels, predicted),
-        "log_loss": metrics.log_loss(labels, predicted),
-        "brier": metrics.brier_score(labels, predicted),
-        "holdout_users": holdout.height,
-        "holdout_positive_rate": float(labels.mean()) if labels.size else float("nan"),
-        "baseline": {  # the training base rate for everyone: what a model must beat
-            "log_loss": metrics.log_loss(labels, np.full(labels.size, base_rate)),
-            "brier": metrics.brier_score(labels, np.full(labels.size, base_rate)),
-        },
-    }
+    # Platt scaling on the early-stopping users: probabilities a campaign tool can take at face value
+    a, b = fit_platt(booster.predict(x[is_valid], raw_score=True), y[is_valid])
+    calibration = {"a": a, "b": b}
+    scores = propensity_metrics(booster, holdout, categories, calibration, base_rate=float(y.mean()))
+    scores["training_positive_rate"] = float(y.mean())
     version, path = save_model(booster, ctx.run_dir, "propensity")
     return TrainedModel(
         name="propensity",
         version=version,
         objective=f"purchase within {config.horizon_days} days",
-        trained_cutoff=cuts.propensity_train.isoformat(),
+        trained_cutoff=cuts.propensity_train[0].isoformat(),
         holdout_cutoff=cuts.propensity_holdout.isoformat(),
         features=names,
         categories=categories,
-        params=params,
+        params=params | {"calibration": calibration},
         best_iteration=int(booster.best_iteration or booster.current_iteration()),
         metrics=scores,
         training_rows=train.height,
         training_data_sha256=data_hash(x, y),
         path=path,
     )
+
+
+def propensity_metrics(
+    booster: lgb.Booster,
+    holdout: pl.DataFrame,
+    categories: dict[str, list[str]],
+    calibration: dict[str, float],
+    base_rate: float,
+) -> dict[str, Any]:
+    """Holdout metrics of a calibrated propensity model, beside the training base rate for everyone."""
+    predicted = predict_propensity(
+        booster, feature_matrix(holdout, PROPENSITY_FEATURES, categories), calibration
+    )
+    labels = holdout["is_converted"].to_numpy()
+    return {
+        "roc_auc": metrics.roc_auc(labels, predicted),
+        "pr_auc": metrics.average_precision(labels, predicted),
+        "log_loss": metrics.log_loss(labels, predicted),
+        "brier": metrics.brier_score(labels, predicted),
+        "holdout_users": holdout.height,
+        "holdout_positive_rate": float(labels.mean()) if labels.size else float("nan"),
+        "calibration_table": calibration_table(labels, predicted),
+        "baseline": {
+            "log_loss": metrics.log_loss(labels, np.full(labels.size, base_rate)),
+            "brier": metrics.brier_score(labels, np.full(labels.size, base_rate)),
+        },
+    }
+
+
+def predict_propensity(booster: lgb.Booster, matrix: np.ndarray, calibration: dict[str, float]) -> np.ndarray:
+    return apply_platt(booster.predict(matrix, raw_score=True), calibration)
 
 
 def group_sizes(users: pl.Series) -> np.ndarray:
@@ -314,7 +344,7 @@ def evaluate_ranking(
     }
 
 
-def register(con: duckdb.DuckDBPyConnection, ctx: RunContext, model: TrainedModel) -> None:
+def ensure_registry(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("create schema if not exists meta")
     con.execute(
         """
@@ -325,13 +355,20 @@ def register(con: duckdb.DuckDBPyConnection, ctx: RunContext, model: TrainedMode
         )
         """
     )
+    for column, sql_type in (("is_promoted", "boolean"), ("decision", "varchar"), ("model_json", "json")):
+        con.execute(f"alter table meta.models add column if not exists {column} {sql_type}")
+
+
+def register(
+    con: duckdb.DuckDBPyConnection, ctx: RunContext, model: TrainedModel, promoted: bool, decision: str
+) -> None:
     con.execute(
         "delete from meta.models where run_date = $run_date and model_name = $name",
         {"run_date": ctx.run_date, "name": model.name},
     )
     con.execute(
         "insert into meta.models values ($run_date, $name, $version, $trained, $holdout, $features, $params, "
-        "$metrics, $rows, $sha, $path)",
+        "$metrics, $rows, $sha, $path, $promoted, $decision, $model_json)",
         {
             "run_date": ctx.run_date,
             "name": model.name,
@@ -344,18 +381,101 @@ def register(con: duckdb.DuckDBPyConnection, ctx: RunContext, model: TrainedMode
             "rows": model.training_rows,
             "sha": model.training_data_sha256,
             "path": model.path,
+            "promoted": promoted,
+            "decision": decision,
+            "model_json": json.dumps(asdict(model), sort_keys=True, default=str),
         },
+    )
+
+
+# The holdout metric each model is judged by, and the features the code scores with today.
+GATE_METRIC = {"propensity": "roc_auc", "ranking": "ndcg_at_10"}
+CURRENT_FEATURES = {"propensity": list(PROPENSITY_FEATURES), "ranking": list(RANKING_FEATURES)}
+
+
+def current_champion(con: duckdb.DuckDBPyConnection, name: str, ctx: RunContext) -> dict[str, Any] | None:
+    """The model promoted by the latest earlier run (a rerun of tonight never competes with itself)."""
+    rows = con.execute(
+        "select model_json from meta.models where model_name = $name and run_date < $run_date and is_promoted "
+        "order by run_date desc limit 1",
+        {"name": name, "run_date": ctx.run_date},
+    ).fetchall()
+    return json.loads(rows[0][0]) if rows else None
+
+
+def rescore_champion(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    cuts: Cutoffs,
+    champion: dict[str, Any],
+    base_rate: float,
+) -> dict[str, Any]:
+    """The champion's metrics on tonight's holdout, the same one the challenger was measured on."""
+    booster = lgb.Booster(model_file=champion["path"])
+    if champion["name"] == "propensity":
+        holdout = read_partition(
+            con, "features/propensity_examples", cuts.propensity_holdout, ("user_id",)
+        ).pl()
+        return propensity_metrics(
+            booster, holdout, champion["categories"], champion["params"]["calibration"], base_rate
+        )
+    return evaluate_ranking(con, booster, settings, cuts)
+
+
+def champion_gate(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    ctx: RunContext,
+    cuts: Cutoffs,
+    challenger: TrainedModel,
+) -> tuple[dict[str, Any], bool, str]:
+    """(the model that scores tonight, whether the challenger was promoted, why)."""
+    metric = GATE_METRIC[challenger.name]
+    new_value = challenger.metrics[metric]
+    champion = current_champion(con, challenger.name, ctx)
+    if champion is None:
+        return asdict(challenger), True, f"first {challenger.name} model: promoted"
+    if champion["features"] != CURRENT_FEATURES[challenger.name] or not Path(champion["path"]).exists():
+        return asdict(challenger), True, f"champion {champion['version']} no longer usable: promoted"
+    base_rate = float(challenger.metrics.get("training_positive_rate", 0.0) or 0.0)
+    champion_metrics = rescore_champion(con, settings, cuts, champion, base_rate)
+    old_value = champion_metrics[metric]
+    tolerance = settings.registry.tolerance
+    if new_value >= old_value - tolerance:
+        return (
+            asdict(challenger),
+            True,
+            (
+                f"{metric} {new_value:.4f} against champion {champion['version']}'s {old_value:.4f} "
+                f"(tolerance {tolerance}): promoted"
+            ),
+        )
+    kept = champion | {"metrics": champion_metrics}
+    return (
+        kept,
+        False,
+        (
+            f"{metric} {new_value:.4f} is worse than champion {champion['version']}'s {old_value:.4f} by more than "
+            f"{tolerance}: the champion keeps scoring"
+        ),
     )
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
-    """Fit, evaluate and register the propensity and ranking models."""
+    """Fit, evaluate and register the propensity and ranking models; each scores tonight only if it is
+    not worse than the current champion on tonight's holdout (within the configured tolerance)."""
     cuts = cutoffs_for(settings, ctx)
-    trained = {}
+    serving = {}
     with connect(settings) as con:
+        ensure_registry(con)
         for fit in (train_propensity, train_ranking):
-            model = fit(con, settings, ctx, cuts)
-            register(con, ctx, model)
-            trained[model.name] = asdict(model)
-    return trained
+            challenger = fit(con, settings, ctx, cuts)
+            model, promoted, decision = champion_gate(con, settings, ctx, cuts, challenger)
+            register(con, ctx, challenger, promoted, decision)
+            log.info("%s: %s", challenger.name, decision)
+            serving[challenger.name] = model | {
+                "decision": decision,
+                "challenger_version": challenger.version,
+            }
+    return serving

@@ -60,3 +60,50 @@ def test_validation_users_are_seeded_and_whole() -> None:
     assert (mask == seeded_validation_users(users, 0.5, 42)).all()
     by_user = pl.DataFrame({"u": users, "m": mask}).group_by("u").agg(pl.col("m").n_unique())
     assert (by_user["m"] == 1).all()
+
+
+def test_champion_gate_keeps_a_better_champion(company, monkeypatch) -> None:
+    from datetime import date
+
+    from tailor.config import load_settings
+    from tailor.warehouse import run_context
+    from tasks.extract import extract_sources
+    from tasks.features import build_features
+    from tasks.train import train_models
+
+    settings = load_settings(company / "tailor.yaml")
+    first_day, next_day = run_context(settings, date(2026, 11, 20)), run_context(settings, date(2026, 11, 21))
+    for ctx in (first_day, next_day):
+        extract_sources.fn(settings, ctx)
+        build_features.fn(settings, ctx)
+    first = train_models.fn(settings, first_day)
+    assert first["ranking"]["decision"] == "first ranking model: promoted"
+
+    # a deliberately weak challenger (one tree on a tiny learning rate) must not replace the champion
+    weak = load_settings(
+        company / "tailor.yaml",
+        {"ranking.n_estimators": 1, "ranking.learning_rate": 0.001, "ranking.num_leaves": 2},
+    )
+    second = train_models.fn(weak, next_day)
+    assert second["ranking"]["version"] == first["ranking"]["version"]
+    assert "the champion keeps scoring" in second["ranking"]["decision"]
+    assert second["ranking"]["challenger_version"] != first["ranking"]["version"]
+    assert "promoted" in second["propensity"]["decision"]  # an equal challenger is promoted
+    with connect(settings) as con:
+        rows = con.execute(
+            "select run_date, model_version, is_promoted from meta.models where model_name = 'ranking' order by run_date"
+        ).fetchall()
+    assert [(str(r[0]), r[2]) for r in rows] == [("2026-11-20", True), ("2026-11-21", False)]
+
+
+def test_platt_scaling_recovers_a_known_calibration() -> None:
+    from tailor.calibration import apply_platt, calibration_table, fit_platt
+
+    rng = np.random.default_rng(0)
+    raw = rng.normal(0, 1, 50_000)
+    labels = rng.random(raw.size) < 1 / (1 + np.exp(-(2 * raw - 1)))
+    a, b = fit_platt(raw, labels)
+    assert abs(a - 2) < 0.1 and abs(b + 1) < 0.1
+    table = calibration_table(labels, apply_platt(raw, {"a": a, "b": b}))
+    assert len(table) == 10
+    assert all(abs(row["mean_predicted"] - row["observed_rate"]) < 0.03 for row in table)
