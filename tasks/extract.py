@@ -48,6 +48,7 @@ TRUE_SPELLINGS = ("true", "t", "yes", "y", "1")
 FALSE_SPELLINGS = ("false", "f", "no", "n", "0")
 # A column whose values mostly fail to parse has changed type upstream: that is drift, not bad rows.
 DRIFT_SHARE = 0.5
+DRIFT_MIN_VALUES = 5  # fewer bad values than this are bad rows (quarantined), not a changed type
 
 
 class ExtractError(RuntimeError):
@@ -162,12 +163,26 @@ def projection(table: Table, source: SourceConfig, present: list[str], label: st
                 f"when list_contains($false_spellings, lower({text})) then false end"
             )
         else:
-            value = f"try_cast({text} as {column.duckdb_type})"
+            value = typed_value(text, column.duckdb_type)
         typed.append(f"{value} as {quote_identifier(column.name)}")
         originals[column.name] = text
     extra = [name for name in present if name not in mapped]
     warnings = [f"{label}: column(s) {', '.join(extra)} not mapped, ignored"] if extra else []
     return Projection(typed, originals, warnings)
+
+
+def typed_value(text: str, duckdb_type: str) -> str:
+    """A text value parsed to its canonical type, NULL when it does not parse. Stricter than a cast:
+    an offset or zone on a timestamp is honoured (stored as UTC), and a fraction never rounds into an
+    integer column (19.99 in price_cents is a unit error, not 20 cents)."""
+    if duckdb_type == "TIMESTAMP":
+        return f"cast(try_cast({text} as timestamptz) as timestamp)"
+    if duckdb_type == "BIGINT":
+        return (
+            f"case when try_cast({text} as double) = floor(try_cast({text} as double)) "
+            f"then try_cast(try_cast({text} as double) as bigint) end"
+        )
+    return f"try_cast({text} as {duckdb_type})"
 
 
 def _delimiter_hint(present: list[str], source: SourceConfig) -> str:
@@ -266,7 +281,9 @@ def load_file(
 def check_drift(
     con: duckdb.DuckDBPyConnection, table: Table, uri: str, run_date: date, rows: int, label: str
 ) -> None:
-    """Fail when a column's values mostly do not parse: the upstream type changed."""
+    """Fail when most of a column's values do not parse (counting only rows that have a value in it):
+    the upstream type changed."""
+    where = {"uri": uri, "run_date": run_date}
     failures = con.execute(
         f"""
         select name, count(*) as failed, any_value(json_extract_string({ORIGINAL_VALUES}, '$.' || name)) as sample
@@ -274,12 +291,19 @@ def check_drift(
               where {SOURCE_FILE} = $uri and {LOADED_RUN_DATE} = $run_date)
         group by name order by name
         """,
-        {"uri": uri, "run_date": run_date},
+        where,
     ).fetchall()
     for name, failed, sample in failures:
-        if failed / rows >= DRIFT_SHARE:
+        parsed = scalar(
+            con,
+            f"select count({quote_identifier(name)}) from raw.{table.name} "
+            f"where {SOURCE_FILE} = $uri and {LOADED_RUN_DATE} = $run_date",
+            where,
+        )
+        with_value = failed + int(parsed or 0)
+        if failed >= DRIFT_MIN_VALUES and failed / with_value >= DRIFT_SHARE:
             raise ExtractError(
-                f"{label}: column {table.name}.{name} changed type: {failed} of {rows} value(s) are not "
+                f"{label}: column {table.name}.{name} changed type: {failed} of {with_value} value(s) are not "
                 f"{table.column(name).duckdb_type} (e.g. {str(sample)[:40]!r})"
             )
 
@@ -431,19 +455,26 @@ def extract_source(
 
 def forget_file(con: duckdb.DuckDBPyConnection, table_name: str, uri: str) -> None:
     con.execute(f"delete from raw.{table_name} where {SOURCE_FILE} = $uri", {"uri": uri})
+    if _has_quarantine(con, table_name):
+        con.execute(f"delete from quarantine.{table_name} where source_file = $uri", {"uri": uri})
     con.execute(
         "delete from meta.loaded_files where source = $source and file_uri = $uri",
         {"source": table_name, "uri": uri},
     )
 
 
-def forget_quarantine(con: duckdb.DuckDBPyConnection, table: str, run_date: date) -> None:
-    exists = scalar(
-        con,
-        "select count(*) from information_schema.tables where table_schema = 'quarantine' and table_name = $t",
-        {"t": table},
+def _has_quarantine(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(
+        scalar(
+            con,
+            "select count(*) from information_schema.tables where table_schema = 'quarantine' and table_name = $t",
+            {"t": table},
+        )
     )
-    if exists:
+
+
+def forget_quarantine(con: duckdb.DuckDBPyConnection, table: str, run_date: date) -> None:
+    if _has_quarantine(con, table):
         con.execute(f"delete from quarantine.{table} where run_date = $run_date", {"run_date": run_date})
 
 

@@ -60,12 +60,18 @@ class Check:
     sample: list[str] = field(default_factory=list)
     quarantine: bool = False
     row_keys: list[int] = field(default_factory=list, repr=False)
+    files: list[str] = field(default_factory=list)
 
-    def describe(self) -> str:
-        sample = f" (e.g. {', '.join(self.sample[:3])})" if self.sample else ""
+    def describe(self, with_sample: bool = True) -> str:
+        sample = f" (e.g. {', '.join(self.sample[:3])})" if self.sample and with_sample else ""
+        files = (
+            f" in {', '.join(self.files[:3])}" + (" and others" if len(self.files) > 3 else "")
+            if self.files
+            else ""
+        )
         return (
             f"{self.table}: {self.rule} ({self.expectation} on {self.column}) failed for "
-            f"{self.unexpected_count} of {self.rows_checked} row(s){sample}"
+            f"{self.unexpected_count} of {self.rows_checked} row(s){files}{sample}"
         )
 
 
@@ -90,7 +96,8 @@ class QualityReport:
             "failed_warning": len(self.failed) - len(self.critical_failures),
             "quarantined_rows": dict(sorted(self.quarantined.items())),
             "success": not self.critical_failures,
-            "failures": [f"[{check.severity}] {check.describe()}" for check in self.failed],
+            # published in the manifest: no sample values, which may hold ids
+            "failures": [f"[{check.severity}] {check.describe(with_sample=False)}" for check in self.failed],
         }
 
 
@@ -144,7 +151,7 @@ class Gate:
         definition = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{self.stage}.{name}", data=batch, suite=suite)
         )
-        complete = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_KEY]}
+        complete = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_KEY, SOURCE_FILE]}
         checkpoint = self.context.checkpoints.add(
             gx.Checkpoint(
                 name=f"{self.stage}.{name}.gate",
@@ -170,9 +177,9 @@ class Gate:
             if c != SOURCE_FILE
         )
         result = outcome.result
-        keys = [
-            int(entry[ROW_KEY]) for entry in result.get("unexpected_index_list") or [] if ROW_KEY in entry
-        ]
+        unexpected = [entry for entry in result.get("unexpected_index_list") or [] if ROW_KEY in entry]
+        keys = [int(entry[ROW_KEY]) for entry in unexpected]
+        files = sorted({str(entry[SOURCE_FILE]) for entry in unexpected if SOURCE_FILE in entry})
         return Check(
             stage=self.stage,
             table=table,
@@ -187,6 +194,7 @@ class Gate:
             sample=_sample(result.get("partial_unexpected_list")),
             quarantine=spec.quarantine,
             row_keys=keys if spec.quarantine else [],
+            files=files,
         )
 
     def write_docs(self, folder: Path) -> Path | None:
@@ -257,6 +265,7 @@ def merge_parts(table: str, parts: list[list[Check]]) -> list[Check]:
                 sample=[s for c in same_rule for s in c.sample][:SAMPLE_SIZE],
                 quarantine=first.quarantine,
                 row_keys=[k for c in same_rule for k in c.row_keys],
+                files=sorted({f for c in same_rule for f in c.files}),
             )
         )
     return merged
@@ -316,7 +325,8 @@ def quarantine_share_check(
     table: str, quarantined: int, loaded: int, suite: TableSuite, checks: list[Check]
 ) -> Check:
     share = quarantined / loaded if loaded else 0.0
-    by_rule = [f"{c.rule}: {c.unexpected_count}" for c in checks if c.quarantine and not c.success]
+    failing = [c for c in checks if c.quarantine and not c.success]
+    by_rule = [f"{c.rule} on {c.column}: {c.unexpected_count}" for c in failing]
     return Check(
         stage="raw",
         table=table,
@@ -328,6 +338,7 @@ def quarantine_share_check(
         unexpected_count=quarantined,
         rows_checked=loaded,
         sample=by_rule,
+        files=sorted({f for c in failing for f in c.files}),
     )
 
 
@@ -483,6 +494,18 @@ def suites_for(settings: Settings, stage: str) -> dict[str, TableSuite]:
 def validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, SourceLoad]) -> dict[str, Any]:
     """The gate on the rows this run loaded: quarantine bad rows, stop on a critical failure."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    try:
+        return _validate_sources(settings, ctx, loads)
+    except DataQualityError:
+        raise
+    except Exception:
+        # a gate that broke halfway checked nothing for sure: the next run must check these files again
+        with connect(settings) as con:
+            unload_run(con, ctx.run_date)
+        raise
+
+
+def _validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, SourceLoad]) -> dict[str, Any]:
     suites = suites_for(settings, "raw")
     gate = Gate("raw")
     checks = extract_warning_checks(loads)

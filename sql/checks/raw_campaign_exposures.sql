@@ -7,7 +7,7 @@ with this_run as (
 ),
 
 known_users as (
-    select distinct user_id from raw.users where coalesce(_file_date < $run_date, true)
+    select distinct user_id from raw.users where coalesce(_file_date < $run_date, true) and user_id is not null
 ),
 
 final as (

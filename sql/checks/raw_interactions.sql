@@ -7,11 +7,11 @@ with this_run as (
 ),
 
 known_users as (
-    select distinct user_id from raw.users where coalesce(_file_date < $run_date, true)
+    select distinct user_id from raw.users where coalesce(_file_date < $run_date, true) and user_id is not null
 ),
 
 known_items as (
-    select distinct item_id from raw.items where coalesce(_file_date < $run_date, true)
+    select distinct item_id from raw.items where coalesce(_file_date < $run_date, true) and item_id is not null
 ),
 
 same_keys as (

@@ -191,7 +191,7 @@ CATALOGUE = [
     Case("duplicate user ids in a file", duplicate_user_ids, "critical", r"users: user_id_unique_in_file", "users", "user_id_unique_in_file"),
     Case("a day with 90% fewer rows", ninety_percent_fewer, "critical", r"interactions: volume .*0\.\d\dx the trailing median", rule="volume"),
     Case("a source that stopped arriving", stopped_arriving, "critical", r"interactions: freshness .*newest file 2026-11-20", rule="freshness"),
-    Case("many future timestamps", with_events(lambda rows: [replace_field(r, 3, "2031-01-01 00:00:00") if i % 5 == 0 else r for i, r in enumerate(rows)]), "critical", r"interactions: quarantine_share .*not_in_future: \d+", rule="quarantine_share"),
+    Case("many future timestamps", with_events(lambda rows: [replace_field(r, 3, "2031-01-01 00:00:00") if i % 5 == 0 else r for i, r in enumerate(rows)]), "critical", r"interactions: quarantine_share .* in sources/interactions/2026-11-21\.csv.*not_in_future on occurred_at: \d+", rule="quarantine_share"),
     Case("a few future timestamps", with_events(lambda rows: [replace_field(rows[0], 3, "2031-01-01 00:00:00"), *rows[1:]]), "quarantined", "not_in_future", rule="not_in_future"),
     Case("null ids", with_events(lambda rows: [replace_field(rows[0], 0, ""), *rows[1:]]), "quarantined", "user_id_present", rule="user_id_present"),
     Case("unknown item ids", with_events(lambda rows: [replace_field(rows[0], 1, "i_not_in_catalogue"), *rows[1:]]), "quarantined", "known_item", rule="known_item"),

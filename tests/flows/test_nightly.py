@@ -139,7 +139,8 @@ def test_a_failed_gate_publishes_nothing_and_keeps_the_previous_run(
     with pytest.raises(DataQualityError) as failure:
         state.result()
     message = str(failure.value)
-    assert "interactions: quarantine_share" in message and "not_in_future: 1" in message
+    assert "interactions: quarantine_share" in message and "not_in_future on occurred_at: 1" in message
+    assert f"sources/interactions/{RUN_DATE}.csv" in message  # the message names the file
     assert "interactions: volume" in message
     assert read_json(client, f"{prefix}/latest.json") == before
     listed = client.list_objects_v2(Bucket=TEST_BUCKET, Prefix=f"{prefix}/runs/{next_day}/")

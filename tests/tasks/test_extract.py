@@ -95,12 +95,12 @@ def test_a_changed_type_names_the_column_and_keeps_nothing_of_the_source(tmp_pat
     config = make_company(tmp_path)
     (tmp_path / "sources/interactions/2026-01-01.csv").write_text(interactions("2026-01-01"))
     (tmp_path / "sources/interactions/2026-01-02.csv").write_text(
-        "user_id,item_id,event_type,occurred_at,value\nu1,i1,view,yesterday-ish,\n"
+        "user_id,item_id,event_type,occurred_at,value\n" + "u1,i1,view,yesterday-ish,\n" * 6
     )
     settings = load_settings(config)
     with pytest.raises(
         ExtractError,
-        match=r"2026-01-02\.csv: column interactions\.occurred_at changed type: 1 of 1 value\(s\) are not "
+        match=r"2026-01-02\.csv: column interactions\.occurred_at changed type: 6 of 6 value\(s\) are not "
         r"TIMESTAMP \(e\.g\. 'yesterday-ish'\)",
     ):
         extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
@@ -324,3 +324,36 @@ def test_zone_aware_timestamps_land_in_utc_whatever_the_host_zone(tmp_path: Path
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_offsets_are_honoured_and_fractions_never_round_into_integers(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    (tmp_path / "sources/items/2026-01-02.csv").write_text(
+        "item_id,title,category,published_at,price_cents\n"
+        "i1,Lamp,home,2025-12-01T10:00:00+02:00,1999\n"
+        "i2,Desk,home,2025-12-01 10:00:00,19.99\n"
+        "i3,Sofa,home,2025-12-01 10:00:00,2500.0\n"
+    )
+    settings = load_settings(config)
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    with connect(settings) as con:
+        rows = con.execute(
+            "select item_id, published_at, price_cents, _invalid_columns from raw.items order by item_id"
+        ).fetchall()
+    assert str(rows[0][1]) == "2025-12-01 08:00:00" and rows[0][2] == 1999
+    assert rows[1][2] is None and rows[1][3] == ["price_cents"]
+    assert rows[2][2] == 2500 and rows[2][3] == []
+
+
+def test_drift_counts_only_rows_that_have_a_value(tmp_path: Path) -> None:
+    config = make_company(tmp_path)
+    views = [f"u1,i1,view,2026-01-02 {h:02d}:00:00," for h in range(20)]
+    ratings = [f"u1,i1,rating,2026-01-02 {h:02d}:30:00,four" for h in range(6)]  # value mostly empty
+    (tmp_path / "sources/interactions/2026-01-02.csv").write_text(
+        "user_id,item_id,event_type,occurred_at,value\n" + "\n".join(views + ratings) + "\n"
+    )
+    settings = load_settings(config)
+    with pytest.raises(
+        ExtractError, match=r"interactions\.value changed type: 6 of 6 value\(s\) are not DOUBLE"
+    ):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
