@@ -25,9 +25,20 @@ STAGING_MODELS = (
     "staging/stg_interactions",
     "staging/stg_campaign_exposures",
 )
-PER_CUTOFF_MODELS = ("features/user_features", "features/item_features", "features/user_category_affinity")
+PER_CUTOFF_MODELS = (
+    "features/user_features",
+    "features/item_features",
+    "features/user_category_affinity",
+    "features/user_recent_items",
+    "features/item_cooccurrence",
+)
 # Large tables needed only by the run that built them.
-TRANSIENT_MODELS = ("features/candidates", "features/ranking_examples", "features/propensity_examples")
+TRANSIENT_MODELS = (
+    "features/candidates",
+    "features/ranking_examples",
+    "features/propensity_examples",
+    "features/item_cooccurrence",
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,9 @@ def build_feature_models(
             "cutoff_day": cutoff_day(ctx, cutoff),
             "popularity_days": ranking.popularity_days,
             "half_life_days": ranking.affinity_half_life_days,
+            "history_days": ranking.history_days,
+            "recent_items": ranking.recent_items,
+            "neighbours": ranking.neighbours,
         }
         for model in PER_CUTOFF_MODELS:
             counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(
@@ -109,6 +123,7 @@ def build_feature_models(
             "n_popular": ranking.popular_candidates,
             "n_per_category": ranking.category_candidates,
             "top_categories": ranking.top_categories,
+            "n_similar": ranking.similar_candidates,
         }
         for model in ("features/candidates", "features/ranking_examples"):
             counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(

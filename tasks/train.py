@@ -45,6 +45,8 @@ PROPENSITY_FEATURES = (
     "n_active_days_30d",
     "days_since_last_event",
     "days_since_last_purchase",
+    "events_per_day_90d",
+    "purchases_per_day_90d",
     "n_campaign_sends_90d",
     "n_campaign_opens_90d",
     "n_campaign_clicks_90d",
@@ -53,6 +55,7 @@ RANKING_FEATURES = (
     "is_from_popular",
     "is_from_category",
     "is_from_recent",
+    "is_from_similar",
     "n_events_7d",
     "n_events_30d",
     "n_distinct_items_30d",
@@ -70,6 +73,9 @@ RANKING_FEATURES = (
     "n_user_item_events_30d",
     "max_user_item_relevance_30d",
     "days_since_user_item_event",
+    "cooccurrence_score",
+    "max_cooccurrence",
+    "n_similar_recent_items",
 )
 CATEGORICAL = ("country",)
 EVAL_K = 10

@@ -1,5 +1,6 @@
 -- Candidate items per user as of $cutoff, from several sources: globally popular, popular in the
--- user's top categories, and items the user looked at recently. Items the user already bought and
+-- user's top categories, similar to the user's recent items (co-occurrence), and items the user looked
+-- at recently. Items the user already bought and
 -- items not live at the cutoff are never candidates. Only users whose latest consent allows profiling
 -- are in scope; for a training cutoff, a seeded sample of those who engaged in the label window.
 with consented as (
@@ -56,6 +57,20 @@ top_categories as (
     where cutoff = $cutoff and category_rank <= $top_categories
 ),
 
+co_occurring as (
+    -- items most co-interacted with the user's recent items
+    select recent.user_id, co.neighbour_id as item_id, sum(co.jaccard) as similarity
+    from features.user_recent_items as recent
+    semi join users using (user_id)
+    inner join features.item_cooccurrence as co
+        on co.cutoff = recent.cutoff and co.item_id = recent.item_id
+    semi join live_items on live_items.item_id = co.neighbour_id
+    where recent.cutoff = $cutoff
+    group by recent.user_id, co.neighbour_id
+    qualify row_number() over (partition by recent.user_id order by similarity desc, co.neighbour_id)
+        <= $n_similar
+),
+
 recently_seen as (
     select distinct interactions.user_id, interactions.item_id
     from staging.stg_interactions as interactions
@@ -85,6 +100,11 @@ unioned as (
 
     union all
 
+    select co_occurring.user_id, co_occurring.item_id, 'similar' as candidate_source
+    from co_occurring
+
+    union all
+
     select recently_seen.user_id, recently_seen.item_id, 'recent' as candidate_source
     from recently_seen
     semi join users using (user_id)
@@ -99,7 +119,8 @@ final as (
         -- which sources proposed the item
         bool_or(candidate_source = 'popular') as is_from_popular,
         bool_or(candidate_source = 'category') as is_from_category,
-        bool_or(candidate_source = 'recent') as is_from_recent
+        bool_or(candidate_source = 'recent') as is_from_recent,
+        bool_or(candidate_source = 'similar') as is_from_similar
     from unioned
     anti join bought using (user_id, item_id)
     group by unioned.user_id, unioned.item_id

@@ -24,6 +24,21 @@ user_item_history as (
     group by user_id, item_id
 ),
 
+similarity as (
+    -- how strongly the candidate co-occurs with the user's recent items
+    select
+        recent.user_id,
+        co.neighbour_id as item_id,
+        sum(co.jaccard) as cooccurrence_score,
+        max(co.jaccard) as max_cooccurrence,
+        count(*) as n_similar_recent_items
+    from features.user_recent_items as recent
+    inner join features.item_cooccurrence as co
+        on co.cutoff = recent.cutoff and co.item_id = recent.item_id
+    where recent.cutoff = $cutoff
+    group by recent.user_id, co.neighbour_id
+),
+
 final as (
     select
         -- keys
@@ -35,6 +50,7 @@ final as (
         candidates.is_from_popular,
         candidates.is_from_category,
         candidates.is_from_recent,
+        candidates.is_from_similar,
         -- user
         users.n_events_7d,
         users.n_events_30d,
@@ -55,6 +71,9 @@ final as (
         coalesce(history.n_user_item_events_30d, 0) as n_user_item_events_30d,
         coalesce(history.max_user_item_relevance_30d, 0) as max_user_item_relevance_30d,
         history.days_since_user_item_event,
+        coalesce(similarity.cooccurrence_score, 0) as cooccurrence_score,
+        coalesce(similarity.max_cooccurrence, 0) as max_cooccurrence,
+        coalesce(similarity.n_similar_recent_items, 0) as n_similar_recent_items,
         -- label
         coalesce(labels.relevance, 0) as relevance
     from candidates
@@ -68,6 +87,8 @@ final as (
         and affinity.category = items.category
     left join user_item_history as history
         on history.user_id = candidates.user_id and history.item_id = candidates.item_id
+    left join similarity
+        on similarity.user_id = candidates.user_id and similarity.item_id = candidates.item_id
     left join labels
         on labels.user_id = candidates.user_id and labels.item_id = candidates.item_id
 )

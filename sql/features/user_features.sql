@@ -85,6 +85,11 @@ final as (
         coalesce(behaviour.n_active_days_30d, 0) as n_active_days_30d,
         behaviour.days_since_last_event,
         behaviour.days_since_last_purchase,
+        -- rates over the part of the window the user existed in: a new user's counts are short, not low
+        coalesce(behaviour.n_events_90d, 0) / least(90, greatest(date_diff('day', users.created_at, $cutoff), 1))
+            as events_per_day_90d,
+        coalesce(behaviour.n_purchases_90d, 0) / least(90, greatest(date_diff('day', users.created_at, $cutoff), 1))
+            as purchases_per_day_90d,
         -- campaigns
         coalesce(campaigns.n_campaign_sends_90d, 0) as n_campaign_sends_90d,
         coalesce(campaigns.n_campaign_opens_90d, 0) as n_campaign_opens_90d,

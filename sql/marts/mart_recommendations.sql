@@ -18,13 +18,28 @@ ranked as (
     qualify rank <= $k
 ),
 
+seeds as (
+    -- for a candidate similar to the user's recent items, the recent item it is most similar to
+    select
+        recent.user_id,
+        co.neighbour_id as item_id,
+        arg_max(recent.item_id, co.jaccard) as seed_item_id
+    from features.user_recent_items as recent
+    inner join features.item_cooccurrence as co
+        on co.cutoff = recent.cutoff and co.item_id = recent.item_id
+    where recent.cutoff = $cutoff
+    group by recent.user_id, co.neighbour_id
+),
+
 explained as (
     select
         ranked.*,
         items.title as item_title,
         items.category as item_category,
+        seed_items.title as seed_item_title,
         case
             when examples.days_since_published <= 14 then 'new_in_category'
+            when examples.is_from_similar and seed_items.title is not null then 'similar_to_viewed'
             when examples.is_from_recent then 'recently_viewed'
             when examples.is_from_category then 'popular_in_your_category'
             else 'popular_now'
@@ -35,6 +50,8 @@ explained as (
         and examples.user_id = ranked.user_id
         and examples.item_id = ranked.item_id
     inner join staging.stg_items as items on items.item_id = ranked.item_id and items.is_latest
+    left join seeds on seeds.user_id = ranked.user_id and seeds.item_id = ranked.item_id
+    left join staging.stg_items as seed_items on seed_items.item_id = seeds.seed_item_id and seed_items.is_latest
 ),
 
 final as (
@@ -52,7 +69,8 @@ final as (
         reason_code,
         case reason_code
             when 'new_in_category' then 'New in ' || item_category
-            when 'recently_viewed' then 'Because you viewed ' || item_title
+            when 'similar_to_viewed' then 'Because you viewed ' || seed_item_title
+            when 'recently_viewed' then 'You looked at this recently'
             when 'popular_in_your_category' then 'Popular in ' || item_category
             else 'Popular right now'
         end as reason_text,

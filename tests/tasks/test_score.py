@@ -44,5 +44,11 @@ def test_recommendations_are_top_k_unbought_live_and_consented(trained_company) 
     assert per_user[0] == k and per_user[2] is True
     assert bought == 0 and unconsented == 0 and not_live == 0 and ordered is True
     assert deciles[:2] == (1, 10) and deciles[2] == counts["scored_users"]
-    assert reasons <= {"new_in_category", "recently_viewed", "popular_in_your_category", "popular_now"}
+    assert reasons <= {
+        "new_in_category",
+        "similar_to_viewed",
+        "recently_viewed",
+        "popular_in_your_category",
+        "popular_now",
+    }
     assert len(reasons) >= 2

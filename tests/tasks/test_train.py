@@ -107,3 +107,46 @@ def test_platt_scaling_recovers_a_known_calibration() -> None:
     table = calibration_table(labels, apply_platt(raw, {"a": a, "b": b}))
     assert len(table) == 10
     assert all(abs(row["mean_predicted"] - row["observed_rate"]) < 0.03 for row in table)
+
+
+def test_propensity_comes_within_003_of_the_true_probabilities(tmp_path_factory) -> None:
+    """On generated data the truth is known: the model's holdout AUC must come within 0.03 of the AUC
+    that the generator's own conversion probabilities reach on the same users and window."""
+    from datetime import date
+
+    from tailor import metrics
+    from tailor.config import load_settings
+    from tailor.generate import generate, window_conversion_probability
+    from tailor.warehouse import run_context
+    from tasks.extract import extract_sources
+    from tasks.features import build_features
+    from tasks.train import train_models
+
+    out = tmp_path_factory.mktemp("ceiling")
+    generate(out, n_users=5000, n_items=600, days=60, end=date(2026, 11, 26), seed=42)
+    settings = load_settings(out / "tailor.yaml")
+    ctx = run_context(settings, date(2026, 11, 27))
+    extract_sources.fn(settings, ctx)
+    build_features.fn(settings, ctx)
+    model = train_models.fn(settings, ctx)["propensity"]
+    holdout_cutoff = ctx.cutoff_minus(settings.propensity.horizon_days)
+    with connect(settings) as con:
+        holdout = con.sql(
+            "select user_id, is_converted from features.propensity_examples where cutoff = $c order by user_id",
+            params={"c": holdout_cutoff},
+        ).pl()
+    truth = holdout.join(
+        pl.read_parquet(out / "truth" / "users.parquet"), on="user_id", maintain_order="left"
+    )
+    true_probability = window_conversion_probability(
+        truth["daily_purchase_prob"].to_numpy(), holdout_cutoff.date(), settings.propensity.horizon_days
+    )
+    ceiling = metrics.roc_auc(truth["is_converted"].to_numpy(), true_probability)
+    assert holdout.height > 3000
+    assert model["metrics"]["roc_auc"] >= ceiling - 0.03, (model["metrics"]["roc_auc"], ceiling)
+    # calibrated: on the holdout, mean predicted probability is close to the observed rate
+    table = model["metrics"]["calibration_table"]
+    predicted = sum(row["mean_predicted"] * row["users"] for row in table) / sum(
+        row["users"] for row in table
+    )
+    assert abs(predicted - model["metrics"]["holdout_positive_rate"]) < 0.02
