@@ -111,7 +111,13 @@ class RankingConfig(StrictModel):
     similar_candidates: int = Field(30, ge=0, description="items co-occurring with the user's recent items")
     recent_items: int = Field(20, ge=1, description="a user's recent items that seed co-occurrence")
     neighbours: int = Field(30, ge=1, description="most similar items kept per item")
-    history_days: int = Field(90, ge=1, description="history window for recent items and co-occurrence")
+    history_days: int = Field(
+        90, ge=1, description="history window for affinity, recent items, co-occurrence"
+    )
+    excluded_event_types: list[str] = Field(
+        default_factory=lambda: ["purchase"],
+        description="an item with such an event is never recommended again",
+    )
     popularity_days: int = Field(14, ge=1, description="window for item popularity")
     affinity_half_life_days: float = Field(14.0, gt=0)
     max_training_users: int = Field(10_000, ge=100, description="users sampled for a training window")

@@ -92,44 +92,15 @@ def build_feature_models(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext
 ) -> dict[str, int]:
     cuts = cutoffs_for(settings, ctx)
-    ranking = settings.ranking
     counts: dict[str, int] = {}
     for cutoff in cuts.all():
-        params = {
-            "cutoff": cutoff,
-            "cutoff_day": cutoff_day(ctx, cutoff),
-            "popularity_days": ranking.popularity_days,
-            "half_life_days": ranking.affinity_half_life_days,
-            "history_days": ranking.history_days,
-            "recent_items": ranking.recent_items,
-            "neighbours": ranking.neighbours,
-        }
-        for model in PER_CUTOFF_MODELS:
-            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(
-                con, model, "cutoff", params
-            )
-
+        counts |= build_cutoff_features(con, settings, cutoff, cutoff_day(ctx, cutoff))
     for cutoff, is_training in (
         (cuts.ranking_train, True),
         (cuts.ranking_holdout, True),
         (cuts.score, False),
     ):
-        params = {
-            "cutoff": cutoff,
-            "is_training": is_training,
-            "label_days": ranking.label_days,
-            "max_users": ranking.max_training_users,
-            "seed": settings.seed,
-            "n_popular": ranking.popular_candidates,
-            "n_per_category": ranking.category_candidates,
-            "top_categories": ranking.top_categories,
-            "n_similar": ranking.similar_candidates,
-        }
-        for model in ("features/candidates", "features/ranking_examples"):
-            counts[f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}"] = materialize_partition(
-                con, model, "cutoff", params
-            )
-
+        counts |= build_candidates(con, settings, cutoff, is_training)
     for cutoff in (*cuts.propensity_train, cuts.propensity_holdout, cuts.score):
         params = {"cutoff": cutoff, "horizon_days": settings.propensity.horizon_days}
         counts[f"propensity_examples@{cutoff:%Y-%m-%d}"] = materialize_partition(
@@ -137,6 +108,49 @@ def build_feature_models(
         )
     drop_stale_partitions(con, min(cuts.all()))
     return counts
+
+
+def build_cutoff_features(
+    con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, known_before: date
+) -> dict[str, int]:
+    """User, item, affinity, recent-item and co-occurrence features as of one cutoff."""
+    ranking = settings.ranking
+    params = {
+        "cutoff": cutoff,
+        "cutoff_day": known_before,
+        "popularity_days": ranking.popularity_days,
+        "half_life_days": ranking.affinity_half_life_days,
+        "history_days": ranking.history_days,
+        "recent_items": ranking.recent_items,
+        "neighbours": ranking.neighbours,
+    }
+    return {
+        f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)
+        for model in PER_CUTOFF_MODELS
+    }
+
+
+def build_candidates(
+    con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, is_training: bool
+) -> dict[str, int]:
+    """Candidates and ranking examples at one cutoff (a training cutoff samples engaged users)."""
+    ranking = settings.ranking
+    params = {
+        "cutoff": cutoff,
+        "is_training": is_training,
+        "label_days": ranking.label_days,
+        "max_users": ranking.max_training_users,
+        "seed": settings.seed,
+        "n_popular": ranking.popular_candidates,
+        "n_per_category": ranking.category_candidates,
+        "top_categories": ranking.top_categories,
+        "n_similar": ranking.similar_candidates,
+        "excluded_event_types": ranking.excluded_event_types,
+    }
+    return {
+        f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)
+        for model in ("features/candidates", "features/ranking_examples")
+    }
 
 
 def drop_stale_partitions(con: duckdb.DuckDBPyConnection, oldest_needed: datetime) -> None:

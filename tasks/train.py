@@ -260,13 +260,40 @@ def train_ranking(
 ) -> TrainedModel:
     config = settings.ranking
     train = read_partition(con, "features/ranking_examples", cuts.ranking_train, ("user_id", "item_id")).pl()
+    booster, params, x, y, rows = fit_ranker(train, settings)
+    names = list(RANKING_FEATURES)
+    scores = evaluate_ranking(con, booster, settings, cuts)
+    version, path = save_model(booster, ctx.run_dir, "ranking")
+    return TrainedModel(
+        name="ranking",
+        version=version,
+        objective=f"graded engagement within {config.label_days} days",
+        trained_cutoff=cuts.ranking_train.isoformat(),
+        holdout_cutoff=cuts.ranking_holdout.isoformat(),
+        features=names,
+        categories={},
+        params=params,
+        best_iteration=int(booster.best_iteration or booster.current_iteration()),
+        metrics=scores,
+        training_rows=rows,
+        training_data_sha256=data_hash(x, y),
+        path=path,
+    )
+
+
+def fit_ranker(
+    train: pl.DataFrame, settings: Settings
+) -> tuple[lgb.Booster, dict[str, Any], np.ndarray, np.ndarray, int]:
+    """LightGBM lambdarank on ranking examples (one query per user), early-stopped on a seeded tenth of
+    the users; returns the booster, its parameters, the training matrix, labels and row count."""
+    config = settings.ranking
     # a user with no relevant candidate teaches lambdarank nothing
     engaged = (
         train.group_by("user_id").agg(pl.col("relevance").max().alias("best")).filter(pl.col("best") > 0)
     )
     train = train.join(engaged.select("user_id"), on="user_id", how="semi").sort("user_id", "item_id")
     if train.height == 0:
-        raise ValueError(f"ranking: no user engaged with a candidate after {cuts.ranking_train}")
+        raise ValueError("ranking: no user engaged with a candidate in the label window")
     x = feature_matrix(train, RANKING_FEATURES, {})
     y = train["relevance"].to_numpy().astype(np.float32)
     is_valid = seeded_validation_users(train["user_id"], 0.1, settings.seed)
@@ -294,23 +321,7 @@ def train_ranking(
         valid_sets=[valid],
         callbacks=[lgb.early_stopping(20, verbose=False)],
     )
-    scores = evaluate_ranking(con, booster, settings, cuts)
-    version, path = save_model(booster, ctx.run_dir, "ranking")
-    return TrainedModel(
-        name="ranking",
-        version=version,
-        objective=f"graded engagement within {config.label_days} days",
-        trained_cutoff=cuts.ranking_train.isoformat(),
-        holdout_cutoff=cuts.ranking_holdout.isoformat(),
-        features=names,
-        categories={},
-        params=params,
-        best_iteration=int(booster.best_iteration or booster.current_iteration()),
-        metrics=scores,
-        training_rows=train.height,
-        training_data_sha256=data_hash(x, y),
-        path=path,
-    )
+    return booster, params, x, y, train.height
 
 
 def evaluate_ranking(
@@ -323,7 +334,11 @@ def evaluate_ranking(
     truth = query(
         con,
         "features/ranking_truth",
-        {"cutoff": cuts.ranking_holdout, "label_days": settings.ranking.label_days},
+        {
+            "cutoff": cuts.ranking_holdout,
+            "label_days": settings.ranking.label_days,
+            "excluded_event_types": settings.ranking.excluded_event_types,
+        },
     ).pl()
     scored = holdout.select("user_id", "item_id", "popularity_rank").with_columns(
         pl.Series("score", booster.predict(feature_matrix(holdout, RANKING_FEATURES, {}))),

@@ -1,6 +1,6 @@
 -- Candidate items per user as of $cutoff, from several sources: globally popular, popular in the
 -- user's top categories, similar to the user's recent items (co-occurrence), and items the user looked
--- at recently. Items the user already bought and
+-- at recently. Items the user already bought (events in $excluded_event_types) and
 -- items not live at the cutoff are never candidates. Only users whose latest consent allows profiling
 -- are in scope; for a training cutoff, a seeded sample of those who engaged in the label window.
 with consented as (
@@ -82,7 +82,7 @@ recently_seen as (
 bought as (
     select distinct user_id, item_id
     from staging.stg_interactions
-    where event_type = 'purchase' and occurred_at < $cutoff
+    where list_contains($excluded_event_types, event_type) and occurred_at < $cutoff
 ),
 
 unioned as (

@@ -9,7 +9,7 @@ with users as (
 bought as (
     select distinct user_id, item_id
     from staging.stg_interactions
-    where event_type = 'purchase' and occurred_at < $cutoff
+    where list_contains($excluded_event_types, event_type) and occurred_at < $cutoff
 ),
 
 final as (

@@ -1,5 +1,5 @@
 -- Per user and category, as of $cutoff: interest decayed by age (half-life $half_life_days),
--- weighted by how strong each event is.
+-- weighted by how strong each event is, over the last $history_days days.
 with items as (
     select item_id, category
     from staging.stg_items
@@ -16,7 +16,7 @@ events as (
     from staging.stg_interactions as interactions
     inner join items using (item_id)
     where interactions.occurred_at < $cutoff
-        and interactions.occurred_at >= $cutoff - interval 90 day
+        and interactions.occurred_at >= $cutoff - to_days(cast($history_days as integer))
 ),
 
 weighted as (

@@ -7,10 +7,15 @@ from pathlib import Path
 import polars as pl
 
 from tailor.config import load_settings
-from tailor.sql import materialize_partition
 from tailor.warehouse import connect, run_context
 from tasks.extract import extract_sources
-from tasks.features import PER_CUTOFF_MODELS, build_features, build_staging_models, cutoffs_for
+from tasks.features import (
+    PER_CUTOFF_MODELS,
+    build_cutoff_features,
+    build_features,
+    build_staging_models,
+    cutoffs_for,
+)
 
 CUTOFF = datetime(2026, 11, 10)
 
@@ -19,12 +24,11 @@ def features_at_cutoff(company: Path, run_date: date) -> dict[str, pl.DataFrame]
     settings = load_settings(company / "tailor.yaml")
     ctx = run_context(settings, run_date)
     extract_sources.fn(settings, ctx)
-    params = {"cutoff": CUTOFF, "cutoff_day": CUTOFF.date(), "popularity_days": 14, "half_life_days": 14.0}
     with connect(settings) as con:
         build_staging_models(con, ctx)
+        build_cutoff_features(con, settings, CUTOFF, CUTOFF.date())
         frames = {}
         for model in PER_CUTOFF_MODELS:
-            materialize_partition(con, model, "cutoff", params)
             table = model.replace("/", ".")
             frames[table] = con.sql(f"select * from {table} order by all").pl()
     return frames
