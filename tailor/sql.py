@@ -79,6 +79,17 @@ def materialize_partition(
     target = table_name(model)
     bound = bind(text, params)
     con.execute(f"create schema if not exists {target.split('.')[0]}")
+    wanted = con.execute(
+        f"select column_name, column_type from (describe select * from ({text}))", bound
+    ).fetchall()
+    existing = con.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = $schema "
+        "and table_name = $table order by ordinal_position",
+        {"schema": target.split(".")[0], "table": target.split(".")[1]},
+    ).fetchall()
+    if existing and [tuple(row) for row in existing] != [tuple(row) for row in wanted]:
+        # the model's columns changed (an upgrade): its partitions are derived data, rebuilt as runs need them
+        con.execute(f"drop table {target}")
     con.execute(f"create table if not exists {target} as select * from ({text}) where false", bound)
     con.execute("begin transaction")
     try:

@@ -34,6 +34,7 @@ PER_CUTOFF_MODELS = (
 )
 # Large tables needed only by the run that built them.
 TRANSIENT_MODELS = (
+    "features/campaign_click_examples",
     "features/candidates",
     "features/ranking_examples",
     "features/propensity_examples",
@@ -101,6 +102,12 @@ def build_feature_models(
         (cuts.score, False),
     ):
         counts |= build_candidates(con, settings, cutoff, is_training)
+    counts["campaign_click_examples"] = materialize_partition(
+        con,
+        "features/campaign_click_examples",
+        "cutoff",
+        {"cutoff": cuts.score, "cutoff_day": ctx.run_date},
+    )
     for cutoff in (*cuts.propensity_train, cuts.propensity_holdout, cuts.score):
         params = {"cutoff": cutoff, "horizon_days": settings.propensity.horizon_days}
         counts[f"propensity_examples@{cutoff:%Y-%m-%d}"] = materialize_partition(

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ RANKING_FEATURES = (
     "max_cooccurrence",
     "n_similar_recent_items",
 )
-CATEGORICAL = ("country",)
+CATEGORICAL = ("country", "variant_id")
+CLICK_FEATURES = ("variant_id", *PROPENSITY_FEATURES)
+CLICK_HOLDOUT_DAYS = 14
 EVAL_K = 10
 
 
@@ -173,32 +176,10 @@ def train_propensity(
     holdout = read_partition(con, "features/propensity_examples", cuts.propensity_holdout, ("user_id",)).pl()
     if train.height == 0 or train["is_converted"].sum() == 0:
         raise ValueError(f"propensity: no converting user in the training windows at {cuts.propensity_train}")
-    categories = vocabulary(train, PROPENSITY_FEATURES)
-    x = feature_matrix(train, PROPENSITY_FEATURES, categories)
-    y = train["is_converted"].to_numpy().astype(np.float32)
-    is_valid = seeded_validation_users(train["user_id"], config.validation_share, settings.seed)
-    params = lightgbm_params(
-        settings,
-        "binary",
-        learning_rate=config.learning_rate,
-        num_leaves=config.num_leaves,
-        min_data_in_leaf=config.min_data_in_leaf,
-        metric="binary_logloss",
+    booster, params, categories, calibration, x, y = fit_binary(
+        train, "is_converted", PROPENSITY_FEATURES, settings
     )
     names = list(PROPENSITY_FEATURES)
-    categorical = [n for n in names if n in categories]
-    fit = lgb.Dataset(x[~is_valid], y[~is_valid], feature_name=names, categorical_feature=categorical)
-    valid = lgb.Dataset(x[is_valid], y[is_valid], reference=fit)
-    booster = lgb.train(
-        params,
-        fit,
-        num_boost_round=config.n_estimators,
-        valid_sets=[valid],
-        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
-    )
-    # Platt scaling on the early-stopping users: probabilities a campaign tool can take at face value
-    a, b = fit_platt(booster.predict(x[is_valid], raw_score=True), y[is_valid])
-    calibration = {"a": a, "b": b}
     scores = propensity_metrics(booster, holdout, categories, calibration, base_rate=float(y.mean()))
     scores["training_positive_rate"] = float(y.mean())
     version, path = save_model(booster, ctx.run_dir, "propensity")
@@ -217,6 +198,113 @@ def train_propensity(
         training_data_sha256=data_hash(x, y),
         path=path,
     )
+
+
+def fit_binary(
+    train: pl.DataFrame, label: str, features: tuple[str, ...], settings: Settings
+) -> tuple[lgb.Booster, dict[str, Any], dict[str, list[str]], dict[str, float], np.ndarray, np.ndarray]:
+    """A calibrated LightGBM binary classifier: early-stopped on a seeded share of the users, then
+    Platt-scaled on those users, so its probabilities can be taken at face value."""
+    config = settings.propensity
+    categories = vocabulary(train, features)
+    x = feature_matrix(train, features, categories)
+    y = train[label].to_numpy().astype(np.float32)
+    is_valid = seeded_validation_users(train["user_id"], config.validation_share, settings.seed)
+    params = lightgbm_params(
+        settings,
+        "binary",
+        learning_rate=config.learning_rate,
+        num_leaves=config.num_leaves,
+        min_data_in_leaf=config.min_data_in_leaf,
+        metric="binary_logloss",
+    )
+    names = list(features)
+    categorical = [n for n in names if n in categories]
+    fit = lgb.Dataset(x[~is_valid], y[~is_valid], feature_name=names, categorical_feature=categorical)
+    valid = lgb.Dataset(x[is_valid], y[is_valid], reference=fit)
+    booster = lgb.train(
+        params,
+        fit,
+        num_boost_round=config.n_estimators,
+        valid_sets=[valid],
+        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
+    )
+    a, b = fit_platt(booster.predict(x[is_valid], raw_score=True), y[is_valid])
+    return booster, params, categories, {"a": a, "b": b}, x, y
+
+
+def train_campaign_clicks(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
+) -> list[TrainedModel]:
+    """Per campaign: will the user click, given the variant sent? Fitted on earlier sends, measured on the
+    sends of the last CLICK_HOLDOUT_DAYS (a time-based holdout)."""
+    examples = read_partition(
+        con, "features/campaign_click_examples", cuts.score, ("campaign_id", "sent_at", "user_id")
+    ).pl()
+    holdout_from = ctx.cutoff - timedelta(days=CLICK_HOLDOUT_DAYS)
+    trained = []
+    for campaign_id in sorted(examples["campaign_id"].unique().to_list()):
+        rows = examples.filter(pl.col("campaign_id") == campaign_id)
+        train, holdout = (
+            rows.filter(pl.col("sent_at") < holdout_from),
+            rows.filter(pl.col("sent_at") >= holdout_from),
+        )
+        if train.height < 200 or holdout.height == 0 or train["is_clicked"].n_unique() < 2:
+            log.info(
+                "clicks model for %s skipped: too few sends before and after %s", campaign_id, holdout_from
+            )
+            continue
+        booster, params, categories, calibration, x, y = fit_binary(
+            train, "is_clicked", CLICK_FEATURES, settings
+        )
+        scores = click_metrics(booster, holdout, categories, calibration, float(y.mean()))
+        name = f"clicks_{campaign_id}"
+        version, path = save_model(booster, ctx.run_dir, name)
+        trained.append(
+            TrainedModel(
+                name=name,
+                version=version,
+                objective=f"click given the variant, campaign {campaign_id}",
+                trained_cutoff=holdout_from.isoformat(),
+                holdout_cutoff=ctx.cutoff.isoformat(),
+                features=list(CLICK_FEATURES),
+                categories=categories,
+                params=params | {"calibration": calibration},
+                best_iteration=int(booster.best_iteration or booster.current_iteration()),
+                metrics=scores,
+                training_rows=train.height,
+                training_data_sha256=data_hash(x, y),
+                path=path,
+            )
+        )
+    return trained
+
+
+def click_metrics(
+    booster: lgb.Booster,
+    holdout: pl.DataFrame,
+    categories: dict[str, list[str]],
+    calibration: dict[str, float],
+    base_rate: float,
+) -> dict[str, Any]:
+    predicted = apply_platt(
+        booster.predict(feature_matrix(holdout, CLICK_FEATURES, categories), raw_score=True), calibration
+    )
+    labels = holdout["is_clicked"].to_numpy()
+    by_variant = holdout.with_columns(pl.Series("p", predicted)).group_by("variant_id").agg(
+        pl.len().alias("sends"), pl.col("is_clicked").mean().alias("observed_click_rate"),
+        pl.col("p").mean().alias("mean_predicted"),
+    )  # fmt: skip
+    return {
+        "roc_auc": metrics.roc_auc(labels, predicted),
+        "log_loss": metrics.log_loss(labels, predicted),
+        "brier": metrics.brier_score(labels, predicted),
+        "holdout_sends": holdout.height,
+        "holdout_positive_rate": float(labels.mean()),
+        "training_positive_rate": base_rate,
+        "by_variant": by_variant.sort("variant_id").to_dicts(),
+        "baseline": {"log_loss": metrics.log_loss(labels, np.full(labels.size, base_rate))},
+    }
 
 
 def propensity_metrics(
@@ -409,9 +497,16 @@ def register(
     )
 
 
-# The holdout metric each model is judged by, and the features the code scores with today.
-GATE_METRIC = {"propensity": "roc_auc", "ranking": "ndcg_at_10"}
-CURRENT_FEATURES = {"propensity": list(PROPENSITY_FEATURES), "ranking": list(RANKING_FEATURES)}
+def gate_metric(name: str) -> str:
+    """The holdout metric a model is judged by."""
+    return "ndcg_at_10" if name == "ranking" else "roc_auc"
+
+
+def current_features(name: str) -> list[str]:
+    """The features the code scores a model with today."""
+    if name == "ranking":
+        return list(RANKING_FEATURES)
+    return list(PROPENSITY_FEATURES if name == "propensity" else CLICK_FEATURES)
 
 
 def current_champion(con: duckdb.DuckDBPyConnection, name: str, ctx: RunContext) -> dict[str, Any] | None:
@@ -433,6 +528,18 @@ def rescore_champion(
 ) -> dict[str, Any]:
     """The champion's metrics on tonight's holdout, the same one the challenger was measured on."""
     booster = lgb.Booster(model_file=champion["path"])
+    if champion["name"].startswith("clicks_"):
+        campaign_id = champion["name"].removeprefix("clicks_")
+        examples = read_partition(
+            con, "features/campaign_click_examples", cuts.score, ("campaign_id", "sent_at", "user_id")
+        ).pl()
+        holdout_from = datetime.fromisoformat(champion_holdout_start(cuts))
+        holdout = examples.filter(
+            (pl.col("campaign_id") == campaign_id) & (pl.col("sent_at") >= holdout_from)
+        )
+        return click_metrics(
+            booster, holdout, champion["categories"], champion["params"]["calibration"], base_rate
+        )
     if champion["name"] == "propensity":
         holdout = read_partition(
             con, "features/propensity_examples", cuts.propensity_holdout, ("user_id",)
@@ -443,6 +550,10 @@ def rescore_champion(
     return evaluate_ranking(con, booster, settings, cuts)
 
 
+def champion_holdout_start(cuts: Cutoffs) -> str:
+    return (cuts.score - timedelta(days=CLICK_HOLDOUT_DAYS)).isoformat()
+
+
 def champion_gate(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -451,12 +562,12 @@ def champion_gate(
     challenger: TrainedModel,
 ) -> tuple[dict[str, Any], bool, str]:
     """(the model that scores tonight, whether the challenger was promoted, why)."""
-    metric = GATE_METRIC[challenger.name]
+    metric = gate_metric(challenger.name)
     new_value = challenger.metrics[metric]
     champion = current_champion(con, challenger.name, ctx)
     if champion is None:
         return asdict(challenger), True, f"first {challenger.name} model: promoted"
-    if champion["features"] != CURRENT_FEATURES[challenger.name] or not Path(champion["path"]).exists():
+    if champion["features"] != current_features(challenger.name) or not Path(champion["path"]).exists():
         return asdict(challenger), True, f"champion {champion['version']} no longer usable: promoted"
     base_rate = float(challenger.metrics.get("training_positive_rate", 0.0) or 0.0)
     champion_metrics = rescore_champion(con, settings, cuts, champion, base_rate)
@@ -490,8 +601,12 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
     serving = {}
     with connect(settings) as con:
         ensure_registry(con)
-        for fit in (train_propensity, train_ranking):
-            challenger = fit(con, settings, ctx, cuts)
+        challengers = [
+            train_propensity(con, settings, ctx, cuts),
+            train_ranking(con, settings, ctx, cuts),
+            *train_campaign_clicks(con, settings, ctx, cuts),
+        ]
+        for challenger in challengers:
             model, promoted, decision = champion_gate(con, settings, ctx, cuts, challenger)
             register(con, ctx, challenger, promoted, decision)
             log.info("%s: %s", challenger.name, decision)

@@ -27,10 +27,7 @@ def test_registry_and_model_files(trained_company) -> None:
             "where run_date = $d order by model_name",
             {"d": ctx.run_date},
         ).fetchall()
-    assert [(r[0], r[1]) for r in rows] == [
-        ("propensity", models["propensity"]["version"]),
-        ("ranking", models["ranking"]["version"]),
-    ]
+    assert [(r[0], r[1]) for r in rows] == [(name, models[name]["version"]) for name in sorted(models)]
     assert all(r[2] > 0 and r[3] > 5 for r in rows)
     for model in models.values():
         assert model["version"] in model["path"]
@@ -150,3 +147,29 @@ def test_propensity_comes_within_003_of_the_true_probabilities(tmp_path_factory)
         row["users"] for row in table
     )
     assert abs(predicted - model["metrics"]["holdout_positive_rate"]) < 0.02
+
+
+def test_campaign_click_models_are_trained_per_campaign_on_earlier_sends(trained_company) -> None:
+    settings, ctx, models, _ = trained_company
+    clicks = {name: model for name, model in models.items() if name.startswith("clicks_")}
+    assert clicks, "no campaign click model was trained"
+    for name, model in clicks.items():
+        assert model["features"][0] == "variant_id" and "variant_id" in model["categories"]
+        assert model["metrics"]["holdout_sends"] > 0 and 0 <= model["metrics"]["roc_auc"] <= 1
+        variants = {row["variant_id"] for row in model["metrics"]["by_variant"]}
+        assert "holdout" not in variants and variants <= set(model["categories"]["variant_id"])
+        assert model["trained_cutoff"] < model["holdout_cutoff"], name
+    with connect(settings) as con:
+        # each send's features are the user's snapshot at or before the send, never a later one
+        mismatched = con.execute(
+            """
+            with examples as (
+                select *, (select max(cutoff) from features.user_features f where f.cutoff <= e.sent_at) as snap
+                from features.campaign_click_examples e where e.cutoff = $c
+            )
+            select count(*) filter (where u.n_events_90d is distinct from examples.n_events_90d), count(*)
+            from examples join features.user_features u on u.cutoff = examples.snap and u.user_id = examples.user_id
+            """,
+            {"c": ctx.cutoff},
+        ).fetchall()[0]
+    assert mismatched[0] == 0 and mismatched[1] > 0
