@@ -109,6 +109,8 @@ class RankingConfig(StrictModel):
     category_candidates: int = Field(20, ge=1, description="popular items from each top category")
     top_categories: int = Field(3, ge=1, description="how many of the user's categories feed candidates")
     similar_candidates: int = Field(30, ge=0, description="items co-occurring with the user's recent items")
+    new_candidates: int = Field(10, ge=0, description="most popular of the recently published items")
+    new_item_days: int = Field(14, ge=1, description="an item published this recently counts as new")
     recent_items: int = Field(20, ge=1, description="a user's recent items that seed co-occurrence")
     neighbours: int = Field(30, ge=1, description="most similar items kept per item")
     history_days: int = Field(

@@ -152,6 +152,8 @@ def build_candidates(
         "n_per_category": ranking.category_candidates,
         "top_categories": ranking.top_categories,
         "n_similar": ranking.similar_candidates,
+        "n_new": ranking.new_candidates,
+        "new_item_days": ranking.new_item_days,
         "excluded_event_types": ranking.excluded_event_types,
     }
     return {

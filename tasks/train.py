@@ -57,6 +57,7 @@ RANKING_FEATURES = (
     "is_from_category",
     "is_from_recent",
     "is_from_similar",
+    "is_from_new",
     "n_events_7d",
     "n_events_30d",
     "n_distinct_items_30d",

@@ -5,7 +5,8 @@ with final as (
         item_id,
         user_category_affinity_share,
         relevance,
-        is_from_popular::int + is_from_category::int + is_from_recent::int + is_from_similar::int as _n_sources
+        is_from_popular::int + is_from_category::int + is_from_recent::int + is_from_similar::int
+            + is_from_new::int as _n_sources
     from features.ranking_examples
     where cutoff = $cutoff
 )

@@ -1,6 +1,6 @@
 -- Candidate items per user as of $cutoff, from several sources: globally popular, popular in the
--- user's top categories, similar to the user's recent items (co-occurrence), and items the user looked
--- at recently. Items the user already bought (events in $excluded_event_types) and
+-- user's top categories, similar to the user's recent items (co-occurrence), newly published, and
+-- items the user looked at recently. Items the user already bought (events in $excluded_event_types) and
 -- items not live at the cutoff are never candidates. Only users whose latest consent allows profiling
 -- are in scope; for a training cutoff, a seeded sample of those who engaged in the label window.
 with consented as (
@@ -41,6 +41,15 @@ popular as (
             select popularity_rank from live_items order by popularity_rank limit $n_popular
         )
     )
+),
+
+new_items as (
+    -- recently published items, most popular first: new content gets a chance before it has a history
+    select item_id
+    from features.item_features
+    where cutoff = $cutoff and is_live and days_since_published <= $new_item_days
+    order by popularity_rank
+    limit $n_new
 ),
 
 category_popular as (
@@ -100,6 +109,12 @@ unioned as (
 
     union all
 
+    select users.user_id, new_items.item_id, 'new' as candidate_source
+    from users
+    cross join new_items
+
+    union all
+
     select co_occurring.user_id, co_occurring.item_id, 'similar' as candidate_source
     from co_occurring
 
@@ -120,7 +135,8 @@ final as (
         bool_or(candidate_source = 'popular') as is_from_popular,
         bool_or(candidate_source = 'category') as is_from_category,
         bool_or(candidate_source = 'recent') as is_from_recent,
-        bool_or(candidate_source = 'similar') as is_from_similar
+        bool_or(candidate_source = 'similar') as is_from_similar,
+        bool_or(candidate_source = 'new') as is_from_new
     from unioned
     anti join bought using (user_id, item_id)
     group by unioned.user_id, unioned.item_id

@@ -51,6 +51,7 @@ final as (
         candidates.is_from_category,
         candidates.is_from_recent,
         candidates.is_from_similar,
+        candidates.is_from_new,
         -- user
         users.n_events_7d,
         users.n_events_30d,
