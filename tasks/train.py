@@ -288,23 +288,33 @@ def click_metrics(
     calibration: dict[str, float],
     base_rate: float,
 ) -> dict[str, Any]:
-    predicted = apply_platt(
-        booster.predict(feature_matrix(holdout, CLICK_FEATURES, categories), raw_score=True), calibration
-    )
+    predicted = predict_propensity(booster, feature_matrix(holdout, CLICK_FEATURES, categories), calibration)
     labels = holdout["is_clicked"].to_numpy()
     by_variant = holdout.with_columns(pl.Series("p", predicted)).group_by("variant_id").agg(
         pl.len().alias("sends"), pl.col("is_clicked").mean().alias("observed_click_rate"),
         pl.col("p").mean().alias("mean_predicted"),
     )  # fmt: skip
-    return {
-        "roc_auc": metrics.roc_auc(labels, predicted),
-        "log_loss": metrics.log_loss(labels, predicted),
-        "brier": metrics.brier_score(labels, predicted),
+    return binary_metrics(labels, predicted, base_rate) | {
         "holdout_sends": holdout.height,
-        "holdout_positive_rate": float(labels.mean()),
         "training_positive_rate": base_rate,
         "by_variant": by_variant.sort("variant_id").to_dicts(),
-        "baseline": {"log_loss": metrics.log_loss(labels, np.full(labels.size, base_rate))},
+    }
+
+
+def binary_metrics(labels: np.ndarray, predicted: np.ndarray, base_rate: float) -> dict[str, Any]:
+    """Holdout metrics of calibrated probabilities, beside the training base rate given to everyone."""
+    constant = np.full(labels.size, base_rate)
+    return {
+        "roc_auc": metrics.roc_auc(labels, predicted),
+        "pr_auc": metrics.average_precision(labels, predicted),
+        "log_loss": metrics.log_loss(labels, predicted),
+        "brier": metrics.brier_score(labels, predicted),
+        "holdout_positive_rate": float(labels.mean()) if labels.size else float("nan"),
+        "calibration_table": calibration_table(labels, predicted),
+        "baseline": {
+            "log_loss": metrics.log_loss(labels, constant),
+            "brier": metrics.brier_score(labels, constant),
+        },
     }
 
 
@@ -320,19 +330,7 @@ def propensity_metrics(
         booster, feature_matrix(holdout, PROPENSITY_FEATURES, categories), calibration
     )
     labels = holdout["is_converted"].to_numpy()
-    return {
-        "roc_auc": metrics.roc_auc(labels, predicted),
-        "pr_auc": metrics.average_precision(labels, predicted),
-        "log_loss": metrics.log_loss(labels, predicted),
-        "brier": metrics.brier_score(labels, predicted),
-        "holdout_users": holdout.height,
-        "holdout_positive_rate": float(labels.mean()) if labels.size else float("nan"),
-        "calibration_table": calibration_table(labels, predicted),
-        "baseline": {
-            "log_loss": metrics.log_loss(labels, np.full(labels.size, base_rate)),
-            "brier": metrics.brier_score(labels, np.full(labels.size, base_rate)),
-        },
-    }
+    return binary_metrics(labels, predicted, base_rate) | {"holdout_users": holdout.height}
 
 
 def predict_propensity(booster: lgb.Booster, matrix: np.ndarray, calibration: dict[str, float]) -> np.ndarray:
