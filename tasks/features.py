@@ -34,6 +34,7 @@ PER_CUTOFF_MODELS = (
 )
 # Large tables needed only by the run that built them.
 TRANSIENT_MODELS = (
+    "features/user_item_similarity",
     "features/campaign_click_examples",
     "features/candidates",
     "features/ranking_examples",
@@ -158,7 +159,7 @@ def build_candidates(
     }
     return {
         f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)
-        for model in ("features/candidates", "features/ranking_examples")
+        for model in ("features/user_item_similarity", "features/candidates", "features/ranking_examples")
     }
 
 

@@ -68,16 +68,14 @@ top_categories as (
 
 co_occurring as (
     -- items most co-interacted with the user's recent items
-    select recent.user_id, co.neighbour_id as item_id, sum(co.jaccard) as similarity
-    from features.user_recent_items as recent
+    select similarity.user_id, similarity.item_id
+    from features.user_item_similarity as similarity
     semi join users using (user_id)
-    inner join features.item_cooccurrence as co
-        on co.cutoff = recent.cutoff and co.item_id = recent.item_id
-    semi join live_items on live_items.item_id = co.neighbour_id
-    where recent.cutoff = $cutoff
-    group by recent.user_id, co.neighbour_id
-    qualify row_number() over (partition by recent.user_id order by similarity desc, co.neighbour_id)
-        <= $n_similar
+    semi join live_items using (item_id)
+    where similarity.cutoff = $cutoff
+    qualify row_number() over (
+        partition by similarity.user_id order by similarity.cooccurrence_score desc, similarity.item_id
+    ) <= $n_similar
 ),
 
 recently_seen as (

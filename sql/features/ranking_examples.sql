@@ -25,18 +25,7 @@ user_item_history as (
 ),
 
 similarity as (
-    -- how strongly the candidate co-occurs with the user's recent items
-    select
-        recent.user_id,
-        co.neighbour_id as item_id,
-        sum(co.jaccard) as cooccurrence_score,
-        max(co.jaccard) as max_cooccurrence,
-        count(*) as n_similar_recent_items
-    from features.user_recent_items as recent
-    inner join features.item_cooccurrence as co
-        on co.cutoff = recent.cutoff and co.item_id = recent.item_id
-    where recent.cutoff = $cutoff
-    group by recent.user_id, co.neighbour_id
+    select * from features.user_item_similarity where cutoff = $cutoff
 ),
 
 final as (

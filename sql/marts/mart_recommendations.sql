@@ -20,15 +20,9 @@ ranked as (
 
 seeds as (
     -- for a candidate similar to the user's recent items, the recent item it is most similar to
-    select
-        recent.user_id,
-        co.neighbour_id as item_id,
-        arg_max(recent.item_id, co.jaccard) as seed_item_id
-    from features.user_recent_items as recent
-    inner join features.item_cooccurrence as co
-        on co.cutoff = recent.cutoff and co.item_id = recent.item_id
-    where recent.cutoff = $cutoff
-    group by recent.user_id, co.neighbour_id
+    select user_id, item_id, seed_item_id
+    from features.user_item_similarity
+    where cutoff = $cutoff
 ),
 
 explained as (
@@ -38,7 +32,7 @@ explained as (
         items.category as item_category,
         seed_items.title as seed_item_title,
         case
-            when examples.days_since_published <= 14 then 'new_in_category'
+            when examples.days_since_published <= $new_item_days then 'new_in_category'
             when examples.is_from_similar and seed_items.title is not null then 'similar_to_viewed'
             when examples.is_from_recent then 'recently_viewed'
             when examples.is_from_category then 'popular_in_your_category'
