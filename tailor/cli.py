@@ -36,6 +36,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _names(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{value!r} names no segment")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailor",
@@ -102,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--work-dir", type=Path, default=Path("var/evaluate"), help="scratch folder for the warehouse"
     )
+
+    drafts = commands.add_parser(
+        "draft-variants",
+        help="ask a language model for draft copy and add it to a campaign file as drafts",
+        description="Ask the config's drafting endpoint (OpenAI-compatible) for subjects and headlines per "
+        "segment, check them against the channel's limits and templates, and append the ones that pass to "
+        "the campaign's file with status: draft. A draft is never sent until a person sets status: approved.",
+    )
+    drafts.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. config/demo.yaml")
+    drafts.add_argument("--campaign", required=True, help="campaign_id of a campaign in its own file")
+    drafts.add_argument("--brief", required=True, help="what the copy should say, in a sentence or two")
+    drafts.add_argument(
+        "--segments",
+        type=_names,
+        default=None,
+        help="comma-separated RFM segment names, e.g. loyal,at_risk (default: every segment)",
+    )
     return parser
 
 
@@ -159,6 +183,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draft_variants(args: argparse.Namespace) -> int:
+    from tailor.drafts import DraftError, draft_variants, format_drafts
+
+    # DraftError is not among the shared USER_ERRORS (tailor/errors.py), so it gets the same one line here
+    try:
+        summary = draft_variants(args.config, args.campaign, args.brief, args.segments)
+    except DraftError as error:
+        print(f"tailor: error: {error}", file=sys.stderr)
+        return 2
+    print(format_drafts(summary))
+    return 0
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     published = summary["published"]
     quality = summary["data_quality"]
@@ -211,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        commands = {"generate": cmd_generate, "run": cmd_run, "evaluate": cmd_evaluate}
+        commands = {
+            "generate": cmd_generate,
+            "run": cmd_run,
+            "evaluate": cmd_evaluate,
+            "draft-variants": cmd_draft_variants,
+        }
         return commands[args.command](args)
     except USER_ERRORS as error:
         print(f"tailor: error: {error}", file=sys.stderr)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tailor.schema import CHANNELS, CONSENT_PURPOSES, TABLES
+from tailor.schema import CONSENT_PURPOSES, TABLES
 
 REQUIRED_SOURCES = ("users", "consents", "items", "interactions")
 CHANNEL_CONSENT = {"email": "marketing_email", "push": "marketing_push", "web": "profiling"}
@@ -140,34 +140,128 @@ class RegistryConfig(StrictModel):
 
 class RecommendationsConfig(StrictModel):
     k: int = Field(10, ge=1, le=200, description="items per user")
-    requires_consent: Literal["marketing_email", "marketing_push", "profiling"] = "profiling"
+    requires_consent: Literal["profiling"] = Field(
+        "profiling", description="the purpose personalized (model-ranked) recommendations need"
+    )
+    channels: list[Literal["email", "push", "web"]] = Field(
+        default_factory=lambda: ["email", "push", "web"],
+        description="a user gets recommendations for each of these channels they consented to",
+    )
+    max_per_category: int | None = Field(3, ge=1, description="diversity: at most this many items per category")
+    new_item_boost: float = Field(
+        0.0, ge=0, description="added to the ranker's score of items published within ranking.new_item_days"
+    )
+    min_history_events: int = Field(
+        3, ge=0, description="users with fewer events in the history window get the popular fallback"
+    )
+    fallback_days: int = Field(14, ge=1, description="window for the popular-in-country fallback")
+
+
+class RfmRule(StrictModel):
+    """A user falls in the first rule whose every stated condition holds; unstated conditions always hold."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    max_days_since_signup: int | None = Field(None, ge=0)
+    max_days_since_purchase: float | None = Field(None, ge=0)
+    min_days_since_purchase: float | None = Field(None, ge=0)
+    max_days_since_activity: float | None = Field(None, ge=0)
+    min_purchases_90d: int | None = Field(None, ge=0)
+
+
+def _default_rfm_rules() -> list[RfmRule]:
+    return [
+        RfmRule(name="new", max_days_since_signup=30),
+        RfmRule(name="loyal", max_days_since_purchase=30, min_purchases_90d=3),
+        RfmRule(name="active", max_days_since_activity=30),
+        RfmRule(name="at_risk", max_days_since_activity=90),
+        RfmRule(name="lapsed"),
+    ]
+
+
+class SegmentsConfig(StrictModel):
+    rfm_rules: list[RfmRule] = Field(default_factory=_default_rfm_rules, min_length=1)
+    clusters_min: int = Field(3, ge=2, description="fewest behavioural clusters to try")
+    clusters_max: int = Field(8, ge=2, description="most behavioural clusters to try")
+    cluster_sample_users: int = Field(
+        20_000, ge=500, description="users the clustering is fitted and scored (silhouette) on"
+    )
+
+    @model_validator(mode="after")
+    def _checks(self) -> SegmentsConfig:
+        names = [rule.name for rule in self.rfm_rules]
+        if len(set(names)) != len(names):
+            raise ValueError("rfm_rules names must be unique")
+        if self.clusters_max < self.clusters_min:
+            raise ValueError("clusters_max must not be below clusters_min")
+        return self
+
+
+class ItemAudiencesConfig(StrictModel):
+    """Personalize-style batch segments: for each listed item or category, the users most likely to engage."""
+
+    items: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    top_n: int = Field(1000, ge=1, description="users per item or category")
+    items_per_category: int = Field(5, ge=1, description="a category is scored on its most popular live items")
 
 
 class VariantConfig(StrictModel):
-    variant_id: str
-    weight: float = Field(1.0, gt=0)
-    subject: str = Field(description="Jinja2 template; sees user, items (top recommendations), campaign")
+    variant_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    status: Literal["approved", "draft"] = Field(
+        "approved", description="a draft is never allocated until a person sets it to approved"
+    )
+    weight: float = Field(1.0, gt=0, description="share under the split policy, relative to the others")
+    subject: str = Field("", description="Jinja2 template (email subject, push title)")
     headline: str = ""
+    body: str = Field("", description="HTML-escaped for email")
+    call_to_action: str = ""
+    written_for_segment: str | None = Field(None, description="drafts: the segment the copy was written for")
+    drafted_by: str | None = Field(None, description="drafts: the language model that proposed it")
+
+
+class AudienceConfig(StrictModel):
+    segments: list[str] = Field(
+        default_factory=list, description="RFM segment names; empty: every consented user"
+    )
+    consent_purpose: str | None = Field(None, description="default: the channel's marketing consent")
+
+
+class AllocationConfig(StrictModel):
+    policy: Literal["split", "bandit", "personalized"] = "split"
+    exploration_share: float = Field(
+        0.1, ge=0, le=1, description="personalized: users given a uniformly random variant"
+    )
+    lookback_days: int = Field(90, ge=1, description="bandit: sends in this window count as evidence")
+    prior_successes: float = Field(1.0, gt=0, description="bandit: Beta prior alpha")
+    prior_failures: float = Field(1.0, gt=0, description="bandit: Beta prior beta")
 
 
 class CampaignConfig(StrictModel):
-    campaign_id: str
+    campaign_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     channel: Literal["email", "push", "web"]
-    consent_purpose: str | None = Field(None, description="default: the channel's marketing consent")
+    audience: AudienceConfig = Field(default_factory=AudienceConfig)
     holdout_share: float = Field(0.1, ge=0, lt=1)
-    salt: str = Field("", description="change it to reshuffle assignment")
+    salt: str = Field("", description="change it to reshuffle assignment and holdout")
+    allocation: AllocationConfig = Field(default_factory=AllocationConfig)
     active_from: date | None = None
     active_until: date | None = None
     variants: list[VariantConfig] = Field(min_length=1)
+    # filled in by load_settings: the file the campaign came from
+    source_file: Annotated[str, Field(exclude=True)] = ""
 
     @property
     def required_consent(self) -> str:
-        return self.consent_purpose or CHANNEL_CONSENT[self.channel]
+        return self.audience.consent_purpose or CHANNEL_CONSENT[self.channel]
+
+    @property
+    def approved_variants(self) -> list[VariantConfig]:
+        return [variant for variant in self.variants if variant.status == "approved"]
 
     @model_validator(mode="after")
     def _checks(self) -> CampaignConfig:
-        if self.consent_purpose is not None and self.consent_purpose not in CONSENT_PURPOSES:
-            raise ValueError(f"consent_purpose must be one of {', '.join(CONSENT_PURPOSES)}")
+        purpose = self.audience.consent_purpose
+        if purpose is not None and purpose not in CONSENT_PURPOSES:
+            raise ValueError(f"audience.consent_purpose must be one of {', '.join(CONSENT_PURPOSES)}")
         ids = [variant.variant_id for variant in self.variants]
         if len(set(ids)) != len(ids) or "holdout" in ids:
             raise ValueError("variant_id values must be unique and not 'holdout'")
@@ -175,7 +269,27 @@ class CampaignConfig(StrictModel):
 
     def is_active(self, run_date: date) -> bool:
         starts_ok = self.active_from is None or self.active_from <= run_date
-        return starts_ok and (self.active_until is None or run_date <= self.active_until)
+        ends_ok = self.active_until is None or run_date <= self.active_until
+        return starts_ok and ends_ok and bool(self.approved_variants)
+
+
+def _default_channel_limits() -> dict[str, dict[str, int]]:
+    # subject lines past ~150 characters are cut by mail clients; push titles and texts by the OS
+    return {
+        "email": {"subject": 150, "headline": 200, "call_to_action": 40},
+        "push": {"subject": 65, "headline": 178, "body": 178, "call_to_action": 30},
+        "web": {"subject": 120, "headline": 120, "call_to_action": 40},
+    }
+
+
+class DraftingConfig(StrictModel):
+    """An OpenAI-compatible chat-completions endpoint that proposes draft copy for marketers."""
+
+    base_url: str = Field("https://api.openai.com/v1", description="the endpoint's /v1 base URL")
+    model: str = "gpt-4o-mini"
+    api_key_env: str = Field("TAILOR_LLM_API_KEY", description="environment variable holding the key")
+    timeout_seconds: float = Field(30.0, gt=0)
+    candidates: int = Field(3, ge=1, le=20, description="subjects and headlines proposed per segment")
 
 
 class QualityConfig(StrictModel):
@@ -196,7 +310,16 @@ class Settings(StrictModel):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     recommendations: RecommendationsConfig = Field(default_factory=RecommendationsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    campaigns: list[CampaignConfig] = Field(default_factory=list)
+    segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
+    item_audiences: ItemAudiencesConfig = Field(default_factory=ItemAudiencesConfig)
+    campaigns_dir: str | None = Field(
+        None, description="folder of campaign files (*.yaml); default: campaigns/ beside this file, if any"
+    )
+    campaigns: list[CampaignConfig] = Field(default_factory=list, description="campaigns inline")
+    channel_limits: dict[Literal["email", "push", "web"], dict[str, int]] = Field(
+        default_factory=_default_channel_limits, description="most characters per rendered field"
+    )
+    drafting: DraftingConfig = Field(default_factory=DraftingConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""
@@ -225,15 +348,6 @@ class Settings(StrictModel):
         if missing:
             raise ValueError(f"missing required source(s): {', '.join(missing)}")
         return sources
-
-    @model_validator(mode="after")
-    def _unique_campaigns(self) -> Settings:
-        ids = [campaign.campaign_id for campaign in self.campaigns]
-        if len(set(ids)) != len(ids):
-            raise ValueError("campaign_id values must be unique")
-        for channel in {campaign.channel for campaign in self.campaigns}:
-            assert channel in CHANNELS
-        return self
 
     @property
     def base_dir(self) -> Path:
@@ -303,6 +417,10 @@ def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     except ValidationError as error:
         problems = "; ".join(_describe(detail) for detail in error.errors())  # type: ignore[arg-type]
         raise ConfigError(f"{path}: {problems}") from None
+    settings = settings.model_copy(
+        update={"campaigns": [*settings.campaigns, *load_campaign_files(settings, path)]}
+    )
+    check_campaigns(settings, path)
     key_env = settings.publish.pseudonym_key_env
     if settings.publish.published_user_id == "pseudonymous" and not os.environ.get(key_env):
         raise ConfigError(
@@ -310,6 +428,66 @@ def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             f"{key_env} (the pseudonymisation key) is not set"
         )
     return settings
+
+
+def campaign_files(settings: Settings) -> list[Path]:
+    if settings.campaigns_dir is None:
+        folder = settings.base_dir / "campaigns"
+        return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    folder = settings.resolve(settings.campaigns_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"{settings.config_path}: key 'campaigns_dir': {folder} is not a folder")
+    return sorted(folder.glob("*.yaml"))
+
+
+def load_campaign_files(settings: Settings, config_name: str | Path) -> list[CampaignConfig]:
+    """One campaign per file; an error names the file and the key within it."""
+    campaigns = []
+    for file in campaign_files(settings):
+        try:
+            data = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{file}: cannot read campaign file: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: a campaign file holds one mapping of keys")
+        try:
+            campaign = CampaignConfig.model_validate(data)
+        except ValidationError as error:
+            problems = "; ".join(_describe(detail) for detail in error.errors())  # type: ignore[arg-type]
+            raise ConfigError(f"{file}: {problems}") from None
+        campaigns.append(campaign.model_copy(update={"source_file": str(file)}))
+    return campaigns
+
+
+def check_campaigns(settings: Settings, config_name: str | Path) -> None:
+    """Unique ids, known audience segments, and templates that can render: all before any data is read."""
+    # imported here: templates.py needs nothing from config, config needs it only for this check
+    from tailor.templates import TEMPLATE_FIELDS, template_problem
+
+    seen: dict[str, str] = {}
+    segments = [rule.name for rule in settings.segments.rfm_rules]
+    for campaign in settings.campaigns:
+        where = campaign.source_file or str(config_name)
+        if campaign.campaign_id in seen:
+            raise ConfigError(
+                f"{where}: campaign_id {campaign.campaign_id!r} is also used in {seen[campaign.campaign_id]}"
+            )
+        seen[campaign.campaign_id] = where
+        for name in campaign.audience.segments:
+            if name not in segments:
+                raise ConfigError(
+                    f"{where}: campaign {campaign.campaign_id}, key 'audience.segments': {name!r} is not a "
+                    f"segment; the segments are {', '.join(segments)}"
+                )
+        limits = settings.channel_limits.get(campaign.channel, {})
+        for variant in campaign.variants:
+            for field in TEMPLATE_FIELDS:
+                problem = template_problem(getattr(variant, field), campaign.channel, field, limits.get(field))
+                if problem:
+                    raise ConfigError(
+                        f"{where}: campaign {campaign.campaign_id}, variant {variant.variant_id}, "
+                        f"{field}: {problem}"
+                    )
 
 
 def _set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:

@@ -532,39 +532,58 @@ def generated_config(fmt: str, seed: int) -> dict:
         },
         # Synthetic users: publishing their raw ids is harmless. Real data should stay pseudonymous.
         "publish": {"target": "file://published", "published_user_id": "external"},
-        "campaigns": [
-            {
-                "campaign_id": campaign.campaign_id,
-                "channel": campaign.channel,
-                "holdout_share": HOLDOUT_SHARE,
-                "salt": "2026",
-                "variants": [
-                    {
-                        "variant_id": variant,
-                        "subject": _SUBJECTS[variant],
-                        "headline": "Picked for you: {{ items[0].title if items else 'our bestsellers' }}",
-                    }
-                    for variant in campaign.variants
-                ],
-            }
-            for campaign in CAMPAIGNS
-        ],
     }
 
 
-_SUBJECTS = {
-    "discount": "10% off {{ items[0].category if items else 'everything' }} this week",
-    "editorial": "Our editors' picks in {{ items[0].category if items else 'new arrivals' }}",
-    "new_arrivals": "New in: {{ items | map(attribute='title') | first | default('this week') }}",
-    "urgency": "Only a few left: {{ items[0].title if items else 'our bestsellers' }}",
-    "social_proof": "Popular in {{ user.country }} right now",
-}
+# The generated campaigns mirror the demo's: the email picks each user's variant with a conversion
+# model, the push nudge learns with Thompson sampling.
+_POLICIES = {"weekly_digest": "personalized", "app_nudge": "bandit"}
+_ITEM = "{{ items[0].title if items else 'our bestsellers' }}"
+_COPY = {
+    "discount": ("10% off {{ items[0].category if items else 'everything' }} this week", "Claim 10% off"),
+    "editorial": ("Our editors' picks in {{ items[0].category if items else 'new arrivals' }}", "Read the picks"),
+    "new_arrivals": ("New in: {{ items | map(attribute='title') | first | default('this week') }}", "See what's new"),
+    "urgency": ("Only a few left", "Open"),
+    "social_proof": ("Popular in {{ user.country }}", "Open"),
+}  # fmt: skip
+
+
+def generated_campaigns() -> list[dict]:
+    return [
+        {
+            "campaign_id": campaign.campaign_id,
+            "channel": campaign.channel,
+            "audience": {"consent_purpose": campaign.consent_purpose},
+            "holdout_share": HOLDOUT_SHARE,
+            "salt": "2026",
+            "allocation": {"policy": _POLICIES[campaign.campaign_id]},
+            "variants": [
+                {
+                    "variant_id": variant,
+                    "subject": _COPY[variant][0],
+                    "headline": f"Picked for you: {_ITEM}",
+                    "body": "{% for item in items %}<p>{{ item.title }}: {{ item.reason }}</p>{% endfor %}"
+                    if campaign.channel == "email"
+                    else f"{_ITEM} is popular right now.",
+                    "call_to_action": _COPY[variant][1],
+                }
+                for variant in campaign.variants
+            ],
+        }
+        for campaign in CAMPAIGNS
+    ]
 
 
 def write_config(out: Path, fmt: str, seed: int) -> None:
     text = "# Written by `tailor generate`: reads the generated sources beside this file.\n"
     text += yaml.safe_dump(generated_config(fmt, seed), sort_keys=False)
     (out / "tailor.yaml").write_text(text)
+    campaigns = out / "campaigns"
+    campaigns.mkdir(parents=True, exist_ok=True)
+    for campaign in generated_campaigns():
+        header = "# Written by `tailor generate`.\n"
+        body = yaml.safe_dump(campaign, sort_keys=False, allow_unicode=True)
+        (campaigns / f"{campaign['campaign_id']}.yaml").write_text(header + body)
 
 
 def parse_day(value: str) -> date:

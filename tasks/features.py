@@ -156,6 +156,9 @@ def build_candidates(
         "n_new": ranking.new_candidates,
         "new_item_days": ranking.new_item_days,
         "excluded_event_types": ranking.excluded_event_types,
+        "audience_item_ids": settings.item_audiences.items,
+        "audience_categories": settings.item_audiences.categories,
+        "audience_per_category": settings.item_audiences.items_per_category,
     }
     return {
         f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)

@@ -1,5 +1,6 @@
-"""Score: every in-scope user's candidates through the ranker, every user through the propensity model,
-then the marts: top-K recommendations with reasons, and propensity deciles.
+"""Score: every in-scope user's candidates through the ranker (and the audience items through the
+engagement model), every user through the propensity model, then the marts: top-K recommendations with
+reasons and fallbacks, and propensity deciles.
 
 Candidates stream through the ranker in Arrow batches so memory stays bounded by a batch, not the table.
 """
@@ -16,7 +17,7 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor.config import Settings
+from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, read_partition
 from tailor.warehouse import RunContext, connect
 from tasks.train import PROPENSITY_FEATURES, RANKING_FEATURES, feature_matrix, predict_propensity
@@ -33,22 +34,47 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
         con.unregister("incoming")
 
 
-def score_candidates(con: duckdb.DuckDBPyConnection, booster: lgb.Booster, ctx: RunContext) -> int:
+def score_candidates(
+    con: duckdb.DuckDBPyConnection, ranker: lgb.Booster, engagement: dict[str, Any], ctx: RunContext
+) -> int:
+    """The ranker's score for every candidate; for audience items also the engagement probability."""
     reader = read_partition(
         con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")
     ).to_arrow_reader(BATCH_ROWS)
-    parts = []
+    engagement_booster = lgb.Booster(model_file=engagement["path"])
+    calibration = engagement["params"]["calibration"]
+    parts, audience_parts = [], []
     for batch in reader:
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        scores = booster.predict(feature_matrix(frame, RANKING_FEATURES, {}))
-        parts.append(frame.select("user_id", "item_id").with_columns(pl.Series("score", scores)))
+        scores = ranker.predict(feature_matrix(frame, RANKING_FEATURES, {}))
+        parts.append(
+            frame.select("user_id", "item_id", "is_audience_only").with_columns(pl.Series("score", scores))
+        )
+        audience = frame.filter(pl.col("is_audience_item"))
+        if audience.height:
+            probability = predict_propensity(
+                engagement_booster, feature_matrix(audience, RANKING_FEATURES, {}), calibration
+            )
+            audience_parts.append(
+                audience.select("user_id", "item_id").with_columns(
+                    pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))
+                )
+            )
     scored = (
         pl.concat(parts)
         if parts
-        else pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "score": pl.Float64})
+        else pl.DataFrame(
+            schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "is_audience_only": pl.Boolean, "score": pl.Float64}
+        )
+    )
+    audience_scores = (
+        pl.concat(audience_parts)
+        if audience_parts
+        else pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64})
     )
     replace_table(con, "model.scored_candidates", scored.to_arrow())
+    replace_table(con, "model.audience_scores", audience_scores.to_arrow())
     return scored.height
 
 
@@ -65,32 +91,45 @@ def score_propensity(
     return scored.height
 
 
+def recommendation_params(settings: Settings, ctx: RunContext, model_version: str) -> dict[str, Any]:
+    config = settings.recommendations
+    return {
+        "run_date": ctx.run_date,
+        "cutoff": ctx.cutoff,
+        "k": config.k,
+        "channels": list(config.channels),
+        "channel_purposes": [CHANNEL_CONSENT[channel] for channel in config.channels],
+        "required_consent": config.requires_consent,
+        "max_per_category": config.max_per_category,
+        "new_item_days": settings.ranking.new_item_days,
+        "new_item_boost": config.new_item_boost,
+        "min_history_events": config.min_history_events,
+        "history_days": settings.ranking.history_days,
+        "fallback_days": config.fallback_days,
+        "excluded_event_types": settings.ranking.excluded_event_types,
+        "model_version": model_version,
+    }
+
+
 @task(name="score", cache_policy=NO_CACHE)
 def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Rank candidates, score propensity, and build the recommendation and propensity marts."""
+    """Rank candidates, score propensity, and build the recommendation and user-score marts."""
     ranking, propensity = models["ranking"], models["propensity"]
     with connect(settings) as con:
         counts = {
-            "scored_candidates": score_candidates(con, lgb.Booster(model_file=ranking["path"]), ctx),
+            "scored_candidates": score_candidates(
+                con, lgb.Booster(model_file=ranking["path"]), models["engagement"], ctx
+            ),
             "scored_users": score_propensity(
                 con, lgb.Booster(model_file=propensity["path"]), propensity, ctx
             ),
         }
-        counts["mart_recommendations"] = materialize(
-            con,
-            "marts/mart_recommendations",
-            {
-                "run_date": ctx.run_date,
-                "cutoff": ctx.cutoff,
-                "k": settings.recommendations.k,
-                "new_item_days": settings.ranking.new_item_days,
-                "required_consent": settings.recommendations.requires_consent,
-                "model_version": ranking["version"],
-            },
+        counts["recommendations"] = materialize(
+            con, "marts/recommendations", recommendation_params(settings, ctx, ranking["version"])
         )
-        counts["mart_user_propensity"] = materialize(
+        counts["user_scores"] = materialize(
             con,
-            "marts/mart_user_propensity",
+            "marts/user_scores",
             {
                 "run_date": ctx.run_date,
                 "horizon_days": settings.propensity.horizon_days,

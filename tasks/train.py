@@ -80,8 +80,11 @@ RANKING_FEATURES = (
     "n_similar_recent_items",
 )
 CATEGORICAL = ("country", "variant_id")
-CLICK_FEATURES = ("variant_id", *PROPENSITY_FEATURES)
-CLICK_HOLDOUT_DAYS = 14
+# taste concentration tells which message suits a user; it does not predict whether they buy at all
+CONVERSION_FEATURES = ("variant_id", *PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
+CONVERSION_HOLDOUT_DAYS = 14
+CONVERSION_PREFIX = "conversion_"
+ENGAGEMENT_MAX_ROUNDS = 300
 EVAL_K = 10
 
 
@@ -202,7 +205,11 @@ def train_propensity(
 
 
 def fit_binary(
-    train: pl.DataFrame, label: str, features: tuple[str, ...], settings: Settings
+    train: pl.DataFrame,
+    label: str,
+    features: tuple[str, ...],
+    settings: Settings,
+    max_rounds: int | None = None,
 ) -> tuple[lgb.Booster, dict[str, Any], dict[str, list[str]], dict[str, float], np.ndarray, np.ndarray]:
     """A calibrated LightGBM binary classifier: early-stopped on a seeded share of the users, then
     Platt-scaled on those users, so its probabilities can be taken at face value."""
@@ -226,7 +233,7 @@ def fit_binary(
     booster = lgb.train(
         params,
         fit,
-        num_boost_round=config.n_estimators,
+        num_boost_round=min(config.n_estimators, max_rounds or config.n_estimators),
         valid_sets=[valid],
         callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
     )
@@ -234,15 +241,53 @@ def fit_binary(
     return booster, params, categories, {"a": a, "b": b}, x, y
 
 
-def train_campaign_clicks(
+def train_engagement(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
+) -> TrainedModel:
+    """P(the user engages with the item within the label window): unlike the ranker's per-user order, a
+    probability that compares across users, which is what choosing an item's audience needs."""
+    train = read_partition(con, "features/ranking_examples", cuts.ranking_train, ("user_id", "item_id")).pl()
+    train = train.with_columns((pl.col("relevance") > 0).alias("is_engaged"))
+    booster, params, _categories, calibration, x, y = fit_binary(
+        train, "is_engaged", RANKING_FEATURES, settings, ENGAGEMENT_MAX_ROUNDS
+    )
+    holdout = read_partition(con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")).pl()
+    version, path = save_model(booster, ctx.run_dir, "engagement")
+    return TrainedModel(
+        name="engagement",
+        version=version,
+        objective=f"any engagement with the item within {settings.ranking.label_days} days",
+        trained_cutoff=cuts.ranking_train.isoformat(),
+        holdout_cutoff=cuts.ranking_holdout.isoformat(),
+        features=list(RANKING_FEATURES),
+        categories={},
+        params=params | {"calibration": calibration},
+        best_iteration=int(booster.best_iteration or booster.current_iteration()),
+        metrics=engagement_metrics(booster, holdout, calibration, float(y.mean())),
+        training_rows=train.height,
+        training_data_sha256=data_hash(x, y),
+        path=path,
+    )
+
+
+def engagement_metrics(
+    booster: lgb.Booster, holdout: pl.DataFrame, calibration: dict[str, float], base_rate: float
+) -> dict[str, Any]:
+    predicted = predict_propensity(booster, feature_matrix(holdout, RANKING_FEATURES, {}), calibration)
+    labels = (holdout["relevance"] > 0).to_numpy()
+    return binary_metrics(labels, predicted, base_rate) | {"training_positive_rate": base_rate}
+
+
+def train_campaign_conversions(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
 ) -> list[TrainedModel]:
-    """Per campaign: will the user click, given the variant sent? Fitted on earlier sends, measured on the
-    sends of the last CLICK_HOLDOUT_DAYS (a time-based holdout)."""
+    """Per campaign: will the user convert, given the variant sent? Fitted on earlier sends, measured on the
+    sends of the last CONVERSION_HOLDOUT_DAYS (a time-based holdout). The `personalized` allocation policy
+    scores every user under every variant with it."""
     examples = read_partition(
         con, "features/campaign_click_examples", cuts.score, ("campaign_id", "sent_at", "user_id")
     ).pl()
-    holdout_from = ctx.cutoff - timedelta(days=CLICK_HOLDOUT_DAYS)
+    holdout_from = ctx.cutoff - timedelta(days=CONVERSION_HOLDOUT_DAYS)
     trained = []
     for campaign_id in sorted(examples["campaign_id"].unique().to_list()):
         rows = examples.filter(pl.col("campaign_id") == campaign_id)
@@ -250,25 +295,25 @@ def train_campaign_clicks(
             rows.filter(pl.col("sent_at") < holdout_from),
             rows.filter(pl.col("sent_at") >= holdout_from),
         )
-        if train.height < 200 or holdout.height == 0 or train["is_clicked"].n_unique() < 2:
+        if train.height < 200 or holdout.height == 0 or train["is_converted"].n_unique() < 2:
             log.info(
-                "clicks model for %s skipped: too few sends before and after %s", campaign_id, holdout_from
+                "conversion model for %s skipped: too few sends before and after %s", campaign_id, holdout_from
             )
             continue
         booster, params, categories, calibration, x, y = fit_binary(
-            train, "is_clicked", CLICK_FEATURES, settings
+            train, "is_converted", CONVERSION_FEATURES, settings
         )
-        scores = click_metrics(booster, holdout, categories, calibration, float(y.mean()))
-        name = f"clicks_{campaign_id}"
+        scores = conversion_metrics(booster, holdout, categories, calibration, float(y.mean()))
+        name = f"{CONVERSION_PREFIX}{campaign_id}"
         version, path = save_model(booster, ctx.run_dir, name)
         trained.append(
             TrainedModel(
                 name=name,
                 version=version,
-                objective=f"click given the variant, campaign {campaign_id}",
+                objective=f"conversion given the variant, campaign {campaign_id}",
                 trained_cutoff=holdout_from.isoformat(),
                 holdout_cutoff=ctx.cutoff.isoformat(),
-                features=list(CLICK_FEATURES),
+                features=list(CONVERSION_FEATURES),
                 categories=categories,
                 params=params | {"calibration": calibration},
                 best_iteration=int(booster.best_iteration or booster.current_iteration()),
@@ -281,17 +326,19 @@ def train_campaign_clicks(
     return trained
 
 
-def click_metrics(
+def conversion_metrics(
     booster: lgb.Booster,
     holdout: pl.DataFrame,
     categories: dict[str, list[str]],
     calibration: dict[str, float],
     base_rate: float,
 ) -> dict[str, Any]:
-    predicted = predict_propensity(booster, feature_matrix(holdout, CLICK_FEATURES, categories), calibration)
-    labels = holdout["is_clicked"].to_numpy()
+    predicted = predict_propensity(
+        booster, feature_matrix(holdout, CONVERSION_FEATURES, categories), calibration
+    )
+    labels = holdout["is_converted"].to_numpy()
     by_variant = holdout.with_columns(pl.Series("p", predicted)).group_by("variant_id").agg(
-        pl.len().alias("sends"), pl.col("is_clicked").mean().alias("observed_click_rate"),
+        pl.len().alias("sends"), pl.col("is_converted").mean().alias("observed_conversion_rate"),
         pl.col("p").mean().alias("mean_predicted"),
     )  # fmt: skip
     return binary_metrics(labels, predicted, base_rate) | {
@@ -503,9 +550,9 @@ def gate_metric(name: str) -> str:
 
 def current_features(name: str) -> list[str]:
     """The features the code scores a model with today."""
-    if name == "ranking":
+    if name in ("ranking", "engagement"):
         return list(RANKING_FEATURES)
-    return list(PROPENSITY_FEATURES if name == "propensity" else CLICK_FEATURES)
+    return list(PROPENSITY_FEATURES if name == "propensity" else CONVERSION_FEATURES)
 
 
 def current_champion(con: duckdb.DuckDBPyConnection, name: str, ctx: RunContext) -> dict[str, Any] | None:
@@ -527,8 +574,13 @@ def rescore_champion(
 ) -> dict[str, Any]:
     """The champion's metrics on tonight's holdout, the same one the challenger was measured on."""
     booster = lgb.Booster(model_file=champion["path"])
-    if champion["name"].startswith("clicks_"):
-        campaign_id = champion["name"].removeprefix("clicks_")
+    if champion["name"] == "engagement":
+        holdout = read_partition(con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")).pl()
+        return engagement_metrics(
+            booster, holdout, champion["params"]["calibration"], base_rate
+        )
+    if champion["name"].startswith(CONVERSION_PREFIX):
+        campaign_id = champion["name"].removeprefix(CONVERSION_PREFIX)
         examples = read_partition(
             con, "features/campaign_click_examples", cuts.score, ("campaign_id", "sent_at", "user_id")
         ).pl()
@@ -536,7 +588,7 @@ def rescore_champion(
         holdout = examples.filter(
             (pl.col("campaign_id") == campaign_id) & (pl.col("sent_at") >= holdout_from)
         )
-        return click_metrics(
+        return conversion_metrics(
             booster, holdout, champion["categories"], champion["params"]["calibration"], base_rate
         )
     if champion["name"] == "propensity":
@@ -550,7 +602,7 @@ def rescore_champion(
 
 
 def champion_holdout_start(cuts: Cutoffs) -> str:
-    return (cuts.score - timedelta(days=CLICK_HOLDOUT_DAYS)).isoformat()
+    return (cuts.score - timedelta(days=CONVERSION_HOLDOUT_DAYS)).isoformat()
 
 
 def champion_gate(
@@ -603,7 +655,8 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
         challengers = [
             train_propensity(con, settings, ctx, cuts),
             train_ranking(con, settings, ctx, cuts),
-            *train_campaign_clicks(con, settings, ctx, cuts),
+            train_engagement(con, settings, ctx, cuts),
+            *train_campaign_conversions(con, settings, ctx, cuts),
         ]
         for challenger in challengers:
             model, promoted, decision = champion_gate(con, settings, ctx, cuts, challenger)

@@ -1,6 +1,7 @@
 -- Past campaign sends (not the holdout) as of $cutoff, each with the user's features from the latest
--- snapshot taken at or before the send (point in time), the variant sent and whether the user clicked:
--- what a per-campaign "clicks given the variant" model learns from. Profiling needs consent.
+-- snapshot taken at or before the send (point in time), the variant sent and whether the user clicked
+-- and converted: what a per-campaign "conversion given the variant" model learns from. Profiling needs
+-- consent.
 with consented as (
     select user_id
     from staging.stg_consents
@@ -8,7 +9,7 @@ with consented as (
 ),
 
 sends as (
-    select campaign_id, variant_id, user_id, sent_at, clicked_at
+    select campaign_id, variant_id, user_id, sent_at, clicked_at, converted_at
     from staging.stg_campaign_exposures
     semi join consented using (user_id)
     where not is_holdout and sent_at < $cutoff and known_on < $cutoff_day
@@ -35,6 +36,7 @@ final as (
         matched.variant_id,
         matched.sent_at,
         matched.clicked_at is not null and matched.clicked_at < $cutoff as is_clicked,
+        matched.converted_at is not null and matched.converted_at < $cutoff as is_converted,
         users.* exclude (cutoff)
     from matched
     inner join features.user_features as users

@@ -86,6 +86,20 @@ recently_seen as (
         and interactions.occurred_at >= $cutoff - interval 14 day
 ),
 
+audience_items as (
+    -- scoring only: the items and categories config asks audiences for, so every user is scored on them
+    select item_id
+    from live_items
+    where not $is_training
+        and (
+            list_contains($audience_item_ids, item_id)
+            or (list_contains($audience_categories, category)
+                and item_id in (
+                    select item_id from category_popular where rank_in_category <= $audience_per_category
+                ))
+        )
+),
+
 bought as (
     select distinct user_id, item_id
     from staging.stg_interactions
@@ -121,6 +135,12 @@ unioned as (
     select recently_seen.user_id, recently_seen.item_id, 'recent' as candidate_source
     from recently_seen
     semi join users using (user_id)
+
+    union all
+
+    select users.user_id, audience_items.item_id, 'audience' as candidate_source
+    from users
+    cross join audience_items
 ),
 
 final as (
@@ -134,6 +154,9 @@ final as (
         bool_or(candidate_source = 'category') as is_from_category,
         bool_or(candidate_source = 'recent') as is_from_recent,
         bool_or(candidate_source = 'similar') as is_from_similar,
+        -- an item an audience is computed for; when it is only that, it is not a recommendation candidate
+        bool_or(candidate_source = 'audience') as is_audience_item,
+        bool_and(candidate_source = 'audience') as is_audience_only,
         bool_or(candidate_source = 'new') as is_from_new
     from unioned
     anti join bought using (user_id, item_id)

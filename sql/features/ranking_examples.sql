@@ -41,6 +41,8 @@ final as (
         candidates.is_from_recent,
         candidates.is_from_similar,
         candidates.is_from_new,
+        candidates.is_audience_item,
+        candidates.is_audience_only,
         -- user
         users.n_events_7d,
         users.n_events_30d,

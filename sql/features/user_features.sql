@@ -44,6 +44,24 @@ behaviour as (
     group by user_id
 ),
 
+category_counts as (
+    select events.user_id, items.category, count(*) as n_events
+    from events
+    inner join staging.stg_items as items on items.item_id = events.item_id and items.is_latest
+    group by all
+),
+
+concentration as (
+    -- how focused a user's taste is: the share of their events in their top category, and the
+    -- Herfindahl index of their category shares (1 = a single category)
+    select
+        user_id,
+        max(n_events) / sum(n_events) as top_category_share_90d,
+        sum(n_events * n_events) / (sum(n_events) * sum(n_events)) as category_concentration_90d
+    from category_counts
+    group by user_id
+),
+
 sends_known as (
     -- each send as reported before the cutoff; outcomes count only if they happened before it
     select *
@@ -93,10 +111,14 @@ final as (
         -- campaigns
         coalesce(campaigns.n_campaign_sends_90d, 0) as n_campaign_sends_90d,
         coalesce(campaigns.n_campaign_opens_90d, 0) as n_campaign_opens_90d,
-        coalesce(campaigns.n_campaign_clicks_90d, 0) as n_campaign_clicks_90d
+        coalesce(campaigns.n_campaign_clicks_90d, 0) as n_campaign_clicks_90d,
+        -- taste
+        concentration.top_category_share_90d,
+        concentration.category_concentration_90d
     from users
     left join behaviour using (user_id)
     left join campaigns using (user_id)
+    left join concentration using (user_id)
 )
 
 select * from final
