@@ -26,7 +26,8 @@ BATCH_ROWS = 500_000
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
-    con.execute("create schema if not exists model")
+    schema = table.split(".")[0]  # table names come from code, never from input
+    con.execute(f"create schema if not exists {schema}")
     con.register("incoming", data)
     try:
         con.execute(f"create or replace table {table} as select * from incoming")

@@ -81,9 +81,10 @@ RANKING_FEATURES = (
 )
 CATEGORICAL = ("country", "variant_id")
 # taste concentration tells which message suits a user; it does not predict whether they buy at all
-CONVERSION_FEATURES = ("variant_id", *PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
+CONVERSION_FEATURES = (*PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
 CONVERSION_HOLDOUT_DAYS = 14
 CONVERSION_PREFIX = "conversion_"
+VARIANT_SEPARATOR = "__"  # model names: conversion_<campaign>__<variant>
 ENGAGEMENT_MAX_ROUNDS = 300
 EVAL_K = 10
 
@@ -278,46 +279,52 @@ def engagement_metrics(
     return binary_metrics(labels, predicted, base_rate) | {"training_positive_rate": base_rate}
 
 
+def conversion_model_name(campaign_id: str, variant_id: str) -> str:
+    return f"{CONVERSION_PREFIX}{campaign_id}{VARIANT_SEPARATOR}{variant_id}"
+
+
 def train_campaign_conversions(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
 ) -> list[TrainedModel]:
-    """Per campaign: will the user convert, given the variant sent? Fitted on earlier sends, measured on the
-    sends of the last CONVERSION_HOLDOUT_DAYS (a time-based holdout). The `personalized` allocation policy
-    scores every user under every variant with it."""
+    """Per campaign and variant: will a user who gets this variant convert? One model per variant (a
+    "T-learner"): a single model with the variant as one feature among twenty learns who converts, but
+    barely how the variants differ for a user, which is what choosing a variant needs. Fitted on earlier
+    sends, measured on the sends of the last CONVERSION_HOLDOUT_DAYS (a time-based holdout)."""
     examples = read_partition(
         con, "features/campaign_click_examples", cuts.score, ("campaign_id", "sent_at", "user_id")
     ).pl()
     holdout_from = ctx.cutoff - timedelta(days=CONVERSION_HOLDOUT_DAYS)
     trained = []
-    for campaign_id in sorted(examples["campaign_id"].unique().to_list()):
-        rows = examples.filter(pl.col("campaign_id") == campaign_id)
+    for (campaign_id, variant_id), rows in sorted(
+        examples.partition_by("campaign_id", "variant_id", as_dict=True).items()
+    ):
         train, holdout = (
             rows.filter(pl.col("sent_at") < holdout_from),
             rows.filter(pl.col("sent_at") >= holdout_from),
         )
         if train.height < 200 or holdout.height == 0 or train["is_converted"].n_unique() < 2:
             log.info(
-                "conversion model for %s skipped: too few sends before and after %s", campaign_id, holdout_from
-            )
+                "conversion model for %s/%s skipped: too few sends before and after %s",
+                campaign_id, variant_id, holdout_from,
+            )  # fmt: skip
             continue
         booster, params, categories, calibration, x, y = fit_binary(
             train, "is_converted", CONVERSION_FEATURES, settings
         )
-        scores = conversion_metrics(booster, holdout, categories, calibration, float(y.mean()))
-        name = f"{CONVERSION_PREFIX}{campaign_id}"
+        name = conversion_model_name(str(campaign_id), str(variant_id))
         version, path = save_model(booster, ctx.run_dir, name)
         trained.append(
             TrainedModel(
                 name=name,
                 version=version,
-                objective=f"conversion given the variant, campaign {campaign_id}",
+                objective=f"conversion when sent variant {variant_id} of campaign {campaign_id}",
                 trained_cutoff=holdout_from.isoformat(),
                 holdout_cutoff=ctx.cutoff.isoformat(),
                 features=list(CONVERSION_FEATURES),
                 categories=categories,
                 params=params | {"calibration": calibration},
                 best_iteration=int(booster.best_iteration or booster.current_iteration()),
-                metrics=scores,
+                metrics=conversion_metrics(booster, holdout, categories, calibration, float(y.mean())),
                 training_rows=train.height,
                 training_data_sha256=data_hash(x, y),
                 path=path,
@@ -337,14 +344,9 @@ def conversion_metrics(
         booster, feature_matrix(holdout, CONVERSION_FEATURES, categories), calibration
     )
     labels = holdout["is_converted"].to_numpy()
-    by_variant = holdout.with_columns(pl.Series("p", predicted)).group_by("variant_id").agg(
-        pl.len().alias("sends"), pl.col("is_converted").mean().alias("observed_conversion_rate"),
-        pl.col("p").mean().alias("mean_predicted"),
-    )  # fmt: skip
     return binary_metrics(labels, predicted, base_rate) | {
         "holdout_sends": holdout.height,
         "training_positive_rate": base_rate,
-        "by_variant": by_variant.sort("variant_id").to_dicts(),
     }
 
 
@@ -580,13 +582,15 @@ def rescore_champion(
             booster, holdout, champion["params"]["calibration"], base_rate
         )
     if champion["name"].startswith(CONVERSION_PREFIX):
-        campaign_id = champion["name"].removeprefix(CONVERSION_PREFIX)
+        campaign_id, _, variant_id = champion["name"].removeprefix(CONVERSION_PREFIX).partition(VARIANT_SEPARATOR)
         examples = read_partition(
             con, "features/campaign_click_examples", cuts.score, ("campaign_id", "sent_at", "user_id")
         ).pl()
         holdout_from = datetime.fromisoformat(champion_holdout_start(cuts))
         holdout = examples.filter(
-            (pl.col("campaign_id") == campaign_id) & (pl.col("sent_at") >= holdout_from)
+            (pl.col("campaign_id") == campaign_id)
+            & (pl.col("variant_id") == variant_id)
+            & (pl.col("sent_at") >= holdout_from)
         )
         return conversion_metrics(
             booster, holdout, champion["categories"], champion["params"]["calibration"], base_rate

@@ -1,148 +1,378 @@
-"""Variants: assign each consented user one arm (holdout or a variant) of every active campaign, and
-render that variant's subject and headline for the user from Jinja2 templates.
+"""Variants: for every active campaign, put each user in its audience in the holdout or one approved
+variant under the campaign's allocation policy, and render that variant's copy for the user.
 
-Templates run in Jinja2's sandbox and see only what a message may say: the user's country and
-language, the campaign, and the user's top recommended items (none for users without profiling
-consent, whose recommendations do not exist).
+Policies:
+    split         fixed shares from the variants' weights (a classic A/B test);
+    bandit        Thompson sampling: each variant's share is its posterior chance of converting best,
+                  from Beta(prior + conversions, prior + non-conversions) over past sends;
+    personalized  the campaign's conversion model scores the user under every variant and the best one
+                  wins; a configured share of users explores a uniformly random variant instead. Users
+                  without profiling consent are never scored: they get the split.
+
+Every draw is a hash of (salt, campaign, user): the holdout is stable from night to night, and a user moves
+between variants only when the shares or the model move. Drafts are never allocated.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
 import duckdb
+import lightgbm as lgb
+import numpy as np
 import polars as pl
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import Template, TemplateError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import CampaignConfig, Settings
-from tailor.sql import materialize_partition, query
+from tailor.sql import query, read_partition
+from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
 from tailor.warehouse import RunContext, connect
 from tasks.score import replace_table
+from tasks.train import CONVERSION_FEATURES, conversion_model_name, feature_matrix, predict_propensity
+
+log = logging.getLogger(__name__)
 
 ITEMS_IN_CONTEXT = 3
+THOMPSON_DRAWS = 20_000
+CONTENT_SCHEMA = {
+    "run_date": pl.Date,
+    "campaign_id": pl.Utf8,
+    "channel": pl.Utf8,
+    "consent_purpose": pl.Utf8,
+    "user_id": pl.Utf8,
+    "variant_id": pl.Utf8,
+    "is_holdout": pl.Boolean,
+    "allocation_policy": pl.Utf8,
+    "allocation_reason": pl.Utf8,
+    "is_personalized": pl.Boolean,
+    "expected_conversion": pl.Float64,
+    "segment": pl.Utf8,
+    "subject": pl.Utf8,
+    "headline": pl.Utf8,
+    "body": pl.Utf8,
+    "call_to_action": pl.Utf8,
+    "recommended_item_ids": pl.Utf8,
+}
 
 
 class TemplateRenderError(ValueError):
     """A campaign template that cannot be rendered; names the campaign, variant and field."""
 
 
-def arm_bounds(campaign: CampaignConfig) -> tuple[list[str], list[float], list[float]]:
-    """Variant ids and their [lower, upper) share of the unit interval, proportional to weights."""
-    total = sum(v.weight for v in campaign.variants)
-    uppers = [edge / total for edge in accumulate(v.weight for v in campaign.variants)]
+@dataclass
+class Allocation:
+    variant_id: np.ndarray  # str per user
+    reason: np.ndarray  # str per user
+    is_personalized: np.ndarray  # bool per user
+    expected_conversion: np.ndarray  # float per user (NaN when no model scored it)
+    shares: dict[str, float]  # the policy's intended share of each variant among non-holdout users
+    detail: dict[str, Any]
+
+
+def arm_bounds(variant_ids: list[str], shares: list[float]) -> tuple[list[float], list[float]]:
+    """[lower, upper) slices of the unit interval proportional to the shares."""
+    total = sum(shares)
+    uppers = [edge / total for edge in accumulate(shares)]
     uppers[-1] = 1.0 + 1e-9  # draws are < 1; keep the last arm closed against rounding
-    lowers = [0.0, *uppers[:-1]]
-    return [v.variant_id for v in campaign.variants], lowers, uppers
+    return [0.0, *uppers[:-1]], uppers
 
 
-def assign_campaign(con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext) -> int:
-    ids, lowers, uppers = arm_bounds(campaign)
-    return materialize_partition(
+def by_share(draws: np.ndarray, variant_ids: list[str], shares: list[float]) -> np.ndarray:
+    _lowers, uppers = arm_bounds(variant_ids, shares)
+    index = np.searchsorted(np.asarray(uppers), draws, side="right")
+    return np.asarray(variant_ids, dtype=object)[np.minimum(index, len(variant_ids) - 1)]
+
+
+def thompson_shares(
+    evidence: dict[str, tuple[int, int]], variant_ids: list[str], campaign: CampaignConfig, seed: int
+) -> tuple[list[float], dict[str, Any]]:
+    """Each variant's posterior probability of having the highest conversion rate (Monte Carlo, seeded)."""
+    prior_a, prior_b = campaign.allocation.prior_successes, campaign.allocation.prior_failures
+    alphas, betas = [], []
+    for variant_id in variant_ids:
+        sends, conversions = evidence.get(variant_id, (0, 0))
+        alphas.append(prior_a + conversions)
+        betas.append(prior_b + sends - conversions)
+    rng = np.random.default_rng(seed)
+    samples = rng.beta(np.asarray(alphas), np.asarray(betas), size=(THOMPSON_DRAWS, len(variant_ids)))
+    wins = np.bincount(samples.argmax(axis=1), minlength=len(variant_ids)) / THOMPSON_DRAWS
+    posterior = {
+        variant_id: {"alpha": a, "beta": b, "mean": a / (a + b), "p_best": float(p)}
+        for variant_id, a, b, p in zip(variant_ids, alphas, betas, wins, strict=True)
+    }
+    # a variant that never wins a sample still keeps a sliver of traffic, so evidence can change its fate
+    shares = [max(float(p), 1e-3) for p in wins]
+    return shares, {"posterior": posterior}
+
+
+def variant_evidence(
+    con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext
+) -> dict[str, tuple[int, int]]:
+    rows = query(
         con,
-        "marts/mart_campaign_assignments",
-        "campaign_id",
+        "marts/variant_evidence",
         {
-            "run_date": ctx.run_date,
             "campaign_id": campaign.campaign_id,
-            "channel": campaign.channel,
-            "consent_purpose": campaign.required_consent,
-            "salt": campaign.salt,
-            "holdout_share": campaign.holdout_share,
-            "variant_ids": ids,
-            "lower_bounds": lowers,
-            "upper_bounds": uppers,
+            "cutoff": ctx.cutoff,
+            "lookback_days": campaign.allocation.lookback_days,
         },
+    ).fetchall()
+    return {variant_id: (int(sends), int(conversions)) for variant_id, sends, conversions in rows}
+
+
+def predicted_conversions(
+    con: duckdb.DuckDBPyConnection,
+    models: dict[str, dict[str, Any]],
+    campaign: CampaignConfig,
+    users: pl.DataFrame,
+    variant_ids: list[str],
+    ctx: RunContext,
+) -> tuple[np.ndarray, list[str], dict[str, str]]:
+    """Users x variants matrix of P(convert | sent that variant), for the variants that have a model."""
+    features = read_partition(con, "features/user_features", ctx.cutoff, ("user_id",)).pl()
+    frame = users.select("user_id").join(features, on="user_id", how="left", maintain_order="left")
+    columns, known, versions = [], [], {}
+    for variant_id in variant_ids:
+        model = models.get(conversion_model_name(campaign.campaign_id, variant_id))
+        if model is None:
+            continue
+        matrix = feature_matrix(frame, CONVERSION_FEATURES, model["categories"])
+        booster = lgb.Booster(model_file=model["path"])
+        columns.append(predict_propensity(booster, matrix, model["params"]["calibration"]))
+        known.append(variant_id)
+        versions[variant_id] = model["version"]
+    return (np.column_stack(columns) if columns else np.empty((frame.height, 0))), known, versions
+
+
+def allocate(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    users: pl.DataFrame,
+    models: dict[str, dict[str, Any]],
+    settings: Settings,
+    ctx: RunContext,
+) -> Allocation:
+    variant_ids = [variant.variant_id for variant in campaign.approved_variants]
+    weights = [variant.weight for variant in campaign.approved_variants]
+    n = users.height
+    variant_draw = users["variant_draw"].to_numpy()
+    split = by_share(variant_draw, variant_ids, weights)
+    no_model = np.full(n, np.nan)
+    policy = campaign.allocation.policy
+    if policy == "split":
+        return Allocation(split, np.full(n, "split", dtype=object), np.zeros(n, bool), no_model,
+                          dict(zip(variant_ids, np.asarray(weights) / sum(weights), strict=True)), {})  # fmt: skip
+    if policy == "bandit":
+        evidence = variant_evidence(con, campaign, ctx)
+        shares, detail = thompson_shares(evidence, variant_ids, campaign, settings.seed)
+        chosen = by_share(variant_draw, variant_ids, shares)
+        total = sum(shares)
+        return Allocation(chosen, np.full(n, "thompson", dtype=object), np.zeros(n, bool), no_model,
+                          {v: s / total for v, s in zip(variant_ids, shares, strict=True)},
+                          detail | {"evidence": evidence})  # fmt: skip
+    return allocate_personalized(con, campaign, users, models, variant_ids, split, ctx)
+
+
+def allocate_personalized(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    users: pl.DataFrame,
+    models: dict[str, dict[str, Any]],
+    variant_ids: list[str],
+    split: np.ndarray,
+    ctx: RunContext,
+) -> Allocation:
+    n = users.height
+    uniform = by_share(users["variant_draw"].to_numpy(), variant_ids, [1.0] * len(variant_ids))
+    chosen = split.copy()
+    reason = np.full(n, "no_profiling_consent", dtype=object)
+    expected = np.full(n, np.nan)
+    allows = users["allows_profiling"].to_numpy()
+    exploring = users["explore_draw"].to_numpy() < campaign.allocation.exploration_share
+    scored_rows = np.flatnonzero(allows)
+    probabilities, known, versions = predicted_conversions(
+        con, models, campaign, users[scored_rows], variant_ids, ctx
     )
+    if len(known) < 2:
+        # nothing to choose between until two variants have a model: everyone gets the split
+        log.warning("campaign %s: fewer than two variants have a conversion model; using the split",
+                    campaign.campaign_id)  # fmt: skip
+        reason[:] = "no_model_split"
+        return Allocation(chosen, reason, np.zeros(n, bool), expected, {}, {"models": versions})
+    if known:
+        best = probabilities.argmax(axis=1)
+        chosen[scored_rows] = np.asarray(known, dtype=object)[best]
+        expected[scored_rows] = probabilities[np.arange(len(scored_rows)), best]
+        reason[scored_rows] = "model_best"
+    explore_rows = allows & exploring
+    chosen[explore_rows] = uniform[explore_rows]
+    reason[explore_rows] = "exploration"
+    if known:  # the model's estimate for the variant the explorer actually got
+        column = {v: i for i, v in enumerate(known)}
+        for row_index, row in enumerate(scored_rows):
+            if exploring[row] and chosen[row] in column:
+                expected[row] = probabilities[row_index, column[chosen[row]]]
+    is_personalized = reason == "model_best"
+    return Allocation(chosen, reason, is_personalized, expected, {},
+                      {"models": versions})  # fmt: skip
 
 
-def compile_templates(campaign: CampaignConfig) -> dict[str, dict[str, Any]]:
-    environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    compiled = {}
-    for variant in campaign.variants:
-        fields = {}
-        for name in ("subject", "headline"):
+def user_items(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
+    rows = con.execute(
+        """
+        select recs.user_id, recs.item_id, recs.item_title, recs.item_category, items.price_cents, recs.reason_text
+        from marts.recommendations as recs
+        inner join staging.stg_items as items on items.item_id = recs.item_id and items.is_latest
+        where recs.rank <= $n
+        order by recs.user_id, recs.rank
+        """,
+        {"n": ITEMS_IN_CONTEXT},
+    ).fetchall()
+    items: dict[str, list[dict[str, Any]]] = {}
+    for user_id, item_id, title, category, price_cents, reason in rows:
+        items.setdefault(user_id, []).append(
+            {"item_id": item_id, "title": title, "category": category, "price_cents": price_cents, "reason": reason}
+        )
+    return items
+
+
+def compile_variants(campaign: CampaignConfig) -> dict[str, dict[str, Template]]:
+    compiled: dict[str, dict[str, Template]] = {}
+    for variant in campaign.approved_variants:
+        compiled[variant.variant_id] = {}
+        for field in TEMPLATE_FIELDS:
             try:
-                fields[name] = environment.from_string(getattr(variant, name))
+                compiled[variant.variant_id][field] = compile_template(getattr(variant, field), campaign.channel, field)
             except TemplateError as error:
                 raise TemplateRenderError(
-                    f"campaign {campaign.campaign_id}, variant {variant.variant_id}, {name}: {error}"
+                    f"campaign {campaign.campaign_id}, variant {variant.variant_id}, {field}: {error}"
                 ) from None
-        compiled[variant.variant_id] = fields
     return compiled
 
 
-def render_campaign(
-    con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext
-) -> pl.DataFrame:
-    templates = compile_templates(campaign)
-    rows = query(
-        con,
-        "marts/campaign_render_context",
-        {"campaign_id": campaign.campaign_id, "items_in_context": ITEMS_IN_CONTEXT},
-    ).fetchall()
-    subjects, headlines, item_ids = [], [], []
-    campaign_context = {"id": campaign.campaign_id, "channel": campaign.channel}
-    for _user_id, variant_id, is_holdout, country, language, items in rows:
-        items = items or []
-        if is_holdout:  # the holdout gets no message and no items: it measures "no contact"
-            subjects.append(None)
-            headlines.append(None)
-            item_ids.append(None)
+def render_rows(
+    campaign: CampaignConfig,
+    users: pl.DataFrame,
+    variant_ids: np.ndarray,
+    is_holdout: np.ndarray,
+    items: dict[str, list[dict[str, Any]]],
+    limits: dict[str, int],
+) -> tuple[dict[str, list[str | None]], int]:
+    """Rendered fields per user (None for the holdout) and how many texts were cut to the channel's limit.
+
+    Many users share a context (same country, segment and fallback items), so renders are cached."""
+    templates = compile_variants(campaign)
+    out: dict[str, list[str | None]] = {field: [] for field in (*TEMPLATE_FIELDS, "recommended_item_ids")}
+    cache: dict[tuple, tuple[list[str], int]] = {}
+    truncated = 0
+    rows = zip(users["user_id"], users["country"], users["language"], users["segment"], strict=True)
+    for (user_id, country, language, segment), variant_id, holdout in zip(rows, variant_ids, is_holdout, strict=True):
+        if holdout:  # the holdout gets no message: it measures "no contact"
+            for values in out.values():
+                values.append(None)
             continue
-        item_ids.append(",".join(item["item_id"] for item in items))
-        context = {
-            "user": {"country": country, "language": language},
-            "items": items,
-            "campaign": campaign_context,
-        }
-        try:
-            subjects.append(templates[variant_id]["subject"].render(context))
-            headlines.append(templates[variant_id]["headline"].render(context))
-        except TemplateError as error:
-            raise TemplateRenderError(
-                f"campaign {campaign.campaign_id}, variant {variant_id}: template failed for a user: {error}"
-            ) from None
-    return pl.DataFrame(
+        user_list = items.get(user_id, [])
+        key = (variant_id, country, language, segment, tuple(item["item_id"] for item in user_list))
+        if key not in cache:
+            context = {
+                "user": {"country": country, "language": language},
+                "segment": segment,
+                "items": user_list,
+                "campaign": {"id": campaign.campaign_id, "channel": campaign.channel},
+            }
+            texts, cut = [], 0
+            for field in TEMPLATE_FIELDS:
+                try:
+                    text = templates[variant_id][field].render(context).strip()
+                except TemplateError as error:
+                    raise TemplateRenderError(
+                        f"campaign {campaign.campaign_id}, variant {variant_id}, {field}: failed for a user: {error}"
+                    ) from None
+                text, was_cut = fit_to_limit(text, limits.get(field))
+                texts.append(text)
+                cut += was_cut
+            cache[key] = (texts, cut)
+        texts, cut = cache[key]
+        truncated += cut
+        for field, text in zip(TEMPLATE_FIELDS, texts, strict=True):
+            out[field].append(text or None)
+        out["recommended_item_ids"].append(",".join(item["item_id"] for item in user_list) or None)
+    return out, truncated
+
+
+def campaign_content(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    models: dict[str, dict[str, Any]],
+    items: dict[str, list[dict[str, Any]]],
+    settings: Settings,
+    ctx: RunContext,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    users = query(
+        con,
+        "marts/campaign_audience",
         {
-            "run_date": [ctx.run_date] * len(rows),
-            "campaign_id": [campaign.campaign_id] * len(rows),
-            "channel": [campaign.channel] * len(rows),
-            "consent_purpose": [campaign.required_consent] * len(rows),
-            "user_id": [row[0] for row in rows],
-            "variant_id": [row[1] for row in rows],
-            "is_holdout": [row[2] for row in rows],
-            "subject": subjects,
-            "headline": headlines,
-            "recommended_item_ids": item_ids,
+            "campaign_id": campaign.campaign_id,
+            "consent_purpose": campaign.required_consent,
+            "segments": campaign.audience.segments,
+            "salt": campaign.salt,
         },
-        schema_overrides={"subject": pl.Utf8, "headline": pl.Utf8, "recommended_item_ids": pl.Utf8},
+    ).pl()
+    allocation = allocate(con, campaign, users, models, settings, ctx)
+    is_holdout = users["holdout_draw"].to_numpy() < campaign.holdout_share
+    variant_ids = np.where(is_holdout, "holdout", allocation.variant_id)
+    rendered, truncated = render_rows(
+        campaign, users, variant_ids, is_holdout, items, settings.channel_limits.get(campaign.channel, {})
     )
+    n = users.height
+    frame = pl.DataFrame(
+        {
+            "run_date": [ctx.run_date] * n,
+            "campaign_id": [campaign.campaign_id] * n,
+            "channel": [campaign.channel] * n,
+            "consent_purpose": [campaign.required_consent] * n,
+            "user_id": users["user_id"],
+            "variant_id": variant_ids.tolist(),
+            "is_holdout": is_holdout,
+            "allocation_policy": [campaign.allocation.policy] * n,
+            "allocation_reason": np.where(is_holdout, "holdout", allocation.reason).tolist(),
+            "is_personalized": allocation.is_personalized & ~is_holdout,
+            "expected_conversion": np.where(is_holdout, np.nan, allocation.expected_conversion),
+            "segment": users["segment"],
+            **rendered,
+        },
+        schema=CONTENT_SCHEMA,
+    ).with_columns(pl.col("expected_conversion").fill_nan(None))
+    summary = {
+        "policy": campaign.allocation.policy,
+        "audience_users": n,
+        "holdout_share_observed": float(is_holdout.mean()) if n else 0.0,
+        "intended_shares": allocation.shares,
+        "users_by_arm": dict(sorted(frame.group_by("variant_id").len().iter_rows())),
+        "texts_cut_to_limit": truncated,
+        **allocation.detail,
+    }
+    return frame, summary
 
 
 @task(name="variants", cache_policy=NO_CACHE)
-def assign_variants(settings: Settings, ctx: RunContext) -> dict[str, dict[str, int]]:
-    """Assign and render every campaign active on the run date; returns users per arm per campaign."""
+def assign_variants(
+    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Allocate and render every campaign active on the run date; returns a summary per campaign."""
     active = [campaign for campaign in settings.campaigns if campaign.is_active(ctx.run_date)]
+    summaries: dict[str, dict[str, Any]] = {}
     with connect(settings) as con:
-        con.execute("drop table if exists marts.mart_campaign_assignments")
+        items = user_items(con)
         frames = []
         for campaign in active:
-            assign_campaign(con, campaign, ctx)
-            frames.append(render_campaign(con, campaign, ctx))
-        content = pl.concat(frames) if frames else pl.DataFrame(
-            schema={
-                "run_date": pl.Date, "campaign_id": pl.Utf8, "channel": pl.Utf8, "consent_purpose": pl.Utf8,
-                "user_id": pl.Utf8, "variant_id": pl.Utf8, "is_holdout": pl.Boolean, "subject": pl.Utf8,
-                "headline": pl.Utf8, "recommended_item_ids": pl.Utf8,
-            }
-        )  # fmt: skip
-        con.execute("create schema if not exists marts")
-        replace_table(con, "marts.mart_campaign_content", content.to_arrow())
-    arms: dict[str, dict[str, int]] = {}
-    for (campaign_id, variant_id), group in content.group_by("campaign_id", "variant_id"):
-        arms.setdefault(str(campaign_id), {})[str(variant_id)] = group.height
-    return {campaign: dict(sorted(counts.items())) for campaign, counts in sorted(arms.items())}
+            frame, summaries[campaign.campaign_id] = campaign_content(con, campaign, models, items, settings, ctx)
+            frames.append(frame)
+        content = pl.concat(frames) if frames else pl.DataFrame(schema=CONTENT_SCHEMA)
+        replace_table(con, "marts.content", content.to_arrow())
+    return dict(sorted(summaries.items()))
