@@ -1,4 +1,4 @@
-"""The nightly run: extract -> validate -> features -> train -> score -> variants -> publish."""
+"""The nightly run: extract -> validate -> features -> train -> score -> segments -> variants -> publish."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tasks.extract import extract_sources
 from tasks.features import build_features
 from tasks.publish import upload_run, write_datasets
 from tasks.score import score_users
+from tasks.segments import build_segments
 from tasks.train import train_models
 from tasks.validate import combine, validate_features, validate_sources
 from tasks.variants import assign_variants
@@ -26,7 +27,8 @@ def _run_name() -> str:
 
 @flow(name="tailor-nightly", flow_run_name=_run_name)
 def nightly(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
-    """Turn the sources into published recommendations, propensities and campaign content for one day."""
+    """Turn the sources into published recommendations, scores, segments, audiences and campaign content
+    for one day."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
     loads = extract_sources(settings, ctx)
@@ -35,8 +37,10 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
     quality = combine(source_quality, validate_features(settings, ctx))
     models = train_models(settings, ctx)
     scored = score_users(settings, ctx, models)
-    arms = assign_variants(settings, ctx)
-    local_run = write_datasets(settings, ctx, models, quality)
+    segments = build_segments(settings, ctx, models)
+    campaigns = assign_variants(settings, ctx, models)
+    outputs = {"segments": segments, "campaigns": campaigns}
+    local_run = write_datasets(settings, ctx, models, quality, outputs)
     published = upload_run(settings, ctx, local_run, settings.resolve_uri(settings.publish.target))
     return {
         "run_date": ctx.run_date.isoformat(),
@@ -49,6 +53,7 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
             for name, m in models.items()
         },
         "scored": scored,
-        "campaign_arms": arms,
+        "segments": segments,
+        "campaigns": campaigns,
         "published": published,
     }

@@ -228,10 +228,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"coverage {rm['catalogue_coverage']:.1%}",
         *(f"  {name}: {m['decision']}" for name, m in summary["models"].items() if m.get("decision")),
         "",
-        "campaign arms (users):",
+        f"segments: {summary['segments']['segments']:,} users, "
+        f"{summary['segments']['clustering']['clusters']} behavioural clusters; "
+        f"item audiences: {summary['segments']['item_audiences']:,} rows",
+        "campaigns (users per arm):",
         *(
-            f"  {campaign:<20} " + ", ".join(f"{arm} {n:,}" for arm, n in arms.items())
-            for campaign, arms in summary["campaign_arms"].items()
+            f"  {campaign:<20} {info['policy']:<13} "
+            + ", ".join(f"{arm} {n:,}" for arm, n in info["users_by_arm"].items())
+            for campaign, info in summary["campaigns"].items()
         ),
         "",
         "files:",

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tailor.schema import CONSENT_PURPOSES, TABLES
+from tailor.schema import CONSENT_PURPOSES, DATASET_NAMES, TABLES
 
 REQUIRED_SOURCES = ("users", "consents", "items", "interactions")
 CHANNEL_CONSENT = {"email": "marketing_email", "push": "marketing_push", "web": "profiling"}
@@ -75,14 +75,26 @@ class PublishConfig(StrictModel):
     target: str = Field(description="file://DIR or s3://BUCKET/PREFIX")
     rows_per_file: int = Field(1_000_000, ge=1000)
     csv_datasets: list[str] = Field(
-        default_factory=lambda: ["campaign_assignments"],
+        default_factory=lambda: ["recommendations", "content"],
         description="datasets also written as CSV for campaign systems",
+    )
+    jsonl_datasets: list[str] = Field(
+        default_factory=lambda: ["content", "personalize_batch", "user_updates"],
+        description="datasets also written as JSON lines",
     )
     published_user_id: Literal["pseudonymous", "external"] = Field(
         "pseudonymous",
         description="pseudonymous: keyed hash of user_id (key from pseudonym_key_env); external: raw user_id",
     )
     pseudonym_key_env: str = "TAILOR_PSEUDONYM_KEY"
+
+    @field_validator("csv_datasets", "jsonl_datasets")
+    @classmethod
+    def _known_datasets(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in DATASET_NAMES]
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; the datasets are {', '.join(DATASET_NAMES)}")
+        return names
 
     @field_validator("target")
     @classmethod

@@ -20,6 +20,11 @@ LOADED_RUN_DATE = "_loaded_run_date"
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 CONSENT_PURPOSES = ("marketing_email", "marketing_push", "profiling")
 CHANNELS = ("email", "push", "web")
+# the published datasets, in the order the manifest lists them (docs/outputs.md is their contract)
+DATASET_NAMES = (
+    "recommendations", "user_scores", "segments", "segment_profiles", "item_audiences", "content",
+    "personalize_batch", "user_updates", "data_quality",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor.config import Settings
+from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, query
 from tailor.storage import open_store
 from tailor.warehouse import RunContext, connect
 from tasks.validate import Check, store_results
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 PSEUDONYM_HEX_CHARS = 32  # 128 bits of HMAC-SHA256
 
 
@@ -52,34 +52,72 @@ class Dataset:
     model: str | None  # the model whose version produced it
     description: str
     this_run_only: bool = False  # the table keeps history; publish only the run's rows
-    drop_columns: tuple[str, ...] = ()  # internal detail that must not leave the warehouse
+    drop_columns: tuple[str, ...] = ()  # needed for the consent check, but must not leave the warehouse
+    rename: tuple[tuple[str, str], ...] = ()  # published names where a consumer fixes them
 
 
 DATASETS = (
     Dataset(
         "recommendations",
-        "marts.mart_recommendations",
+        "marts.recommendations",
         "user_id, rank",
         "ranking",
-        "Top-K items per user who allows profiling, with score, rank and a readable reason.",
+        "Top-K items per reachable user, with score, rank, a readable reason and whether it is personalized.",
     ),
     Dataset(
-        "user_propensity",
-        "marts.mart_user_propensity",
+        "user_scores",
+        "marts.user_scores",
         "user_id",
         "propensity",
         "Probability of a purchase within the horizon, and its decile, per user who allows profiling.",
     ),
     Dataset(
-        "campaign_assignments",
-        "marts.mart_campaign_content",
+        "segments",
+        "marts.segments",
+        "user_id",
+        None,
+        "RFM segment and behavioural cluster per user who allows profiling.",
+    ),
+    Dataset(
+        "segment_profiles",
+        "marts.segment_profiles",
+        "segment_type, segment_id",
+        None,
+        "Every RFM segment and cluster: size, share and a description in words.",
+    ),
+    Dataset(
+        "item_audiences",
+        "marts.item_audiences",
+        "audience_type, audience_id, rank",
+        "engagement",
+        "For each configured item and category, the users most likely to engage, with scores.",
+    ),
+    Dataset(
+        "content",
+        "marts.content",
         "campaign_id, user_id",
+        None,
+        "Per user and active campaign: variant or holdout, allocation policy and reason, rendered copy.",
+    ),
+    Dataset(
+        "personalize_batch",
+        "marts.personalize_batch",
+        "user_id",
         "ranking",
-        "Arm (holdout or variant) and rendered content per consented user and active campaign.",
+        "Recommendations in Amazon Personalize's batch output shape (JSON lines: input.userId, output).",
+    ),
+    Dataset(
+        "user_updates",
+        "marts.user_updates",
+        "user_id",
+        None,
+        "Braze cloud-data-ingestion feed: EXTERNAL_ID, UPDATED_AT (moves only when PAYLOAD changed), PAYLOAD.",
+        drop_columns=("run_date", "payload_md5", "channels", "campaign_purposes", "needs_profiling"),
+        rename=(("user_id", "EXTERNAL_ID"), ("updated_at", "UPDATED_AT"), ("payload", "PAYLOAD")),
     ),
     Dataset(
         "data_quality",
-        "marts.mart_data_quality",
+        "marts.data_quality",
         "stage, table_name, rule",
         None,
         "Every data-quality check of the run: stage, table, rule, severity, outcome, unexpected rows.",
@@ -90,37 +128,65 @@ DATASETS = (
 )
 
 
+def channel_purposes(frame: pl.DataFrame) -> pl.DataFrame:
+    """(user_id, purpose) for every channel listed in a row's comma-separated `channels`."""
+    return (
+        frame.select("user_id", pl.col("channels").fill_null("").str.split(",").alias("channel"))
+        .explode("channel")
+        .filter(pl.col("channel") != "")
+        .select("user_id", pl.col("channel").replace_strict(CHANNEL_CONSENT, default="unknown-channel").alias("purpose"))
+    )
+
+
+def profiling_where(frame: pl.DataFrame, condition: pl.Expr, purpose: str = "profiling") -> pl.DataFrame:
+    return frame.filter(condition).select("user_id", pl.lit(purpose).alias("purpose"))
+
+
 def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) -> pl.DataFrame:
-    """(user_id, purpose) pairs this dataset's rows need, derived from config, not from the rows."""
+    """(user_id, purpose) pairs this dataset's rows need, derived from what each row holds."""
+    empty = pl.DataFrame(schema={"user_id": pl.Utf8, "purpose": pl.Utf8})
     if "user_id" not in frame.columns:
-        return pl.DataFrame(schema={"user_id": pl.Utf8, "purpose": pl.Utf8})
-    if dataset.name == "campaign_assignments":
+        return empty
+    profiling = settings.recommendations.requires_consent
+    if dataset.name in ("recommendations", "personalize_batch"):
+        parts = [channel_purposes(frame), profiling_where(frame, pl.col("is_personalized"), profiling)]
+    elif dataset.name == "content":
         purposes = {c.campaign_id: c.required_consent for c in settings.campaigns}
-        return frame.select(
-            "user_id",
-            pl.col("campaign_id").replace_strict(purposes, default="unknown-campaign").alias("purpose"),
+        parts = [
+            frame.select(
+                "user_id",
+                pl.col("campaign_id").replace_strict(purposes, default="unknown-campaign").alias("purpose"),
+            ),
+            profiling_where(frame, pl.col("is_personalized")),
+        ]
+    elif dataset.name == "user_updates":
+        campaign_purposes = (
+            frame.select("user_id", pl.col("campaign_purposes").str.split(",").alias("purpose"))
+            .explode("purpose")
+            .filter(pl.col("purpose") != "")
         )
-    purpose = settings.recommendations.requires_consent if dataset.name == "recommendations" else "profiling"
-    return frame.select("user_id", pl.lit(purpose).alias("purpose"))
+        parts = [channel_purposes(frame), campaign_purposes, profiling_where(frame, pl.col("needs_profiling"))]
+    else:  # user_scores, segments, item_audiences: all of them profile the user
+        parts = [profiling_where(frame, pl.lit(True))]
+    return pl.concat([part.cast({"purpose": pl.Utf8}) for part in parts]).unique(maintain_order=True)
 
 
 def read_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ctx: RunContext) -> pl.DataFrame:
     # table, order and column names come from DATASETS above, never from input
     where = "where run_date = $run_date" if dataset.this_run_only else ""
-    frame = con.sql(
+    return con.sql(
         f"select * from {dataset.table} {where} order by {dataset.order_by}",
         params={"run_date": ctx.run_date} if dataset.this_run_only else None,
     ).pl()
-    return frame.drop(dataset.drop_columns)
 
 
 def check_consent(
     con: duckdb.DuckDBPyConnection, dataset: Dataset, frame: pl.DataFrame, settings: Settings
 ) -> Check | None:
     """Refuse the dataset if a row's user lacks the consent it needs; the passed check, if it has users."""
-    required = required_consent(dataset, frame, settings)
-    if required.height == 0 and "user_id" not in frame.columns:
+    if "user_id" not in frame.columns:
         return None
+    required = required_consent(dataset, frame, settings)
     con.register("publish_required_consent", required.to_arrow())
     try:
         violations = query(con, "checks/unconsented_rows").pl()
@@ -171,6 +237,36 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def text_columns(table: pa.Table) -> pa.Table:
+    """Lists and maps as JSON text, for CSV, which has no nested types."""
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type) or pa.types.is_struct(field.type):
+            columns.append(pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string()))
+        else:
+            columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def jsonl_rows(table: pa.Table, name: str) -> list[dict[str, Any]]:
+    rows = table.to_pylist()
+    if name == "personalize_batch":  # the exact shape Amazon Personalize's batch jobs write
+        return [
+            {
+                "input": {"userId": row["user_id"]},
+                "output": {"recommendedItems": row["recommended_items"], "scores": row["scores"]},
+            }
+            for row in rows
+        ]
+    return rows
+
+
+def write_jsonl(table: pa.Table, path: Path, name: str) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in jsonl_rows(table, name):
+            handle.write(json.dumps(json_safe(row), default=str, ensure_ascii=False, allow_nan=False) + "\n")
+
+
 def write_parts(
     table: pa.Table, folder: Path, name: str, rows_per_file: int, formats: list[str]
 ) -> list[dict]:
@@ -185,8 +281,10 @@ def write_parts(
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "parquet":
                 pq.write_table(chunk, path, compression="zstd", row_group_size=256_000, use_dictionary=True)
+            elif fmt == "jsonl":
+                write_jsonl(chunk, path, name)
             else:
-                pa_csv.write_csv(chunk, path)
+                pa_csv.write_csv(text_columns(chunk), path)
             files.append(
                 {
                     "path": relative,
@@ -222,9 +320,38 @@ def model_summary(model: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def build_feeds(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> None:
+    """The derived shapes: Personalize's batch output, and the incremental user feed with its history."""
+    materialize(con, "marts/personalize_batch", {"run_date": ctx.run_date})
+    materialize(con, "marts/user_update_payloads")
+    con.execute(
+        "create table if not exists meta.user_update_history "
+        "(run_date date, user_id varchar, payload_md5 varchar, updated_at timestamp)"
+    )
+    materialize(con, "marts/user_updates", {"run_date": ctx.run_date, "updated_at": ctx.cutoff})
+    # a rerun of the night replaces its own history, so UPDATED_AT is the same however often it runs
+    con.execute("delete from meta.user_update_history where run_date = $run_date", {"run_date": ctx.run_date})
+    con.execute(
+        "insert into meta.user_update_history select run_date, user_id, payload_md5, updated_at "
+        "from marts.user_updates"
+    )
+
+
+def publishable(frame: pl.DataFrame, dataset: Dataset, key: bytes | None) -> pa.Table:
+    order = [column.strip() for column in dataset.order_by.split(",")]
+    frame = pseudonymize(frame.drop(dataset.drop_columns), key, [c for c in order if c in frame.columns])
+    if dataset.name == "user_updates":  # Braze reads UPDATED_AT as text in UTC
+        frame = frame.with_columns(pl.col("updated_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return plain_types(frame.rename(dict(dataset.rename)).to_arrow())
+
+
 @task(name="write-datasets", cache_policy=NO_CACHE)
 def write_datasets(
-    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]], quality: dict[str, Any]
+    settings: Settings,
+    ctx: RunContext,
+    models: dict[str, dict[str, Any]],
+    quality: dict[str, Any],
+    outputs: dict[str, Any] | None = None,
 ) -> Path:
     """Write the run's files and manifest locally under the run folder; return that folder."""
     out = ctx.run_dir / "publish"
@@ -233,17 +360,21 @@ def write_datasets(
     key = settings.pseudonym_key()
     datasets: dict[str, Any] = {}
     with connect(settings) as con:
+        build_feeds(con, ctx)
         output_checks: list[Check] = []
         for dataset in DATASETS:
             if dataset.name == "data_quality":  # last: it reports the checks made above
                 store_results(con, ctx, ("output",), output_checks)
-                materialize(con, "marts/mart_data_quality")
+                materialize(con, "marts/data_quality")
             frame = read_dataset(con, dataset, ctx)
             check = check_consent(con, dataset, frame, settings)
             output_checks += [check] if check else []
-            order = [column.strip() for column in dataset.order_by.split(",")]
-            table = plain_types(pseudonymize(frame, key, order).to_arrow())
-            formats = ["parquet", *(["csv"] if dataset.name in settings.publish.csv_datasets else [])]
+            table = publishable(frame, dataset, key)
+            formats = [
+                "parquet",
+                *(["csv"] if dataset.name in settings.publish.csv_datasets else []),
+                *(["jsonl"] if dataset.name in settings.publish.jsonl_datasets else []),
+            ]
             files = write_parts(table, out, dataset.name, settings.publish.rows_per_file, formats)
             datasets[dataset.name] = {
                 "description": dataset.description,
@@ -266,11 +397,12 @@ def write_datasets(
         "user_id": "pseudonymous (HMAC-SHA256, 128 bits)" if key else "external",
         "models": {name: model_summary(model) for name, model in sorted(models.items())},
         "data_quality": quality,
+        "outputs": outputs or {},
         "data_docs": docs,
         "datasets": datasets,
     }
     (out / "manifest.json").write_text(
-        json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False, default=str) + "\n"
     )
     return out
 
