@@ -93,7 +93,9 @@ class PublishConfig(StrictModel):
     def _known_datasets(cls, names: list[str]) -> list[str]:
         unknown = [name for name in names if name not in DATASET_NAMES]
         if unknown:
-            raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; the datasets are {', '.join(DATASET_NAMES)}")
+            raise ValueError(
+                f"unknown dataset(s) {', '.join(unknown)}; the datasets are {', '.join(DATASET_NAMES)}"
+            )
         return names
 
     @field_validator("target")
@@ -159,7 +161,9 @@ class RecommendationsConfig(StrictModel):
         default_factory=lambda: ["email", "push", "web"],
         description="a user gets recommendations for each of these channels they consented to",
     )
-    max_per_category: int | None = Field(3, ge=1, description="diversity: at most this many items per category")
+    max_per_category: int | None = Field(
+        3, ge=1, description="diversity: at most this many items per category"
+    )
     new_item_boost: float = Field(
         0.0, ge=0, description="added to the ranker's score of items published within ranking.new_item_days"
     )
@@ -214,7 +218,9 @@ class ItemAudiencesConfig(StrictModel):
     items: list[str] = Field(default_factory=list)
     categories: list[str] = Field(default_factory=list)
     top_n: int = Field(1000, ge=1, description="users per item or category")
-    items_per_category: int = Field(5, ge=1, description="a category is scored on its most popular live items")
+    items_per_category: int = Field(
+        5, ge=1, description="a category is scored on its most popular live items"
+    )
 
 
 class VariantConfig(StrictModel):
@@ -494,7 +500,9 @@ def check_campaigns(settings: Settings, config_name: str | Path) -> None:
         limits = settings.channel_limits.get(campaign.channel, {})
         for variant in campaign.variants:
             for field in TEMPLATE_FIELDS:
-                problem = template_problem(getattr(variant, field), campaign.channel, field, limits.get(field))
+                problem = template_problem(
+                    getattr(variant, field), campaign.channel, field, limits.get(field)
+                )
                 if problem:
                     raise ConfigError(
                         f"{where}: campaign {campaign.campaign_id}, variant {variant.variant_id}, "

@@ -61,7 +61,11 @@ def _loop_names(tree: nodes.Node) -> set[str]:
     """Names bound by `{% for x in items %}`: their attributes must be item fields."""
     names = set()
     for loop in tree.find_all(nodes.For):
-        if isinstance(loop.iter, nodes.Name) and loop.iter.name == "items" and isinstance(loop.target, nodes.Name):
+        if (
+            isinstance(loop.iter, nodes.Name)
+            and loop.iter.name == "items"
+            and isinstance(loop.target, nodes.Name)
+        ):
             names.add(loop.target.name)
     return names
 
@@ -80,9 +84,13 @@ def _unknown_fields(tree: nodes.Node) -> Iterator[str]:
         elif isinstance(base, nodes.Name) and base.name in item_names:
             if access.attr not in ITEM_FIELDS:
                 yield f"item.{access.attr}"
-        elif isinstance(base, nodes.Getitem) and isinstance(base.node, nodes.Name) and base.node.name == "items":
-            if access.attr not in ITEM_FIELDS:
-                yield f"items[].{access.attr}"
+        elif (
+            isinstance(base, nodes.Getitem)
+            and isinstance(base.node, nodes.Name)
+            and base.node.name == "items"
+            and access.attr not in ITEM_FIELDS
+        ):
+            yield f"items[].{access.attr}"
 
 
 def template_problem(source: str, channel: str, field: str, limit: int | None) -> str | None:

@@ -134,7 +134,10 @@ def channel_purposes(frame: pl.DataFrame) -> pl.DataFrame:
         frame.select("user_id", pl.col("channels").fill_null("").str.split(",").alias("channel"))
         .explode("channel")
         .filter(pl.col("channel") != "")
-        .select("user_id", pl.col("channel").replace_strict(CHANNEL_CONSENT, default="unknown-channel").alias("purpose"))
+        .select(
+            "user_id",
+            pl.col("channel").replace_strict(CHANNEL_CONSENT, default="unknown-channel").alias("purpose"),
+        )
     )
 
 
@@ -165,7 +168,11 @@ def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) 
             .explode("purpose")
             .filter(pl.col("purpose") != "")
         )
-        parts = [channel_purposes(frame), campaign_purposes, profiling_where(frame, pl.col("needs_profiling"))]
+        parts = [
+            channel_purposes(frame),
+            campaign_purposes,
+            profiling_where(frame, pl.col("needs_profiling")),
+        ]
     else:  # user_scores, segments, item_audiences: all of them profile the user
         parts = [profiling_where(frame, pl.lit(True))]
     return pl.concat([part.cast({"purpose": pl.Utf8}) for part in parts]).unique(maintain_order=True)
@@ -220,12 +227,17 @@ def pseudonymize(frame: pl.DataFrame, key: bytes | None, order_by: list[str] | N
     return hashed_frame.sort(order_by, maintain_order=True) if order_by else hashed_frame
 
 
+def _plain(data_type: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(data_type):
+        return pa.string()
+    if pa.types.is_large_list(data_type) or pa.types.is_list(data_type):
+        return pa.list_(_plain(data_type.value_type))
+    return data_type
+
+
 def plain_types(table: pa.Table) -> pa.Table:
-    """Arrow's 32-bit-offset `string` rather than polars' `large_string`: what every reader expects."""
-    fields = [
-        pa.field(f.name, pa.string() if pa.types.is_large_string(f.type) else f.type, f.nullable)
-        for f in table.schema
-    ]
+    """Arrow's 32-bit-offset `string` and `list` rather than polars' large ones: what every reader expects."""
+    fields = [pa.field(f.name, _plain(f.type), f.nullable) for f in table.schema]
     return table.cast(pa.schema(fields))
 
 
@@ -241,8 +253,14 @@ def text_columns(table: pa.Table) -> pa.Table:
     """Lists and maps as JSON text, for CSV, which has no nested types."""
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type) or pa.types.is_struct(field.type):
-            columns.append(pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string()))
+        if (
+            pa.types.is_list(field.type)
+            or pa.types.is_large_list(field.type)
+            or pa.types.is_struct(field.type)
+        ):
+            columns.append(
+                pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+            )
         else:
             columns.append(column)
     return pa.table(columns, names=table.column_names)

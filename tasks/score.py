@@ -66,13 +66,20 @@ def score_candidates(
         pl.concat(parts)
         if parts
         else pl.DataFrame(
-            schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "is_audience_only": pl.Boolean, "score": pl.Float64}
+            schema={
+                "user_id": pl.Utf8,
+                "item_id": pl.Utf8,
+                "is_audience_only": pl.Boolean,
+                "score": pl.Float64,
+            }
         )
     )
     audience_scores = (
         pl.concat(audience_parts)
         if audience_parts
-        else pl.DataFrame(schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64})
+        else pl.DataFrame(
+            schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64}
+        )
     )
     replace_table(con, "model.scored_candidates", scored.to_arrow())
     replace_table(con, "model.audience_scores", audience_scores.to_arrow())

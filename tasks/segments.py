@@ -223,14 +223,14 @@ def segment_profiles(
             pl.lit(ctx.run_date).alias("run_date"),
             (pl.col("users") / total).alias("user_share"),
         )
-        .select("run_date", "segment_type", "segment_id", "segment_name", "users", "user_share", "description")
+        .select(
+            "run_date", "segment_type", "segment_id", "segment_name", "users", "user_share", "description"
+        )
     )
 
 
 @task(name="segments", cache_policy=NO_CACHE)
-def build_segments(
-    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
+def build_segments(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """RFM segments and clusters per user, their profiles, and the item and category audiences."""
     with connect(settings) as con:
         clusters, clustering = build_clusters(con, settings, ctx)

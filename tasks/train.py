@@ -252,7 +252,9 @@ def train_engagement(
     booster, params, _categories, calibration, x, y = fit_binary(
         train, "is_engaged", RANKING_FEATURES, settings, ENGAGEMENT_MAX_ROUNDS
     )
-    holdout = read_partition(con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")).pl()
+    holdout = read_partition(
+        con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")
+    ).pl()
     version, path = save_model(booster, ctx.run_dir, "engagement")
     return TrainedModel(
         name="engagement",
@@ -577,12 +579,14 @@ def rescore_champion(
     """The champion's metrics on tonight's holdout, the same one the challenger was measured on."""
     booster = lgb.Booster(model_file=champion["path"])
     if champion["name"] == "engagement":
-        holdout = read_partition(con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")).pl()
-        return engagement_metrics(
-            booster, holdout, champion["params"]["calibration"], base_rate
-        )
+        holdout = read_partition(
+            con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")
+        ).pl()
+        return engagement_metrics(booster, holdout, champion["params"]["calibration"], base_rate)
     if champion["name"].startswith(CONVERSION_PREFIX):
-        campaign_id, _, variant_id = champion["name"].removeprefix(CONVERSION_PREFIX).partition(VARIANT_SEPARATOR)
+        campaign_id, _, variant_id = (
+            champion["name"].removeprefix(CONVERSION_PREFIX).partition(VARIANT_SEPARATOR)
+        )
         examples = read_partition(
             con, "features/campaign_click_examples", cuts.score, ("campaign_id", "sent_at", "user_id")
         ).pl()

@@ -236,7 +236,13 @@ def user_items(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]
     items: dict[str, list[dict[str, Any]]] = {}
     for user_id, item_id, title, category, price_cents, reason in rows:
         items.setdefault(user_id, []).append(
-            {"item_id": item_id, "title": title, "category": category, "price_cents": price_cents, "reason": reason}
+            {
+                "item_id": item_id,
+                "title": title,
+                "category": category,
+                "price_cents": price_cents,
+                "reason": reason,
+            }
         )
     return items
 
@@ -247,7 +253,9 @@ def compile_variants(campaign: CampaignConfig) -> dict[str, dict[str, Template]]
         compiled[variant.variant_id] = {}
         for field in TEMPLATE_FIELDS:
             try:
-                compiled[variant.variant_id][field] = compile_template(getattr(variant, field), campaign.channel, field)
+                compiled[variant.variant_id][field] = compile_template(
+                    getattr(variant, field), campaign.channel, field
+                )
             except TemplateError as error:
                 raise TemplateRenderError(
                     f"campaign {campaign.campaign_id}, variant {variant.variant_id}, {field}: {error}"
@@ -271,7 +279,9 @@ def render_rows(
     cache: dict[tuple, tuple[list[str], int]] = {}
     truncated = 0
     rows = zip(users["user_id"], users["country"], users["language"], users["segment"], strict=True)
-    for (user_id, country, language, segment), variant_id, holdout in zip(rows, variant_ids, is_holdout, strict=True):
+    for (user_id, country, language, segment), variant_id, holdout in zip(
+        rows, variant_ids, is_holdout, strict=True
+    ):
         if holdout:  # the holdout gets no message: it measures "no contact"
             for values in out.values():
                 values.append(None)
@@ -371,7 +381,9 @@ def assign_variants(
         items = user_items(con)
         frames = []
         for campaign in active:
-            frame, summaries[campaign.campaign_id] = campaign_content(con, campaign, models, items, settings, ctx)
+            frame, summaries[campaign.campaign_id] = campaign_content(
+                con, campaign, models, items, settings, ctx
+            )
             frames.append(frame)
         content = pl.concat(frames) if frames else pl.DataFrame(schema=CONTENT_SCHEMA)
         replace_table(con, "marts.content", content.to_arrow())

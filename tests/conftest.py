@@ -85,3 +85,23 @@ def trained_company(tmp_path_factory: pytest.TempPathFactory, small_company: Pat
     build_features.fn(settings, ctx)
     models = train_models.fn(settings, ctx)
     return settings, ctx, models, quality
+
+
+@pytest.fixture(scope="session")
+def midsize_company(tmp_path_factory: pytest.TempPathFactory):
+    """5,000 users over 60 days, extracted, featured and trained: enough sends and purchases for the
+    models to be measured against the generator's ground truth. (folder, settings, context, models)"""
+    from tailor.config import load_settings
+    from tailor.generate import generate
+    from tailor.warehouse import run_context
+    from tasks.extract import extract_sources
+    from tasks.features import build_features
+    from tasks.train import train_models
+
+    out = tmp_path_factory.mktemp("midsize")
+    generate(out, n_users=5000, n_items=600, days=60, end=date(2026, 11, 26), seed=42)
+    settings = load_settings(out / "tailor.yaml")
+    ctx = run_context(settings, date(2026, 11, 27))
+    extract_sources.fn(settings, ctx)
+    build_features.fn(settings, ctx)
+    return out, settings, ctx, train_models.fn(settings, ctx)

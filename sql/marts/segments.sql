@@ -56,7 +56,7 @@ final as (
         case when users.days_since_purchase < 1e9 then round(users.days_since_purchase, 2) end
             as days_since_last_purchase,
         users.n_purchases_90d,
-        users.revenue_cents_90d
+        cast(users.revenue_cents_90d as bigint) as revenue_cents_90d
     from users
     left join matched using (user_id)
     left join model.user_clusters as clusters using (user_id)

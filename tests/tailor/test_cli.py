@@ -75,7 +75,8 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
         "extracted": {"users": 10},
         "data_quality": {"passed": 3, "expectations": 3, "failed_warning": 0},
         "models": {name: {"version": m["version"], "metrics": m["metrics"]} for name, m in models.items()},
-        "campaign_arms": {"c": {"a": 5, "holdout": 1}},
+        "segments": {"segments": 7, "item_audiences": 3, "clustering": {"clusters": 4}},
+        "campaigns": {"c": {"policy": "bandit", "users_by_arm": {"a": 5, "holdout": 1}}},
         "published": {
             "target": "s3://b/p",
             "files": ["s3://b/p/runs/x/part-0000.parquet"],
@@ -86,6 +87,7 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
     }
     text = format_summary(summary)
     assert "s3://b/p/latest.json" in text and "NDCG@10" in text and "ROC AUC" in text and "3/3" in text
+    assert "4 behavioural clusters" in text and "bandit" in text and "holdout 1" in text
 
 
 def test_readme_documents_every_canonical_column_and_starts_with_the_commands() -> None:

@@ -105,3 +105,91 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad.write_text("project: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+def campaign_file(folder: Path, name: str, data: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def email_campaign(**overrides) -> dict:
+    return {
+        "campaign_id": "c1",
+        "channel": "email",
+        "variants": [{"variant_id": "a", "subject": "Hello from {{ user.country }}"}],
+    } | overrides
+
+
+def test_campaign_files_beside_the_config_are_loaded_with_their_source(tmp_path: Path) -> None:
+    path = campaign_file(tmp_path / "campaigns", "c1", email_campaign())
+    settings = load_settings(write(tmp_path, minimal()))
+    assert [c.campaign_id for c in settings.campaigns] == ["c1"]
+    assert settings.campaigns[0].source_file == str(path)
+    assert settings.campaigns[0].required_consent == "marketing_email"
+
+
+def test_demo_campaigns_come_from_files_with_policies() -> None:
+    settings = load_settings(REPO / "config" / "demo.yaml")
+    policies = {c.campaign_id: c.allocation.policy for c in settings.campaigns}
+    assert policies == {"weekly_digest": "personalized", "app_nudge": "bandit"}
+    assert all(c.source_file.endswith(f"campaigns/{c.campaign_id}.yaml") for c in settings.campaigns)
+
+
+def test_a_template_with_an_unknown_field_fails_at_load_naming_campaign_variant_and_field(
+    tmp_path: Path,
+) -> None:
+    bad = email_campaign(
+        variants=[
+            {"variant_id": "ok", "subject": "Hi"},
+            {"variant_id": "v2", "subject": "Hi", "body": "{% for i in items %}{{ i.colour }}{% endfor %}"},
+        ]
+    )
+    path = campaign_file(tmp_path / "campaigns", "c1", bad)
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, minimal()))
+    message = str(error.value)
+    assert str(path) in message and "campaign c1, variant v2, body" in message and "item.colour" in message
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ({"subject": "{{ user.email }}"}, "user.email"),
+        ({"subject": "{{ first_name }}"}, "first_name"),
+        ({"subject": "{{ items[0].title }}"}, "without recommended items"),
+        ({"subject": "{{ user.country "}, "syntax error"),
+        ({"subject": "x" * 151}, "allows 150"),
+    ],
+)
+def test_template_problems_are_caught_before_any_data(tmp_path: Path, variant: dict, expected: str) -> None:
+    campaign_file(tmp_path / "campaigns", "c1", email_campaign(variants=[{"variant_id": "a", **variant}]))
+    with pytest.raises(ConfigError, match="variant a, subject") as error:
+        load_settings(write(tmp_path, minimal()))
+    assert expected in str(error.value)
+
+
+def test_campaign_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    path = campaign_file(tmp_path / "campaigns", "c1", email_campaign(allocation={"policy": "greedy"}))
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, minimal()))
+    assert str(path) in str(error.value) and "allocation.policy" in str(error.value)
+
+
+def test_audience_segments_must_exist_and_ids_be_unique(tmp_path: Path) -> None:
+    folder = tmp_path / "campaigns"
+    campaign_file(folder, "c1", email_campaign(audience={"segments": ["vip"]}))
+    with pytest.raises(ConfigError, match="'vip' is not a segment"):
+        load_settings(write(tmp_path, minimal()))
+    campaign_file(folder, "c1", email_campaign())
+    campaign_file(folder, "c2", email_campaign())
+    with pytest.raises(ConfigError, match="campaign_id 'c1' is also used"):
+        load_settings(write(tmp_path, minimal()))
+
+
+def test_unknown_published_dataset_is_named(tmp_path: Path) -> None:
+    data = minimal()
+    data["publish"]["csv_datasets"] = ["recommendations", "campaign_assignments"]
+    with pytest.raises(ConfigError, match="publish.csv_datasets.*campaign_assignments"):
+        load_settings(write(tmp_path, data))

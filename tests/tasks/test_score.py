@@ -1,54 +1,135 @@
 from __future__ import annotations
 
+import pytest
+
+from tailor.config import CHANNEL_CONSENT
+from tailor.sql import materialize
 from tailor.warehouse import connect
-from tasks.score import score_users
+from tasks.score import recommendation_params, score_users
 
 
-def test_recommendations_are_top_k_unbought_live_and_consented(trained_company) -> None:
+@pytest.fixture(scope="module")
+def scored(trained_company):
     settings, ctx, models, _ = trained_company
     counts = score_users.fn(settings, ctx, models)
-    k = settings.recommendations.k
-    assert counts["mart_recommendations"] > 0
+    return settings, ctx, models, counts
+
+
+def one(con, sql: str, params: dict | None = None):
+    return con.execute(sql, params or {}).fetchall()[0]
+
+
+def test_every_reachable_user_has_k_ranked_live_items_within_the_category_cap(scored) -> None:
+    settings, ctx, _, counts = scored
+    k, cap = settings.recommendations.k, settings.recommendations.max_per_category
+    assert counts["recommendations"] > 0
     with connect(settings) as con:
-        per_user = con.execute(
-            "select max(n), min(n), bool_and(ranks_ok) from ("
+        sizes = one(
+            con,
+            "select min(n), max(n), bool_and(ranks_ok), count(*) from ("
             "  select user_id, count(*) as n, list(rank order by rank) = range(1, count(*) + 1) as ranks_ok"
-            "  from marts.mart_recommendations group by user_id)"
-        ).fetchall()[0]
-        bought = con.execute(
-            "select count(*) from marts.mart_recommendations r join staging.stg_interactions i "
-            "using (user_id, item_id) where i.event_type = 'purchase'"
-        ).fetchall()[0][0]
-        unconsented = con.execute(
-            "select count(*) from marts.mart_recommendations r anti join ("
-            "  select user_id from staging.stg_consents where is_latest and purpose = 'profiling' and is_granted"
-            ") using (user_id)"
-        ).fetchall()[0][0]
-        not_live = con.execute(
-            "select count(*) from marts.mart_recommendations r join staging.stg_items i using (item_id) where i.is_latest and ("
-            "not i.is_available or i.expires_at <= $c or i.published_at >= $c)",
+            "  from marts.recommendations group by user_id)",
+        )
+        reachable = one(
+            con,
+            "select count(distinct user_id) from staging.stg_consents where is_latest and is_granted "
+            "and purpose in ('marketing_email', 'marketing_push', 'profiling')",
+        )[0]
+        most_in_a_category = one(
+            con, "select max(n) from (select user_id, item_category, count(*) n from marts.recommendations group by all)"
+        )[0]
+        not_live = one(
+            con,
+            "select count(*) from marts.recommendations r join staging.stg_items i using (item_id) "
+            "where i.is_latest and (not i.is_available or i.expires_at <= $c or i.published_at >= $c)",
             {"c": ctx.cutoff},
-        ).fetchall()[0][0]
-        ordered = con.execute(
+        )[0]
+        ordered = one(
+            con,
             "select bool_and(score >= next_score) from (select score, lead(score) over "
-            "(partition by user_id order by rank) as next_score from marts.mart_recommendations) "
-            "where next_score is not null"
-        ).fetchall()[0][0]
-        deciles = con.execute(
-            "select min(propensity_decile), max(propensity_decile), count(*) from marts.mart_user_propensity"
-        ).fetchall()[0]
-        reasons = {
-            r[0]
-            for r in con.execute("select distinct reason_code from marts.mart_recommendations").fetchall()
-        }
-    assert per_user[0] == k and per_user[2] is True
-    assert bought == 0 and unconsented == 0 and not_live == 0 and ordered is True
+            "(partition by user_id, is_personalized order by rank) as next_score from marts.recommendations) "
+            "where next_score is not null",
+        )[0]
+    assert sizes[0] == sizes[1] == k and sizes[2] is True
+    assert sizes[3] == reachable  # nobody reachable is left without recommendations
+    assert most_in_a_category <= cap and not_live == 0 and ordered is True
+
+
+def test_personalized_rows_need_profiling_and_history_and_exclude_bought_items(scored) -> None:
+    settings, _, _, _ = scored
+    with connect(settings) as con:
+        by_kind = dict(
+            con.execute(
+                "select coalesce(fallback_reason, 'personalized'), count(distinct user_id) "
+                "from marts.recommendations group by 1"
+            ).fetchall()
+        )
+        personalized_without_profiling = one(
+            con,
+            "select count(*) from marts.recommendations r where (is_personalized or fallback_reason is null) "
+            "and user_id not in (select user_id from staging.stg_consents "
+            "where is_latest and purpose = 'profiling' and is_granted)",
+        )[0]
+        mixed = one(
+            con,
+            "select count(*) from marts.recommendations where fallback_reason is not null and is_personalized",
+        )[0]
+        bought = one(
+            con,
+            "select count(*) from marts.recommendations r join staging.stg_interactions i using (user_id, item_id) "
+            "where i.event_type = 'purchase' and r.fallback_reason is distinct from 'no_profiling_consent'",
+        )[0]
+        fallback_model = one(
+            con, "select count(*) from marts.recommendations where not is_personalized and model_version is not null"
+        )[0]
+    assert by_kind.get("personalized", 0) > 0 and by_kind.get("no_profiling_consent", 0) > 0
+    assert personalized_without_profiling == 0 and mixed == 0 and bought == 0 and fallback_model == 0
+
+
+def test_channels_are_exactly_the_users_consented_channels(scored) -> None:
+    settings, _, _, _ = scored
+    purposes = [CHANNEL_CONSENT[c] for c in settings.recommendations.channels]
+    with connect(settings) as con:
+        wrong = one(
+            con,
+            """
+            with expected as (
+                select user_id, string_agg(c.channel, ',' order by c.channel) as channels
+                from staging.stg_consents s
+                join (select unnest($channels) as channel, unnest($purposes) as purpose) c using (purpose)
+                where s.is_latest and s.is_granted group by user_id
+            )
+            select count(*) from (select distinct user_id, channels from marts.recommendations) r
+            left join expected e using (user_id) where e.channels is distinct from r.channels
+            """,
+            {"channels": list(settings.recommendations.channels), "purposes": purposes},
+        )[0]
+    assert wrong == 0
+
+
+def test_a_new_item_boost_moves_new_items_up(scored) -> None:
+    settings, ctx, models, _ = scored
+    # users whose list has a non-new item ranked above a new one
+    query = (
+        "select count(*) from (select r.user_id, max(r.rank) filter (where e.days_since_published <= $days) "
+        "as last_new, min(r.rank) filter (where e.days_since_published > $days) as first_old "
+        "from marts.recommendations r join features.ranking_examples e "
+        "on e.cutoff = $c and e.user_id = r.user_id and e.item_id = r.item_id "
+        "where r.is_personalized group by r.user_id) where last_new > first_old"
+    )
+    params = {"c": ctx.cutoff, "days": settings.ranking.new_item_days}
+    with connect(settings) as con:
+        plain = recommendation_params(settings, ctx, models["ranking"]["version"]) | {"new_item_boost": 0.0}
+        materialize(con, "marts/recommendations", plain)
+        before = one(con, query, params)[0]
+        materialize(con, "marts/recommendations", plain | {"new_item_boost": 100.0})
+        after = one(con, query, params)[0]
+        materialize(con, "marts/recommendations", recommendation_params(settings, ctx, models["ranking"]["version"]))
+    assert before > 0 and after == 0
+
+
+def test_user_scores_cover_profiled_users_in_deciles(scored) -> None:
+    settings, _, _, counts = scored
+    with connect(settings) as con:
+        deciles = one(con, "select min(propensity_decile), max(propensity_decile), count(*) from marts.user_scores")
     assert deciles[:2] == (1, 10) and deciles[2] == counts["scored_users"]
-    assert reasons <= {
-        "new_in_category",
-        "similar_to_viewed",
-        "recently_viewed",
-        "popular_in_your_category",
-        "popular_now",
-    }
-    assert len(reasons) >= 2

@@ -106,26 +106,14 @@ def test_platt_scaling_recovers_a_known_calibration() -> None:
     assert all(abs(row["mean_predicted"] - row["observed_rate"]) < 0.03 for row in table)
 
 
-def test_propensity_comes_within_003_of_the_true_probabilities(tmp_path_factory) -> None:
+def test_propensity_comes_within_003_of_the_true_probabilities(midsize_company) -> None:
     """On generated data the truth is known: the model's holdout AUC must come within 0.03 of the AUC
     that the generator's own conversion probabilities reach on the same users and window."""
-    from datetime import date
-
     from tailor import metrics
-    from tailor.config import load_settings
-    from tailor.generate import generate, window_conversion_probability
-    from tailor.warehouse import run_context
-    from tasks.extract import extract_sources
-    from tasks.features import build_features
-    from tasks.train import train_models
+    from tailor.generate import window_conversion_probability
 
-    out = tmp_path_factory.mktemp("ceiling")
-    generate(out, n_users=5000, n_items=600, days=60, end=date(2026, 11, 26), seed=42)
-    settings = load_settings(out / "tailor.yaml")
-    ctx = run_context(settings, date(2026, 11, 27))
-    extract_sources.fn(settings, ctx)
-    build_features.fn(settings, ctx)
-    model = train_models.fn(settings, ctx)["propensity"]
+    out, settings, ctx, models = midsize_company
+    model = models["propensity"]
     holdout_cutoff = ctx.cutoff_minus(settings.propensity.horizon_days)
     with connect(settings) as con:
         holdout = con.sql(
@@ -149,16 +137,22 @@ def test_propensity_comes_within_003_of_the_true_probabilities(tmp_path_factory)
     assert abs(predicted - model["metrics"]["holdout_positive_rate"]) < 0.02
 
 
-def test_campaign_click_models_are_trained_per_campaign_on_earlier_sends(trained_company) -> None:
-    settings, ctx, models, _ = trained_company
-    clicks = {name: model for name, model in models.items() if name.startswith("clicks_")}
-    assert clicks, "no campaign click model was trained"
-    for name, model in clicks.items():
-        assert model["features"][0] == "variant_id" and "variant_id" in model["categories"]
+def test_conversion_models_are_trained_per_campaign_and_variant_on_earlier_sends(midsize_company) -> None:
+    from tasks.train import CONVERSION_PREFIX, VARIANT_SEPARATOR
+
+    _, settings, ctx, models = midsize_company
+    conversions = {name: model for name, model in models.items() if name.startswith(CONVERSION_PREFIX)}
+    assert conversions, "no conversion model was trained"
+    variants_by_campaign: dict[str, set[str]] = {}
+    for name, model in conversions.items():
+        campaign_id, _, variant_id = name.removeprefix(CONVERSION_PREFIX).partition(VARIANT_SEPARATOR)
+        variants_by_campaign.setdefault(campaign_id, set()).add(variant_id)
+        assert "variant_id" not in model["features"] and "age_band" not in model["features"]
         assert model["metrics"]["holdout_sends"] > 0 and 0 <= model["metrics"]["roc_auc"] <= 1
-        variants = {row["variant_id"] for row in model["metrics"]["by_variant"]}
-        assert "holdout" not in variants and variants <= set(model["categories"]["variant_id"])
         assert model["trained_cutoff"] < model["holdout_cutoff"], name
+    assert variants_by_campaign["weekly_digest"] == {"discount", "editorial", "new_arrivals"}
+    assert all("holdout" not in variants for variants in variants_by_campaign.values())
+    assert 0 < models["engagement"]["metrics"]["roc_auc"] <= 1
     with connect(settings) as con:
         # each send's features are the user's snapshot at or before the send, never a later one
         mismatched = con.execute(

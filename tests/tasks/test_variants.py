@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import polars as pl
 import pytest
 
 from tailor.config import CampaignConfig, VariantConfig
 from tailor.warehouse import connect
 from tasks.score import score_users
-from tasks.variants import TemplateRenderError, arm_bounds, assign_variants, compile_templates
+from tasks.segments import build_segments
+from tasks.variants import assign_variants, by_share, render_rows, thompson_shares
 
 
 def campaign(**overrides) -> CampaignConfig:
@@ -13,56 +18,142 @@ def campaign(**overrides) -> CampaignConfig:
         "campaign_id": "c1",
         "channel": "email",
         "variants": [
-            VariantConfig(variant_id="a", weight=1, subject="A {{ user.country }}"),
+            VariantConfig(variant_id="a", weight=1, subject="A {{ user.country }}", body="<p>{{ segment }}</p>"),
             VariantConfig(variant_id="b", weight=3, subject="B {{ items[0].title if items else '-' }}"),
         ],
     } | overrides
     return CampaignConfig(**data)
 
 
-def test_arm_bounds_follow_weights() -> None:
-    ids, lowers, uppers = arm_bounds(campaign())
-    assert ids == ["a", "b"] and lowers == [0.0, 0.25] and uppers[0] == 0.25 and uppers[1] > 1.0
+def test_by_share_follows_the_shares() -> None:
+    draws = np.random.default_rng(0).random(100_000)
+    chosen = by_share(draws, ["a", "b", "c"], [1.0, 3.0, 6.0])
+    shares = [float(np.mean(chosen == v)) for v in "abc"]
+    assert all(abs(got - want) < 0.01 for got, want in zip(shares, [0.1, 0.3, 0.6], strict=True))
+    assert by_share(np.array([0.0, 0.999999]), ["a", "b"], [1, 1]).tolist() == ["a", "b"]
 
 
-def test_template_errors_name_campaign_variant_and_field() -> None:
-    broken = campaign(variants=[VariantConfig(variant_id="x", subject="{{ user.country ")])
-    with pytest.raises(TemplateRenderError, match="campaign c1, variant x, subject"):
-        compile_templates(broken)
+def test_thompson_shares_favour_the_variant_that_converts_better_and_are_seeded() -> None:
+    evidence = {"a": (1000, 100), "b": (1000, 150), "c": (10, 1)}
+    shares, detail = thompson_shares(evidence, ["a", "b", "c"], campaign(), seed=7)
+    assert shares == thompson_shares(evidence, ["a", "b", "c"], campaign(), seed=7)[0]
+    # a barely tried variant keeps a large share (it might be best); a well-measured loser almost none
+    assert shares[2] > 0.2 and shares[0] <= 0.002 and shares[1] > 0.4
+    two, _ = thompson_shares(evidence, ["a", "b"], campaign(), seed=7)
+    assert two[1] > 0.99
+    assert detail["posterior"]["b"]["alpha"] == 151 and detail["posterior"]["b"]["beta"] == 851
+    # with no evidence at all the shares are equal within Monte Carlo error
+    even, _ = thompson_shares({}, ["a", "b"], campaign(), seed=7)
+    assert abs(even[0] - 0.5) < 0.02
 
 
-def test_assignment_is_deterministic_consented_and_rendered(trained_company) -> None:
+def test_rendering_escapes_email_html_cuts_to_limits_and_leaves_the_holdout_blank() -> None:
+    users = pl.DataFrame({"user_id": ["u1", "u2"], "country": ["DE", "FR"], "language": ["de", "fr"],
+                          "segment": ["<new>", "active"]})  # fmt: skip
+    items = {"u1": [{"item_id": "i1", "title": "x" * 300, "category": "c", "price_cents": 1, "reason": "r"}]}
+    rendered, cut = render_rows(
+        campaign(), users, np.array(["b", "holdout"]), np.array([False, True]), items, {"subject": 150}
+    )
+    assert rendered["subject"][0].endswith("…") and len(rendered["subject"][0]) <= 150 and cut == 1
+    assert rendered["subject"][1] is None and rendered["recommended_item_ids"] == ["i1", None]
+    html, _ = render_rows(campaign(), users[:1], np.array(["a"]), np.array([False]), {}, {})
+    assert html["body"] == ["<p>&lt;new&gt;</p>"] and html["subject"] == ["A DE"]
+
+
+@pytest.fixture(scope="module")
+def allocated(trained_company):
     settings, ctx, models, _ = trained_company
+    draft = VariantConfig(variant_id="draft-new-1", status="draft", subject="Draft {{ user.country }}")
+    campaigns = []
+    for c in settings.campaigns:
+        update: dict = {"variants": [*c.variants, draft]}
+        if c.campaign_id == "app_nudge":
+            update["audience"] = c.audience.model_copy(update={"segments": ["active", "loyal"]})
+        campaigns.append(c.model_copy(update=update))
+    settings = settings.model_copy(update={"campaigns": campaigns})
     score_users.fn(settings, ctx, models)
-    first = assign_variants.fn(settings, ctx)
+    build_segments.fn(settings, ctx, models)
+    first = assign_variants.fn(settings, ctx, models)
+    return settings, ctx, models, first
+
+
+def test_allocation_is_deterministic_and_holds_out_the_configured_share(allocated) -> None:
+    settings, ctx, models, first = allocated
     with connect(settings) as con:
-        snapshot = con.execute("select * from marts.mart_campaign_content order by all").fetchall()
-    assert assign_variants.fn(settings, ctx) == first
+        snapshot = con.execute("select * from marts.content order by all").fetchall()
+    assert assign_variants.fn(settings, ctx, models) == first
     with connect(settings) as con:
-        assert con.execute("select * from marts.mart_campaign_content order by all").fetchall() == snapshot
-        rows = con.execute(
-            """
-            select campaign_id, count(*), avg(is_holdout::int),
-                   count(*) filter (where is_holdout and (subject is not null or recommended_item_ids is not null)),
-                   count(*) filter (where not is_holdout and (subject is null or subject = ''))
-            from marts.mart_campaign_content group by campaign_id order by campaign_id
-            """
-        ).fetchall()
+        assert con.execute("select * from marts.content order by all").fetchall() == snapshot
+    for campaign_config in settings.campaigns:
+        info = first[campaign_config.campaign_id]
+        n, share = info["audience_users"], campaign_config.holdout_share
+        # within four standard errors of the configured share
+        assert abs(info["holdout_share_observed"] - share) < 4 * math.sqrt(share * (1 - share) / n), info
+        assert "draft-new-1" not in info["users_by_arm"]
+
+
+def test_content_respects_consent_audience_and_renders_every_message(allocated) -> None:
+    settings, _, _, first = allocated
+    with connect(settings) as con:
         unconsented = con.execute(
-            """
-            select count(*) from marts.mart_campaign_content c anti join (
-                select user_id, purpose from staging.stg_consents where is_latest and is_granted
-            ) g on g.user_id = c.user_id and g.purpose = c.consent_purpose
-            """
+            "select count(*) from marts.content c anti join (select user_id, purpose from staging.stg_consents "
+            "where is_latest and is_granted) g on g.user_id = c.user_id and g.purpose = c.consent_purpose"
         ).fetchall()[0][0]
-        personalised = con.execute(
-            "select count(*) from marts.mart_campaign_content where subject like 'Only a few left: %' "
-            "and subject <> 'Only a few left: our bestsellers'"
+        personalized_unprofiled = con.execute(
+            "select count(*) from marts.content where is_personalized and user_id not in (select user_id "
+            "from staging.stg_consents where is_latest and purpose = 'profiling' and is_granted)"
         ).fetchall()[0][0]
-    assert [r[0] for r in rows] == ["app_nudge", "weekly_digest"]
-    for _, users, holdout_share, holdout_with_message, missing_message in rows:
-        assert users > 100 and abs(holdout_share - 0.1) < 0.05
-        assert holdout_with_message == 0 and missing_message == 0
-    assert unconsented == 0
-    assert personalised > 0
-    assert set(first["weekly_digest"]) == {"discount", "editorial", "new_arrivals", "holdout"}
+        outside_audience = con.execute(
+            "select count(*) from marts.content where campaign_id = 'app_nudge' and segment not in ('active', 'loyal')"
+        ).fetchall()[0][0]
+        blanks = con.execute(
+            "select count(*) filter (where is_holdout and coalesce(subject, body, recommended_item_ids) is not null), "
+            "count(*) filter (where not is_holdout and (subject is null or body is null)) from marts.content"
+        ).fetchall()[0]
+        reasons = dict(
+            con.execute(
+                "select allocation_reason, count(*) from marts.content where campaign_id = 'weekly_digest' group by 1"
+            ).fetchall()
+        )
+    assert unconsented == 0 and personalized_unprofiled == 0 and outside_audience == 0
+    assert blanks == (0, 0)
+    assert first["app_nudge"]["policy"] == "bandit" and set(first["app_nudge"]["posterior"]) == {
+        "urgency",
+        "social_proof",
+    }
+    # 800 users are too few sends for conversion models: the personalized policy says so and splits
+    assert set(reasons) == {"holdout", "no_model_split"}
+
+
+def test_personalized_policy_beats_the_best_single_variant_on_the_ground_truth(midsize_company) -> None:
+    """The generator knows each user's true conversion probability under each variant: the users the
+    policy assigned must be expected to convert more than if all of them got the best single variant."""
+    out, settings, ctx, models = midsize_company
+    score_users.fn(settings, ctx, models)
+    build_segments.fn(settings, ctx, models)
+    summary = assign_variants.fn(settings, ctx, models)
+    assert summary["weekly_digest"]["policy"] == "personalized"
+    with connect(settings) as con:
+        content = con.sql(
+            "select user_id, variant_id, allocation_reason from marts.content "
+            "where campaign_id = 'weekly_digest' and not is_holdout"
+        ).pl()
+    truth = pl.read_parquet(out / "truth" / "campaign_variants.parquet").filter(
+        pl.col("campaign_id") == "weekly_digest"
+    )
+    assigned = content.join(truth, on=["user_id", "variant_id"], how="inner")
+    assert assigned.height == content.height > 2000
+    policy_total = assigned["conversion_prob"].sum()
+    per_variant = (
+        truth.join(content.select("user_id"), on="user_id")
+        .filter(pl.col("variant_id") != "no_contact")
+        .group_by("variant_id")
+        .agg(pl.col("conversion_prob").sum())
+    )
+    best_single = per_variant["conversion_prob"].max()
+    assert policy_total > best_single * 1.05, (policy_total, per_variant.to_dicts())
+    reasons = content.group_by("allocation_reason").len()
+    assert set(reasons["allocation_reason"]) == {"model_best", "exploration", "no_profiling_consent"}
+    explorers = reasons.filter(pl.col("allocation_reason") == "exploration")["len"].item()
+    profiled = reasons.filter(pl.col("allocation_reason") != "no_profiling_consent")["len"].sum()
+    assert abs(explorers / profiled - 0.1) < 4 * (0.1 * 0.9 / profiled) ** 0.5

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tailor.config import RfmRule
+from tailor.warehouse import connect
+from tasks.score import score_users
+from tasks.segments import CLUSTER_FEATURES, build_segments, describe_cluster, rule_description
+
+
+@pytest.fixture(scope="module")
+def segmented(trained_company):
+    settings, ctx, models, _ = trained_company
+    settings = settings.model_copy(
+        update={
+            "item_audiences": settings.item_audiences.model_copy(
+                update={"categories": ["books", "electronics"], "top_n": 25}
+            )
+        }
+    )
+    # the audience items must be candidates: rebuild candidates with this config, then score
+    from tasks.features import build_candidates
+
+    with connect(settings) as con:
+        build_candidates(con, settings, ctx.cutoff, False)
+    score_users.fn(settings, ctx, models)
+    counts = build_segments.fn(settings, ctx, models)
+    return settings, ctx, models, counts
+
+
+def test_describe_cluster_names_the_most_distinctive_features_in_words() -> None:
+    n = len(CLUSTER_FEATURES)
+    z = np.zeros(n)
+    z[list(CLUSTER_FEATURES).index("revenue_cents_90d")] = 1.8
+    z[list(CLUSTER_FEATURES).index("days_since_last_event")] = -0.9
+    raw, overall = np.ones(n), np.ones(n)
+    name, description = describe_cluster(z, raw, overall)
+    assert name == "big spenders, recently active"
+    assert description.startswith("Far higher revenue") and "lower days since the last visit" in description
+
+
+def test_rule_description_reads_like_the_rule() -> None:
+    rule = RfmRule(name="loyal", max_days_since_purchase=30, min_purchases_90d=3)
+    assert rule_description(rule) == (
+        "Users who bought within 30 days and 3 or more purchases in 90 days (first matching rule wins)."
+    )
+
+
+def test_rfm_segments_follow_the_first_matching_rule(segmented) -> None:
+    settings, ctx, _, counts = segmented
+    with connect(settings) as con:
+        frame = con.sql(
+            "select s.*, f.days_since_signup, f.days_since_last_event from marts.segments s "
+            "join features.user_features f on f.cutoff = $c and f.user_id = s.user_id",
+            params={"c": ctx.cutoff},
+        ).pl()
+        unprofiled = con.execute(
+            "select count(*) from marts.segments anti join (select user_id from staging.stg_consents "
+            "where is_latest and purpose = 'profiling' and is_granted) using (user_id)"
+        ).fetchall()[0][0]
+    assert frame.height == counts["segments"] > 0 and unprofiled == 0
+    new = frame.filter(pl.col("rfm_segment") == "new")
+    assert new.height > 0 and (new["days_since_signup"] <= 30).all()
+    old = frame.filter(pl.col("days_since_signup") > 30)
+    loyal = old.filter(pl.col("rfm_segment") == "loyal")
+    assert loyal.height > 0
+    assert ((loyal["n_purchases_90d"] >= 3) & (loyal["days_since_last_purchase"] <= 30)).all()
+    # an old user who bought 3+ times within 30 days can be nothing but loyal
+    should_be_loyal = old.filter((pl.col("n_purchases_90d") >= 3) & (pl.col("days_since_last_purchase") <= 30))
+    assert (should_be_loyal["rfm_segment"] == "loyal").all()
+    assert set(frame["rfm_segment"]) <= {"new", "loyal", "active", "at_risk", "lapsed"}
+
+
+def test_clusters_are_chosen_in_range_named_and_described(segmented) -> None:
+    settings, _, _, counts = segmented
+    clustering = counts["clustering"]
+    config = settings.segments
+    assert config.clusters_min <= clustering["clusters"] <= config.clusters_max
+    assert set(clustering["silhouette_by_k"]) == set(range(config.clusters_min, config.clusters_max + 1))
+    best_k = max(clustering["silhouette_by_k"], key=clustering["silhouette_by_k"].get)
+    assert clustering["clusters"] == best_k
+    with connect(settings) as con:
+        profiles = con.sql("select * from marts.segment_profiles").pl()
+        missing = con.execute("select count(*) from marts.segments where cluster_id is null").fetchall()[0][0]
+    clusters = profiles.filter(pl.col("segment_type") == "cluster")
+    assert clusters.height == best_k and clusters["segment_name"].n_unique() == best_k
+    assert clusters["description"].str.contains("than average").all()
+    assert clusters["users"].sum() == counts["segments"] and missing == 0
+    rfm = profiles.filter(pl.col("segment_type") == "rfm")
+    assert rfm["segment_id"].to_list() == [rule.name for rule in config.rfm_rules]
+
+
+def test_item_audiences_are_the_top_users_by_an_independent_computation(segmented) -> None:
+    settings, _, _, counts = segmented
+    with connect(settings) as con:
+        audiences = con.sql("select * from marts.item_audiences where audience_type = 'category'").pl()
+        scores = con.sql(
+            "select a.user_id, a.engagement_probability as p, i.category from model.audience_scores a "
+            "join staging.stg_items i on i.item_id = a.item_id and i.is_latest"
+        ).pl()
+    assert counts["item_audiences"] == audiences.height > 0
+    expected = (
+        scores.filter(pl.col("category") == "books")
+        .group_by("user_id")
+        .agg((1 - (1 - pl.col("p")).product()).alias("score"))
+        .sort(["score", "user_id"], descending=[True, False])
+        .head(25)
+    )
+    books = audiences.filter(pl.col("audience_id") == "books").sort("rank")
+    assert books["rank"].to_list() == list(range(1, 26))
+    assert books["user_id"].to_list() == expected["user_id"].to_list()
+    assert np.allclose(books["score"].to_numpy(), expected["score"].to_numpy())
