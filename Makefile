@@ -47,6 +47,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/gate.py --users 200000 --days 60 --out var/bench/gate
+	$(BIN)/python bench/outputs.py --users 1000000 --days 28 --out var/bench/outputs
 
 lint: install
 	$(BIN)/ruff check .

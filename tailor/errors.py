@@ -7,12 +7,21 @@ from tailor.storage import StorageError
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from tailor.drafts import DraftError
     from tasks.extract import ExtractError
     from tasks.publish import ConsentViolation
     from tasks.validate import DataQualityError
     from tasks.variants import TemplateRenderError
 
-    return (ConfigError, StorageError, ExtractError, DataQualityError, ConsentViolation, TemplateRenderError)
+    return (
+        ConfigError,
+        StorageError,
+        ExtractError,
+        DataQualityError,
+        ConsentViolation,
+        TemplateRenderError,
+        DraftError,
+    )
 
 
 USER_ERRORS = _user_errors()

@@ -231,7 +231,7 @@ def _plain(data_type: pa.DataType) -> pa.DataType:
     if pa.types.is_large_string(data_type):
         return pa.string()
     if pa.types.is_large_list(data_type) or pa.types.is_list(data_type):
-        return pa.list_(_plain(data_type.value_type))
+        return pa.list_(pa.field("element", _plain(data_type.value_type)))  # the name Parquet uses
     return data_type
 
 

@@ -231,7 +231,7 @@ def test_gate_catalogue(case: Case, baseline: Path, tmp_path: Path) -> None:
     assert latest(company) == NEXT_RUN.isoformat()
     with connect(settings) as con:
         failing = con.execute(
-            "select rule, severity, unexpected_sample from marts.mart_data_quality "
+            "select rule, severity, unexpected_sample from marts.data_quality "
             "where run_date = $d and table_name = $t and rule = $r and not is_success",
             {"d": NEXT_RUN, "t": case.table, "r": case.rule},
         ).fetchall()

@@ -16,6 +16,7 @@ import yaml
 
 from flows.nightly import nightly
 from tailor.config import load_settings
+from tailor.schema import DATASET_NAMES
 from tailor.warehouse import connect
 from tasks.validate import DataQualityError
 from tests.conftest import RUN_DATE, TEST_BUCKET
@@ -67,14 +68,13 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
     assert manifest["run_date"] == RUN_DATE.isoformat()
     assert manifest["config_sha256"] == load_settings(config_path).config_sha256
     assert {"propensity", "ranking"} <= set(manifest["models"])
-    assert all(name in {"propensity", "ranking"} or name.startswith("clicks_") for name in manifest["models"])
+    assert all(
+        name in {"propensity", "ranking", "engagement"} or name.startswith("conversion_")
+        for name in manifest["models"]
+    )
     assert manifest["data_quality"]["success"] is True
-    assert set(manifest["datasets"]) == {
-        "recommendations",
-        "user_propensity",
-        "campaign_assignments",
-        "data_quality",
-    }
+    assert set(manifest["datasets"]) == set(DATASET_NAMES)
+    assert set(manifest["outputs"]["campaigns"]) == {"weekly_digest", "app_nudge"}
     assert manifest["data_docs"] == {
         "raw": "data_docs/raw/index.html",
         "features": "data_docs/features/index.html",
@@ -83,18 +83,21 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
     assert b"<html" in docs["Body"].read().lower()
 
     settings = load_settings(config_path)
-    tables = {
-        "recommendations": "marts.mart_recommendations",
-        "user_propensity": "marts.mart_user_propensity",
-        "campaign_assignments": "marts.mart_campaign_content",
-    }
     with connect(settings) as con:
-        for name, table in tables.items():
-            rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+        for name in (
+            "recommendations",
+            "user_scores",
+            "segments",
+            "content",
+            "personalize_batch",
+            "user_updates",
+        ):
+            rows = con.execute(f"select count(*) from marts.{name}").fetchall()[0][0]
             dataset = manifest["datasets"][name]
             assert rows > 0 and dataset["rows"] == rows, name
             assert sum(f["rows"] for f in dataset["files"] if f["format"] == "parquet") == rows
-            assert "email" not in dataset["columns"] and "user_id" in dataset["columns"]
+            assert "email" not in dataset["columns"]
+            assert {"user_id", "EXTERNAL_ID"} & set(dataset["columns"]), name
         raw_interactions = con.execute("select count(*) from raw.interactions").fetchall()[0][0]
     assert manifest["datasets"]["recommendations"]["model_versions"] == {
         "ranking": manifest["models"]["ranking"]["version"]

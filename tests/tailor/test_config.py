@@ -191,5 +191,5 @@ def test_audience_segments_must_exist_and_ids_be_unique(tmp_path: Path) -> None:
 def test_unknown_published_dataset_is_named(tmp_path: Path) -> None:
     data = minimal()
     data["publish"]["csv_datasets"] = ["recommendations", "campaign_assignments"]
-    with pytest.raises(ConfigError, match="publish.csv_datasets.*campaign_assignments"):
+    with pytest.raises(ConfigError, match=r"publish\.csv_datasets.*campaign_assignments"):
         load_settings(write(tmp_path, data))

@@ -16,8 +16,12 @@ def test_email_bodies_are_html_escaped_and_subjects_are_not() -> None:
 def test_known_fields_pass_and_loop_variables_are_checked() -> None:
     ok = "{% for item in items %}{{ item.title }} {{ item.reason }}{% endfor %} {{ segment }} {{ campaign.id }}"
     assert template_problem(ok, "email", "body", None) is None
-    assert "item.price" in str(template_problem("{% for item in items %}{{ item.price }}{% endfor %}", "email", "body", None))
-    assert "items[].name" in str(template_problem("{{ items[0].name if items else '' }}", "email", "subject", 150))
+    assert "item.price" in str(
+        template_problem("{% for item in items %}{{ item.price }}{% endfor %}", "email", "body", None)
+    )
+    assert "items[].name" in str(
+        template_problem("{{ items[0].name if items else '' }}", "email", "subject", 150)
+    )
 
 
 def test_sandbox_refuses_unsafe_attribute_access() -> None:

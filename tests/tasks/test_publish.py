@@ -6,6 +6,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tailor.warehouse import RunContext, connect
@@ -50,19 +51,38 @@ def test_parts_are_byte_identical_for_the_same_rows(tmp_path: Path) -> None:
 
 def test_consent_check_refuses_rows_for_unconsented_users(trained_company) -> None:
     settings, _, _, _ = trained_company
-    recommendations = next(d for d in DATASETS if d.name == "recommendations")
+    datasets = {d.name: d for d in DATASETS}
+
+    def user(purpose: str, granted: bool) -> str:
+        return con.execute(
+            "select user_id from staging.stg_consents where is_latest and purpose = $p and is_granted = $g "
+            "order by user_id limit 1",
+            {"p": purpose, "g": granted},
+        ).fetchall()[0][0]
+
     with connect(settings) as con:
-        refused = con.execute(
-            "select user_id from staging.stg_consents where is_latest and purpose = 'profiling' "
-            "and not is_granted limit 1"
-        ).fetchall()[0][0]
-        granted = con.execute(
-            "select user_id from staging.stg_consents where is_latest and purpose = 'profiling' "
-            "and is_granted limit 1"
-        ).fetchall()[0][0]
-        check_consent(con, recommendations, pl.DataFrame({"user_id": [granted]}), settings)
-        with pytest.raises(ConsentViolation, match="recommendations: 1 row"):
-            check_consent(con, recommendations, pl.DataFrame({"user_id": [granted, refused]}), settings)
+        profiled, unprofiled = user("profiling", True), user("profiling", False)
+        emailable, unemailable = user("marketing_email", True), user("marketing_email", False)
+        recs = pl.DataFrame({"user_id": [profiled], "is_personalized": [True], "channels": [""]})
+        check_consent(con, datasets["recommendations"], recs, settings)
+        with pytest.raises(ConsentViolation, match=r"recommendations: 1 row.*profiling"):
+            check_consent(
+                con, datasets["recommendations"], recs.with_columns(user_id=pl.lit(unprofiled)), settings
+            )
+        # a fallback row needs no profiling, but every channel it lists needs that channel's consent
+        fallback = pl.DataFrame({"user_id": [unemailable], "is_personalized": [False], "channels": ["email"]})
+        with pytest.raises(ConsentViolation, match="marketing_email"):
+            check_consent(con, datasets["recommendations"], fallback, settings)
+        with pytest.raises(ConsentViolation, match="segments: 1 row"):
+            check_consent(con, datasets["segments"], pl.DataFrame({"user_id": [unprofiled]}), settings)
+        content = pl.DataFrame(
+            {"user_id": [emailable], "campaign_id": ["weekly_digest"], "is_personalized": [False]}
+        )
+        check_consent(con, datasets["content"], content, settings)
+        with pytest.raises(ConsentViolation, match="content"):
+            check_consent(
+                con, datasets["content"], content.with_columns(user_id=pl.lit(unemailable)), settings
+            )
 
 
 def fake_run(tmp_path: Path, day: str) -> tuple[RunContext, Path]:
@@ -90,3 +110,91 @@ def test_latest_moves_forward_only_and_stale_files_go(tmp_path: Path, trained_co
     ctx, local = fake_run(tmp_path, "2026-01-02")
     upload_run.fn(settings, ctx, local, target)
     assert not stale.exists()
+
+
+def contract() -> dict[str, dict[str, str]]:
+    """docs/outputs.md: dataset -> {column: type}, read from its '## name' sections and tables."""
+    from tests.conftest import REPO
+
+    datasets: dict[str, dict[str, str]] = {}
+    current = None
+    for line in (REPO / "docs" / "outputs.md").read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            datasets[current] = {}
+        elif current and line.startswith("| `"):
+            column, data_type = (cell.strip() for cell in line.strip("|").split("|")[:2])
+            datasets[current][column.strip("`")] = data_type
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def published(trained_company, tmp_path_factory):
+    from tasks.publish import write_datasets
+    from tasks.score import score_users
+    from tasks.segments import build_segments
+    from tasks.variants import assign_variants
+
+    settings, ctx, models, quality = trained_company
+    score_users.fn(settings, ctx, models)
+    build_segments.fn(settings, ctx, models)
+    assign_variants.fn(settings, ctx, models)
+    local = write_datasets.fn(settings, ctx, models, quality, {})
+    return settings, ctx, models, quality, local
+
+
+def test_published_datasets_match_the_contract_in_docs(published) -> None:
+    from tailor.schema import DATASET_NAMES
+
+    *_, local = published
+    manifest = json.loads((local / "manifest.json").read_text())
+    documented = contract()
+    assert list(documented) == list(DATASET_NAMES) and set(manifest["datasets"]) == set(DATASET_NAMES)
+    for name, dataset in manifest["datasets"].items():
+        schema = pq.read_schema(local / dataset["files"][0]["path"])
+        actual = {field.name: str(field.type) for field in schema}
+        assert actual == documented[name], name
+        assert dataset["columns"] == actual
+
+
+def test_personalize_batch_lines_have_personalizes_shape(published) -> None:
+    *_, local = published
+    lines = (local / "personalize_batch" / "part-0000.jsonl").read_text().splitlines()
+    recommendations = pl.read_parquet(local / "recommendations" / "part-0000.parquet")
+    first = json.loads(lines[0])
+    assert set(first) == {"input", "output"} and set(first["input"]) == {"userId"}
+    assert set(first["output"]) == {"recommendedItems", "scores"}
+    expected = recommendations.filter(pl.col("user_id") == first["input"]["userId"]).sort("rank")
+    assert first["output"]["recommendedItems"] == expected["item_id"].to_list()
+    assert len(lines) == recommendations["user_id"].n_unique()
+
+
+def test_user_updates_move_only_for_changed_payloads_and_reruns_are_stable(published) -> None:
+    from dataclasses import replace
+
+    from tasks.publish import write_datasets
+
+    settings, ctx, models, quality, local = published
+    first = pl.read_parquet(local / "user_updates" / "part-0000.parquet")
+    assert first.columns == ["EXTERNAL_ID", "UPDATED_AT", "PAYLOAD"]
+    assert (first["UPDATED_AT"] == ctx.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")).all()
+    payload = json.loads(first["PAYLOAD"][0])
+    assert set(payload) == {"recommended_item_ids", "rfm_segment", "propensity_decile", "campaign_variants"}
+
+    # the next night: one user's recommendations change, nobody else's
+    changed = first["EXTERNAL_ID"][0]
+    with connect(settings) as con:
+        con.execute("update marts.recommendations set item_id = 'changed' where user_id = $u and rank = 1",
+                    {"u": changed})  # fmt: skip
+    from datetime import timedelta
+
+    tomorrow = replace(ctx, run_date=ctx.run_date + timedelta(days=1), cutoff=ctx.cutoff + timedelta(days=1),
+                       run_dir=ctx.run_dir.parent / "tomorrow")  # fmt: skip
+    for _ in range(2):  # the same night twice: the same answer
+        out = write_datasets.fn(settings, tomorrow, models, quality, {})
+        second = pl.read_parquet(out / "user_updates" / "part-0000.parquet")
+        moved = second.join(first, on="EXTERNAL_ID").filter(
+            pl.col("UPDATED_AT") != pl.col("UPDATED_AT_right")
+        )
+        assert moved["EXTERNAL_ID"].to_list() == [changed]
+        assert moved["UPDATED_AT"][0] == tomorrow.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -36,7 +36,8 @@ def test_every_reachable_user_has_k_ranked_live_items_within_the_category_cap(sc
             "and purpose in ('marketing_email', 'marketing_push', 'profiling')",
         )[0]
         most_in_a_category = one(
-            con, "select max(n) from (select user_id, item_category, count(*) n from marts.recommendations group by all)"
+            con,
+            "select max(n) from (select user_id, item_category, count(*) n from marts.recommendations group by all)",
         )[0]
         not_live = one(
             con,
@@ -80,7 +81,8 @@ def test_personalized_rows_need_profiling_and_history_and_exclude_bought_items(s
             "where i.event_type = 'purchase' and r.fallback_reason is distinct from 'no_profiling_consent'",
         )[0]
         fallback_model = one(
-            con, "select count(*) from marts.recommendations where not is_personalized and model_version is not null"
+            con,
+            "select count(*) from marts.recommendations where not is_personalized and model_version is not null",
         )[0]
     assert by_kind.get("personalized", 0) > 0 and by_kind.get("no_profiling_consent", 0) > 0
     assert personalized_without_profiling == 0 and mixed == 0 and bought == 0 and fallback_model == 0
@@ -124,12 +126,16 @@ def test_a_new_item_boost_moves_new_items_up(scored) -> None:
         before = one(con, query, params)[0]
         materialize(con, "marts/recommendations", plain | {"new_item_boost": 100.0})
         after = one(con, query, params)[0]
-        materialize(con, "marts/recommendations", recommendation_params(settings, ctx, models["ranking"]["version"]))
+        materialize(
+            con, "marts/recommendations", recommendation_params(settings, ctx, models["ranking"]["version"])
+        )
     assert before > 0 and after == 0
 
 
 def test_user_scores_cover_profiled_users_in_deciles(scored) -> None:
     settings, _, _, counts = scored
     with connect(settings) as con:
-        deciles = one(con, "select min(propensity_decile), max(propensity_decile), count(*) from marts.user_scores")
+        deciles = one(
+            con, "select min(propensity_decile), max(propensity_decile), count(*) from marts.user_scores"
+        )
     assert deciles[:2] == (1, 10) and deciles[2] == counts["scored_users"]

@@ -68,7 +68,9 @@ def test_rfm_segments_follow_the_first_matching_rule(segmented) -> None:
     assert loyal.height > 0
     assert ((loyal["n_purchases_90d"] >= 3) & (loyal["days_since_last_purchase"] <= 30)).all()
     # an old user who bought 3+ times within 30 days can be nothing but loyal
-    should_be_loyal = old.filter((pl.col("n_purchases_90d") >= 3) & (pl.col("days_since_last_purchase") <= 30))
+    should_be_loyal = old.filter(
+        (pl.col("n_purchases_90d") >= 3) & (pl.col("days_since_last_purchase") <= 30)
+    )
     assert (should_be_loyal["rfm_segment"] == "loyal").all()
     assert set(frame["rfm_segment"]) <= {"new", "loyal", "active", "at_risk", "lapsed"}
 

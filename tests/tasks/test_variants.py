@@ -18,7 +18,9 @@ def campaign(**overrides) -> CampaignConfig:
         "campaign_id": "c1",
         "channel": "email",
         "variants": [
-            VariantConfig(variant_id="a", weight=1, subject="A {{ user.country }}", body="<p>{{ segment }}</p>"),
+            VariantConfig(
+                variant_id="a", weight=1, subject="A {{ user.country }}", body="<p>{{ segment }}</p>"
+            ),
             VariantConfig(variant_id="b", weight=3, subject="B {{ items[0].title if items else '-' }}"),
         ],
     } | overrides
