@@ -184,14 +184,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_draft_variants(args: argparse.Namespace) -> int:
-    from tailor.drafts import DraftError, draft_variants, format_drafts
+    from tailor.drafts import draft_variants, format_drafts
 
-    # DraftError is not among the shared USER_ERRORS (tailor/errors.py), so it gets the same one line here
-    try:
-        summary = draft_variants(args.config, args.campaign, args.brief, args.segments)
-    except DraftError as error:
-        print(f"tailor: error: {error}", file=sys.stderr)
-        return 2
+    # a DraftError is one of USER_ERRORS: main prints its one line and exits 2
+    summary = draft_variants(args.config, args.campaign, args.brief, args.segments)
     print(format_drafts(summary))
     return 0
 
