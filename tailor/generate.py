@@ -532,6 +532,7 @@ def generated_config(fmt: str, seed: int) -> dict:
         },
         # Synthetic users: publishing their raw ids is harmless. Real data should stay pseudonymous.
         "publish": {"target": "file://published", "published_user_id": "external"},
+        "item_audiences": {"categories": ["books", "electronics"], "top_n": 100},
     }
 
 
