@@ -159,3 +159,28 @@ def test_personalized_policy_beats_the_best_single_variant_on_the_ground_truth(m
     explorers = reasons.filter(pl.col("allocation_reason") == "exploration")["len"].item()
     profiled = reasons.filter(pl.col("allocation_reason") != "no_profiling_consent")["len"].sum()
     assert abs(explorers / profiled - 0.1) < 4 * (0.1 * 0.9 / profiled) ** 0.5
+
+
+def test_the_holdout_stays_when_policy_and_weights_change_and_moves_with_the_salt(allocated) -> None:
+    settings, ctx, models, _ = allocated
+
+    def holdout_users(campaigns: list[CampaignConfig]) -> set[tuple[str, str]]:
+        assign_variants.fn(settings.model_copy(update={"campaigns": campaigns}), ctx, models)
+        with connect(settings) as con:
+            return set(con.execute("select campaign_id, user_id from marts.content where is_holdout").fetchall())
+
+    before = holdout_users(settings.campaigns)
+    reweighted = [
+        c.model_copy(
+            update={
+                "allocation": c.allocation.model_copy(update={"policy": "split"}),
+                "variants": [v.model_copy(update={"weight": 1 + i}) for i, v in enumerate(c.variants)],
+            }
+        )
+        for c in settings.campaigns
+    ]
+    assert holdout_users(reweighted) == before
+    resalted = [c.model_copy(update={"salt": "another"}) for c in settings.campaigns]
+    moved = holdout_users(resalted)
+    assert len(moved & before) < 0.5 * len(before)
+    assign_variants.fn(settings, ctx, models)  # leave the module's state as the fixture made it
