@@ -241,7 +241,9 @@ class AudienceConfig(StrictModel):
     segments: list[str] = Field(
         default_factory=list, description="RFM segment names; empty: every consented user"
     )
-    consent_purpose: str | None = Field(None, description="default: the channel's marketing consent")
+    consent_purpose: str | None = Field(
+        None, description="a purpose required besides the channel's own marketing consent"
+    )
 
 
 class AllocationConfig(StrictModel):
@@ -268,8 +270,12 @@ class CampaignConfig(StrictModel):
     source_file: Annotated[str, Field(exclude=True)] = ""
 
     @property
-    def required_consent(self) -> str:
-        return self.audience.consent_purpose or CHANNEL_CONSENT[self.channel]
+    def required_consents(self) -> list[str]:
+        """The channel's marketing consent, plus the audience's purpose when it names another one: a
+        campaign never reaches anyone on a channel they did not consent to."""
+        purposes = [CHANNEL_CONSENT[self.channel]]
+        extra = self.audience.consent_purpose
+        return purposes if extra is None or extra in purposes else [*purposes, extra]
 
     @property
     def approved_variants(self) -> list[VariantConfig]:
@@ -283,6 +289,9 @@ class CampaignConfig(StrictModel):
         ids = [variant.variant_id for variant in self.variants]
         if len(set(ids)) != len(ids) or "holdout" in ids:
             raise ValueError("variant_id values must be unique and not 'holdout'")
+        if any("__" in name for name in [self.campaign_id, *ids]):
+            # model names join campaign and variant with "__"
+            raise ValueError("campaign_id and variant_id values must not contain '__'")
         return self
 
     def is_active(self, run_date: date) -> bool:
@@ -335,13 +344,25 @@ class Settings(StrictModel):
     )
     campaigns: list[CampaignConfig] = Field(default_factory=list, description="campaigns inline")
     channel_limits: dict[Literal["email", "push", "web"], dict[str, int]] = Field(
-        default_factory=_default_channel_limits, description="most characters per rendered field"
+        default_factory=_default_channel_limits,
+        description="most characters per rendered field; merged over the defaults field by field",
     )
     drafting: DraftingConfig = Field(default_factory=DraftingConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""
     config_sha256: Annotated[str, Field(exclude=True)] = ""
+
+    @field_validator("channel_limits")
+    @classmethod
+    def _merge_limits(cls, limits: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        merged = _default_channel_limits()
+        for channel, fields in limits.items():
+            for field, limit in fields.items():
+                if field not in ("subject", "headline", "body", "call_to_action") or limit < 1:
+                    raise ValueError(f"{channel}.{field}: a limit is a positive count for a template field")
+                merged[channel][field] = limit
+        return merged
 
     @field_validator("timezone")
     @classmethod

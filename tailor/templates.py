@@ -72,8 +72,10 @@ def _loop_names(tree: nodes.Node) -> set[str]:
 
 def _unknown_fields(tree: nodes.Node) -> Iterator[str]:
     declared = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
+    # Jinja's own names: `loop` inside a for, and globals such as range, namespace, cycler
+    builtin = {"loop", *_plain.globals}
     for name in tree.find_all(nodes.Name):
-        if name.ctx == "load" and name.name not in ROOT_NAMES and name.name not in declared:
+        if name.ctx == "load" and name.name not in {*ROOT_NAMES, *declared, *builtin}:
             yield name.name
     item_names = _loop_names(tree)
     for access in tree.find_all(nodes.Getattr):

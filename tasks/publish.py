@@ -154,12 +154,14 @@ def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) 
     if dataset.name in ("recommendations", "personalize_batch"):
         parts = [channel_purposes(frame), profiling_where(frame, pl.col("is_personalized"), profiling)]
     elif dataset.name == "content":
-        purposes = {c.campaign_id: c.required_consent for c in settings.campaigns}
+        purposes = {c.campaign_id: c.required_consents for c in settings.campaigns}
         parts = [
             frame.select(
                 "user_id",
-                pl.col("campaign_id").replace_strict(purposes, default="unknown-campaign").alias("purpose"),
-            ),
+                pl.col("campaign_id")
+                .replace_strict(purposes, default=["unknown-campaign"], return_dtype=pl.List(pl.Utf8))
+                .alias("purpose"),
+            ).explode("purpose"),
             profiling_where(frame, pl.col("is_personalized")),
         ]
     elif dataset.name == "user_updates":

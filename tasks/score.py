@@ -7,6 +7,8 @@ Candidates stream through the ranker in Arrow batches so memory stays bounded by
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -38,52 +40,58 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
 def score_candidates(
     con: duckdb.DuckDBPyConnection, ranker: lgb.Booster, engagement: dict[str, Any], ctx: RunContext
 ) -> int:
-    """The ranker's score for every candidate; for audience items also the engagement probability."""
+    """The ranker's score for every candidate; for audience items also the engagement probability.
+
+    Each batch's scores go to a Parquet file under the run folder, and the tables are made from those
+    files, so memory holds one batch, not every user's candidates."""
+    folder = ctx.run_dir / "scores"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     reader = read_partition(
         con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")
     ).to_arrow_reader(BATCH_ROWS)
     engagement_booster = lgb.Booster(model_file=engagement["path"])
     calibration = engagement["params"]["calibration"]
-    parts, audience_parts = [], []
-    for batch in reader:
+    rows = 0
+    for index, batch in enumerate(reader):
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
         scores = ranker.predict(feature_matrix(frame, RANKING_FEATURES, {}))
-        parts.append(
-            frame.select("user_id", "item_id", "is_audience_only").with_columns(pl.Series("score", scores))
-        )
+        frame.select("user_id", "item_id", "is_audience_only").with_columns(
+            pl.Series("score", scores)
+        ).write_parquet(folder / f"candidates-{index:05d}.parquet")
+        rows += frame.height
         audience = frame.filter(pl.col("is_audience_item"))
-        if audience.height:
-            probability = predict_propensity(
+        probability = (
+            predict_propensity(
                 engagement_booster, feature_matrix(audience, RANKING_FEATURES, {}), calibration
             )
-            audience_parts.append(
-                audience.select("user_id", "item_id").with_columns(
-                    pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))
-                )
-            )
-    scored = (
-        pl.concat(parts)
-        if parts
-        else pl.DataFrame(
-            schema={
-                "user_id": pl.Utf8,
-                "item_id": pl.Utf8,
-                "is_audience_only": pl.Boolean,
-                "score": pl.Float64,
-            }
+            if audience.height
+            else []
         )
+        audience.select("user_id", "item_id").with_columns(
+            pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))
+        ).write_parquet(folder / f"audience-{index:05d}.parquet")
+    table_from_parts(con, "model.scored_candidates", sorted(folder.glob("candidates-*.parquet")),
+                     {"user_id": pl.Utf8, "item_id": pl.Utf8, "is_audience_only": pl.Boolean, "score": pl.Float64})  # fmt: skip
+    table_from_parts(con, "model.audience_scores", sorted(folder.glob("audience-*.parquet")),
+                     {"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64})  # fmt: skip
+    shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def table_from_parts(
+    con: duckdb.DuckDBPyConnection, table: str, files: list[Path], schema: dict[str, Any]
+) -> None:
+    if not files:
+        replace_table(con, table, pl.DataFrame(schema=schema).to_arrow())
+        return
+    # table names come from code; the file list is bound as a parameter
+    con.execute(f"create schema if not exists {table.split('.')[0]}")
+    con.execute(
+        f"create or replace table {table} as select * from read_parquet($files)",
+        {"files": [str(path) for path in files]},
     )
-    audience_scores = (
-        pl.concat(audience_parts)
-        if audience_parts
-        else pl.DataFrame(
-            schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64}
-        )
-    )
-    replace_table(con, "model.scored_candidates", scored.to_arrow())
-    replace_table(con, "model.audience_scores", audience_scores.to_arrow())
-    return scored.height
 
 
 def score_propensity(

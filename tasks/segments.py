@@ -251,6 +251,8 @@ def build_segments(settings: Settings, ctx: RunContext, models: dict[str, dict[s
                 "run_date": ctx.run_date,
                 "item_ids": settings.item_audiences.items,
                 "categories": settings.item_audiences.categories,
+                "items_per_category": settings.item_audiences.items_per_category,
+                "cutoff": ctx.cutoff,
                 "top_n": settings.item_audiences.top_n,
                 "model_version": models["engagement"]["version"],
             },

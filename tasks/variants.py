@@ -119,6 +119,7 @@ def variant_evidence(
         {
             "campaign_id": campaign.campaign_id,
             "cutoff": ctx.cutoff,
+            "cutoff_day": ctx.run_date,
             "lookback_days": campaign.allocation.lookback_days,
         },
     ).fetchall()
@@ -204,19 +205,19 @@ def allocate_personalized(
                     campaign.campaign_id)  # fmt: skip
         reason[:] = "no_model_split"
         return Allocation(chosen, reason, np.zeros(n, bool), expected, {}, {"models": versions})
-    if known:
-        best = probabilities.argmax(axis=1)
-        chosen[scored_rows] = np.asarray(known, dtype=object)[best]
-        expected[scored_rows] = probabilities[np.arange(len(scored_rows)), best]
-        reason[scored_rows] = "model_best"
+    best = probabilities.argmax(axis=1)
+    chosen[scored_rows] = np.asarray(known, dtype=object)[best]
+    expected[scored_rows] = probabilities[np.arange(len(scored_rows)), best]
+    reason[scored_rows] = "model_best"
     explore_rows = allows & exploring
     chosen[explore_rows] = uniform[explore_rows]
     reason[explore_rows] = "exploration"
-    if known:  # the model's estimate for the variant the explorer actually got
-        column = {v: i for i, v in enumerate(known)}
-        for row_index, row in enumerate(scored_rows):
-            if exploring[row] and chosen[row] in column:
-                expected[row] = probabilities[row_index, column[chosen[row]]]
+    # the model's estimate for the variant an explorer actually got (none for a variant without a model)
+    column = {v: i for i, v in enumerate(known)}
+    for row_index, row in enumerate(scored_rows):
+        if exploring[row]:
+            index = column.get(chosen[row])
+            expected[row] = probabilities[row_index, index] if index is not None else np.nan
     is_personalized = reason == "model_best"
     return Allocation(chosen, reason, is_personalized, expected, {},
                       {"models": versions})  # fmt: skip
@@ -287,7 +288,8 @@ def render_rows(
                 values.append(None)
             continue
         user_list = items.get(user_id, [])
-        key = (variant_id, country, language, segment, tuple(item["item_id"] for item in user_list))
+        # everything the template can see: the same items can carry another user's reason
+        key = (variant_id, country, language, segment, tuple(tuple(item.values()) for item in user_list))
         if key not in cache:
             context = {
                 "user": {"country": country, "language": language},
@@ -328,7 +330,7 @@ def campaign_content(
         "marts/campaign_audience",
         {
             "campaign_id": campaign.campaign_id,
-            "consent_purpose": campaign.required_consent,
+            "consent_purposes": campaign.required_consents,
             "segments": campaign.audience.segments,
             "salt": campaign.salt,
         },
@@ -345,7 +347,7 @@ def campaign_content(
             "run_date": [ctx.run_date] * n,
             "campaign_id": [campaign.campaign_id] * n,
             "channel": [campaign.channel] * n,
-            "consent_purpose": [campaign.required_consent] * n,
+            "consent_purpose": [",".join(campaign.required_consents)] * n,
             "user_id": users["user_id"],
             "variant_id": variant_ids.tolist(),
             "is_holdout": is_holdout,

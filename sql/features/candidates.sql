@@ -2,7 +2,9 @@
 -- user's top categories, similar to the user's recent items (co-occurrence), newly published, and
 -- items the user looked at recently. Items the user already bought (events in $excluded_event_types) and
 -- items not live at the cutoff are never candidates. Only users whose latest consent allows profiling
--- are in scope; for a training cutoff, a seeded sample of those who engaged in the label window.
+-- are in scope. For a training cutoff, a seeded sample: users are kept at the rate that keeps about
+-- $max_users of those who engaged in the label window, and the users who did not engage at the same rate,
+-- so the sample is representative (the ranker learns from the engaged; the engagement model from all).
 with consented as (
     select user_id
     from staging.stg_consents
@@ -12,8 +14,14 @@ with consented as (
 engaged as (
     select distinct user_id
     from staging.stg_interactions
+    semi join consented using (user_id)
     where occurred_at >= $cutoff
         and occurred_at < $cutoff + to_days(cast($label_days as integer))
+),
+
+sampling as (
+    select least(1.0, $max_users / greatest(count(*), 1)) as rate
+    from engaged
 ),
 
 users as (
@@ -21,10 +29,11 @@ users as (
     from features.user_features
     semi join consented using (user_id)
     where user_features.cutoff = $cutoff
-        and (not $is_training or user_features.user_id in (select user_id from engaged))
-    qualify not $is_training
-        or row_number() over (order by md5(concat(cast($seed as varchar), '|', user_features.user_id)))
-            <= $max_users
+        and (
+            not $is_training
+            or (md5_number(concat(cast($seed as varchar), '|', user_features.user_id)) % 1000000) / 1000000.0
+                < (select rate from sampling)
+        )
 ),
 
 live_items as (
@@ -56,7 +65,7 @@ category_popular as (
     select
         item_id,
         category,
-        row_number() over (partition by category order by popularity_rank) as rank_in_category
+        row_number() over (partition by category order by popularity_rank, item_id) as rank_in_category
     from live_items
 ),
 

@@ -67,11 +67,17 @@ final as (
         coalesce(similarity.max_cooccurrence, 0) as max_cooccurrence,
         coalesce(similarity.n_similar_recent_items, 0) as n_similar_recent_items,
         -- scale-free versions: training windows and the scoring window hold different amounts of data
+        -- (among the user's recommendation candidates: items scored only for an audience stay apart, so
+        -- configuring an audience never changes what the ranker sees)
         coalesce(similarity.cooccurrence_score, 0)
-            / greatest(max(coalesce(similarity.cooccurrence_score, 0)) over (partition by candidates.user_id), 1e-9)
-            as cooccurrence_relative,
+            / greatest(
+                max(coalesce(similarity.cooccurrence_score, 0))
+                    over (partition by candidates.user_id, candidates.is_audience_only),
+                1e-9
+            ) as cooccurrence_relative,
         percent_rank() over (
-            partition by candidates.user_id order by coalesce(similarity.cooccurrence_score, 0)
+            partition by candidates.user_id, candidates.is_audience_only
+            order by coalesce(similarity.cooccurrence_score, 0)
         ) as cooccurrence_percentile,
         items.n_users_recent / greatest(max(items.n_users_recent) over (), 1) as popularity_relative,
         -- label

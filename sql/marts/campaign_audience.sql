@@ -1,11 +1,13 @@
--- Who campaign $campaign_id may reach tonight: every user whose latest consent grants $consent_purpose
--- and, when the campaign names segments, whose RFM segment is one of $segments. Three independent md5
+-- Who campaign $campaign_id may reach tonight: every user whose latest consents grant every purpose in
+-- $consent_purposes (the channel's marketing consent, and any the audience adds) and, when the campaign names segments, whose RFM segment is one of $segments. Three independent md5
 -- draws of (salt, campaign, user) decide the holdout, the variant and exploration, so a user keeps them
 -- from night to night until the salt changes.
 with consented as (
     select user_id
     from staging.stg_consents
-    where is_latest and purpose = $consent_purpose and is_granted
+    where is_latest and is_granted and list_contains($consent_purposes, purpose)
+    group by user_id
+    having count(distinct purpose) = len($consent_purposes)
 ),
 
 profiled as (

@@ -1,6 +1,7 @@
 -- Batch segments in the manner of Personalize's item-affinity jobs: for each configured item, and each
 -- configured category, the $top_n users most likely to engage within the label window. A category's
--- score is the chance of engaging with at least one of its most popular items: 1 - prod(1 - p).
+-- score is the chance of engaging with at least one of its $items_per_category most popular live items:
+-- 1 - prod(1 - p), the same items the candidates scored for it.
 with scores as (
     select scores.user_id, scores.item_id, scores.engagement_probability, items.title, items.category
     from model.audience_scores as scores
@@ -14,11 +15,18 @@ item_audiences as (
     where list_contains($item_ids, item_id)
 ),
 
+category_items as (
+    select item_id
+    from features.item_features
+    where cutoff = $cutoff and is_live and list_contains($categories, category)
+    qualify row_number() over (partition by category order by popularity_rank, item_id) <= $items_per_category
+),
+
 category_audiences as (
     select 'category' as audience_type, category as audience_id, category as audience_name, user_id,
         1 - exp(sum(ln(greatest(1 - engagement_probability, 1e-12)))) as score
     from scores
-    where list_contains($categories, category)
+    semi join category_items using (item_id)
     group by category, user_id
 ),
 

@@ -127,10 +127,10 @@ fallback_pool as (
 ),
 
 bought as (
-    -- only for users who allow profiling: the fallback for the others reads nothing about them
+    -- a business rule, not profiling: nobody is offered what they already bought
     select distinct events.user_id, events.item_id
     from staging.stg_interactions as events
-    semi join (select user_id from short_users where allows_profiling) as profiled using (user_id)
+    semi join short_users using (user_id)
     where list_contains($excluded_event_types, events.event_type) and events.occurred_at < $cutoff
 ),
 

@@ -127,7 +127,7 @@ def test_campaign_files_beside_the_config_are_loaded_with_their_source(tmp_path:
     settings = load_settings(write(tmp_path, minimal()))
     assert [c.campaign_id for c in settings.campaigns] == ["c1"]
     assert settings.campaigns[0].source_file == str(path)
-    assert settings.campaigns[0].required_consent == "marketing_email"
+    assert settings.campaigns[0].required_consents == ["marketing_email"]
 
 
 def test_demo_campaigns_come_from_files_with_policies() -> None:
@@ -193,3 +193,36 @@ def test_unknown_published_dataset_is_named(tmp_path: Path) -> None:
     data["publish"]["csv_datasets"] = ["recommendations", "campaign_assignments"]
     with pytest.raises(ConfigError, match=r"publish\.csv_datasets.*campaign_assignments"):
         load_settings(write(tmp_path, data))
+
+
+def test_a_campaign_needs_its_channels_consent_besides_any_audience_purpose(tmp_path: Path) -> None:
+    campaign_file(
+        tmp_path / "campaigns",
+        "c1",
+        email_campaign(channel="push", audience={"consent_purpose": "profiling"}),
+    )
+    campaign_file(
+        tmp_path / "campaigns",
+        "c2",
+        email_campaign(campaign_id="c2", audience={"consent_purpose": "marketing_email"}),
+    )
+    settings = load_settings(write(tmp_path, minimal()))
+    consents = {c.campaign_id: c.required_consents for c in settings.campaigns}
+    assert consents == {"c1": ["marketing_push", "profiling"], "c2": ["marketing_email"]}
+
+
+def test_ids_may_not_hold_the_model_name_separator(tmp_path: Path) -> None:
+    campaign_file(tmp_path / "campaigns", "c1", email_campaign(campaign_id="a__b"))
+    with pytest.raises(ConfigError, match="must not contain '__'"):
+        load_settings(write(tmp_path, minimal()))
+
+
+def test_channel_limits_merge_over_the_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, minimal() | {"channel_limits": {"email": {"subject": 60}}}))
+    assert settings.channel_limits["email"]["subject"] == 60
+    assert (
+        settings.channel_limits["email"]["headline"] == 200
+        and settings.channel_limits["push"]["subject"] == 65
+    )
+    with pytest.raises(ConfigError, match="channel_limits"):
+        load_settings(write(tmp_path, minimal() | {"channel_limits": {"push": {"title": 10}}}))

@@ -25,8 +25,14 @@ def test_known_fields_pass_and_loop_variables_are_checked() -> None:
 
 
 def test_sandbox_refuses_unsafe_attribute_access() -> None:
-    problem = template_problem("{{ campaign.__class__ }}", "email", "subject", 150)
-    assert problem is not None
+    # `items.__class__` passes the field check (items is a list): only the sandbox stops it
+    problem = template_problem("{{ items.__class__.__mro__ }}", "email", "subject", 150)
+    assert problem is not None and "unsafe" in problem
+
+
+def test_jinja_builtins_are_not_unknown_fields() -> None:
+    loop = "{% for item in items %}{{ loop.index }}. {{ item.title }} {% endfor %}{{ range(2) | list }}"
+    assert template_problem(loop, "email", "body", None) is None
 
 
 def test_fit_to_limit_cuts_at_a_word_with_an_ellipsis() -> None:

@@ -169,8 +169,9 @@ def test_personalize_batch_lines_have_personalizes_shape(published) -> None:
     assert len(lines) == recommendations["user_id"].n_unique()
 
 
-def test_user_updates_move_only_for_changed_payloads_and_reruns_are_stable(published) -> None:
+def test_user_updates_move_only_for_changed_payloads_and_erase_users_who_leave(published) -> None:
     from dataclasses import replace
+    from datetime import timedelta
 
     from tasks.publish import write_datasets
 
@@ -181,20 +182,52 @@ def test_user_updates_move_only_for_changed_payloads_and_reruns_are_stable(publi
     payload = json.loads(first["PAYLOAD"][0])
     assert set(payload) == {"recommended_item_ids", "rfm_segment", "propensity_decile", "campaign_variants"}
 
-    # the next night: one user's recommendations change, nobody else's
-    changed = first["EXTERNAL_ID"][0]
-    with connect(settings) as con:
-        con.execute("update marts.recommendations set item_id = 'changed' where user_id = $u and rank = 1",
-                    {"u": changed})  # fmt: skip
-    from datetime import timedelta
-
     tomorrow = replace(ctx, run_date=ctx.run_date + timedelta(days=1), cutoff=ctx.cutoff + timedelta(days=1),
                        run_dir=ctx.run_dir.parent / "tomorrow")  # fmt: skip
-    for _ in range(2):  # the same night twice: the same answer
-        out = write_datasets.fn(settings, tomorrow, models, quality, {})
-        second = pl.read_parquet(out / "user_updates" / "part-0000.parquet")
-        moved = second.join(first, on="EXTERNAL_ID").filter(
-            pl.col("UPDATED_AT") != pl.col("UPDATED_AT_right")
+    stamp = tomorrow.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+    with connect(settings) as con:
+        # the raw ids behind two published rows (the feed's ids may be pseudonyms)
+        changed, leaving = (
+            row[0]
+            for row in con.execute(
+                "select user_id from marts.user_updates order by user_id limit 2"
+            ).fetchall()
         )
-        assert moved["EXTERNAL_ID"].to_list() == [changed]
-        assert moved["UPDATED_AT"][0] == tomorrow.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+        saved = con.execute("select * from marts.recommendations where user_id in ($a, $b)",
+                            {"a": changed, "b": leaving}).fetchall()  # fmt: skip
+        con.execute("update marts.recommendations set item_id = 'changed' where user_id = $u and rank = 1",
+                    {"u": changed})  # fmt: skip
+        for table in ("recommendations", "content", "segments", "user_scores"):
+            con.execute(f"delete from marts.{table} where user_id = $u", {"u": leaving})
+    try:
+        for _ in range(2):  # the same night twice: the same answer
+            out = write_datasets.fn(settings, tomorrow, models, quality, {})
+            second = pl.read_parquet(out / "user_updates" / "part-0000.parquet")
+            moved = second.join(first, on="EXTERNAL_ID").filter(
+                pl.col("UPDATED_AT") != pl.col("UPDATED_AT_right")
+            )
+            assert sorted(moved["EXTERNAL_ID"].to_list()) == sorted(
+                published_id(settings, user) for user in (changed, leaving)
+            )
+            assert (moved["UPDATED_AT"] == stamp).all() and second.height == first.height
+            erased = json.loads(
+                moved.filter(pl.col("EXTERNAL_ID") == published_id(settings, leaving))["PAYLOAD"][0]
+            )
+            assert erased == {"recommended_item_ids": [], "rfm_segment": None, "propensity_decile": None,
+                              "campaign_variants": {}}  # fmt: skip
+    finally:
+        with connect(settings) as con:
+            con.execute("delete from meta.user_update_history where run_date > $d", {"d": ctx.run_date})
+        from tasks.score import score_users
+        from tasks.segments import build_segments
+        from tasks.variants import assign_variants
+
+        score_users.fn(settings, ctx, models)
+        build_segments.fn(settings, ctx, models)
+        assign_variants.fn(settings, ctx, models)
+    assert saved
+
+
+def published_id(settings, user_id: str) -> str:
+    key = settings.pseudonym_key()
+    return pseudonymize(pl.DataFrame({"user_id": [user_id]}), key)["user_id"][0]

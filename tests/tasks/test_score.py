@@ -56,8 +56,8 @@ def test_every_reachable_user_has_k_ranked_live_items_within_the_category_cap(sc
     assert most_in_a_category <= cap and not_live == 0 and ordered is True
 
 
-def test_personalized_rows_need_profiling_and_history_and_exclude_bought_items(scored) -> None:
-    settings, _, _, _ = scored
+def test_personalized_rows_need_profiling_and_history_and_nobody_gets_bought_items(scored) -> None:
+    settings, ctx, _, _ = scored
     with connect(settings) as con:
         by_kind = dict(
             con.execute(
@@ -78,7 +78,8 @@ def test_personalized_rows_need_profiling_and_history_and_exclude_bought_items(s
         bought = one(
             con,
             "select count(*) from marts.recommendations r join staging.stg_interactions i using (user_id, item_id) "
-            "where i.event_type = 'purchase' and r.fallback_reason is distinct from 'no_profiling_consent'",
+            "where i.event_type = 'purchase' and i.occurred_at < $c",
+            {"c": ctx.cutoff},
         )[0]
         fallback_model = one(
             con,

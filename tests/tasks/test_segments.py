@@ -95,16 +95,26 @@ def test_clusters_are_chosen_in_range_named_and_described(segmented) -> None:
 
 
 def test_item_audiences_are_the_top_users_by_an_independent_computation(segmented) -> None:
-    settings, _, _, counts = segmented
+    settings, ctx, _, counts = segmented
     with connect(settings) as con:
         audiences = con.sql("select * from marts.item_audiences where audience_type = 'category'").pl()
         scores = con.sql(
-            "select a.user_id, a.engagement_probability as p, i.category from model.audience_scores a "
+            "select a.user_id, a.item_id, a.engagement_probability as p, i.category from model.audience_scores a "
             "join staging.stg_items i on i.item_id = a.item_id and i.is_latest"
         ).pl()
+        top_books = (
+            con.sql(
+                "select item_id, popularity_rank from features.item_features "
+                "where cutoff = $c and is_live and category = 'books'",
+                params={"c": ctx.cutoff},
+            )
+            .pl()
+            .sort("popularity_rank", "item_id")
+            .head(settings.item_audiences.items_per_category)
+        )
     assert counts["item_audiences"] == audiences.height > 0
     expected = (
-        scores.filter(pl.col("category") == "books")
+        scores.filter(pl.col("item_id").is_in(top_books["item_id"].to_list()))
         .group_by("user_id")
         .agg((1 - (1 - pl.col("p")).product()).alias("score"))
         .sort(["score", "user_id"], descending=[True, False])

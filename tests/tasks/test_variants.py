@@ -62,6 +62,23 @@ def test_rendering_escapes_email_html_cuts_to_limits_and_leaves_the_holdout_blan
     assert html["body"] == ["<p>&lt;new&gt;</p>"] and html["subject"] == ["A DE"]
 
 
+def test_two_users_with_the_same_items_never_share_each_others_reasons() -> None:
+    reasons = campaign(
+        variants=[
+            VariantConfig(variant_id="a", subject="Hi", body="{% for i in items %}{{ i.reason }}{% endfor %}")
+        ]
+    )
+    users = pl.DataFrame({"user_id": ["u1", "u2"], "country": ["DE", "DE"], "language": ["de", "de"],
+                          "segment": ["active", "active"]})  # fmt: skip
+    item = {"item_id": "i1", "title": "t", "category": "c", "price_cents": 1}
+    items = {
+        "u1": [item | {"reason": "Because you viewed A"}],
+        "u2": [item | {"reason": "Popular right now"}],
+    }
+    rendered, _ = render_rows(reasons, users, np.array(["a", "a"]), np.array([False, False]), items, {})
+    assert rendered["body"] == ["Because you viewed A", "Popular right now"]
+
+
 @pytest.fixture(scope="module")
 def allocated(trained_company):
     settings, ctx, models, _ = trained_company
@@ -98,8 +115,9 @@ def test_content_respects_consent_audience_and_renders_every_message(allocated) 
     settings, _, _, first = allocated
     with connect(settings) as con:
         unconsented = con.execute(
-            "select count(*) from marts.content c anti join (select user_id, purpose from staging.stg_consents "
-            "where is_latest and is_granted) g on g.user_id = c.user_id and g.purpose = c.consent_purpose"
+            "select count(*) from (select user_id, unnest(string_split(consent_purpose, ',')) as purpose "
+            "from marts.content) c anti join (select user_id, purpose from staging.stg_consents "
+            "where is_latest and is_granted) g using (user_id, purpose)"
         ).fetchall()[0][0]
         personalized_unprofiled = con.execute(
             "select count(*) from marts.content where is_personalized and user_id not in (select user_id "
@@ -167,7 +185,9 @@ def test_the_holdout_stays_when_policy_and_weights_change_and_moves_with_the_sal
     def holdout_users(campaigns: list[CampaignConfig]) -> set[tuple[str, str]]:
         assign_variants.fn(settings.model_copy(update={"campaigns": campaigns}), ctx, models)
         with connect(settings) as con:
-            return set(con.execute("select campaign_id, user_id from marts.content where is_holdout").fetchall())
+            return set(
+                con.execute("select campaign_id, user_id from marts.content where is_holdout").fetchall()
+            )
 
     before = holdout_users(settings.campaigns)
     reweighted = [
