@@ -70,13 +70,17 @@ def materialize_partition(
     model: str,
     partition_column: str,
     params: dict[str, Any],
+    buckets: int = 1,
 ) -> int:
     """Replace one partition (rows whose `partition_column` equals that parameter) of `<layer>.<name>`.
 
     The model must select `$<partition_column> as <partition_column>`; rerunning it replaces, never appends.
+    A model that takes `$bucket` and `$buckets` is run once per bucket of users (it keeps the users whose
+    hash falls in `$bucket`), so memory holds one bucket's rows, not every user's.
     """
     text = read_sql(model)
     target = table_name(model)
+    params = {"bucket": 0, "buckets": 1} | params
     bound = bind(text, params)
     con.execute(f"create schema if not exists {target.split('.')[0]}")
     wanted = con.execute(
@@ -96,7 +100,10 @@ def materialize_partition(
         con.execute(
             f"delete from {target} where {partition_column} = $value", {"value": params[partition_column]}
         )
-        con.execute(f"insert into {target} by name {text}", bound)
+        per_bucket = "buckets" in bound
+        for bucket in range(buckets if per_bucket else 1):
+            values = bound | ({"bucket": bucket, "buckets": buckets} if per_bucket else {})
+            con.execute(f"insert into {target} by name {text}", values)
         con.execute("commit")
     except Exception:
         con.execute("rollback")

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
-from tailor.sql import materialize, materialize_partition
+from tailor.sql import materialize, materialize_partition, scalar
 from tailor.warehouse import RunContext, connect
 
 STAGING_MODELS = (
@@ -41,6 +41,11 @@ TRANSIENT_MODELS = (
     "features/propensity_examples",
     "features/item_cooccurrence",
 )
+
+
+# candidates and their features are built for this many users at a time: about 100 candidates each, so
+# a bucket is some 10M rows, whatever the company's size
+USERS_PER_BUCKET = 100_000
 
 
 @dataclass(frozen=True)
@@ -160,8 +165,12 @@ def build_candidates(
         "audience_categories": settings.item_audiences.categories,
         "audience_per_category": settings.item_audiences.items_per_category,
     }
+    users = scalar(con, "select count(*) from features.user_features where cutoff = $c", {"c": cutoff})
+    buckets = max(1, -(-int(users or 0) // USERS_PER_BUCKET))
     return {
-        f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)
+        f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(
+            con, model, "cutoff", params, buckets
+        )
         for model in ("features/user_item_similarity", "features/candidates", "features/ranking_examples")
     }
 

@@ -29,6 +29,7 @@ users as (
     from features.user_features
     semi join consented using (user_id)
     where user_features.cutoff = $cutoff
+        and md5_number(user_features.user_id) % $buckets = $bucket
         and (
             not $is_training
             or (md5_number(concat(cast($seed as varchar), '|', user_features.user_id)) % 1000000) / 1000000.0

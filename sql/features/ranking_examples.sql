@@ -1,7 +1,8 @@
 -- One row per candidate as of $cutoff: user, item and user-item features, and the graded relevance
 -- of what the user did with the item in the $label_days after the cutoff (0 for a scoring cutoff).
 with candidates as (
-    select * from features.candidates where cutoff = $cutoff
+    -- one bucket of users at a time (see tailor/sql.py): every window below is per user
+    select * from features.candidates where cutoff = $cutoff and md5_number(user_id) % $buckets = $bucket
 ),
 
 labels as (
@@ -9,6 +10,7 @@ labels as (
     from staging.stg_interactions
     where occurred_at >= $cutoff
         and occurred_at < $cutoff + to_days(cast($label_days as integer))
+        and md5_number(user_id) % $buckets = $bucket
     group by user_id, item_id
 ),
 
@@ -21,7 +23,15 @@ user_item_history as (
         date_diff('second', max(occurred_at), $cutoff) / 86400.0 as days_since_user_item_event
     from staging.stg_interactions
     where occurred_at < $cutoff and occurred_at >= $cutoff - interval 30 day
+        and md5_number(user_id) % $buckets = $bucket
     group by user_id, item_id
+),
+
+top_item as (
+    -- the most popular live item is a candidate for everyone: the same scale in every bucket
+    select max(n_users_recent) as n_users_recent
+    from features.item_features
+    where cutoff = $cutoff and is_live
 ),
 
 similarity as (
@@ -79,7 +89,7 @@ final as (
             partition by candidates.user_id, candidates.is_audience_only
             order by coalesce(similarity.cooccurrence_score, 0)
         ) as cooccurrence_percentile,
-        items.n_users_recent / greatest(max(items.n_users_recent) over (), 1) as popularity_relative,
+        items.n_users_recent / greatest((select max(n_users_recent) from top_item), 1) as popularity_relative,
         -- label
         coalesce(labels.relevance, 0) as relevance
     from candidates

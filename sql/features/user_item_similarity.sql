@@ -10,7 +10,7 @@ with pairs as (
     from features.user_recent_items as recent
     inner join features.item_cooccurrence as co
         on co.cutoff = recent.cutoff and co.item_id = recent.item_id
-    where recent.cutoff = $cutoff
+    where recent.cutoff = $cutoff and md5_number(recent.user_id) % $buckets = $bucket
 ),
 
 final as (
@@ -18,10 +18,11 @@ final as (
         $cutoff as cutoff,
         user_id,
         item_id,
-        sum(jaccard) as cooccurrence_score,
+        -- summed in a fixed order: float sums must not depend on how threads split the work
+        sum(jaccard order by seed_item_id) as cooccurrence_score,
         max(jaccard) as max_cooccurrence,
         count(*) as n_similar_recent_items,
-        arg_max(seed_item_id, jaccard) as seed_item_id
+        first(seed_item_id order by jaccard desc, seed_item_id) as seed_item_id
     from pairs
     group by user_id, item_id
 )

@@ -100,3 +100,29 @@ def test_training_cutoffs_leave_room_for_labels() -> None:
     cuts = cutoffs_for(settings, ctx)
     assert cuts.ranking_holdout == datetime(2026, 11, 14) and cuts.ranking_train == datetime(2026, 11, 7)
     assert cuts.score == datetime(2026, 11, 21) and cuts.all()[-1] == cuts.score
+
+
+def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkeypatch) -> None:
+    from tasks import features
+
+    settings, ctx, _, _ = trained_company
+    tables = ("user_item_similarity", "candidates", "ranking_examples")
+
+    def snapshot() -> dict[str, list]:
+        with connect(settings) as con:
+            features.build_candidates(con, settings, ctx.cutoff, False)
+            return {
+                table: con.execute(
+                    f"select * from features.{table} where cutoff = $c order by all", {"c": ctx.cutoff}
+                ).fetchall()
+                for table in tables
+            }
+
+    one_pass = snapshot()
+    monkeypatch.setattr(features, "USERS_PER_BUCKET", 150)  # about five buckets of the small company
+    bucketed = snapshot()
+    monkeypatch.undo()
+    snapshot()  # leave the shared warehouse as one pass built it
+    for table in tables:
+        assert len(bucketed[table]) == len(one_pass[table]) > 0, table
+        assert bucketed[table] == one_pass[table], table
