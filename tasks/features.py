@@ -136,6 +136,8 @@ def build_cutoff_features(
         "history_days": ranking.history_days,
         "recent_items": ranking.recent_items,
         "neighbours": ranking.neighbours,
+        "max_users": ranking.cooccurrence_max_users,
+        "seed": settings.seed,
     }
     return {
         f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)

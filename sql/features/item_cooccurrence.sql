@@ -1,9 +1,19 @@
 -- Item-to-item similarity as of $cutoff: for each item, its $neighbours most similar items by the
--- Jaccard index of the sets of users who recently interacted with them (from user_recent_items).
-with recent as (
+-- Jaccard index of the sets of users who recently interacted with them (from user_recent_items). The
+-- pairs grow with users x recent items squared, so past $max_users users a seeded sample of them
+-- estimates the index (a ratio of counts, which a uniform sample of users preserves).
+with sampling as (
+    select least(1.0, $max_users / greatest(count(distinct user_id), 1)) as rate
+    from features.user_recent_items
+    where cutoff = $cutoff
+),
+
+recent as (
     select user_id, item_id
     from features.user_recent_items
     where cutoff = $cutoff
+        and (md5_number(concat(cast($seed as varchar), '|cooccurrence|', user_id)) % 1000000) / 1000000.0
+            < (select rate from sampling)
 ),
 
 item_users as (
