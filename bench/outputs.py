@@ -59,7 +59,14 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--out", type=Path, default=Path("var/bench/outputs"))
+    parser.add_argument(
+        "--outputs-only",
+        action="store_true",
+        help="after a full run: redo score to upload in a fresh process, for the output stages' own peak memory",
+    )
     args = parser.parse_args()
+    if args.outputs_only:
+        return outputs_only(args.out)
 
     from tailor.config import load_settings
     from tailor.generate import generate
@@ -116,6 +123,49 @@ def main() -> int:
         },
     }
     (args.out / "outputs.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def outputs_only(out: Path) -> int:
+    """Score to upload again on the warehouse a full run left, with tonight's models from the registry."""
+    from tailor.config import load_settings
+    from tailor.warehouse import connect, run_context
+    from tasks.publish import upload_run, write_datasets
+    from tasks.score import score_users
+    from tasks.segments import build_segments
+    from tasks.variants import assign_variants
+
+    settings = load_settings(
+        out / "tailor.yaml",
+        {**CANDIDATES, "item_audiences.categories": ["books", "electronics"], "warehouse.threads": 2},
+    )
+    ctx = run_context(settings, date(2026, 11, 21))
+    with connect(settings) as con:
+        rows = con.execute(
+            "select model_json, decision from meta.models where run_date = $d and is_promoted", {"d": ctx.run_date}
+        ).fetchall()
+    models = {}
+    for model_json, decision in rows:
+        model = json.loads(model_json)
+        models[model["name"]] = model | {"decision": decision}
+    timings: dict[str, float] = {}
+    memory: dict[str, float] = {"before": round(peak_rss_mb())}
+    quality = {"success": True}
+    timed(timings, memory, "score", lambda: score_users.fn(settings, ctx, models))
+    segments = timed(timings, memory, "segments", lambda: build_segments.fn(settings, ctx, models))
+    campaigns = timed(timings, memory, "variants", lambda: assign_variants.fn(settings, ctx, models))
+    local = timed(timings, memory, "write",
+                  lambda: write_datasets.fn(settings, ctx, models, quality, {"segments": segments, "campaigns": campaigns}))  # fmt: skip
+    target = "file://" + str((out / "published").resolve())
+    timed(timings, memory, "upload", lambda: upload_run.fn(settings, ctx, local, target))
+    result = {
+        "stage_seconds": timings,
+        "outputs_seconds": round(sum(timings.values()), 1),
+        "peak_rss_mb_after_stage": memory,
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+    (out / "outputs_only.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
