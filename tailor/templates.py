@@ -109,7 +109,7 @@ def template_problem(source: str, channel: str, field: str, limit: int | None) -
     template = environment.from_string(source)
     for with_items in (True, False):
         try:
-            rendered = template.render(sample_context(channel, with_items))
+            template.render(sample_context(channel, with_items))
         except TemplateError as error:
             who = "a user with" if with_items else "a user without"
             return f"fails for {who} recommended items: {error}"
@@ -118,7 +118,6 @@ def template_problem(source: str, channel: str, field: str, limit: int | None) -
     fixed_text = "".join(node.data for node in tree.find_all(nodes.TemplateData))
     if limit is not None and len(fixed_text) > limit:
         return f"its fixed text alone is {len(fixed_text)} characters; the channel allows {limit}"
-    del rendered
     return None
 
 
