@@ -136,7 +136,7 @@ def build_cutoff_features(
         "history_days": ranking.history_days,
         "recent_items": ranking.recent_items,
         "neighbours": ranking.neighbours,
-        "max_users": ranking.cooccurrence_max_users,
+        "cooccurrence_max_users": ranking.cooccurrence_max_users,
         "seed": settings.seed,
     }
     return {
@@ -148,7 +148,8 @@ def build_cutoff_features(
 def build_candidates(
     con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, is_training: bool
 ) -> dict[str, int]:
-    """Candidates and ranking examples at one cutoff (a training cutoff samples engaged users)."""
+    """Candidates and ranking examples at one cutoff (a training cutoff samples users), built in buckets of
+    USERS_PER_BUCKET users."""
     ranking = settings.ranking
     params = {
         "cutoff": cutoff,

@@ -19,7 +19,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from tailor.config import RfmRule, Settings
-from tailor.sql import materialize, read_partition
+from tailor.sql import materialize, query
 from tailor.warehouse import RunContext, connect
 from tasks.score import replace_table
 
@@ -52,10 +52,11 @@ def cluster_matrix(frame: pl.DataFrame) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def standardize(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def standardize(matrix: np.ndarray) -> np.ndarray:
+    if not len(matrix):
+        return matrix
     mean, std = matrix.mean(axis=0), matrix.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return (matrix - mean) / std, mean, std
+    return (matrix - mean) / np.where(std > 0, std, 1.0)
 
 
 def choose_clusters(scaled: np.ndarray, settings: Settings) -> tuple[KMeans, dict[int, float]]:
@@ -99,22 +100,15 @@ def build_clusters(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Cluster every user who allows profiling; store model.user_clusters; return the cluster profiles."""
-    users = read_partition(con, "features/user_features", ctx.cutoff, ("user_id",)).pl()
-    profiled = {
-        row[0]
-        for row in con.execute(
-            "select user_id from staging.stg_consents where is_latest and purpose = 'profiling' and is_granted"
-        ).fetchall()
-    }
-    users = users.filter(pl.col("user_id").is_in(list(profiled)))
+    users = query(con, "marts/cluster_inputs", {"cutoff": ctx.cutoff}).pl()
     raw = cluster_matrix(users) if users.height else np.empty((0, len(CLUSTER_FEATURES)))
+    scaled = standardize(raw)
     if users.height < MIN_USERS_TO_CLUSTER:
         labels, scores = np.zeros(users.height, dtype=np.int64), {}
     else:
-        scaled, _mean, _std = standardize(raw)
         model, scores = choose_clusters(scaled, settings)
         labels = model.predict(scaled)
-    profiles = cluster_profiles(raw, labels)
+    profiles = cluster_profiles(raw, scaled, labels)
     names = dict(zip(profiles["segment_id"], profiles["segment_name"], strict=True))
     clusters = pl.DataFrame(
         {
@@ -128,8 +122,7 @@ def build_clusters(
     return profiles, {"clusters": chosen, "silhouette_by_k": scores}
 
 
-def cluster_profiles(raw: np.ndarray, labels: np.ndarray) -> pl.DataFrame:
-    scaled, _mean, _std = standardize(raw) if len(raw) else (raw, None, None)
+def cluster_profiles(raw: np.ndarray, scaled: np.ndarray, labels: np.ndarray) -> pl.DataFrame:
     overall_raw = raw_means(raw)
     rows, used_names = [], set()
     for label in sorted(set(labels.tolist())):

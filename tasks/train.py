@@ -186,7 +186,6 @@ def train_propensity(
     )
     names = list(PROPENSITY_FEATURES)
     scores = propensity_metrics(booster, holdout, categories, calibration, base_rate=float(y.mean()))
-    scores["training_positive_rate"] = float(y.mean())
     version, path = save_model(booster, ctx.run_dir, "propensity")
     return TrainedModel(
         name="propensity",
@@ -276,9 +275,8 @@ def train_engagement(
 def engagement_metrics(
     booster: lgb.Booster, holdout: pl.DataFrame, calibration: dict[str, float], base_rate: float
 ) -> dict[str, Any]:
-    predicted = predict_propensity(booster, feature_matrix(holdout, RANKING_FEATURES, {}), calibration)
     labels = (holdout["relevance"] > 0).to_numpy()
-    return binary_metrics(labels, predicted, base_rate) | {"training_positive_rate": base_rate}
+    return scored_metrics(booster, holdout, RANKING_FEATURES, labels, {}, calibration, base_rate)
 
 
 def conversion_model_name(campaign_id: str, variant_id: str) -> str:
@@ -342,14 +340,25 @@ def conversion_metrics(
     calibration: dict[str, float],
     base_rate: float,
 ) -> dict[str, Any]:
-    predicted = predict_propensity(
-        booster, feature_matrix(holdout, CONVERSION_FEATURES, categories), calibration
-    )
     labels = holdout["is_converted"].to_numpy()
-    return binary_metrics(labels, predicted, base_rate) | {
-        "holdout_sends": holdout.height,
-        "training_positive_rate": base_rate,
-    }
+    return scored_metrics(
+        booster, holdout, CONVERSION_FEATURES, labels, categories, calibration, base_rate
+    ) | {"holdout_sends": holdout.height}
+
+
+def scored_metrics(
+    booster: lgb.Booster,
+    holdout: pl.DataFrame,
+    features: tuple[str, ...],
+    labels: np.ndarray,
+    categories: dict[str, list[str]],
+    calibration: dict[str, float],
+    base_rate: float,
+) -> dict[str, Any]:
+    """A calibrated binary model's holdout metrics; the training base rate is kept, so the champion gate
+    rescores an old model against the same baseline."""
+    predicted = predict_propensity(booster, feature_matrix(holdout, features, categories), calibration)
+    return binary_metrics(labels, predicted, base_rate) | {"training_positive_rate": base_rate}
 
 
 def binary_metrics(labels: np.ndarray, predicted: np.ndarray, base_rate: float) -> dict[str, Any]:
@@ -377,11 +386,10 @@ def propensity_metrics(
     base_rate: float,
 ) -> dict[str, Any]:
     """Holdout metrics of a calibrated propensity model, beside the training base rate for everyone."""
-    predicted = predict_propensity(
-        booster, feature_matrix(holdout, PROPENSITY_FEATURES, categories), calibration
-    )
     labels = holdout["is_converted"].to_numpy()
-    return binary_metrics(labels, predicted, base_rate) | {"holdout_users": holdout.height}
+    return scored_metrics(
+        booster, holdout, PROPENSITY_FEATURES, labels, categories, calibration, base_rate
+    ) | {"holdout_users": holdout.height}
 
 
 def predict_propensity(booster: lgb.Booster, matrix: np.ndarray, calibration: dict[str, float]) -> np.ndarray:

@@ -224,16 +224,7 @@ def allocate_personalized(
 
 
 def user_items(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
-    rows = con.execute(
-        """
-        select recs.user_id, recs.item_id, recs.item_title, recs.item_category, items.price_cents, recs.reason_text
-        from marts.recommendations as recs
-        inner join staging.stg_items as items on items.item_id = recs.item_id and items.is_latest
-        where recs.rank <= $n
-        order by recs.user_id, recs.rank
-        """,
-        {"n": ITEMS_IN_CONTEXT},
-    ).fetchall()
+    rows = query(con, "marts/campaign_items", {"n": ITEMS_IN_CONTEXT}).fetchall()
     items: dict[str, list[dict[str, Any]]] = {}
     for user_id, item_id, title, category, price_cents, reason in rows:
         items.setdefault(user_id, []).append(

@@ -1,9 +1,9 @@
 -- Item-to-item similarity as of $cutoff: for each item, its $neighbours most similar items by the
 -- Jaccard index of the sets of users who recently interacted with them (from user_recent_items). The
--- pairs grow with users x recent items squared, so past $max_users users a seeded sample of them
+-- pairs grow with users x recent items squared, so past $cooccurrence_max_users users a seeded sample of them
 -- estimates the index (a ratio of counts, which a uniform sample of users preserves).
 with sampling as (
-    select least(1.0, $max_users / greatest(count(distinct user_id), 1)) as rate
+    select least(1.0, $cooccurrence_max_users / greatest(count(distinct user_id), 1)) as rate
     from features.user_recent_items
     where cutoff = $cutoff
 ),
