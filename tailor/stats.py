@@ -1,0 +1,194 @@
+"""Experiment statistics, from per-arm summaries: the methods of GrowthBook's open engine, written out.
+
+Every function takes the control arm first. Means are per unit (one unit = one user's first send of the
+campaign in the analysis window); `diff` is treatment minus control.
+
+- Frequentist: Welch's t-test for means, the two-proportion z-test for rates (pooled variance for the
+  p-value, Wald interval for the difference), relative lift with a delta-method interval, and Holm or
+  Benjamini-Hochberg adjustment across a campaign's variants.
+- CUPED: each unit's metric minus theta times its centred pre-exposure covariate, theta pooled over both
+  arms; the adjusted metric is compared with Welch's test.
+- Bayesian: with a flat prior the effect's posterior is Normal(diff, se^2): the chance to beat control is
+  Phi(diff / se) and the expected loss of shipping the treatment is E[max(-effect, 0)].
+- Sequential: a normal-mixture sequential probability ratio test (Johari et al. 2017; the asymptotic
+  confidence sequence of Howard et al. 2021 that GrowthBook uses). Its interval and p-value stay valid
+  however often they are looked at; the mixture is tuned to be tightest at `tuning_units` units.
+- Sample-ratio mismatch: a chi-squared goodness-of-fit test of the arms' unit counts against their shares.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One arm's summary for one metric: units, mean and sample variance (ddof = 1)."""
+
+    n: int
+    mean: float
+    var: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Sample:
+        values = np.asarray(values, dtype=float)
+        n = values.size
+        return cls(n, float(values.mean()) if n else math.nan, float(values.var(ddof=1)) if n > 1 else math.nan)
+
+    @classmethod
+    def of_counts(cls, successes: int, n: int) -> Sample:
+        """A rate from counts; the variance is that of the 0/1 values (ddof = 1)."""
+        p = successes / n if n else math.nan
+        return cls(n, p, p * (1 - p) * n / (n - 1) if n > 1 else math.nan)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    diff: float
+    se: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    lift: float  # relative: diff / control mean (NaN when the control mean is 0)
+    lift_ci_low: float
+    lift_ci_high: float
+
+
+def _relative(control: Sample, treatment: Sample, alpha: float) -> tuple[float, float, float]:
+    """Relative lift and its delta-method interval."""
+    if not control.mean:
+        return math.nan, math.nan, math.nan
+    lift = treatment.mean / control.mean - 1
+    var = treatment.var / (treatment.n * control.mean**2) + (
+        treatment.mean**2 * control.var / (control.n * control.mean**4)
+    )
+    half = sps.norm.ppf(1 - alpha / 2) * math.sqrt(var)
+    return lift, lift - half, lift + half
+
+
+def welch(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:
+    """Welch's unequal-variance t-test and its interval for the difference of means."""
+    a, b = control.var / control.n, treatment.var / treatment.n
+    se = math.sqrt(a + b)
+    diff = treatment.mean - control.mean
+    if se == 0:
+        return Comparison(diff, 0.0, diff, diff, 1.0 if diff == 0 else 0.0, *_relative(control, treatment, alpha))
+    df = (a + b) ** 2 / (a**2 / (control.n - 1) + b**2 / (treatment.n - 1))
+    t = diff / se
+    p = float(2 * sps.t.sf(abs(t), df))
+    half = float(sps.t.ppf(1 - alpha / 2, df)) * se
+    return Comparison(diff, se, diff - half, diff + half, p, *_relative(control, treatment, alpha))
+
+
+def two_proportions(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:
+    """The two-proportion z-test (pooled variance under the null) with a Wald interval for the difference."""
+    p_c, p_t, n_c, n_t = control.mean, treatment.mean, control.n, treatment.n
+    diff = p_t - p_c
+    pooled = (p_c * n_c + p_t * n_t) / (n_c + n_t)
+    se_null = math.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_t))
+    p = float(2 * sps.norm.sf(abs(diff / se_null))) if se_null > 0 else (1.0 if diff == 0 else 0.0)
+    se = math.sqrt(p_c * (1 - p_c) / n_c + p_t * (1 - p_t) / n_t)
+    half = float(sps.norm.ppf(1 - alpha / 2)) * se
+    # the rate's own variance (ddof = 0) for the relative interval, as the Wald interval uses
+    rel = _relative(
+        Sample(n_c, p_c, p_c * (1 - p_c)), Sample(n_t, p_t, p_t * (1 - p_t)), alpha
+    )
+    return Comparison(diff, se, diff - half, diff + half, p, *rel)
+
+
+def cuped_theta(covariate: np.ndarray, metric: np.ndarray) -> float:
+    """The regression slope of the metric on its pre-exposure covariate, over both arms together."""
+    covariate, metric = np.asarray(covariate, float), np.asarray(metric, float)
+    var = covariate.var(ddof=1)
+    return float(np.cov(covariate, metric, ddof=1)[0, 1] / var) if var > 0 else 0.0
+
+
+def cuped_adjust(covariate: np.ndarray, metric: np.ndarray, theta: float, covariate_mean: float) -> np.ndarray:
+    return np.asarray(metric, float) - theta * (np.asarray(covariate, float) - covariate_mean)
+
+
+def adjust_p_values(p_values: list[float], method: str) -> list[float]:
+    """Holm's step-down (family-wise error) or Benjamini-Hochberg's step-up (false discovery rate)."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    ranked = p[order]
+    if method == "holm":
+        adjusted = np.maximum.accumulate((m - np.arange(m)) * ranked)
+    elif method == "bh":
+        adjusted = np.minimum.accumulate((m / np.arange(m, 0, -1) * ranked[::-1]))[::-1]
+    else:
+        raise ValueError(f"unknown correction {method!r}: use holm or bh")
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out.tolist()
+
+
+@dataclass(frozen=True)
+class Posterior:
+    chance_to_beat_control: float
+    expected_loss: float  # of shipping the treatment: E[max(control - treatment, 0)]
+    control_loss: float  # of keeping the control: E[max(treatment - control, 0)]
+
+
+def bayesian(diff: float, se: float) -> Posterior:
+    """Normal(diff, se^2) posterior of the effect under a flat prior."""
+    if se <= 0:
+        return Posterior(float(diff > 0), max(-diff, 0.0), max(diff, 0.0))
+    z = diff / se
+    density = float(sps.norm.pdf(z))
+    return Posterior(
+        float(sps.norm.cdf(z)),
+        se * density - diff * float(sps.norm.cdf(-z)),
+        se * density + diff * float(sps.norm.cdf(z)),
+    )
+
+
+@dataclass(frozen=True)
+class Sequential:
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def sequential(diff: float, se: float, units: int, alpha: float = 0.05, tuning_units: int = 5000) -> Sequential:
+    """Always-valid interval and p-value from a normal-mixture SPRT with mixing variance tau^2.
+
+    tau^2 = s^2 rho^2 with s^2 = se^2 * units (the per-unit variance) and rho chosen so the confidence
+    sequence is narrowest at `tuning_units` units (eq. 161 of Howard et al.)."""
+    if se <= 0 or units <= 0:
+        return Sequential(diff, diff, 1.0 if diff == 0 else 0.0)
+    v = se**2
+    rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / tuning_units
+    tau2 = v * units * rho2
+    half = math.sqrt(2 * v * (v + tau2) / tau2 * (math.log(1 / alpha) + 0.5 * math.log((v + tau2) / v)))
+    log_lr = 0.5 * math.log(v / (v + tau2)) + tau2 * diff**2 / (2 * v * (v + tau2))
+    p = 1.0 if log_lr <= 0 else math.exp(-log_lr)
+    return Sequential(diff - half, diff + half, min(1.0, p))
+
+
+@dataclass(frozen=True)
+class SampleRatio:
+    p_value: float
+    observed: dict[str, int]
+    expected_share: dict[str, float]
+
+
+def sample_ratio(observed: dict[str, int], shares: dict[str, float]) -> SampleRatio:
+    """Chi-squared test of the arms' unit counts against their intended shares (normalised)."""
+    arms = sorted(shares)
+    counts = np.asarray([observed.get(arm, 0) for arm in arms], dtype=float)
+    total_share = sum(shares.values())
+    expected = np.asarray([shares[arm] / total_share for arm in arms]) * counts.sum()
+    if len(arms) < 2 or counts.sum() == 0:
+        p = 1.0
+    else:
+        p = float(sps.chisquare(counts, expected).pvalue)
+    return SampleRatio(p, {arm: int(c) for arm, c in zip(arms, counts, strict=True)},
+                       {arm: shares[arm] / total_share for arm in arms})  # fmt: skip
