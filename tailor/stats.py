@@ -37,7 +37,9 @@ class Sample:
     def of(cls, values: np.ndarray) -> Sample:
         values = np.asarray(values, dtype=float)
         n = values.size
-        return cls(n, float(values.mean()) if n else math.nan, float(values.var(ddof=1)) if n > 1 else math.nan)
+        return cls(
+            n, float(values.mean()) if n else math.nan, float(values.var(ddof=1)) if n > 1 else math.nan
+        )
 
     @classmethod
     def of_counts(cls, successes: int, n: int) -> Sample:
@@ -76,7 +78,9 @@ def welch(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison
     se = math.sqrt(a + b)
     diff = treatment.mean - control.mean
     if se == 0:
-        return Comparison(diff, 0.0, diff, diff, 1.0 if diff == 0 else 0.0, *_relative(control, treatment, alpha))
+        return Comparison(
+            diff, 0.0, diff, diff, 1.0 if diff == 0 else 0.0, *_relative(control, treatment, alpha)
+        )
     df = (a + b) ** 2 / (a**2 / (control.n - 1) + b**2 / (treatment.n - 1))
     t = diff / se
     p = float(2 * sps.t.sf(abs(t), df))
@@ -94,9 +98,7 @@ def two_proportions(control: Sample, treatment: Sample, alpha: float = 0.05) -> 
     se = math.sqrt(p_c * (1 - p_c) / n_c + p_t * (1 - p_t) / n_t)
     half = float(sps.norm.ppf(1 - alpha / 2)) * se
     # the rate's own variance (ddof = 0) for the relative interval, as the Wald interval uses
-    rel = _relative(
-        Sample(n_c, p_c, p_c * (1 - p_c)), Sample(n_t, p_t, p_t * (1 - p_t)), alpha
-    )
+    rel = _relative(Sample(n_c, p_c, p_c * (1 - p_c)), Sample(n_t, p_t, p_t * (1 - p_t)), alpha)
     return Comparison(diff, se, diff - half, diff + half, p, *rel)
 
 
@@ -107,7 +109,9 @@ def cuped_theta(covariate: np.ndarray, metric: np.ndarray) -> float:
     return float(np.cov(covariate, metric, ddof=1)[0, 1] / var) if var > 0 else 0.0
 
 
-def cuped_adjust(covariate: np.ndarray, metric: np.ndarray, theta: float, covariate_mean: float) -> np.ndarray:
+def cuped_adjust(
+    covariate: np.ndarray, metric: np.ndarray, theta: float, covariate_mean: float
+) -> np.ndarray:
     return np.asarray(metric, float) - theta * (np.asarray(covariate, float) - covariate_mean)
 
 
@@ -122,7 +126,7 @@ def adjust_p_values(p_values: list[float], method: str) -> list[float]:
     if method == "holm":
         adjusted = np.maximum.accumulate((m - np.arange(m)) * ranked)
     elif method == "bh":
-        adjusted = np.minimum.accumulate((m / np.arange(m, 0, -1) * ranked[::-1]))[::-1]
+        adjusted = np.minimum.accumulate(m / np.arange(m, 0, -1) * ranked[::-1])[::-1]
     else:
         raise ValueError(f"unknown correction {method!r}: use holm or bh")
     out = np.empty(m)
@@ -157,7 +161,9 @@ class Sequential:
     p_value: float
 
 
-def sequential(diff: float, se: float, units: int, alpha: float = 0.05, tuning_units: int = 5000) -> Sequential:
+def sequential(
+    diff: float, se: float, units: int, alpha: float = 0.05, tuning_units: int = 5000
+) -> Sequential:
     """Always-valid interval and p-value from a normal-mixture SPRT with mixing variance tau^2.
 
     tau^2 = s^2 rho^2 with s^2 = se^2 * units (the per-unit variance) and rho chosen so the confidence
@@ -186,9 +192,6 @@ def sample_ratio(observed: dict[str, int], shares: dict[str, float]) -> SampleRa
     counts = np.asarray([observed.get(arm, 0) for arm in arms], dtype=float)
     total_share = sum(shares.values())
     expected = np.asarray([shares[arm] / total_share for arm in arms]) * counts.sum()
-    if len(arms) < 2 or counts.sum() == 0:
-        p = 1.0
-    else:
-        p = float(sps.chisquare(counts, expected).pvalue)
+    p = 1.0 if len(arms) < 2 or counts.sum() == 0 else float(sps.chisquare(counts, expected).pvalue)
     return SampleRatio(p, {arm: int(c) for arm, c in zip(arms, counts, strict=True)},
                        {arm: shares[arm] / total_share for arm in arms})  # fmt: skip

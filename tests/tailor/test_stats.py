@@ -171,7 +171,9 @@ def test_sequential_test_keeps_alpha_when_looked_at_every_night_and_peeking_does
         seq = peek = False
         for night in range(nights):
             n = per_night * (night + 1)
-            fixed = stats.two_proportions(stats.Sample.of_counts(c[night], n), stats.Sample.of_counts(t[night], n))
+            fixed = stats.two_proportions(
+                stats.Sample.of_counts(c[night], n), stats.Sample.of_counts(t[night], n)
+            )
             seq |= stats.sequential(fixed.diff, fixed.se, 2 * n, alpha).p_value < alpha
             peek |= fixed.p_value < alpha
         sequential_alarms += seq

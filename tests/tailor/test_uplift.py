@@ -24,7 +24,9 @@ def test_qini_curve_matches_a_direct_count() -> None:
     treated = rng.random(300) < 0.6
     converted = (rng.random(300) < 0.2).astype(float)
     curve = uplift.qini_curve(scores, treated, converted)
-    assert curve.incremental.tolist() == pytest.approx(_brute_force_qini(scores, treated, converted), abs=1e-12)
+    assert curve.incremental.tolist() == pytest.approx(
+        _brute_force_qini(scores, treated, converted), abs=1e-12
+    )
 
 
 def test_uplift_at_matches_a_direct_count() -> None:
@@ -47,6 +49,8 @@ def test_a_model_that_knows_the_effect_has_a_positive_qini_and_noise_does_not() 
     # targeting is 0.5 * (0.1 s - 0.1 s^2) and its area 0.5 * 0.1 * (1/2 - 1/3) = 1/120
     assert informed.coefficient == pytest.approx(1 / 120, rel=0.1)
     assert abs(noise.coefficient) < informed.coefficient / 4
-    assert uplift.uplift_at(effect, treated, converted, 0.1) > uplift.uplift_at(effect, treated, converted, 0.3)
+    assert uplift.uplift_at(effect, treated, converted, 0.1) > uplift.uplift_at(
+        effect, treated, converted, 0.3
+    )
     small = uplift.downsample(informed)
     assert small.share[0] == 0 and small.share[-1] == 1 and small.share.size == uplift.CURVE_POINTS
