@@ -1,4 +1,5 @@
-"""The nightly run: extract -> validate -> features -> train -> score -> segments -> variants -> publish."""
+"""The nightly run: extract -> validate -> features -> train -> experiments -> score -> segments ->
+variants -> report -> publish."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Any
 
 from prefect import flow
 
+from flows.experiments import experiment_analysis
 from tailor.config import load_settings
 from tailor.warehouse import run_context
 from tasks.extract import extract_sources
 from tasks.features import build_features
 from tasks.publish import upload_run, write_datasets
+from tasks.report import write_report
 from tasks.score import score_users
 from tasks.segments import build_segments
 from tasks.train import train_models
@@ -36,10 +39,12 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
     feature_rows = build_features(settings, ctx)
     quality = combine(source_quality, validate_features(settings, ctx))
     models = train_models(settings, ctx)
+    experiments = experiment_analysis(settings, ctx, models)
     scored = score_users(settings, ctx, models)
     segments = build_segments(settings, ctx, models)
     campaigns = assign_variants(settings, ctx, models)
-    outputs = {"segments": segments, "campaigns": campaigns}
+    write_report(settings, ctx)
+    outputs = {"segments": segments, "experiments": experiments, "campaigns": campaigns}
     local_run = write_datasets(settings, ctx, models, quality, outputs)
     published = upload_run(settings, ctx, local_run, settings.resolve_uri(settings.publish.target))
     return {
@@ -54,6 +59,7 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
         },
         "scored": scored,
         "segments": segments,
+        "experiments": experiments,
         "campaigns": campaigns,
         "published": published,
     }

@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
+    exp = commands.add_parser(
+        "experiments",
+        help="analyse every campaign's experiment and publish the results, without the nightly run",
+        description="Extract the newest sends, measure each campaign's variants against its control with the "
+        "serving models, and publish experiment_results, uplift_evaluation and the report under experiments/.",
+    )
+    exp.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. config/demo.yaml")
+    exp.add_argument(
+        "--run-date", type=_day, default=None, help="the analysis date, YYYY-MM-DD (default: today)"
+    )
+    exp.add_argument("--target", default=None, help="publish here instead of the config's target")
+    exp.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     ev = commands.add_parser(
         "evaluate",
         help="offline ranking benchmark (MovieLens 100K, the Microsoft Recommenders protocol)",
@@ -163,6 +176,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from tailor.config import load_settings
+
+    target = _absolute_target(args.target)
+    load_settings(args.config, {"publish.target": target} if target else None)
+    from flows.experiments import experiments
+
+    summary = experiments(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
+    print(
+        json.dumps(summary, indent=2, default=str)
+        if args.json
+        else format_experiments(summary["experiments"])
+    )
+    print(f"report: {summary['published']['report']}")
+    return 0
+
+
+def format_experiments(experiments: dict[str, dict[str, Any]]) -> str:
+    lines = ["experiments (units per arm; significant differences against the control):"]
+    for campaign, info in experiments.items():
+        trust = (
+            "" if info["is_trusted"] else f"  SAMPLE-RATIO MISMATCH (p = {info['sample_ratio_p_value']:.2g})"
+        )
+        lines.append(
+            f"  {campaign:<20} "
+            + ", ".join(f"{arm} {n:,}" for arm, n in info["units_by_arm"].items())
+            + trust
+        )
+        lines.append(f"  {'':<20} significant: {', '.join(info['significant']) or 'none'}")
+        for variant, evaluation in info.get("uplift", {}).items():
+            lines.append(f"  {'':<20} uplift model {variant}: Qini {evaluation['qini_coefficient']:.4f}")
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tailor.evaluate import evaluate, write_outputs
 
@@ -227,6 +274,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"segments: {summary['segments']['segments']:,} users, "
         f"{summary['segments']['clustering']['clusters']} behavioural clusters; "
         f"item audiences: {summary['segments']['item_audiences']:,} rows",
+        format_experiments(summary["experiments"]),
         "campaigns (users per arm):",
         *(
             f"  {campaign:<20} {info['policy']:<13} "
@@ -237,6 +285,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "files:",
         *(f"  {uri}" for uri in published["files"]),
         f"  {published['manifest']}",
+        f"report: {published['report']}",
         f"latest.json: {published['latest']}"
         + ("" if published["latest_moved"] else " (kept on a newer run; this was a backfill)"),
     ]
@@ -251,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "generate": cmd_generate,
             "run": cmd_run,
+            "experiments": cmd_experiments,
             "evaluate": cmd_evaluate,
             "draft-variants": cmd_draft_variants,
         }

@@ -257,6 +257,12 @@ class AllocationConfig(StrictModel):
     lookback_days: int = Field(90, ge=1, description="bandit: sends in this window count as evidence")
     prior_successes: float = Field(1.0, gt=0, description="bandit: Beta prior alpha")
     prior_failures: float = Field(1.0, gt=0, description="bandit: Beta prior beta")
+    skip_without_uplift: bool = Field(
+        False,
+        description="personalized: do not contact a user whose best variant's predicted uplift over no "
+        "contact is at most min_uplift (needs the campaign's no-contact model)",
+    )
+    min_uplift: float = Field(0.0, ge=-1, le=1, description="personalized: see skip_without_uplift")
 
 
 class CampaignConfig(StrictModel):
@@ -268,6 +274,9 @@ class CampaignConfig(StrictModel):
     allocation: AllocationConfig = Field(default_factory=AllocationConfig)
     active_from: date | None = None
     active_until: date | None = None
+    control_variant: str | None = Field(
+        None, description="the variant experiments measure the others against; default: the holdout"
+    )
     variants: list[VariantConfig] = Field(min_length=1)
     # filled in by load_settings: the file the campaign came from
     source_file: Annotated[str, Field(exclude=True)] = ""
@@ -295,6 +304,8 @@ class CampaignConfig(StrictModel):
         if any("__" in name for name in [self.campaign_id, *ids]):
             # model names join campaign and variant with "__"
             raise ValueError("campaign_id and variant_id values must not contain '__'")
+        if self.control_variant is not None and self.control_variant not in ids:
+            raise ValueError(f"control_variant {self.control_variant!r} is not one of the variants")
         return self
 
     def is_active(self, run_date: date) -> bool:
@@ -320,6 +331,36 @@ class DraftingConfig(StrictModel):
     api_key_env: str = Field("TAILOR_LLM_API_KEY", description="environment variable holding the key")
     timeout_seconds: float = Field(30.0, gt=0)
     candidates: int = Field(3, ge=1, le=20, description="subjects and headlines proposed per segment")
+
+
+class ExperimentsConfig(StrictModel):
+    """How every campaign's variants are measured each night (flows/experiments.py)."""
+
+    enabled: bool = True
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level; intervals are 1 - alpha")
+    correction: Literal["holm", "bh", "none"] = Field(
+        "holm", description="across a campaign's variants: Holm (family-wise) or Benjamini-Hochberg (FDR)"
+    )
+    window_days: int = Field(
+        90, ge=7, description="sends analysed: this many days before the cutoff, from active_from if later"
+    )
+    cuped: bool = Field(True, description="adjust each metric by the user's same behaviour before the send")
+    covariate_days: int = Field(30, ge=1, description="CUPED: days of behaviour before the send")
+    sequential: bool = Field(
+        True, description="intervals and p-values that stay valid when looked at every night"
+    )
+    sequential_tuning_units: int = Field(
+        5000, ge=100, description="sequential: units at which the interval is tightest"
+    )
+    srm_p_value: float = Field(
+        0.001, gt=0, lt=0.5, description="a sample-ratio test below this flags the allocation as broken"
+    )
+    pause_harmful_variants: bool = Field(
+        True,
+        description="bandit and personalized stop sending a variant whose trusted conversion lift against "
+        "the control is significantly negative",
+    )
+    min_units: int = Field(100, ge=2, description="arms with fewer units are reported but not tested")
 
 
 class QualityConfig(StrictModel):
@@ -351,6 +392,7 @@ class Settings(StrictModel):
         description="most characters per rendered field; merged over the defaults field by field",
     )
     drafting: DraftingConfig = Field(default_factory=DraftingConfig)
+    experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""

@@ -34,10 +34,12 @@ from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, query
 from tailor.storage import open_store
 from tailor.warehouse import RunContext, connect
+from tasks.experiments import ensure_tables
 from tasks.validate import Check, store_results
 
 MANIFEST_VERSION = 2
 PSEUDONYM_HEX_CHARS = 32  # 128 bits of HMAC-SHA256
+REPORT_FILE = "report.html"
 
 
 class ConsentViolation(RuntimeError):
@@ -52,6 +54,7 @@ class Dataset:
     model: str | None  # the model whose version produced it
     description: str
     this_run_only: bool = False  # the table keeps history; publish only the run's rows
+    history: bool = False  # the table keeps history; publish every run's rows up to this one
     drop_columns: tuple[str, ...] = ()  # needed for the consent check, but must not leave the warehouse
     rename: tuple[tuple[str, str], ...] = ()  # published names where a consumer fixes them
 
@@ -114,6 +117,32 @@ DATASETS = (
         "Braze cloud-data-ingestion feed: EXTERNAL_ID, UPDATED_AT (moves only when PAYLOAD changed), PAYLOAD.",
         drop_columns=("run_date", "payload_md5", "channels", "campaign_purposes", "needs_profiling"),
         rename=(("user_id", "EXTERNAL_ID"), ("updated_at", "UPDATED_AT"), ("payload", "PAYLOAD")),
+    ),
+    Dataset(
+        "experiment_results",
+        "meta.experiment_results",
+        "run_date, campaign_id, metric, variant_id",
+        None,
+        "Every night's experiment analysis: per campaign, variant and metric, the lift against the control "
+        "with fixed, CUPED and sequential intervals, adjusted p-values, Bayesian chance to beat control and "
+        "the sample-ratio check.",
+        history=True,
+    ),
+    Dataset(
+        "uplift_evaluation",
+        "meta.uplift_evaluation",
+        "campaign_id, variant_id",
+        None,
+        "Per campaign and variant: the uplift model's Qini coefficient and uplift at 10, 20 and 30% of sends.",
+        this_run_only=True,
+    ),
+    Dataset(
+        "allocation_decisions",
+        "meta.allocation_decisions",
+        "run_date, campaign_id, variant_id",
+        None,
+        "The decision log: each campaign arm's share per night, the share the night before, and why.",
+        history=True,
     ),
     Dataset(
         "data_quality",
@@ -182,10 +211,11 @@ def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) 
 
 def read_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ctx: RunContext) -> pl.DataFrame:
     # table, order and column names come from DATASETS above, never from input
-    where = "where run_date = $run_date" if dataset.this_run_only else ""
+    where = {True: "where run_date = $run_date", False: ""}[dataset.this_run_only]
+    where = "where run_date <= $run_date" if dataset.history else where
     return con.sql(
         f"select * from {dataset.table} {where} order by {dataset.order_by}",
-        params={"run_date": ctx.run_date} if dataset.this_run_only else None,
+        params={"run_date": ctx.run_date} if where else None,
     ).pl()
 
 
@@ -372,17 +402,23 @@ def write_datasets(
     models: dict[str, dict[str, Any]],
     quality: dict[str, Any],
     outputs: dict[str, Any] | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> Path:
-    """Write the run's files and manifest locally under the run folder; return that folder."""
-    out = ctx.run_dir / "publish"
+    """Write the run's files and manifest locally under the run folder; return that folder. `only` names
+    the datasets of a partial publication (the experiments flow run on its own)."""
+    out = ctx.run_dir / ("publish" if only is None else "publish-" + "-".join(only))
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     key = settings.pseudonym_key()
     datasets: dict[str, Any] = {}
     with connect(settings) as con:
-        build_feeds(con, ctx)
+        ensure_tables(con)
+        if only is None:
+            build_feeds(con, ctx)
         output_checks: list[Check] = []
         for dataset in DATASETS:
+            if only is not None and dataset.name not in only:
+                continue
             if dataset.name == "data_quality":  # last: it reports the checks made above
                 store_results(con, ctx, ("output",), output_checks)
                 materialize(con, "marts/data_quality")
@@ -404,10 +440,13 @@ def write_datasets(
                 "files": files,
             }
     docs = {}
-    for stage_docs in sorted((ctx.run_dir / "data_docs").glob("*/index.html")):
+    for stage_docs in sorted((ctx.run_dir / "data_docs").glob("*/index.html")) if only is None else []:
         stage = stage_docs.parent.name
         shutil.copytree(stage_docs.parent, out / "data_docs" / stage)
         docs[stage] = f"data_docs/{stage}/index.html"
+    report = ctx.run_dir / "report" / REPORT_FILE
+    if report.exists():
+        shutil.copy(report, out / REPORT_FILE)
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "run_date": ctx.run_date.isoformat(),
@@ -419,6 +458,7 @@ def write_datasets(
         "data_quality": quality,
         "outputs": outputs or {},
         "data_docs": docs,
+        "report": REPORT_FILE if report.exists() else None,
         "datasets": datasets,
     }
     (out / "manifest.json").write_text(
@@ -428,13 +468,17 @@ def write_datasets(
 
 
 @task(name="upload", retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
-def upload_run(settings: Settings, ctx: RunContext, local_run: Path, target: str) -> dict[str, Any]:
+def upload_run(
+    settings: Settings, ctx: RunContext, local_run: Path, target: str, root: str = "runs"
+) -> dict[str, Any]:
     """Upload data files, then the manifest, then `latest.json`; retried with backoff as a whole.
 
     `latest.json` only moves forward: publishing an older date (a backfill) leaves it on the newest run.
+    The experiments flow run on its own publishes under `experiments/` with its own `latest.json`.
     """
     store = open_store(target, settings.storage)
-    prefix = f"runs/{ctx.run_date.isoformat()}"
+    prefix = f"{root}/{ctx.run_date.isoformat()}"
+    latest_key = "latest.json" if root == "runs" else f"{root}/latest.json"
     written = []
     # data files and Data Docs first, the manifest after them, latest.json last
     for path in sorted(p for p in local_run.rglob("*") if p.is_file() and p.name != "manifest.json"):
@@ -446,21 +490,22 @@ def upload_run(settings: Settings, ctx: RunContext, local_run: Path, target: str
     stale = [key for key in store.list_keys(prefix + "/") if key not in written]
     store.delete_keys(stale)
 
-    latest_raw = store.get_bytes("latest.json")
+    latest_raw = store.get_bytes(latest_key)
     current = json.loads(latest_raw)["run_date"] if latest_raw else None
     moved = current is None or current <= ctx.run_date.isoformat()
     if moved:
         latest = {"run_date": ctx.run_date.isoformat(), "manifest": f"{prefix}/manifest.json"}
-        store.put_bytes((json.dumps(latest, indent=2) + "\n").encode(), "latest.json")
+        store.put_bytes((json.dumps(latest, indent=2) + "\n").encode(), latest_key)
     return {
         "target": store.root,
         "manifest": store.uri(f"{prefix}/manifest.json"),
-        "latest": store.uri("latest.json"),
+        "latest": store.uri(latest_key),
         "latest_moved": moved,
         "files": [
             store.uri(key)
             for key in written
-            if "/data_docs/" not in key and not key.endswith("manifest.json")
+            if "/data_docs/" not in key and not key.endswith(("manifest.json", REPORT_FILE))
         ],
+        "report": next((store.uri(key) for key in written if key.endswith(REPORT_FILE)), None),
         "data_docs": [store.uri(key) for key in written if key.endswith("data_docs/raw/index.html")],
     }

@@ -683,3 +683,22 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
                 "challenger_version": challenger.version,
             }
     return serving
+
+
+@task(name="serving-models", cache_policy=NO_CACHE)
+def serving_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """The models that scored the latest run up to this date, without training: what a flow that only
+    analyses (the experiments flow run on its own) reads."""
+    with connect(settings) as con:
+        ensure_registry(con)
+        rows = con.execute(
+            "select model_name, model_json, decision from meta.models where run_date <= $run_date and is_promoted "
+            "qualify row_number() over (partition by model_name order by run_date desc) = 1 order by model_name",
+            {"run_date": ctx.run_date},
+        ).fetchall()
+    models = {}
+    for name, model_json, decision in rows:
+        model = json.loads(model_json)
+        if Path(model["path"]).exists():
+            models[name] = model | {"decision": decision, "challenger_version": model["version"]}
+    return models

@@ -21,7 +21,6 @@ from itertools import accumulate
 from typing import Any
 
 import duckdb
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 from jinja2 import Template, TemplateError
@@ -32,8 +31,17 @@ from tailor.config import CampaignConfig, Settings
 from tailor.sql import query, read_partition
 from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
 from tailor.warehouse import RunContext, connect
+from tasks.experiments import (
+    DECISION_COLUMNS,
+    HOLDOUT,
+    Feedback,
+    allocation_feedback,
+    ensure_tables,
+    predict_with,
+    replace_rows,
+)
 from tasks.score import replace_table
-from tasks.train import CONVERSION_FEATURES, conversion_model_name, feature_matrix, predict_propensity
+from tasks.train import conversion_model_name
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ CONTENT_SCHEMA = {
     "allocation_reason": pl.Utf8,
     "is_personalized": pl.Boolean,
     "expected_conversion": pl.Float64,
+    "expected_uplift": pl.Float64,
     "segment": pl.Utf8,
     "subject": pl.Utf8,
     "headline": pl.Utf8,
@@ -70,6 +79,7 @@ class Allocation:
     reason: np.ndarray  # str per user
     is_personalized: np.ndarray  # bool per user
     expected_conversion: np.ndarray  # float per user (NaN when no model scored it)
+    expected_uplift: np.ndarray  # float per user: over no contact (NaN without a no-contact model)
     shares: dict[str, float]  # the policy's intended share of each variant among non-holdout users
     detail: dict[str, Any]
 
@@ -89,15 +99,13 @@ def by_share(draws: np.ndarray, variant_ids: list[str], shares: list[float]) -> 
 
 
 def thompson_shares(
-    evidence: dict[str, tuple[int, int]], variant_ids: list[str], campaign: CampaignConfig, seed: int
+    posteriors: dict[str, tuple[float, float]], variant_ids: list[str], campaign: CampaignConfig, seed: int
 ) -> tuple[list[float], dict[str, Any]]:
-    """Each variant's posterior probability of having the highest conversion rate (Monte Carlo, seeded)."""
-    prior_a, prior_b = campaign.allocation.prior_successes, campaign.allocation.prior_failures
-    alphas, betas = [], []
-    for variant_id in variant_ids:
-        sends, conversions = evidence.get(variant_id, (0, 0))
-        alphas.append(prior_a + conversions)
-        betas.append(prior_b + sends - conversions)
+    """Each variant's posterior probability of having the highest conversion rate (Monte Carlo, seeded).
+    A variant without a stored posterior (new tonight) starts from the campaign's prior."""
+    prior = (campaign.allocation.prior_successes, campaign.allocation.prior_failures)
+    alphas = [posteriors.get(variant_id, prior)[0] for variant_id in variant_ids]
+    betas = [posteriors.get(variant_id, prior)[1] for variant_id in variant_ids]
     rng = np.random.default_rng(seed)
     samples = rng.beta(np.asarray(alphas), np.asarray(betas), size=(THOMPSON_DRAWS, len(variant_ids)))
     wins = np.bincount(samples.argmax(axis=1), minlength=len(variant_ids)) / THOMPSON_DRAWS
@@ -110,41 +118,21 @@ def thompson_shares(
     return shares, {"posterior": posterior}
 
 
-def variant_evidence(
-    con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext
-) -> dict[str, tuple[int, int]]:
-    rows = query(
-        con,
-        "marts/variant_evidence",
-        {
-            "campaign_id": campaign.campaign_id,
-            "cutoff": ctx.cutoff,
-            "cutoff_day": ctx.run_date,
-            "lookback_days": campaign.allocation.lookback_days,
-        },
-    ).fetchall()
-    return {variant_id: (int(sends), int(conversions)) for variant_id, sends, conversions in rows}
+def user_feature_frame(con: duckdb.DuckDBPyConnection, users: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+    features = read_partition(con, "features/user_features", ctx.cutoff, ("user_id",)).pl()
+    return users.select("user_id").join(features, on="user_id", how="left", maintain_order="left")
 
 
 def predicted_conversions(
-    con: duckdb.DuckDBPyConnection,
-    models: dict[str, dict[str, Any]],
-    campaign: CampaignConfig,
-    users: pl.DataFrame,
-    variant_ids: list[str],
-    ctx: RunContext,
+    frame: pl.DataFrame, models: dict[str, dict[str, Any]], campaign: CampaignConfig, variant_ids: list[str]
 ) -> tuple[np.ndarray, list[str], dict[str, str]]:
     """Users x variants matrix of P(convert | sent that variant), for the variants that have a model."""
-    features = read_partition(con, "features/user_features", ctx.cutoff, ("user_id",)).pl()
-    frame = users.select("user_id").join(features, on="user_id", how="left", maintain_order="left")
     columns, known, versions = [], [], {}
     for variant_id in variant_ids:
         model = models.get(conversion_model_name(campaign.campaign_id, variant_id))
         if model is None:
             continue
-        matrix = feature_matrix(frame, CONVERSION_FEATURES, model["categories"])
-        booster = lgb.Booster(model_file=model["path"])
-        columns.append(predict_propensity(booster, matrix, model["params"]["calibration"]))
+        columns.append(predict_with(frame, model))
         known.append(variant_id)
         versions[variant_id] = model["version"]
     return (np.column_stack(columns) if columns else np.empty((frame.height, 0))), known, versions
@@ -157,25 +145,27 @@ def allocate(
     models: dict[str, dict[str, Any]],
     settings: Settings,
     ctx: RunContext,
+    feedback: Feedback,
 ) -> Allocation:
-    variant_ids = [variant.variant_id for variant in campaign.approved_variants]
-    weights = [variant.weight for variant in campaign.approved_variants]
+    live = [variant for variant in campaign.approved_variants if variant.variant_id not in feedback.paused]
+    variant_ids = [variant.variant_id for variant in live]
+    weights = [variant.weight for variant in live]
     n = users.height
     variant_draw = users["variant_draw"].to_numpy()
     split = by_share(variant_draw, variant_ids, weights)
     no_model = np.full(n, np.nan)
     policy = campaign.allocation.policy
     if policy == "split":
-        return Allocation(split, np.full(n, "split", dtype=object), np.zeros(n, bool), no_model,
+        return Allocation(split, np.full(n, "split", dtype=object), np.zeros(n, bool), no_model, no_model,
                           dict(zip(variant_ids, np.asarray(weights) / sum(weights), strict=True)), {})  # fmt: skip
     if policy == "bandit":
-        evidence = variant_evidence(con, campaign, ctx)
-        shares, detail = thompson_shares(evidence, variant_ids, campaign, settings.seed)
+        shares, detail = thompson_shares(feedback.posteriors, variant_ids, campaign, settings.seed)
         chosen = by_share(variant_draw, variant_ids, shares)
         total = sum(shares)
-        return Allocation(chosen, np.full(n, "thompson", dtype=object), np.zeros(n, bool), no_model,
+        return Allocation(chosen, np.full(n, "thompson", dtype=object), np.zeros(n, bool), no_model, no_model,
                           {v: s / total for v, s in zip(variant_ids, shares, strict=True)},
-                          detail | {"evidence": evidence})  # fmt: skip
+                          detail | {"evidence": {v: feedback.evidence.get(v, (0, 0)) for v in variant_ids},
+                                    "posterior_date": feedback.posterior_date})  # fmt: skip
     return allocate_personalized(con, campaign, users, models, variant_ids, split, ctx)
 
 
@@ -192,22 +182,28 @@ def allocate_personalized(
     uniform = by_share(users["variant_draw"].to_numpy(), variant_ids, [1.0] * len(variant_ids))
     chosen = split.copy()
     reason = np.full(n, "no_profiling_consent", dtype=object)
-    expected = np.full(n, np.nan)
+    expected, expected_uplift = np.full(n, np.nan), np.full(n, np.nan)
     allows = users["allows_profiling"].to_numpy()
     exploring = users["explore_draw"].to_numpy() < campaign.allocation.exploration_share
     scored_rows = np.flatnonzero(allows)
-    probabilities, known, versions = predicted_conversions(
-        con, models, campaign, users[scored_rows], variant_ids, ctx
-    )
+    frame = user_feature_frame(con, users[scored_rows], ctx)
+    probabilities, known, versions = predicted_conversions(frame, models, campaign, variant_ids)
     if len(known) < 2:
         # nothing to choose between until two variants have a model: everyone gets the split
         log.warning("campaign %s: fewer than two variants have a conversion model; using the split",
                     campaign.campaign_id)  # fmt: skip
         reason[:] = "no_model_split"
-        return Allocation(chosen, reason, np.zeros(n, bool), expected, {}, {"models": versions})
+        return Allocation(
+            chosen, reason, np.zeros(n, bool), expected, expected_uplift, {}, {"models": versions}
+        )
+    no_contact = models.get(conversion_model_name(campaign.campaign_id, HOLDOUT))
+    # the no-contact baseline is the same for every variant: the best conversion is the best uplift
+    baseline = predict_with(frame, no_contact) if no_contact is not None else np.full(frame.height, np.nan)
     best = probabilities.argmax(axis=1)
+    rows = np.arange(len(scored_rows))
     chosen[scored_rows] = np.asarray(known, dtype=object)[best]
-    expected[scored_rows] = probabilities[np.arange(len(scored_rows)), best]
+    expected[scored_rows] = probabilities[rows, best]
+    expected_uplift[scored_rows] = probabilities[rows, best] - baseline
     reason[scored_rows] = "model_best"
     explore_rows = allows & exploring
     chosen[explore_rows] = uniform[explore_rows]
@@ -218,9 +214,18 @@ def allocate_personalized(
         if exploring[row]:
             index = column.get(chosen[row])
             expected[row] = probabilities[row_index, index] if index is not None else np.nan
+            expected_uplift[row] = expected[row] - baseline[row_index]
+    detail: dict[str, Any] = {"models": versions | ({HOLDOUT: no_contact["version"]} if no_contact else {})}
+    if campaign.allocation.skip_without_uplift:
+        if no_contact is None:
+            log.warning("campaign %s: no no-contact model yet, so no user is skipped for lack of uplift",
+                        campaign.campaign_id)  # fmt: skip
+        else:
+            skip = (reason == "model_best") & (expected_uplift <= campaign.allocation.min_uplift)
+            reason[skip] = "no_expected_uplift"
+            detail["not_contacted_no_uplift"] = int(skip.sum())
     is_personalized = reason == "model_best"
-    return Allocation(chosen, reason, is_personalized, expected, {},
-                      {"models": versions})  # fmt: skip
+    return Allocation(chosen, reason, is_personalized, expected, expected_uplift, {}, detail)
 
 
 def user_items(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
@@ -308,6 +313,81 @@ def render_rows(
     return out, truncated
 
 
+def previous_shares(
+    con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext
+) -> dict[str, float]:
+    rows = con.execute(
+        "select variant_id, share from meta.allocation_decisions where campaign_id = $campaign_id and run_date = "
+        "(select max(run_date) from meta.allocation_decisions where campaign_id = $campaign_id and run_date < $run_date)",
+        {"campaign_id": campaign.campaign_id, "run_date": ctx.run_date},
+    ).fetchall()
+    return {variant_id: share for variant_id, share in rows}
+
+
+def explain(campaign: CampaignConfig, allocation: Allocation, variant_id: str, users: pl.DataFrame) -> str:
+    """Why the variant has tonight's share, in words."""
+    policy = campaign.allocation.policy
+    if policy == "split":
+        return "fixed split by the variants' weights"
+    if policy == "bandit":
+        posterior = allocation.detail["posterior"][variant_id]
+        sends, conversions = allocation.detail["evidence"][variant_id]
+        source = allocation.detail.get("posterior_date")
+        return (
+            f"Thompson sampling: P(best) {posterior['p_best']:.3f} from {sends:,} sends and {conversions:,} "
+            f"conversions" + (f" (analysis of {source})" if source else " (no stored analysis yet)")
+        )
+    mine = users.filter(pl.col("variant_id") == variant_id)
+    by_reason = dict(mine.group_by("allocation_reason").len().iter_rows())
+    parts = [f"{count:,} {why.replace('_', ' ')}" for why, count in sorted(by_reason.items())]
+    return "personalized: " + (", ".join(parts) if parts else "chosen for no user")
+
+
+def decision_rows(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    allocation: Allocation,
+    feedback: Feedback,
+    content: pl.DataFrame,
+    ctx: RunContext,
+) -> list[dict[str, Any]]:
+    """The decision log: each arm's share tonight, the share the night before, and why."""
+    previous = previous_shares(con, campaign, ctx)
+    contacted = content.filter(~pl.col("is_holdout"))
+    counts = dict(content.group_by("variant_id").len().iter_rows())
+    rows = []
+    for variant_id in [*(v.variant_id for v in campaign.approved_variants), HOLDOUT]:
+        if variant_id == HOLDOUT:
+            share = counts.get(HOLDOUT, 0) / content.height if content.height else 0.0
+            reason = f"holdout: {campaign.holdout_share:.0%} of the audience is never contacted"
+        elif variant_id in feedback.paused:
+            share, reason = 0.0, feedback.paused[variant_id]
+        elif campaign.allocation.policy == "personalized":
+            share = counts.get(variant_id, 0) / contacted.height if contacted.height else 0.0
+            reason = explain(campaign, allocation, variant_id, contacted)
+        else:
+            share = allocation.shares.get(variant_id, 0.0)
+            reason = explain(campaign, allocation, variant_id, contacted)
+        if variant_id != HOLDOUT and feedback.notes:
+            reason += "; " + "; ".join(feedback.notes)
+        rows.append(
+            {
+                "run_date": ctx.run_date,
+                "campaign_id": campaign.campaign_id,
+                "variant_id": variant_id,
+                "policy": campaign.allocation.policy,
+                "users": counts.get(variant_id, 0),
+                "share": share,
+                "previous_share": previous.get(variant_id),
+                "reason": reason,
+            }
+        )
+        was = previous.get(variant_id)
+        log.info("campaign %s, %s: share %.3f (was %s): %s", campaign.campaign_id, variant_id, share,
+                 "none" if was is None else f"{was:.3f}", reason)  # fmt: skip
+    return rows
+
+
 def campaign_content(
     con: duckdb.DuckDBPyConnection,
     campaign: CampaignConfig,
@@ -315,7 +395,7 @@ def campaign_content(
     items: dict[str, list[dict[str, Any]]],
     settings: Settings,
     ctx: RunContext,
-) -> tuple[pl.DataFrame, dict[str, Any]]:
+) -> tuple[pl.DataFrame, dict[str, Any], list[dict[str, Any]]]:
     users = query(
         con,
         "marts/campaign_audience",
@@ -326,9 +406,13 @@ def campaign_content(
             "salt": campaign.salt,
         },
     ).pl()
-    allocation = allocate(con, campaign, users, models, settings, ctx)
+    feedback = allocation_feedback(con, campaign, settings, ctx)
+    allocation = allocate(con, campaign, users, models, settings, ctx, feedback)
     is_holdout = users["holdout_draw"].to_numpy() < campaign.holdout_share
-    variant_ids = np.where(is_holdout, "holdout", allocation.variant_id)
+    # users the uplift model expects nothing from are not contacted (the holdout still measures them)
+    keep = is_holdout | (allocation.reason != "no_expected_uplift")
+    users, is_holdout = users.filter(pl.Series(keep)), is_holdout[keep]
+    variant_ids = np.where(is_holdout, HOLDOUT, allocation.variant_id[keep])
     rendered, truncated = render_rows(
         campaign, users, variant_ids, is_holdout, items, settings.channel_limits.get(campaign.channel, {})
     )
@@ -343,14 +427,16 @@ def campaign_content(
             "variant_id": variant_ids.tolist(),
             "is_holdout": is_holdout,
             "allocation_policy": [campaign.allocation.policy] * n,
-            "allocation_reason": np.where(is_holdout, "holdout", allocation.reason).tolist(),
-            "is_personalized": allocation.is_personalized & ~is_holdout,
-            "expected_conversion": np.where(is_holdout, np.nan, allocation.expected_conversion),
+            "allocation_reason": np.where(is_holdout, HOLDOUT, allocation.reason[keep]).tolist(),
+            "is_personalized": allocation.is_personalized[keep] & ~is_holdout,
+            "expected_conversion": np.where(is_holdout, np.nan, allocation.expected_conversion[keep]),
+            "expected_uplift": np.where(is_holdout, np.nan, allocation.expected_uplift[keep]),
             "segment": users["segment"],
             **rendered,
         },
         schema=CONTENT_SCHEMA,
-    ).with_columns(pl.col("expected_conversion").fill_nan(None))
+    ).with_columns(pl.col("expected_conversion", "expected_uplift").fill_nan(None))
+    decisions = decision_rows(con, campaign, allocation, feedback, frame, ctx)
     summary = {
         "policy": campaign.allocation.policy,
         "audience_users": n,
@@ -358,26 +444,31 @@ def campaign_content(
         "intended_shares": allocation.shares,
         "users_by_arm": dict(sorted(frame.group_by("variant_id").len().iter_rows())),
         "texts_cut_to_limit": truncated,
+        "paused": feedback.paused,
         **allocation.detail,
     }
-    return frame, summary
+    return frame, summary, decisions
 
 
 @task(name="variants", cache_policy=NO_CACHE)
 def assign_variants(
     settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Allocate and render every campaign active on the run date; returns a summary per campaign."""
+    """Allocate and render every campaign active on the run date; log each decision; returns a summary per
+    campaign."""
     active = [campaign for campaign in settings.campaigns if campaign.is_active(ctx.run_date)]
     summaries: dict[str, dict[str, Any]] = {}
     with connect(settings) as con:
+        ensure_tables(con)
         items = user_items(con)
-        frames = []
+        frames, decisions = [], []
         for campaign in active:
-            frame, summaries[campaign.campaign_id] = campaign_content(
+            frame, summaries[campaign.campaign_id], rows = campaign_content(
                 con, campaign, models, items, settings, ctx
             )
             frames.append(frame)
+            decisions += rows
         content = pl.concat(frames) if frames else pl.DataFrame(schema=CONTENT_SCHEMA)
         replace_table(con, "marts.content", content.to_arrow())
+        replace_rows(con, "meta.allocation_decisions", DECISION_COLUMNS, decisions, ctx)
     return dict(sorted(summaries.items()))

@@ -1,7 +1,7 @@
--- Past campaign sends (not the holdout) as of $cutoff, each with the user's features from the latest
--- snapshot taken at or before the send (point in time), the variant sent and whether the user clicked
--- and converted: what a per-campaign "conversion given the variant" model learns from. Profiling needs
--- consent.
+-- Past campaign sends as of $cutoff, each with the user's features from the latest snapshot taken at or
+-- before the send (point in time), the variant sent ('holdout': not contacted) and whether the user
+-- clicked and converted: what the per-variant "conversion given the variant" models and the no-contact
+-- model of the uplift learner learn from. Profiling needs consent.
 with consented as (
     select user_id
     from staging.stg_consents
@@ -12,7 +12,7 @@ sends as (
     select campaign_id, variant_id, user_id, sent_at, clicked_at, converted_at
     from staging.stg_campaign_exposures
     semi join consented using (user_id)
-    where not is_holdout and sent_at < $cutoff and known_on < $cutoff_day
+    where sent_at < $cutoff and known_on < $cutoff_day
     qualify row_number() over (partition by campaign_id, user_id, sent_at order by known_on desc) = 1
 ),
 

@@ -36,7 +36,8 @@ def test_by_share_follows_the_shares() -> None:
 
 
 def test_thompson_shares_favour_the_variant_that_converts_better_and_are_seeded() -> None:
-    evidence = {"a": (1000, 100), "b": (1000, 150), "c": (10, 1)}
+    # Beta(1 + conversions, 1 + failures) posteriors of 1,000, 1,000 and 10 sends
+    evidence = {"a": (101.0, 901.0), "b": (151.0, 851.0), "c": (2.0, 10.0)}
     shares, detail = thompson_shares(evidence, ["a", "b", "c"], campaign(), seed=7)
     assert shares == thompson_shares(evidence, ["a", "b", "c"], campaign(), seed=7)[0]
     # a barely tried variant keeps a large share (it might be best); a well-measured loser almost none
@@ -44,7 +45,7 @@ def test_thompson_shares_favour_the_variant_that_converts_better_and_are_seeded(
     two, _ = thompson_shares(evidence, ["a", "b"], campaign(), seed=7)
     assert two[1] > 0.99
     assert detail["posterior"]["b"]["alpha"] == 151 and detail["posterior"]["b"]["beta"] == 851
-    # with no evidence at all the shares are equal within Monte Carlo error
+    # with no evidence at all (the prior) the shares are equal within Monte Carlo error
     even, _ = thompson_shares({}, ["a", "b"], campaign(), seed=7)
     assert abs(even[0] - 0.5) < 0.02
 

@@ -1,0 +1,48 @@
+"""The experiments: analyse every campaign's A/B test and bandit, evaluate the uplift models, and publish
+the results. Runs inside the nightly flow (before allocation, which uses what it learns) and on its own
+(`tailor experiments`), when it publishes under `experiments/RUN_DATE/` with its own `latest.json`."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow
+
+from tailor.config import Settings, load_settings
+from tailor.warehouse import RunContext, run_context
+from tasks.experiments import analyse_experiments
+from tasks.extract import extract_sources
+from tasks.publish import upload_run, write_datasets
+from tasks.report import write_report
+from tasks.train import serving_models
+from tasks.validate import validate_sources
+
+EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_decisions")
+
+
+@flow(name="tailor-experiment-analysis", validate_parameters=False)
+def experiment_analysis(
+    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Tonight's analysis of every campaign, stored in the warehouse for the allocation and publication."""
+    return analyse_experiments(settings, ctx, models)
+
+
+@flow(name="tailor-experiments")
+def experiments(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
+    """Extract the newest sends, analyse them with the serving models, and publish the results."""
+    settings = load_settings(config_path, {"publish.target": target} if target else None)
+    ctx = run_context(settings, run_date)
+    loads = extract_sources(settings, ctx)
+    quality = validate_sources(settings, ctx, loads)
+    models = serving_models(settings, ctx)
+    campaigns = experiment_analysis(settings, ctx, models)
+    write_report(settings, ctx)
+    local = write_datasets(
+        settings, ctx, models, quality, {"experiments": campaigns}, only=EXPERIMENT_DATASETS
+    )
+    published = upload_run(
+        settings, ctx, local, settings.resolve_uri(settings.publish.target), root="experiments"
+    )
+    return {"run_date": ctx.run_date.isoformat(), "experiments": campaigns, "published": published}

@@ -1,0 +1,201 @@
+"""The run report: one self-contained HTML page (inline SVG plots, no script) published beside the run's
+outputs as report.html. Tonight it shows the experiments: each campaign's lift with its intervals, the
+posterior of each arm, the uplift model's Qini curves and the allocation decisions."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tailor import plots
+from tailor.config import Settings
+from tailor.warehouse import RunContext, connect
+from tasks.experiments import METRICS, ensure_tables
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.plot text { font-size: 11px; } .plot .plot-title { font-size: 13px; font-weight: 600; }
+.flag { color: #b00; font-weight: 600; } .ok { color: #070; } .empty { color: #888; }
+"""
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}g}" if isinstance(value, float) else escape(str(value))
+
+
+def table(frame: pl.DataFrame, text_columns: tuple[str, ...] = ()) -> str:
+    head = "".join(f"<th>{escape(column)}</th>" for column in frame.columns)
+    rows = []
+    for row in frame.iter_rows(named=True):
+        cells = "".join(
+            f'<td class="text">{escape(str(value))}</td>'
+            if column in text_columns
+            else f"<td>{_number(value)}</td>"
+            for column, value in row.items()
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def read(con: duckdb.DuckDBPyConnection, sql: str, ctx: RunContext) -> pl.DataFrame:
+    return con.sql(sql, params={"run_date": ctx.run_date}).pl()
+
+
+def campaign_section(
+    campaign_id: str, results: pl.DataFrame, curves: pl.DataFrame, uplift: pl.DataFrame
+) -> str:
+    mine = results.filter(pl.col("campaign_id") == campaign_id)
+    first = mine.row(0, named=True)
+    trust = (
+        f'<span class="ok">sample ratio as intended (p = {first["srm_p_value"]:.3g})</span>'
+        if first["is_trusted"]
+        else f'<span class="flag">sample-ratio mismatch (p = {first["srm_p_value"]:.3g}): results not trusted</span>'
+    )
+    parts = [f"<h2>Campaign {escape(campaign_id)}</h2>",
+             f"<p>Control: <b>{escape(first['control_variant_id'])}</b>; sends from {first['window_start']} "
+             f"({first['correction']} correction, alpha {first['alpha']}). {trust}</p>"]  # fmt: skip
+    lift_plots, posterior_plots = [], []
+    for metric in METRICS:
+        rows = mine.filter(pl.col("metric") == metric.name).sort("variant_id")
+        scale, unit = (100.0, " pt") if metric.is_rate else (1.0, "")
+        tested = rows.filter(~pl.col("is_control"))
+        intervals = []
+        for row in tested.iter_rows(named=True):
+            estimate = row["cuped_diff"] if row["cuped_diff"] is not None else row["diff"]
+            for label, low, high, est in (
+                ("fixed", row["ci_low"], row["ci_high"], row["diff"]),
+                ("CUPED", row["cuped_ci_low"], row["cuped_ci_high"], estimate),
+                ("sequential", row["sequential_ci_low"], row["sequential_ci_high"], estimate),
+            ):
+                if low is not None:
+                    intervals.append(
+                        (f"{row['variant_id']} ({label})", est * scale, low * scale, high * scale)
+                    )
+                elif label == "fixed":
+                    intervals.append((f"{row['variant_id']}", math.nan, math.nan, math.nan))
+        lift_plots.append(plots.interval_chart(f"{metric.name}: difference against control", intervals, unit))
+        densities = {
+            row["variant_id"]: plots.normal_density(
+                row["posterior_mean"] * scale, row["posterior_sd"] * scale
+            )
+            for row in rows.iter_rows(named=True)
+            if row["posterior_sd"] is not None
+        }
+        posterior_plots.append(
+            plots.line_chart(
+                f"{metric.name}: posterior of each arm",
+                densities,
+                metric.name + (" (%)" if metric.is_rate else ""),
+                "density",
+            )
+        )
+        parts.append(f"<h3>{escape(metric.name)}</h3>")
+        parts.append(
+            table(
+                rows.select(
+                    "variant_id",
+                    "units",
+                    "mean",
+                    "diff",
+                    "ci_low",
+                    "ci_high",
+                    "lift",
+                    "p_value",
+                    "cuped_diff",
+                    "cuped_interval_narrowing",
+                    "sequential_ci_low",
+                    "sequential_ci_high",
+                    "p_value_adjusted",
+                    "is_significant",
+                    "chance_to_beat_control",
+                    "expected_loss",
+                ),
+                ("variant_id",),
+            )
+        )
+    parts.append('<div class="plots">' + "".join(lift_plots) + "</div>")
+    parts.append('<div class="plots">' + "".join(posterior_plots) + "</div>")
+    evaluation = uplift.filter(pl.col("campaign_id") == campaign_id)
+    if evaluation.height:
+        parts.append("<h3>Uplift model (two-model learner) on the last two weeks' sends</h3>")
+        parts.append(
+            table(
+                evaluation.drop("run_date", "campaign_id"),
+                ("variant_id", "variant_model_version", "no_contact_model_version"),
+            )
+        )
+        mine_curves = curves.filter(pl.col("campaign_id") == campaign_id).sort("variant_id", "share_targeted")
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for (variant_id,), curve in mine_curves.partition_by(
+            "variant_id", as_dict=True, maintain_order=True
+        ).items():
+            share = curve["share_targeted"].to_list()
+            series[f"{variant_id} model"] = (share, curve["incremental_per_unit"].to_list())
+            series[f"{variant_id} random"] = (share, curve["random_per_unit"].to_list())
+        parts.append(
+            '<div class="plots">'
+            + plots.line_chart(
+                "Qini curves",
+                series,
+                "share of sends targeted",
+                "incremental conversions per send",
+                dashed=tuple(label for label in series if label.endswith("random")),
+            )
+            + "</div>"
+        )
+    return "\n".join(parts)
+
+
+def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> str:
+    ensure_tables(con)
+    results = read(con, "select * from meta.experiment_results where run_date = $run_date", ctx)
+    curves = read(con, "select * from meta.qini_curves where run_date = $run_date", ctx)
+    uplift = read(con, "select * from meta.uplift_evaluation where run_date = $run_date order by all", ctx)
+    decisions = read(
+        con,
+        "select campaign_id, variant_id, policy, users, share, previous_share, reason "
+        "from meta.allocation_decisions where run_date = $run_date order by campaign_id, variant_id",
+        ctx,
+    )
+    body = [f"<h1>Tailor run {ctx.run_date.isoformat()} ({escape(settings.project)})</h1>",
+            f"<p>Data up to {ctx.cutoff.isoformat()} UTC.</p>", "<h2>Experiments</h2>"]  # fmt: skip
+    if results.height == 0:
+        body.append('<p class="empty">No campaign sends to analyse.</p>')
+    for campaign_id in sorted(set(results["campaign_id"].to_list())):
+        body.append(campaign_section(campaign_id, results, curves, uplift))
+    body.append("<h2>Allocation decisions</h2>")
+    body.append(table(decisions, ("campaign_id", "variant_id", "policy", "reason")) if decisions.height
+                else '<p class="empty">No campaign was allocated in this run.</p>')  # fmt: skip
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Tailor run {ctx.run_date.isoformat()}</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def write_report(settings: Settings, ctx: RunContext) -> Path:
+    """Render the run report into the run folder (publishing copies it beside the outputs)."""
+    path = ctx.run_dir / "report" / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with connect(settings) as con:
+        path.write_text(render(con, settings, ctx), encoding="utf-8")
+    return path
