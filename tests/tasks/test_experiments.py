@@ -1,0 +1,299 @@
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tailor import stats
+from tailor.config import CampaignConfig, VariantConfig, load_settings
+from tailor.sql import query
+from tailor.warehouse import connect, run_context
+from tasks import experiments as ex
+
+
+def _units(settings, ctx, campaign: CampaignConfig) -> pl.DataFrame:
+    with connect(settings) as con:
+        return query(
+            con,
+            "marts/experiment_units",
+            {
+                "campaign_id": campaign.campaign_id,
+                "window_start": ex.window_start(campaign, settings, ctx),
+                "cutoff": ctx.cutoff,
+                "cutoff_day": ctx.run_date,
+                "covariate_days": settings.experiments.covariate_days,
+            },
+        ).pl()
+
+
+@pytest.fixture(scope="module")
+def analysed(midsize_company):
+    out, settings, ctx, models = midsize_company
+    summary = ex.analyse_experiments.fn(settings, ctx, models)
+    with connect(settings) as con:
+        results = con.sql(
+            "select * from meta.experiment_results where run_date = $d", params={"d": ctx.run_date}
+        ).pl()
+        uplift = con.sql(
+            "select * from meta.uplift_evaluation where run_date = $d", params={"d": ctx.run_date}
+        ).pl()
+    truth = pl.read_parquet(out / "truth" / "campaign_variants.parquet")
+    return out, settings, ctx, models, summary, results, uplift, truth
+
+
+def true_effects(settings, ctx, campaign: CampaignConfig, truth: pl.DataFrame) -> dict[str, float]:
+    """Each variant's true conversion effect against no contact, averaged over the analysed units."""
+    units = _units(settings, ctx, campaign).select("user_id")
+    mine = truth.filter(pl.col("campaign_id") == campaign.campaign_id).join(units, on="user_id")
+    means = dict(mine.group_by("variant_id").agg(pl.col("conversion_prob").mean()).iter_rows())
+    return {variant: p - means["no_contact"] for variant, p in means.items() if variant != "no_contact"}
+
+
+def test_every_campaign_variant_and_metric_has_a_row_and_the_allocation_is_trusted(analysed) -> None:
+    _, settings, _, _, summary, results, _, _ = analysed
+    assert set(summary) == {c.campaign_id for c in settings.campaigns}
+    for campaign in settings.campaigns:
+        mine = results.filter(pl.col("campaign_id") == campaign.campaign_id)
+        arms = {v.variant_id for v in campaign.variants} | {"holdout"}
+        assert mine.height == len(arms) * len(ex.METRICS)
+        assert set(mine["variant_id"]) == arms and set(mine["metric"]) == {m.name for m in ex.METRICS}
+        # the generator randomises sends as configured: no sample-ratio mismatch
+        assert mine["is_trusted"].all() and mine["srm_p_value"].min() > settings.experiments.srm_p_value
+        tested = mine.filter(~pl.col("is_control"))
+        assert tested["p_value_adjusted"].is_not_null().all()
+        assert (tested["p_value_adjusted"] >= tested["decision_p_value"] - 1e-12).all()
+        assert tested["sequential_ci_low"].le(tested["cuped_ci_low"]).all()
+
+
+def test_the_generators_true_effects_fall_inside_the_reported_intervals(analysed) -> None:
+    _, settings, ctx, _, _, results, _, truth = analysed
+    covered_fixed, covered_sequential, total = 0, 0, 0
+    for campaign in settings.campaigns:
+        effects = true_effects(settings, ctx, campaign, truth)
+        rows = results.filter(
+            (pl.col("campaign_id") == campaign.campaign_id) & (pl.col("metric") == "conversion_rate")
+            & ~pl.col("is_control")
+        )  # fmt: skip
+        for row in rows.iter_rows(named=True):
+            effect = effects[row["variant_id"]]
+            covered_fixed += row["ci_low"] <= effect <= row["ci_high"]
+            covered_sequential += row["sequential_ci_low"] <= effect <= row["sequential_ci_high"]
+            total += 1
+            # every variant converts more than no contact in the generator, and the data shows it
+            assert row["diff"] > 0 and row["chance_to_beat_control"] > 0.9, row
+    assert total == 5
+    # 95% intervals: with five of them, missing two would happen about 2% of the time; the always-valid
+    # sequential intervals are wider and must cover all five
+    assert covered_fixed >= 4 and covered_sequential == 5
+
+
+def test_the_generators_effects_are_covered_at_the_stated_rate_over_many_replays(analysed) -> None:
+    """Replay the weekly digest's experiment 300 times: the analysed users, a fresh random assignment
+    and outcomes drawn from the generator's true probabilities, through the same comparison code."""
+    _, settings, ctx, _, _, _, _, truth = analysed
+    campaign = next(c for c in settings.campaigns if c.campaign_id == "weekly_digest")
+    units = _units(settings, ctx, campaign)
+    probs = (
+        truth.filter(pl.col("campaign_id") == "weekly_digest")
+        .pivot(on="variant_id", index="user_id", values="conversion_prob")
+        .join(units.select("user_id", "events_before"), on="user_id")
+    )
+    effect = float((probs["discount"] - probs["no_contact"]).mean())
+    rng = np.random.default_rng(11)
+    runs, covered = 300, 0
+    config = settings.model_copy(
+        update={"experiments": settings.experiments.model_copy(update={"sequential": False})}
+    )
+    for _ in range(runs):
+        treated = rng.random(probs.height) < 0.5
+        p = np.where(treated, probs["discount"].to_numpy(), probs["no_contact"].to_numpy())
+        frame = probs.select("events_before").with_columns(
+            pl.Series("is_converted", (rng.random(p.size) < p).astype(int))
+        )
+        metric = ex.METRICS[0]
+        row = ex.compare(frame.filter(pl.Series(~treated)), frame.filter(pl.Series(treated)), metric, config)
+        # the population effect of a random half, given these users: the mean difference of their probabilities
+        covered += row["cuped_ci_low"] <= effect <= row["cuped_ci_high"]
+    rate = covered / runs
+    assert abs(rate - 0.95) < 4 * (0.95 * 0.05 / runs) ** 0.5, rate
+
+
+def test_a_broken_allocation_fails_the_sample_ratio_check(analysed) -> None:
+    _, settings, ctx, _, _, _, _, _ = analysed
+    nudge = next(c for c in settings.campaigns if c.campaign_id == "app_nudge")
+    # the campaign system really held out 10%; a config that says 25% sees a broken allocation
+    wrong = nudge.model_copy(update={"holdout_share": 0.25})
+    with connect(settings) as con:
+        rows, summary = ex.analyse_campaign(con, wrong, settings, ctx)
+    assert not summary["is_trusted"] and summary["sample_ratio_p_value"] < 1e-6
+    assert all(row["is_srm"] and not row["is_trusted"] for row in rows)
+
+
+def test_the_split_policy_checks_every_variants_share() -> None:
+    campaign = CampaignConfig(campaign_id="c", channel="email", holdout_share=0.1,
+                              variants=[VariantConfig(variant_id="a"), VariantConfig(variant_id="b", weight=3)])  # fmt: skip
+    fair = ex.sample_ratio_check({"holdout": 1000, "a": 2250, "b": 6750}, campaign)
+    skewed = ex.sample_ratio_check({"holdout": 1000, "a": 2700, "b": 6300}, campaign)
+    stray = ex.sample_ratio_check({"holdout": 1000, "a": 2250, "b": 6750, "old": 40}, campaign)
+    assert fair.p_value > 0.5 and skewed.p_value < 1e-10 and stray.p_value < 1e-10
+
+
+def test_the_uplift_model_ranks_sends_better_than_chance(analysed) -> None:
+    _, _, _, models, _, _, uplift, _ = analysed
+    assert "conversion_weekly_digest__holdout" in models, "no no-contact model was trained"
+    digest = uplift.filter(pl.col("campaign_id") == "weekly_digest")
+    assert set(digest["variant_id"]) == {"discount", "editorial", "new_arrivals"}
+    assert (digest["holdout_sends"] > 100).all()
+    # pooled over the variants the Qini coefficient is positive
+    weights = digest["sends"] / digest["sends"].sum()
+    assert float((digest["qini_coefficient"] * weights).sum()) > 0, digest.to_dicts()
+
+
+def _feedback_warehouse(tmp_path, rows: list[dict], posteriors: list[dict]):
+    settings = load_settings_for(tmp_path)
+    with connect(settings) as con:
+        ex.ensure_tables(con)
+        ex.replace_rows(
+            con,
+            "meta.experiment_results",
+            ex.RESULT_COLUMNS,
+            rows,
+            run_context(settings, rows[0]["run_date"]),
+        )
+        for day in sorted({p["run_date"] for p in posteriors}):
+            ex.replace_rows(con, "meta.variant_posteriors", ex.POSTERIOR_COLUMNS,
+                            [p for p in posteriors if p["run_date"] == day], run_context(settings, day))  # fmt: skip
+    return settings
+
+
+def load_settings_for(tmp_path):
+    config = tmp_path / "tailor.yaml"
+    config.write_text(
+        "project: t\nsources: {users: {path: u.csv}, consents: {path: c.csv}, items: {path: i.csv}, "
+        "interactions: {path: e.csv}}\npublish: {target: file://out}\nwarehouse: {path: w.duckdb}\n"
+        "campaigns:\n  - campaign_id: c\n    channel: push\n    allocation: {policy: bandit}\n"
+        "    variants: [{variant_id: a}, {variant_id: b}]\n"
+    )
+    return load_settings(config)
+
+
+def _result(day: date, variant: str, diff: float, significant: bool, trusted: bool = True) -> dict:
+    return {
+        "run_date": day, "campaign_id": "c", "variant_id": variant, "metric": "conversion_rate",
+        "control_variant_id": "holdout", "is_control": False, "diff": diff, "ci_low": diff - 0.01,
+        "ci_high": diff + 0.01, "p_value_adjusted": 0.001 if significant else 0.4, "is_significant": significant,
+        "is_trusted": trusted, "is_srm": not trusted,
+    }  # fmt: skip
+
+
+def _posterior(day: date, variant: str, conversions: int, trusted: bool = True) -> dict:
+    return {"run_date": day, "campaign_id": "c", "variant_id": variant, "sends": 1000, "conversions": conversions,
+            "alpha": 1.0 + conversions, "beta": 1001.0 - conversions, "is_trusted": trusted}  # fmt: skip
+
+
+def test_a_significantly_harmful_variant_is_paused_and_an_untrusted_night_steers_nothing(tmp_path) -> None:
+    day = date(2026, 11, 20)
+    rows = [_result(day, "a", -0.03, True), _result(day, "b", 0.01, False)]
+    posteriors = [_posterior(day - timedelta(days=1), "a", 50), _posterior(day - timedelta(days=1), "b", 90),
+                  _posterior(day, "a", 200, trusted=False), _posterior(day, "b", 10, trusted=False)]  # fmt: skip
+    settings = _feedback_warehouse(tmp_path, rows, posteriors)
+    campaign = settings.campaigns[0]
+    with connect(settings) as con:
+        feedback = ex.allocation_feedback(con, campaign, settings, run_context(settings, day))
+    assert set(feedback.paused) == {"a"} and "paused: conversion -3.00 points" in feedback.paused["a"]
+    # tonight's posteriors failed the sample-ratio check: yesterday's trusted ones are used instead
+    assert feedback.posterior_date == (day - timedelta(days=1)).isoformat()
+    assert feedback.posteriors == {"a": (51.0, 951.0), "b": (91.0, 911.0)}
+    assert any("sample-ratio" in note for note in feedback.notes)
+
+
+def test_no_variant_is_paused_when_every_one_would_be(tmp_path) -> None:
+    day = date(2026, 11, 20)
+    settings = _feedback_warehouse(
+        tmp_path, [_result(day, "a", -0.03, True), _result(day, "b", -0.02, True)], [_posterior(day, "a", 5)]
+    )
+    with connect(settings) as con:
+        feedback = ex.allocation_feedback(con, settings.campaigns[0], settings, run_context(settings, day))
+    assert feedback.paused == {} and any("none is paused" in note for note in feedback.notes)
+
+
+def test_the_next_nights_bandit_moves_toward_the_variant_that_converted_better(
+    midsize_company, tmp_path
+) -> None:
+    """Night one allocates from the generated history; a week of sends follows in which urgency converts
+    three times as often as social proof; night two's analysis sees it and the decision log says so."""
+    from tasks.extract import extract_sources
+    from tasks.features import build_staging_models
+    from tasks.score import score_users
+    from tasks.segments import build_segments
+    from tasks.variants import assign_variants
+
+    source, settings, ctx, models = midsize_company
+    root = tmp_path / "company"
+    shutil.copytree(source, root)
+    settings = load_settings(root / "tailor.yaml")
+    settings = settings.model_copy(
+        update={"campaigns": [c for c in settings.campaigns if c.campaign_id == "app_nudge"]}
+    )
+    score_users.fn(settings, ctx, models)
+    build_segments.fn(settings, ctx, models)
+    ex.analyse_experiments.fn(settings, ctx, models)
+    night_one = assign_variants.fn(settings, ctx, models)["app_nudge"]["intended_shares"]
+
+    # a week of sends to the campaign's users, reported on the last day
+    with connect(settings) as con:
+        users = [r[0] for r in con.execute("select distinct user_id from staging.stg_campaign_exposures "
+                                           "where campaign_id = 'app_nudge' order by 1").fetchall()]  # fmt: skip
+    rng = np.random.default_rng(3)
+    n = len(users)
+    arm = rng.choice(["urgency", "social_proof", "holdout"], size=n, p=[0.45, 0.45, 0.1])
+    rate = np.select([arm == "urgency", arm == "social_proof"], [0.3, 0.1], 0.05)
+    sent_at = [ctx.cutoff + timedelta(hours=8 + int(h)) for h in rng.integers(0, 10, n)]
+    converted = rng.random(n) < rate
+    new_file = (
+        root / "sources" / "campaign_exposures" / f"{(ctx.run_date + timedelta(days=4)).isoformat()}.csv"
+    )
+    pl.DataFrame({
+        "campaign_id": "app_nudge", "variant_id": arm, "user_id": users, "sent_at": sent_at,
+        "opened_at": None, "clicked_at": None,
+        "converted_at": [s + timedelta(hours=20) if c else None for s, c in zip(sent_at, converted, strict=True)],
+        "revenue_cents": np.where(converted, 5000, 0),
+    }).write_csv(new_file, datetime_format="%Y-%m-%d %H:%M:%S")  # fmt: skip
+    night_two_ctx = run_context(settings, ctx.run_date + timedelta(days=7))
+    extract_sources.fn(settings, night_two_ctx)
+    with connect(settings) as con:
+        build_staging_models(con, night_two_ctx)
+    ex.analyse_experiments.fn(settings, night_two_ctx, models)
+    night_two = assign_variants.fn(settings, night_two_ctx, models)["app_nudge"]["intended_shares"]
+    assert night_two["urgency"] > night_one["urgency"] + 0.2 and night_two["urgency"] > 0.9, (
+        night_one,
+        night_two,
+    )
+    with connect(settings) as con:
+        logged = con.execute(
+            "select share, previous_share, reason from meta.allocation_decisions "
+            "where run_date = $d and campaign_id = 'app_nudge' and variant_id = 'urgency'",
+            {"d": night_two_ctx.run_date},
+        ).fetchall()
+    (share, previous, reason) = logged[0]
+    assert previous == pytest.approx(night_one["urgency"]) and share == pytest.approx(night_two["urgency"])
+    assert "Thompson sampling" in reason and night_two_ctx.run_date.isoformat() in reason
+
+
+def test_stored_results_are_replaced_when_a_night_is_rerun(analysed) -> None:
+    _, settings, ctx, models, first, _, _, _ = analysed
+    assert ex.analyse_experiments.fn(settings, ctx, models) == first
+    with connect(settings) as con:
+        counts = con.execute(
+            "select count(*), count(distinct (campaign_id, variant_id, metric)) from meta.experiment_results "
+            "where run_date = $d",
+            {"d": ctx.run_date},
+        ).fetchall()[0]
+    assert counts[0] == counts[1]
+
+
+def test_sample_ratio_of_an_empty_campaign_is_not_a_failure() -> None:
+    assert stats.sample_ratio({}, {"holdout": 0.1, "contacted": 0.9}).p_value == 1.0
