@@ -233,11 +233,12 @@ def compare(
             stats.Sample.of(stats.cuped_adjust(x_t, y_t, theta, mean_x)),
             alpha,
         )
-        raw_width = raw.ci_high - raw.ci_low
+        # against Welch's test on the unadjusted metric: the same method, so only the adjustment differs
+        unadjusted = stats.welch(s_c, s_t, alpha)
         row |= {
             "cuped_diff": cuped.diff, "cuped_ci_low": cuped.ci_low, "cuped_ci_high": cuped.ci_high,
             "cuped_p_value": cuped.p_value,
-            "cuped_interval_narrowing": 1 - (cuped.ci_high - cuped.ci_low) / raw_width if raw_width > 0 else 0.0,
+            "cuped_interval_narrowing": 1 - cuped.se / unadjusted.se if unadjusted.se > 0 else 0.0,
         }  # fmt: skip
         decision = cuped
     decision_p = decision.p_value

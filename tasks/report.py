@@ -25,7 +25,7 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2e
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child, td.text { text-align: left; }
-.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.wide { overflow-x: auto; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .plot text { font-size: 11px; } .plot .plot-title { font-size: 13px; font-weight: 600; }
 .flag { color: #b00; font-weight: 600; } .ok { color: #070; } .empty { color: #888; }
 """
@@ -52,7 +52,7 @@ def table(frame: pl.DataFrame, text_columns: tuple[str, ...] = ()) -> str:
             for column, value in row.items()
         )
         rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def read(con: duckdb.DuckDBPyConnection, sql: str, ctx: RunContext) -> pl.DataFrame:

@@ -77,10 +77,15 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
         "models": {name: {"version": m["version"], "metrics": m["metrics"]} for name, m in models.items()},
         "segments": {"segments": 7, "item_audiences": 3, "clustering": {"clusters": 4}},
         "campaigns": {"c": {"policy": "bandit", "users_by_arm": {"a": 5, "holdout": 1}}},
+        "experiments": {
+            "c": {"units_by_arm": {"a": 40, "holdout": 5}, "is_trusted": False, "sample_ratio_p_value": 1e-5,
+                  "significant": ["a:click_rate"], "uplift": {"a": {"qini_coefficient": 0.0123, "uplift_at_10": 0.1}}}
+        },  # fmt: skip
         "published": {
             "target": "s3://b/p",
             "files": ["s3://b/p/runs/x/part-0000.parquet"],
             "manifest": "s3://b/p/runs/x/manifest.json",
+            "report": "s3://b/p/runs/x/report.html",
             "latest": "s3://b/p/latest.json",
             "latest_moved": True,
         },
@@ -88,6 +93,8 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
     text = format_summary(summary)
     assert "s3://b/p/latest.json" in text and "NDCG@10" in text and "ROC AUC" in text and "3/3" in text
     assert "4 behavioural clusters" in text and "bandit" in text and "holdout 1" in text
+    assert "SAMPLE-RATIO MISMATCH" in text and "a:click_rate" in text and "Qini 0.0123" in text
+    assert "s3://b/p/runs/x/report.html" in text
 
 
 def test_readme_documents_every_canonical_column_and_starts_with_the_commands() -> None:
