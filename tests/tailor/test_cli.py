@@ -78,9 +78,14 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
         "segments": {"segments": 7, "item_audiences": 3, "clustering": {"clusters": 4}},
         "campaigns": {"c": {"policy": "bandit", "users_by_arm": {"a": 5, "holdout": 1}}},
         "experiments": {
-            "c": {"units_by_arm": {"a": 40, "holdout": 5}, "is_trusted": False, "sample_ratio_p_value": 1e-5,
-                  "significant": ["a:click_rate"], "uplift": {"a": {"qini_coefficient": 0.0123, "uplift_at_10": 0.1}}}
-        },  # fmt: skip
+            "c": {
+                "units_by_arm": {"a": 40, "holdout": 5},
+                "is_trusted": False,
+                "sample_ratio_p_value": 1e-5,
+                "significant": ["a:click_rate"],
+                "uplift": {"a": {"qini_coefficient": 0.0123, "uplift_at_10": 0.1}},
+            }
+        },
         "published": {
             "target": "s3://b/p",
             "files": ["s3://b/p/runs/x/part-0000.parquet"],
