@@ -143,7 +143,8 @@ def outputs_only(out: Path) -> int:
     ctx = run_context(settings, date(2026, 11, 21))
     with connect(settings) as con:
         rows = con.execute(
-            "select model_json, decision from meta.models where run_date = $d and is_promoted", {"d": ctx.run_date}
+            "select model_json, decision from meta.models where run_date = $d and is_promoted",
+            {"d": ctx.run_date},
         ).fetchall()
     models = {}
     for model_json, decision in rows:

@@ -128,7 +128,9 @@ class RankingConfig(StrictModel):
     recent_items: int = Field(20, ge=1, description="a user's recent items that seed co-occurrence")
     neighbours: int = Field(30, ge=1, description="most similar items kept per item")
     cooccurrence_max_users: int = Field(
-        200_000, ge=1000, description="beyond this many users, item similarity is estimated on a seeded sample"
+        200_000,
+        ge=1000,
+        description="beyond this many users, item similarity is estimated on a seeded sample",
     )
     history_days: int = Field(
         90, ge=1, description="history window for affinity, recent items, co-occurrence"

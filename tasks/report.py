@@ -52,7 +52,9 @@ def table(frame: pl.DataFrame, text_columns: tuple[str, ...] = ()) -> str:
             for column, value in row.items()
         )
         rows.append(f"<tr>{cells}</tr>")
-    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    return (
+        f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    )
 
 
 def read(con: duckdb.DuckDBPyConnection, sql: str, ctx: RunContext) -> pl.DataFrame:
