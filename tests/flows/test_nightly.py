@@ -81,6 +81,13 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
     }
     docs = client.get_object(Bucket=TEST_BUCKET, Key=f"{prefix}/runs/{RUN_DATE}/data_docs/raw/index.html")
     assert b"<html" in docs["Body"].read().lower()
+    # the experiment analysis ran before allocation and its results and report are published
+    assert set(manifest["outputs"]["experiments"]) == {"weekly_digest", "app_nudge"}
+    assert manifest["datasets"]["experiment_results"]["rows"] > 0
+    assert manifest["datasets"]["allocation_decisions"]["rows"] == 7  # 3 + 2 variants and 2 holdouts
+    assert manifest["report"] == "report.html"
+    report = client.get_object(Bucket=TEST_BUCKET, Key=f"{prefix}/runs/{RUN_DATE}/report.html")["Body"].read()
+    assert b"Campaign weekly_digest" in report and b"<svg" in report and b"<script" not in report
 
     settings = load_settings(config_path)
     with connect(settings) as con:

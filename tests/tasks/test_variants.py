@@ -205,3 +205,24 @@ def test_the_holdout_stays_when_policy_and_weights_change_and_moves_with_the_sal
     moved = holdout_users(resalted)
     assert len(moved & before) < 0.5 * len(before)
     assign_variants.fn(settings, ctx, models)  # leave the module's state as the fixture made it
+
+
+def test_users_the_uplift_model_expects_nothing_from_are_not_contacted(midsize_company) -> None:
+    _, settings, ctx, models = midsize_company
+    digest = next(c for c in settings.campaigns if c.campaign_id == "weekly_digest")
+    allocation = digest.allocation.model_copy(update={"skip_without_uplift": True, "min_uplift": 0.05})
+    settings = settings.model_copy(update={"campaigns": [digest.model_copy(update={"allocation": allocation})]})
+    score_users.fn(settings, ctx, models)
+    build_segments.fn(settings, ctx, models)
+    summary = assign_variants.fn(settings, ctx, models)["weekly_digest"]
+    skipped = summary["not_contacted_no_uplift"]
+    with connect(settings) as con:
+        content = con.sql("select * from marts.content where campaign_id = 'weekly_digest'").pl()
+    chosen = content.filter(pl.col("allocation_reason") == "model_best")
+    assert skipped > 0 and chosen.height > 0
+    assert summary["audience_users"] == content.height
+    # nobody chosen by the model is predicted to gain less than the threshold, and the holdout keeps its share
+    assert chosen["expected_uplift"].min() > 0.05
+    assert "no_expected_uplift" not in set(content["allocation_reason"])
+    holdout = content["is_holdout"].sum()
+    assert abs(holdout / (content.height + skipped) - digest.holdout_share) < 0.02

@@ -1,0 +1,40 @@
+"""The experiments flow on its own, for real: Prefect (test harness), DuckDB and a local target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from flows.experiments import EXPERIMENT_DATASETS, experiments
+from tests.conftest import RUN_DATE
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_experiments_flow_publishes_under_its_own_prefix(company: Path, prefect_harness) -> None:
+    config_path = company / "tailor.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    published = company / "published"
+    config["publish"]["target"] = published.as_uri()
+    config_path.write_text(yaml.safe_dump(config))
+
+    summary = experiments(config_path=str(config_path), run_date=RUN_DATE)
+
+    assert set(summary["experiments"]) == {"weekly_digest", "app_nudge"}
+    latest = json.loads((published / "experiments" / "latest.json").read_text())
+    assert latest == {"run_date": RUN_DATE.isoformat(), "manifest": f"experiments/{RUN_DATE}/manifest.json"}
+    run = published / "experiments" / RUN_DATE.isoformat()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["datasets"]) == set(EXPERIMENT_DATASETS)
+    results = pl.read_parquet(run / "experiment_results" / "part-0000.parquet")
+    assert set(results["campaign_id"]) == {"weekly_digest", "app_nudge"}
+    assert results.height == manifest["datasets"]["experiment_results"]["rows"]
+    # no model has served yet: the analysis runs, the uplift evaluation has nothing to evaluate
+    assert manifest["datasets"]["uplift_evaluation"]["rows"] == 0
+    assert "<svg" in (run / "report.html").read_text()
+    # the nightly run's own layout is untouched
+    assert not (published / "latest.json").exists() and not (published / "runs").exists()
