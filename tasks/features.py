@@ -184,6 +184,13 @@ def drop_stale_partitions(con: duckdb.DuckDBPyConnection, oldest_needed: datetim
         con.execute(f"delete from {table} where cutoff < $oldest", {"oldest": oldest_needed})
 
 
+@task(name="build-staging", cache_policy=NO_CACHE)
+def build_staging(settings: Settings, ctx: RunContext) -> dict[str, int]:
+    """Only the staging models: what a flow that analyses but does not train (experiments) reads."""
+    with connect(settings) as con:
+        return build_staging_models(con, ctx)
+
+
 @task(name="build-features", cache_policy=NO_CACHE)
 def build_features(settings: Settings, ctx: RunContext) -> dict[str, int]:
     """Staging models, then features, candidates and training examples (SQL in DuckDB)."""
