@@ -195,3 +195,18 @@ def test_sample_ratio_check_flags_a_ten_percent_imbalance_and_rarely_a_fair_spli
                   for row in skewed]  # fmt: skip
     assert np.mean(skew_flags) == 1.0
     assert np.mean(fair_flags) < threshold + _band(threshold, runs)
+
+
+def test_relative_lift_interval_covers_the_true_lift() -> None:
+    rng = np.random.default_rng(9)
+    runs, n = 3000, 4000
+    true_lift = 0.11 / 0.08 - 1
+    x_c, x_t = rng.binomial(n, 0.08, runs), rng.binomial(n, 0.11, runs)
+    covered = [
+        (r := stats.two_proportions(stats.Sample.of_counts(c, n), stats.Sample.of_counts(t, n))).lift_ci_low
+        <= true_lift
+        <= r.lift_ci_high
+        for c, t in zip(x_c, x_t, strict=True)
+    ]
+    # the delta method is an approximation: within a point of 95% at these sizes
+    assert abs(np.mean(covered) - 0.95) < 0.01 + _band(0.95, runs)
