@@ -14,6 +14,7 @@ from tailor.warehouse import RunContext, run_context
 from tasks.experiments import analyse_experiments
 from tasks.extract import extract_sources
 from tasks.features import build_staging
+from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
 from tasks.report import write_report
 from tasks.train import serving_models
@@ -36,6 +37,7 @@ def experiments(config_path: str, run_date: date | None = None, target: str | No
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
     loads = extract_sources(settings, ctx)
+    erase_deleted_users(settings, ctx)
     quality = validate_sources(settings, ctx, loads)
     build_staging(settings, ctx)
     models = serving_models(settings, ctx)

@@ -1,4 +1,4 @@
-"""The nightly run: extract -> validate -> features -> train -> experiments -> score -> segments ->
+"""The nightly run: extract -> erase -> validate -> features -> train -> experiments -> score -> segments ->
 variants -> report -> publish."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tailor.config import load_settings
 from tailor.warehouse import run_context
 from tasks.extract import extract_sources
 from tasks.features import build_features
+from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
 from tasks.report import write_report
 from tasks.score import score_users
@@ -35,6 +36,7 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
     loads = extract_sources(settings, ctx)
+    erasure = erase_deleted_users(settings, ctx)
     source_quality = validate_sources(settings, ctx, loads)
     feature_rows = build_features(settings, ctx)
     quality = combine(source_quality, validate_features(settings, ctx))
@@ -51,6 +53,7 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
         "run_date": ctx.run_date.isoformat(),
         "extracted": {name: load.rows_loaded for name, load in loads.items()},
         "watermarks": {name: load.watermark for name, load in loads.items()},
+        "erasure": erasure,
         "data_quality": quality,
         "feature_rows": feature_rows,
         "models": {

@@ -476,6 +476,7 @@ def generate(
     )  # fmt: skip
     writer.write_by_day("campaign_exposures", exposures, "file_day", start)
 
+    deletions = write_deletion_requests(world, writer, seed, user_width)
     write_truth(out, world, variant_truth, user_width)
     write_config(out, fmt, seed)
     return {
@@ -483,7 +484,31 @@ def generate(
         "items": n_items,
         "interactions": interaction_rows,
         "campaign_exposures": exposures.height,
+        "deletion_requests": deletions,
     }
+
+
+DELETION_SHARE = 0.001
+
+
+def write_deletion_requests(world: World, writer: Writer, seed: int, user_width: int) -> int:
+    """A few users (one in a thousand, at least one) ask to be erased during the last week. Their events
+    stay in the other sources, as a source system would keep sending them: the pipeline must drop them."""
+    rng = np.random.default_rng([seed, 3])  # its own stream: the other sources do not change
+    n = world.activity.size
+    users = np.sort(rng.choice(n, size=max(1, round(n * DELETION_SHARE)), replace=False))
+    day = world.days - 1 - rng.integers(0, min(7, world.days), users.size)
+    frame = pl.DataFrame(
+        {
+            "user_index": users,
+            "requested_at": _timestamps(day, rng.integers(0, 86_400, users.size), world.start),
+            "file_day": day,
+        }
+    ).with_columns(_id_expr("u", "user_index", user_width).alias("user_id"))
+    writer.write_by_day(
+        "deletion_requests", frame.select("user_id", "requested_at", "file_day"), "file_day", world.start
+    )
+    return frame.height
 
 
 def write_truth(out: Path, world: World, variant_truth: pl.DataFrame, user_width: int) -> None:
@@ -528,7 +553,14 @@ def generated_config(fmt: str, seed: int) -> dict:
         "warehouse": {"path": "var/tailor.duckdb", "runs_dir": "var/runs"},
         "sources": {
             table: source(table)
-            for table in ("users", "consents", "items", "interactions", "campaign_exposures")
+            for table in (
+                "users",
+                "consents",
+                "items",
+                "interactions",
+                "campaign_exposures",
+                "deletion_requests",
+            )
         },
         # Synthetic users: publishing their raw ids is harmless. Real data should stay pseudonymous.
         "publish": {"target": "file://published", "published_user_id": "external"},

@@ -17,6 +17,8 @@ SOURCE_FILE = "_source_file"
 FILE_DATE = "_file_date"
 LOADED_RUN_DATE = "_loaded_run_date"
 
+# columns whose values identify or describe a person: never quoted in logs or error messages
+PERSONAL_COLUMNS = (USER_ID, "email", "age_band", "gender")
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 CONSENT_PURPOSES = ("marketing_email", "marketing_push", "profiling")
 CHANNELS = ("email", "push", "web")
@@ -130,6 +132,15 @@ TABLES: dict[str, Table] = {
             ),
             (CAMPAIGN_ID, USER_ID, "sent_at"),
             "Who got which variant of which campaign, and what they did.",
+        ),
+        Table(
+            "deletion_requests",
+            (
+                Column(USER_ID, "VARCHAR", description="the user to erase"),
+                Column("requested_at", "TIMESTAMP", False, "when the user asked", is_event_time=True),
+            ),
+            (USER_ID,),
+            "Right-to-erasure requests: the next run removes every trace of the user (optional source).",
         ),
     )
 }

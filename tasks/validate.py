@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
 from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
-from tailor.schema import ORIGINAL_VALUES, ROW_KEY, SOURCE_FILE, TABLES
+from tailor.schema import ORIGINAL_VALUES, PERSONAL_COLUMNS, ROW_KEY, SOURCE_FILE, TABLES
 from tailor.sql import query
 from tailor.warehouse import RunContext, connect
 from tasks.extract import SourceLoad, quote_identifier, unload_run
@@ -63,7 +63,9 @@ class Check:
     files: list[str] = field(default_factory=list)
 
     def describe(self, with_sample: bool = True) -> str:
-        sample = f" (e.g. {', '.join(self.sample[:3])})" if self.sample and with_sample else ""
+        """One line for logs and errors; sample values only from columns that say nothing about a person."""
+        quotable = with_sample and self.column not in PERSONAL_COLUMNS
+        sample = f" (e.g. {', '.join(self.sample[:3])})" if self.sample and quotable else ""
         files = (
             f" in {', '.join(self.files[:3])}" + (" and others" if len(self.files) > 3 else "")
             if self.files

@@ -211,7 +211,9 @@ def test_users_the_uplift_model_expects_nothing_from_are_not_contacted(midsize_c
     _, settings, ctx, models = midsize_company
     digest = next(c for c in settings.campaigns if c.campaign_id == "weekly_digest")
     allocation = digest.allocation.model_copy(update={"skip_without_uplift": True, "min_uplift": 0.05})
-    settings = settings.model_copy(update={"campaigns": [digest.model_copy(update={"allocation": allocation})]})
+    settings = settings.model_copy(
+        update={"campaigns": [digest.model_copy(update={"allocation": allocation})]}
+    )
     score_users.fn(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
     summary = assign_variants.fn(settings, ctx, models)["weekly_digest"]
