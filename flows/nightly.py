@@ -1,5 +1,5 @@
 """The nightly run: extract -> erase -> validate -> features -> train -> experiments -> score -> segments ->
-variants -> report -> publish."""
+variants -> fairness audit -> report -> publish."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from flows.experiments import experiment_analysis
 from tailor.config import load_settings
 from tailor.warehouse import run_context
 from tasks.extract import extract_sources
+from tasks.fairness import audit_fairness
 from tasks.features import build_features
 from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
@@ -45,8 +46,9 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
     scored = score_users(settings, ctx, models)
     segments = build_segments(settings, ctx, models)
     campaigns = assign_variants(settings, ctx, models)
+    fairness = audit_fairness(settings, ctx)
     write_report(settings, ctx)
-    outputs = {"segments": segments, "experiments": experiments, "campaigns": campaigns}
+    outputs = {"segments": segments, "experiments": experiments, "campaigns": campaigns, "fairness": fairness}
     local_run = write_datasets(settings, ctx, models, quality, outputs)
     published = upload_run(settings, ctx, local_run, settings.resolve_uri(settings.publish.target))
     return {
@@ -64,5 +66,6 @@ def nightly(config_path: str, run_date: date | None = None, target: str | None =
         "segments": segments,
         "experiments": experiments,
         "campaigns": campaigns,
+        "fairness": fairness,
         "published": published,
     }

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42, help="random seed; same seed, same data (default 42)")
     gen.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
     gen.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    gen.add_argument(
+        "--plant-bias",
+        action="store_true",
+        help="make behaviour depend on gender, so models and allocation learn a bias the fairness audit flags",
+    )
 
     run = commands.add_parser(
         "run",
@@ -153,7 +158,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     end = args.end or (datetime.now(UTC).date() - timedelta(days=1))
     started = time.monotonic()
-    counts = generate(args.out, args.users, args.items, args.days, end, args.seed, args.format)
+    counts = generate(
+        args.out, args.users, args.items, args.days, end, args.seed, args.format, args.plant_bias
+    )
     print(f"generated {args.days} days ending {end} in {args.out} ({time.monotonic() - started:.1f}s)")
     for table, rows in counts.items():
         print(f"  {table:<20} {rows:>12,} rows")

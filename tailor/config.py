@@ -365,6 +365,44 @@ class ExperimentsConfig(StrictModel):
     min_units: int = Field(100, ge=2, description="arms with fewer units are reported but not tested")
 
 
+USER_ATTRIBUTES = ("country", "language", "age_band", "gender")
+
+
+class PrivacyConfig(StrictModel):
+    sensitive_attributes: list[str] = Field(
+        default_factory=lambda: ["age_band", "gender"],
+        description="users columns that are never model features unless named in sensitive_features, and "
+        "that the fairness audit breaks results down by",
+    )
+    sensitive_features: list[str] = Field(
+        default_factory=list, description="sensitive attributes the models may use anyway (explicit opt-in)"
+    )
+
+    @model_validator(mode="after")
+    def _checks(self) -> PrivacyConfig:
+        unknown = [name for name in self.sensitive_attributes if name not in USER_ATTRIBUTES]
+        if unknown:
+            raise ValueError(
+                f"sensitive_attributes: {', '.join(unknown)} not a users column ({', '.join(USER_ATTRIBUTES)})"
+            )
+        stray = [name for name in self.sensitive_features if name not in self.sensitive_attributes]
+        if stray:
+            raise ValueError(f"sensitive_features: {', '.join(stray)} not in sensitive_attributes")
+        return self
+
+
+class FairnessConfig(StrictModel):
+    enabled: bool = True
+    min_ratio: float = Field(
+        0.8, gt=0, le=1, description="a group's rate over the most-favoured group's below this is flagged"
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="a gap is flagged only when it is significant")
+    min_group_users: int = Field(50, ge=1, description="smaller groups are reported, never flagged")
+    fail_on_flag: bool = Field(
+        False, description="a flagged ratio fails the run before anything is published"
+    )
+
+
 class QualityConfig(StrictModel):
     suites_dir: str | None = Field(
         None, description="folder with raw/ and features/ suites (default: Tailor's config/quality)"
@@ -395,6 +433,8 @@ class Settings(StrictModel):
     )
     drafting: DraftingConfig = Field(default_factory=DraftingConfig)
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""

@@ -9,7 +9,9 @@ from tailor.storage import StorageError
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tailor.drafts import DraftError
     from tasks.extract import ExtractError
+    from tasks.fairness import FairnessError
     from tasks.publish import ConsentViolation
+    from tasks.train import SensitiveFeatureError
     from tasks.validate import DataQualityError
     from tasks.variants import TemplateRenderError
 
@@ -21,6 +23,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ConsentViolation,
         TemplateRenderError,
         DraftError,
+        FairnessError,
+        SensitiveFeatureError,
     )
 
 

@@ -93,7 +93,9 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-9)
 
 
-def build_world(rng: np.random.Generator, n_users: int, n_items: int, start: date, end: date) -> World:
+def build_world(
+    rng: np.random.Generator, n_users: int, n_items: int, start: date, end: date, plant_bias: bool = False
+) -> World:
     days = (end - start).days + 1
     n_genres = len(CATEGORIES) * GENRES_PER_CATEGORY
     category_share = 1.0 / np.arange(1, len(CATEGORIES) + 1) ** 0.6
@@ -124,6 +126,12 @@ def build_world(rng: np.random.Generator, n_users: int, n_items: int, start: dat
     cdf[:, -1] = 1.0
     focus = _zscore((category_taste**2).sum(axis=1))
     activity = rng.lognormal(np.log(0.45), 0.8, n_users)
+    if plant_bias:
+        # a biased world for the fairness audit: women are far more active than men, so everything learnt
+        # from behaviour (propensity, the personalized variant choice) differs by gender
+        activity *= np.where(
+            gender == GENDERS.index("female"), 2.5, np.where(gender == GENDERS.index("male"), 0.4, 1.0)
+        )
     # Purchase propensity depends on behaviour, market and tenure, never on a sensitive attribute: a model
     # that may not use age or gender can still reach the ceiling the truth sets.
     tenure_effect = -0.25 * _zscore(np.log1p(np.maximum(days - created, 1)))
@@ -445,14 +453,23 @@ def simulate_campaigns(
 
 
 def generate(
-    out: Path, n_users: int, n_items: int, days: int, end: date, seed: int, fmt: str = "csv"
+    out: Path,
+    n_users: int,
+    n_items: int,
+    days: int,
+    end: date,
+    seed: int,
+    fmt: str = "csv",
+    plant_bias: bool = False,
 ) -> dict[str, int]:
-    """Write the sources, a ready config and the ground truth under `out`; return row counts."""
+    """Write the sources, a ready config and the ground truth under `out`; return row counts. With
+    `plant_bias` behaviour depends strongly on gender, so what is learnt from it is biased (a test world
+    for the fairness audit)."""
     if n_users < 10 or n_items < 10 or days < 14:
         raise ValueError("generate needs at least 10 users, 10 items and 14 days")
     rng = np.random.default_rng(seed)
     start = end - timedelta(days=days - 1)
-    world = build_world(rng, n_users, n_items, start, end)
+    world = build_world(rng, n_users, n_items, start, end, plant_bias)
     writer = Writer(out, fmt)
     user_width, item_width = len(str(n_users)), len(str(n_items))
     write_users(world, writer, seed)

@@ -26,7 +26,7 @@ CHANNELS = ("email", "push", "web")
 DATASET_NAMES = (
     "recommendations", "user_scores", "segments", "segment_profiles", "item_audiences", "content",
     "personalize_batch", "user_updates", "experiment_results", "uplift_evaluation", "allocation_decisions",
-    "data_quality",
+    "fairness_audit", "data_quality",
 )  # fmt: skip
 
 

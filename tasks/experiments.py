@@ -34,7 +34,6 @@ from tailor.config import CampaignConfig, Settings
 from tailor.sql import query, read_partition
 from tailor.warehouse import RunContext, connect
 from tasks.train import (
-    CONVERSION_FEATURES,
     CONVERSION_HOLDOUT_DAYS,
     conversion_model_name,
     feature_matrix,
@@ -458,7 +457,7 @@ def predicted_uplift(
 
 
 def predict_with(frame: pl.DataFrame, model: dict[str, Any]) -> np.ndarray:
-    matrix = feature_matrix(frame, CONVERSION_FEATURES, model["categories"])
+    matrix = feature_matrix(frame, tuple(model["features"]), model["categories"])
     return predict_propensity(lgb.Booster(model_file=model["path"]), matrix, model["params"]["calibration"])
 
 

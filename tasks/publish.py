@@ -35,6 +35,7 @@ from tailor.sql import materialize, query
 from tailor.storage import open_store
 from tailor.warehouse import RunContext, connect
 from tasks.experiments import ensure_tables
+from tasks.fairness import ensure_audit_table
 from tasks.validate import Check, store_results
 
 MANIFEST_VERSION = 2
@@ -143,6 +144,15 @@ DATASETS = (
         None,
         "The decision log: each campaign arm's share per night, the share the night before, and why.",
         history=True,
+    ),
+    Dataset(
+        "fairness_audit",
+        "meta.fairness_audit",
+        "attribute, subject, subject_id, metric, group_value",
+        None,
+        "Per sensitive attribute and group: selection by campaign and variant, category exposure and mean "
+        "propensity, with the disparate-impact ratio against the most-favoured group and whether it is flagged.",
+        this_run_only=True,
     ),
     Dataset(
         "data_quality",
@@ -413,6 +423,7 @@ def write_datasets(
     datasets: dict[str, Any] = {}
     with connect(settings) as con:
         ensure_tables(con)
+        ensure_audit_table(con)
         if only is None:
             build_feeds(con, ctx)
         output_checks: list[Check] = []

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, read_partition
 from tailor.warehouse import RunContext, connect
-from tasks.train import PROPENSITY_FEATURES, RANKING_FEATURES, feature_matrix, predict_propensity
+from tasks.train import RANKING_FEATURES, feature_matrix, predict_propensity
 
 BATCH_ROWS = 500_000
 
@@ -98,7 +98,7 @@ def score_propensity(
     con: duckdb.DuckDBPyConnection, booster: lgb.Booster, model: dict[str, Any], ctx: RunContext
 ) -> int:
     users = read_partition(con, "features/propensity_examples", ctx.cutoff, ("user_id",)).pl()
-    matrix = feature_matrix(users, PROPENSITY_FEATURES, model["categories"])
+    matrix = feature_matrix(users, tuple(model["features"]), model["categories"])
     probability = predict_propensity(booster, matrix, model["params"]["calibration"]) if users.height else []
     scored = users.select("user_id").with_columns(
         pl.Series("conversion_probability", np.asarray(probability, dtype=np.float64))

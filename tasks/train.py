@@ -79,7 +79,7 @@ RANKING_FEATURES = (
     "max_cooccurrence",
     "n_similar_recent_items",
 )
-CATEGORICAL = ("country", "variant_id")
+CATEGORICAL = ("country", "language", "age_band", "gender", "variant_id")
 # taste concentration tells which message suits a user; it does not predict whether they buy at all
 CONVERSION_FEATURES = (*PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
 CONVERSION_HOLDOUT_DAYS = 14
@@ -120,6 +120,29 @@ def lightgbm_params(settings: Settings, objective: str, **extra: Any) -> dict[st
         "verbosity": -1,
         **extra,
     }
+
+
+class SensitiveFeatureError(ValueError):
+    """A model was about to learn from a sensitive attribute the config does not allow."""
+
+
+def user_model_features(base: tuple[str, ...], settings: Settings) -> tuple[str, ...]:
+    """A user-level model's features: the base list without any sensitive attribute, plus the sensitive
+    attributes the config explicitly allows (privacy.sensitive_features)."""
+    sensitive = set(settings.privacy.sensitive_attributes)
+    kept = tuple(name for name in base if name not in sensitive)
+    return (*kept, *(name for name in settings.privacy.sensitive_features if name not in kept))
+
+
+def check_features(model_name: str, features: tuple[str, ...] | list[str], settings: Settings) -> None:
+    """The last guard before fitting: no sensitive attribute reaches a model unless config names it."""
+    allowed = set(settings.privacy.sensitive_features)
+    leaked = [f for f in features if f in settings.privacy.sensitive_attributes and f not in allowed]
+    if leaked:
+        raise SensitiveFeatureError(
+            f"model {model_name}: feature(s) {', '.join(leaked)} are sensitive attributes; name them in "
+            "privacy.sensitive_features to use them"
+        )
 
 
 def vocabulary(frame: pl.DataFrame, features: tuple[str, ...]) -> dict[str, list[str]]:
@@ -181,10 +204,10 @@ def train_propensity(
     holdout = read_partition(con, "features/propensity_examples", cuts.propensity_holdout, ("user_id",)).pl()
     if train.height == 0 or train["is_converted"].sum() == 0:
         raise ValueError(f"propensity: no converting user in the training windows at {cuts.propensity_train}")
-    booster, params, categories, calibration, x, y = fit_binary(
-        train, "is_converted", PROPENSITY_FEATURES, settings
-    )
-    names = list(PROPENSITY_FEATURES)
+    features = user_model_features(PROPENSITY_FEATURES, settings)
+    check_features("propensity", features, settings)
+    booster, params, categories, calibration, x, y = fit_binary(train, "is_converted", features, settings)
+    names = list(features)
     scores = propensity_metrics(booster, holdout, categories, calibration, base_rate=float(y.mean()))
     version, path = save_model(booster, ctx.run_dir, "propensity")
     return TrainedModel(
@@ -308,10 +331,10 @@ def train_campaign_conversions(
                 campaign_id, variant_id, holdout_from,
             )  # fmt: skip
             continue
-        booster, params, categories, calibration, x, y = fit_binary(
-            train, "is_converted", CONVERSION_FEATURES, settings
-        )
         name = conversion_model_name(str(campaign_id), str(variant_id))
+        features = user_model_features(CONVERSION_FEATURES, settings)
+        check_features(name, features, settings)
+        booster, params, categories, calibration, x, y = fit_binary(train, "is_converted", features, settings)
         version, path = save_model(booster, ctx.run_dir, name)
         trained.append(
             TrainedModel(
@@ -320,7 +343,7 @@ def train_campaign_conversions(
                 objective=f"conversion when sent variant {variant_id} of campaign {campaign_id}",
                 trained_cutoff=holdout_from.isoformat(),
                 holdout_cutoff=ctx.cutoff.isoformat(),
-                features=list(CONVERSION_FEATURES),
+                features=list(features),
                 categories=categories,
                 params=params | {"calibration": calibration},
                 best_iteration=int(booster.best_iteration or booster.current_iteration()),
@@ -342,7 +365,7 @@ def conversion_metrics(
 ) -> dict[str, Any]:
     labels = holdout["is_converted"].to_numpy()
     return scored_metrics(
-        booster, holdout, CONVERSION_FEATURES, labels, categories, calibration, base_rate
+        booster, holdout, tuple(booster.feature_name()), labels, categories, calibration, base_rate
     ) | {"holdout_sends": holdout.height}
 
 
@@ -388,7 +411,7 @@ def propensity_metrics(
     """Holdout metrics of a calibrated propensity model, beside the training base rate for everyone."""
     labels = holdout["is_converted"].to_numpy()
     return scored_metrics(
-        booster, holdout, PROPENSITY_FEATURES, labels, categories, calibration, base_rate
+        booster, holdout, tuple(booster.feature_name()), labels, categories, calibration, base_rate
     ) | {"holdout_users": holdout.height}
 
 
@@ -560,11 +583,13 @@ def gate_metric(name: str) -> str:
     return "ndcg_at_10" if name == "ranking" else "roc_auc"
 
 
-def current_features(name: str) -> list[str]:
-    """The features the code scores a model with today."""
+def current_features(name: str, settings: Settings) -> list[str]:
+    """The features a model trained today would use."""
     if name in ("ranking", "engagement"):
         return list(RANKING_FEATURES)
-    return list(PROPENSITY_FEATURES if name == "propensity" else CONVERSION_FEATURES)
+    return list(
+        user_model_features(PROPENSITY_FEATURES if name == "propensity" else CONVERSION_FEATURES, settings)
+    )
 
 
 def current_champion(con: duckdb.DuckDBPyConnection, name: str, ctx: RunContext) -> dict[str, Any] | None:
@@ -634,7 +659,10 @@ def champion_gate(
     champion = current_champion(con, challenger.name, ctx)
     if champion is None:
         return asdict(challenger), True, f"first {challenger.name} model: promoted"
-    if champion["features"] != current_features(challenger.name) or not Path(champion["path"]).exists():
+    if (
+        champion["features"] != current_features(challenger.name, settings)
+        or not Path(champion["path"]).exists()
+    ):
         return asdict(challenger), True, f"champion {champion['version']} no longer usable: promoted"
     base_rate = float(challenger.metrics.get("training_positive_rate", 0.0) or 0.0)
     champion_metrics = rescore_champion(con, settings, cuts, champion, base_rate)
@@ -675,6 +703,7 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
             *train_campaign_conversions(con, settings, ctx, cuts),
         ]
         for challenger in challengers:
+            check_features(challenger.name, challenger.features, settings)
             model, promoted, decision = champion_gate(con, settings, ctx, cuts, challenger)
             register(con, ctx, challenger, promoted, decision)
             log.info("%s: %s", challenger.name, decision)

@@ -3,7 +3,7 @@
 -- a feature never sees its own future.
 with users as (
     -- each user as known at the cutoff
-    select user_id, created_at, country
+    select user_id, created_at, country, age_band, gender
     from staging.stg_users
     where created_at < $cutoff and known_on < $cutoff_day
     qualify row_number() over (partition by user_id order by known_on desc) = 1
@@ -87,8 +87,10 @@ final as (
         -- keys
         $cutoff as cutoff,
         users.user_id,
-        -- attributes
+        -- attributes (age_band and gender are sensitive: a model uses them only when config names them)
         users.country,
+        users.age_band,
+        users.gender,
         date_diff('day', users.created_at, $cutoff) as days_since_signup,
         -- behaviour
         coalesce(behaviour.n_events_7d, 0) as n_events_7d,

@@ -1,0 +1,142 @@
+"""The fairness audit, every run: for each sensitive attribute and group, how often the group is selected
+by each campaign, given each variant, recommended each item category, and its mean propensity score, with
+the disparate-impact ratio against the most-favoured group (the four-fifths rule).
+
+A ratio is flagged when it is under `fairness.min_ratio`, the group has at least `fairness.min_group_users`
+users, and the gap to the most-favoured group is statistically significant (two-proportion z-test for
+shares, Welch's test for the mean score; Holm-adjusted over the whole audit, which makes hundreds of
+comparisons), so noise does not raise alarms. With
+`fairness.fail_on_flag` a flag fails the run before anything is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import duckdb
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tailor import stats
+from tailor.config import Settings
+from tailor.sql import query
+from tailor.warehouse import RunContext, connect
+from tasks.experiments import replace_rows
+
+log = logging.getLogger(__name__)
+
+AUDIT_COLUMNS = {
+    "run_date": "date", "attribute": "varchar", "group_value": "varchar", "subject": "varchar",
+    "subject_id": "varchar", "metric": "varchar", "users": "bigint", "value": "double",
+    "reference_group": "varchar", "reference_value": "double", "disparate_impact_ratio": "double",
+    "p_value": "double", "p_value_adjusted": "double", "is_small_group": "boolean", "is_flagged": "boolean",
+}  # fmt: skip
+
+
+class FairnessError(RuntimeError):
+    """A disparate-impact ratio under the threshold, with fairness.fail_on_flag set."""
+
+
+def ensure_audit_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("create schema if not exists meta")
+    ddl = ", ".join(f"{name} {sql_type}" for name, sql_type in AUDIT_COLUMNS.items())
+    con.execute(f"create table if not exists meta.fairness_audit ({ddl})")
+
+
+def gap_p_value(row: dict[str, Any], reference: dict[str, Any]) -> float:
+    """Is the group's value different from the most-favoured group's beyond chance?"""
+    if row["metric"] == "mean_score":
+        if row["users"] < 2 or reference["users"] < 2:
+            return math.nan
+        return stats.welch(
+            stats.Sample(reference["users"], reference["value"], reference["variance"] or 0.0),
+            stats.Sample(row["users"], row["value"], row["variance"] or 0.0),
+        ).p_value
+    return stats.two_proportions(
+        stats.Sample.of_counts(int(reference["hits"]), int(reference["users"])),
+        stats.Sample.of_counts(int(row["hits"]), int(row["users"])),
+    ).p_value
+
+
+def audit_rows(rates: pl.DataFrame, settings: Settings, ctx: RunContext) -> list[dict[str, Any]]:
+    config = settings.fairness
+    rows = []
+    for _, frame in rates.group_by("attribute", "subject", "subject_id", "metric", maintain_order=True):
+        groups = frame.to_dicts()
+        eligible = [g for g in groups if g["users"] >= config.min_group_users]
+        # the most-favoured group: the highest rate among groups large enough to count (ties: by name)
+        reference = max(eligible, key=lambda g: (g["value"], g["group_value"])) if eligible else None
+        for group in groups:
+            small = group["users"] < config.min_group_users
+            ratio = p_value = math.nan
+            if reference is not None and reference["value"]:
+                ratio = group["value"] / reference["value"]
+                p_value = 1.0 if group is reference else gap_p_value(group, reference)
+            rows.append(
+                {
+                    "run_date": ctx.run_date,
+                    "attribute": group["attribute"],
+                    "group_value": group["group_value"],
+                    "subject": group["subject"],
+                    "subject_id": group["subject_id"],
+                    "metric": group["metric"],
+                    "users": group["users"],
+                    "value": group["value"],
+                    "reference_group": reference["group_value"] if reference else None,
+                    "reference_value": reference["value"] if reference else None,
+                    "disparate_impact_ratio": None if math.isnan(ratio) else ratio,
+                    "p_value": None if math.isnan(p_value) else p_value,
+                    "p_value_adjusted": None,
+                    "is_small_group": small,
+                    "is_flagged": False,
+                    "_below": not small and ratio < config.min_ratio,
+                }
+            )
+    tested = [
+        row for row in rows if row["p_value"] is not None and row["group_value"] != row["reference_group"]
+    ]
+    for row, adjusted in zip(
+        tested, stats.adjust_p_values([r["p_value"] for r in tested], "holm"), strict=True
+    ):
+        row["p_value_adjusted"] = adjusted
+        row["is_flagged"] = bool(row["_below"] and adjusted < config.alpha)
+    for row in rows:
+        del row["_below"]
+    return rows
+
+
+def describe(row: dict[str, Any]) -> str:
+    return (
+        f"{row['attribute']}={row['group_value']}: {row['metric']} of {row['subject']} {row['subject_id']} "
+        f"is {row['disparate_impact_ratio']:.2f} of {row['attribute']}={row['reference_group']}'s "
+        f"(adjusted p = {row['p_value_adjusted']:.2g})"
+    )
+
+
+@task(name="fairness-audit", cache_policy=NO_CACHE)
+def audit_fairness(settings: Settings, ctx: RunContext) -> dict[str, Any]:
+    """Store tonight's audit in meta.fairness_audit; fail the run on a flag when config says so."""
+    attributes = settings.privacy.sensitive_attributes
+    with connect(settings) as con:
+        ensure_audit_table(con)
+        rows: list[dict[str, Any]] = []
+        if settings.fairness.enabled and attributes:
+            rates = query(con, "marts/fairness_rates", {"attributes": attributes}).pl()
+            rows = audit_rows(rates, settings, ctx)
+        replace_rows(con, "meta.fairness_audit", AUDIT_COLUMNS, rows, ctx)
+    flagged = [row for row in rows if row["is_flagged"]]
+    for row in flagged:
+        log.warning("fairness: %s, under %.2f", describe(row), settings.fairness.min_ratio)
+    if flagged and settings.fairness.fail_on_flag:
+        raise FairnessError(
+            f"fairness audit: {len(flagged)} disparate-impact ratio(s) under {settings.fairness.min_ratio}, "
+            f"nothing published: " + "; ".join(describe(row) for row in flagged[:5])
+        )
+    return {
+        "attributes": attributes,
+        "rows": len(rows),
+        "flagged": [describe(row) for row in flagged],
+    }
