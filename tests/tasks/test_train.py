@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from tailor.warehouse import connect
 from tasks.features import cutoffs_for
@@ -167,3 +168,44 @@ def test_conversion_models_are_trained_per_campaign_and_variant_on_earlier_sends
             {"c": ctx.cutoff},
         ).fetchall()[0]
     assert mismatched[0] == 0 and mismatched[1] > 0
+
+
+def test_sensitive_attributes_reach_a_model_only_when_config_names_them(trained_company) -> None:
+    from tasks.train import (
+        PROPENSITY_FEATURES,
+        SensitiveFeatureError,
+        check_features,
+        user_model_features,
+    )
+
+    settings, ctx, models, _ = trained_company
+    assert not {"age_band", "gender"} & set(models["propensity"]["features"])
+    # a sensitive attribute added to a feature list by mistake is stopped before fitting
+    with pytest.raises(SensitiveFeatureError, match="gender"):
+        check_features("propensity", (*PROPENSITY_FEATURES, "gender"), settings)
+    # a column made sensitive by config leaves the features it was in
+    country_sensitive = settings.model_copy(
+        update={
+            "privacy": settings.privacy.model_copy(
+                update={"sensitive_attributes": ["age_band", "gender", "country"]}
+            )
+        }
+    )
+    assert "country" not in user_model_features(PROPENSITY_FEATURES, country_sensitive)
+    # named in config, it is used, and the model's feature list says so
+    allowed = settings.model_copy(
+        update={"privacy": settings.privacy.model_copy(update={"sensitive_features": ["age_band"]})}
+    )
+    with connect(settings) as con:
+        model = train_propensity(con, allowed, ctx, cutoffs_for(allowed, ctx))
+    assert "age_band" in model.features and "gender" not in model.features
+    assert "age_band" in model.categories
+
+
+def test_sensitive_features_must_be_declared_sensitive_attributes() -> None:
+    from tailor.config import PrivacyConfig
+
+    with pytest.raises(ValueError, match="not in sensitive_attributes"):
+        PrivacyConfig(sensitive_features=["country"])
+    with pytest.raises(ValueError, match="not a users column"):
+        PrivacyConfig(sensitive_attributes=["email"])
