@@ -23,13 +23,16 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def interval_chart(title: str, rows: list[tuple[str, float, float, float]], unit: str = "") -> str:
-    """Point estimates with intervals, one row each (label, estimate, low, high), and a line at zero."""
+def interval_chart(
+    title: str, rows: list[tuple[str, float, float, float]], unit: str = "", reference: float = 0.0
+) -> str:
+    """Point estimates with intervals, one row each (label, estimate, low, high), and a dashed line at
+    `reference` (zero: no difference)."""
     finite = [r for r in rows if all(math.isfinite(v) for v in r[1:])]
     if not finite:
         return f'<p class="empty">{escape(title)}: nothing to plot.</p>'
-    low = min(0.0, *(r[2] for r in finite))
-    high = max(0.0, *(r[3] for r in finite))
+    low = min(reference, *(r[2] for r in finite))
+    high = max(reference, *(r[3] for r in finite))
     pad = (high - low) * 0.05 or 1.0
     low, high = low - pad, high + pad
     plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
@@ -41,7 +44,7 @@ def interval_chart(title: str, rows: list[tuple[str, float, float, float]], unit
     parts = [f'<svg class="plot" role="img" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}">',
              f"<title>{escape(title)}</title>",
              f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" class="plot-title">{escape(title)}</text>',
-             f'<line x1="{x(0):.1f}" y1="28" x2="{x(0):.1f}" y2="{height - 30}" stroke="#888" stroke-dasharray="4 3"/>']  # fmt: skip
+             f'<line x1="{x(reference):.1f}" y1="28" x2="{x(reference):.1f}" y2="{height - 30}" stroke="#888" stroke-dasharray="4 3"/>']  # fmt: skip
     for index, (label, estimate, lo, hi) in enumerate(rows):
         y = 40 + ROW_HEIGHT * index + ROW_HEIGHT / 2
         parts.append(f'<text x="{MARGIN_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')

@@ -17,6 +17,7 @@ import hmac
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -47,124 +48,7 @@ class ConsentViolation(RuntimeError):
     """Rows were about to be published for users without the consent they need."""
 
 
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    table: str
-    order_by: str
-    model: str | None  # the model whose version produced it
-    description: str
-    this_run_only: bool = False  # the table keeps history; publish only the run's rows
-    history: bool = False  # the table keeps history; publish every run's rows up to this one
-    drop_columns: tuple[str, ...] = ()  # needed for the consent check, but must not leave the warehouse
-    rename: tuple[tuple[str, str], ...] = ()  # published names where a consumer fixes them
-
-
-DATASETS = (
-    Dataset(
-        "recommendations",
-        "marts.recommendations",
-        "user_id, rank",
-        "ranking",
-        "Top-K items per reachable user, with score, rank, a readable reason and whether it is personalized.",
-    ),
-    Dataset(
-        "user_scores",
-        "marts.user_scores",
-        "user_id",
-        "propensity",
-        "Probability of a purchase within the horizon, and its decile, per user who allows profiling.",
-    ),
-    Dataset(
-        "segments",
-        "marts.segments",
-        "user_id",
-        None,
-        "RFM segment and behavioural cluster per user who allows profiling.",
-    ),
-    Dataset(
-        "segment_profiles",
-        "marts.segment_profiles",
-        "segment_type, segment_id",
-        None,
-        "Every RFM segment and cluster: size, share and a description in words.",
-    ),
-    Dataset(
-        "item_audiences",
-        "marts.item_audiences",
-        "audience_type, audience_id, rank",
-        "engagement",
-        "For each configured item and category, the users most likely to engage, with scores.",
-    ),
-    Dataset(
-        "content",
-        "marts.content",
-        "campaign_id, user_id",
-        None,
-        "Per user and active campaign: variant or holdout, allocation policy and reason, rendered copy.",
-    ),
-    Dataset(
-        "personalize_batch",
-        "marts.personalize_batch",
-        "user_id",
-        "ranking",
-        "Recommendations in Amazon Personalize's batch output shape (JSON lines: input.userId, output).",
-    ),
-    Dataset(
-        "user_updates",
-        "marts.user_updates",
-        "user_id",
-        None,
-        "Braze cloud-data-ingestion feed: EXTERNAL_ID, UPDATED_AT (moves only when PAYLOAD changed), PAYLOAD.",
-        drop_columns=("run_date", "payload_md5", "channels", "campaign_purposes", "needs_profiling"),
-        rename=(("user_id", "EXTERNAL_ID"), ("updated_at", "UPDATED_AT"), ("payload", "PAYLOAD")),
-    ),
-    Dataset(
-        "experiment_results",
-        "meta.experiment_results",
-        "run_date, campaign_id, metric, variant_id",
-        None,
-        "Every night's experiment analysis: per campaign, variant and metric, the lift against the control "
-        "with fixed, CUPED and sequential intervals, adjusted p-values, Bayesian chance to beat control and "
-        "the sample-ratio check.",
-        history=True,
-    ),
-    Dataset(
-        "uplift_evaluation",
-        "meta.uplift_evaluation",
-        "campaign_id, variant_id",
-        None,
-        "Per campaign and variant: the uplift model's Qini coefficient and uplift at 10, 20 and 30% of sends.",
-        this_run_only=True,
-    ),
-    Dataset(
-        "allocation_decisions",
-        "meta.allocation_decisions",
-        "run_date, campaign_id, variant_id",
-        None,
-        "The decision log: each campaign arm's share per night, the share the night before, and why.",
-        history=True,
-    ),
-    Dataset(
-        "fairness_audit",
-        "meta.fairness_audit",
-        "attribute, subject, subject_id, metric, group_value",
-        None,
-        "Per sensitive attribute and group: selection by campaign and variant, category exposure and mean "
-        "propensity, with the disparate-impact ratio against the most-favoured group and whether it is flagged.",
-        this_run_only=True,
-    ),
-    Dataset(
-        "data_quality",
-        "marts.data_quality",
-        "stage, table_name, rule",
-        None,
-        "Every data-quality check of the run: stage, table, rule, severity, outcome, unexpected rows.",
-        this_run_only=True,
-        # samples of unexpected values may hold ids or free text: they stay in the warehouse
-        drop_columns=("unexpected_sample",),
-    ),
-)
+ConsentRule = Callable[[pl.DataFrame, Settings], list[pl.DataFrame]]
 
 
 def channel_purposes(frame: pl.DataFrame) -> pl.DataFrame:
@@ -184,39 +68,182 @@ def profiling_where(frame: pl.DataFrame, condition: pl.Expr, purpose: str = "pro
     return frame.filter(condition).select("user_id", pl.lit(purpose).alias("purpose"))
 
 
-def required_consent(dataset: Dataset, frame: pl.DataFrame, settings: Settings) -> pl.DataFrame:
-    """(user_id, purpose) pairs this dataset's rows need, derived from what each row holds."""
-    empty = pl.DataFrame(schema={"user_id": pl.Utf8, "purpose": pl.Utf8})
-    if "user_id" not in frame.columns:
-        return empty
+# What each dataset's rows need, derived from what each row holds: the purposes a dataset declares.
+
+
+def channels_and_personalization(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
+    """Every channel the row lists, and profiling when the row is personalized."""
     profiling = settings.recommendations.requires_consent
-    if dataset.name in ("recommendations", "personalize_batch"):
-        parts = [channel_purposes(frame), profiling_where(frame, pl.col("is_personalized"), profiling)]
-    elif dataset.name == "content":
-        purposes = {c.campaign_id: c.required_consents for c in settings.campaigns}
-        parts = [
-            frame.select(
-                "user_id",
-                pl.col("campaign_id")
-                .replace_strict(purposes, default=["unknown-campaign"], return_dtype=pl.List(pl.Utf8))
-                .alias("purpose"),
-            ).explode("purpose"),
-            profiling_where(frame, pl.col("is_personalized")),
-        ]
-    elif dataset.name == "user_updates":
-        campaign_purposes = (
-            frame.select("user_id", pl.col("campaign_purposes").str.split(",").alias("purpose"))
-            .explode("purpose")
-            .filter(pl.col("purpose") != "")
-        )
-        parts = [
-            channel_purposes(frame),
-            campaign_purposes,
-            profiling_where(frame, pl.col("needs_profiling")),
-        ]
-    else:  # user_scores, segments, item_audiences: all of them profile the user
-        parts = [profiling_where(frame, pl.lit(True))]
-    return pl.concat([part.cast({"purpose": pl.Utf8}) for part in parts]).unique(maintain_order=True)
+    return [channel_purposes(frame), profiling_where(frame, pl.col("is_personalized"), profiling)]
+
+
+def campaign_purposes(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
+    """The campaign's purposes (its channel's marketing consent and its audience's), and profiling when
+    the variant was chosen for the user."""
+    purposes = {c.campaign_id: c.required_consents for c in settings.campaigns}
+    return [
+        frame.select(
+            "user_id",
+            pl.col("campaign_id")
+            .replace_strict(purposes, default=["unknown-campaign"], return_dtype=pl.List(pl.Utf8))
+            .alias("purpose"),
+        ).explode("purpose"),
+        profiling_where(frame, pl.col("is_personalized")),
+    ]
+
+
+def user_feed_purposes(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
+    """Every channel and campaign purpose in the payload, and profiling when it holds a profile."""
+    campaign_purposes = (
+        frame.select("user_id", pl.col("campaign_purposes").str.split(",").alias("purpose"))
+        .explode("purpose")
+        .filter(pl.col("purpose") != "")
+    )
+    return [channel_purposes(frame), campaign_purposes, profiling_where(frame, pl.col("needs_profiling"))]
+
+
+def profiling(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
+    """Every row profiles its user."""
+    return [profiling_where(frame, pl.lit(True))]
+
+
+def no_user(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
+    """Aggregates: no row is about a user."""
+    return []
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    table: str
+    order_by: str
+    model: str | None  # the model whose version produced it
+    description: str
+    consent: ConsentRule  # the purposes its rows need (checked before anything is written)
+    this_run_only: bool = False  # the table keeps history; publish only the run's rows
+    history: bool = False  # the table keeps history; publish every run's rows up to this one
+    drop_columns: tuple[str, ...] = ()  # needed for the consent check, but must not leave the warehouse
+    rename: tuple[tuple[str, str], ...] = ()  # published names where a consumer fixes them
+
+
+DATASETS = (
+    Dataset(
+        "recommendations",
+        "marts.recommendations",
+        "user_id, rank",
+        "ranking",
+        "Top-K items per reachable user, with score, rank, a readable reason and whether it is personalized.",
+        consent=channels_and_personalization,
+    ),
+    Dataset(
+        "user_scores",
+        "marts.user_scores",
+        "user_id",
+        "propensity",
+        "Probability of a purchase within the horizon, and its decile, per user who allows profiling.",
+        consent=profiling,
+    ),
+    Dataset(
+        "segments",
+        "marts.segments",
+        "user_id",
+        None,
+        "RFM segment and behavioural cluster per user who allows profiling.",
+        consent=profiling,
+    ),
+    Dataset(
+        "segment_profiles",
+        "marts.segment_profiles",
+        "segment_type, segment_id",
+        None,
+        "Every RFM segment and cluster: size, share and a description in words.",
+        consent=no_user,
+    ),
+    Dataset(
+        "item_audiences",
+        "marts.item_audiences",
+        "audience_type, audience_id, rank",
+        "engagement",
+        "For each configured item and category, the users most likely to engage, with scores.",
+        consent=profiling,
+    ),
+    Dataset(
+        "content",
+        "marts.content",
+        "campaign_id, user_id",
+        None,
+        "Per user and active campaign: variant or holdout, allocation policy and reason, rendered copy.",
+        consent=campaign_purposes,
+    ),
+    Dataset(
+        "personalize_batch",
+        "marts.personalize_batch",
+        "user_id",
+        "ranking",
+        "Recommendations in Amazon Personalize's batch output shape (JSON lines: input.userId, output).",
+        consent=channels_and_personalization,
+    ),
+    Dataset(
+        "user_updates",
+        "marts.user_updates",
+        "user_id",
+        None,
+        "Braze cloud-data-ingestion feed: EXTERNAL_ID, UPDATED_AT (moves only when PAYLOAD changed), PAYLOAD.",
+        consent=user_feed_purposes,
+        drop_columns=("run_date", "payload_md5", "channels", "campaign_purposes", "needs_profiling"),
+        rename=(("user_id", "EXTERNAL_ID"), ("updated_at", "UPDATED_AT"), ("payload", "PAYLOAD")),
+    ),
+    Dataset(
+        "experiment_results",
+        "meta.experiment_results",
+        "run_date, campaign_id, metric, variant_id",
+        None,
+        "Every night's experiment analysis: per campaign, variant and metric, the lift against the control "
+        "with fixed, CUPED and sequential intervals, adjusted p-values, Bayesian chance to beat control and "
+        "the sample-ratio check.",
+        consent=no_user,
+        history=True,
+    ),
+    Dataset(
+        "uplift_evaluation",
+        "meta.uplift_evaluation",
+        "campaign_id, variant_id",
+        None,
+        "Per campaign and variant: the uplift model's Qini coefficient and uplift at 10, 20 and 30% of sends.",
+        consent=no_user,
+        this_run_only=True,
+    ),
+    Dataset(
+        "allocation_decisions",
+        "meta.allocation_decisions",
+        "run_date, campaign_id, variant_id",
+        None,
+        "The decision log: each campaign arm's share per night, the share the night before, and why.",
+        consent=no_user,
+        history=True,
+    ),
+    Dataset(
+        "fairness_audit",
+        "meta.fairness_audit",
+        "attribute, subject, subject_id, metric, group_value",
+        None,
+        "Per sensitive attribute and group: selection by campaign and variant, category exposure and mean "
+        "propensity, with the disparate-impact ratio against the most-favoured group and whether it is flagged.",
+        consent=no_user,
+        this_run_only=True,
+    ),
+    Dataset(
+        "data_quality",
+        "marts.data_quality",
+        "stage, table_name, rule",
+        None,
+        "Every data-quality check of the run: stage, table, rule, severity, outcome, unexpected rows.",
+        consent=no_user,
+        this_run_only=True,
+        # samples of unexpected values may hold ids or free text: they stay in the warehouse
+        drop_columns=("unexpected_sample",),
+    ),
+)
 
 
 def read_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ctx: RunContext) -> pl.DataFrame:
@@ -235,7 +262,16 @@ def check_consent(
     """Refuse the dataset if a row's user lacks the consent it needs; the passed check, if it has users."""
     if "user_id" not in frame.columns:
         return None
-    required = required_consent(dataset, frame, settings)
+    if dataset.consent is no_user:
+        raise ConsentViolation(
+            f"dataset {dataset.name} declares no user data but has user_id; nothing was published"
+        )
+    parts = dataset.consent(frame, settings)
+    required = (
+        pl.concat([part.cast({"purpose": pl.Utf8}) for part in parts]).unique(maintain_order=True)
+        if parts
+        else pl.DataFrame(schema={"user_id": pl.Utf8, "purpose": pl.Utf8})
+    )
     con.register("publish_required_consent", required.to_arrow())
     try:
         violations = query(con, "checks/unconsented_rows").pl()

@@ -1,6 +1,7 @@
 """The run report: one self-contained HTML page (inline SVG plots, no script) published beside the run's
-outputs as report.html. Tonight it shows the experiments: each campaign's lift with its intervals, the
-posterior of each arm, the uplift model's Qini curves and the allocation decisions."""
+outputs as report.html: the experiments (each campaign's lift with its intervals, the posterior of each arm,
+the uplift model's Qini curves), the allocation decisions, the fairness audit and the features each model
+used."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tailor import plots
 from tailor.config import Settings
 from tailor.warehouse import RunContext, connect
 from tasks.experiments import METRICS, ensure_tables
+from tasks.fairness import ensure_audit_table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -166,6 +168,80 @@ def campaign_section(
     return "\n".join(parts)
 
 
+def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> str:
+    ensure_audit_table(con)
+    audit = read(con, "select * from meta.fairness_audit where run_date = $run_date", ctx)
+    parts = ["<h2>Fairness audit</h2>"]
+    if audit.height == 0:
+        return parts[0] + '<p class="empty">No audit in this run.</p>'
+    threshold = settings.fairness.min_ratio
+    flagged = audit.filter(pl.col("is_flagged"))
+    parts.append(
+        f'<p class="flag">{flagged.height} disparate-impact ratio(s) under {threshold}</p>'
+        if flagged.height
+        else f'<p class="ok">No disparate-impact ratio under {threshold} (groups of at least '
+        f"{settings.fairness.min_group_users} users, Holm-adjusted).</p>"
+    )
+    # per attribute and subject, the worst group's ratio, on the same scale as the threshold
+    worst = (
+        audit.filter(~pl.col("is_small_group") & pl.col("disparate_impact_ratio").is_not_null())
+        .sort("disparate_impact_ratio")
+        .group_by("attribute", "subject", "subject_id", maintain_order=True)
+        .first()
+        .sort("disparate_impact_ratio")
+        .head(25)
+    )
+    points = [
+        (f"{r['attribute']}={r['group_value']}: {r['subject_id']}", r["disparate_impact_ratio"],
+         r["disparate_impact_ratio"], r["disparate_impact_ratio"])
+        for r in worst.iter_rows(named=True)
+    ]  # fmt: skip
+    parts.append(
+        '<div class="plots">'
+        + plots.interval_chart(
+            f"Lowest disparate-impact ratios (line: {threshold})", points, reference=threshold
+        )
+        + "</div>"
+    )
+    columns = ("attribute", "group_value", "subject", "subject_id", "metric", "users", "value",
+               "reference_group", "disparate_impact_ratio", "p_value_adjusted", "is_flagged")  # fmt: skip
+    shown = flagged if flagged.height else worst
+    parts.append(
+        table(
+            shown.select(columns),
+            ("attribute", "group_value", "subject", "subject_id", "metric", "reference_group"),
+        )
+    )
+    return "\n".join(parts)
+
+
+def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
+    models = (
+        read(
+            con,
+            "select model_name, model_version, is_promoted, array_to_string(features, ', ') as features "
+            "from meta.models where run_date = $run_date order by model_name",
+            ctx,
+        )
+        if has_table(con, "meta", "models")
+        else pl.DataFrame()
+    )
+    if models.height == 0:
+        return ""
+    return "<h2>Models and the features they used</h2>" + table(
+        models, ("model_name", "model_version", "features")
+    )
+
+
+def has_table(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from information_schema.tables where table_schema = $s and table_name = $t",
+            {"s": schema, "t": name},
+        ).fetchall()[0][0]
+    )
+
+
 def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> str:
     ensure_tables(con)
     results = read(con, "select * from meta.experiment_results where run_date = $run_date", ctx)
@@ -183,6 +259,8 @@ def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) 
         body.append('<p class="empty">No campaign sends to analyse.</p>')
     for campaign_id in sorted(set(results["campaign_id"].to_list())):
         body.append(campaign_section(campaign_id, results, curves, uplift))
+    body.append(fairness_section(con, settings, ctx))
+    body.append(models_section(con, ctx))
     body.append("<h2>Allocation decisions</h2>")
     body.append(table(decisions, ("campaign_id", "variant_id", "policy", "reason")) if decisions.height
                 else '<p class="empty">No campaign was allocated in this run.</p>')  # fmt: skip
