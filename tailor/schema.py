@@ -46,6 +46,7 @@ class Table:
     columns: tuple[Column, ...]
     key: tuple[str, ...]
     description: str
+    may_be_empty: bool = False  # no file yet is normal (nobody asked to be erased)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -141,6 +142,7 @@ TABLES: dict[str, Table] = {
             ),
             (USER_ID,),
             "Right-to-erasure requests: the next run removes every trace of the user (optional source).",
+            may_be_empty=True,
         ),
     )
 }

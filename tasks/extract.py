@@ -395,9 +395,11 @@ def extract_source(
     # copying one) does not make every file look new; `located` keeps where to read it from
     objects = [replace(o, uri=settings.source_identity(o.uri)) for o in found]
     located = {o.uri: f.uri for o, f in zip(objects, found, strict=True)}
+    result = SourceLoad(table_name)
+    if not objects and table.may_be_empty:
+        return result
     if not objects:
         raise ExtractError(f"source {table_name}: no file matches {pattern} before {ctx.run_date}")
-    result = SourceLoad(table_name)
     con.execute("begin transaction")
     try:
         # a rerun of this date replaces what this date loaded

@@ -35,7 +35,11 @@ def test_daily_files_config_and_truth(small_company: Path) -> None:
     for table in ("users", "consents", "items", "campaign_exposures"):
         assert list((small_company / "sources" / table).glob("*.csv")), table
     settings = load_settings(small_company / "tailor.yaml")
-    assert set(settings.sources) == {"users", "consents", "items", "interactions", "campaign_exposures"}
+    assert set(settings.sources) == {"users", "consents", "items", "interactions", "campaign_exposures",
+                                     "deletion_requests"}  # fmt: skip
+    # one user in a thousand asks to be erased, at least one, in the last week of the window
+    requests = pl.read_csv(next((small_company / "sources" / "deletion_requests").glob("*.csv")))
+    assert requests.columns == ["user_id", "requested_at"] and requests.height >= 1
     truth = pl.read_parquet(small_company / "truth" / "users.parquet")
     assert truth.height == 800 and truth["daily_purchase_prob"].is_between(0, 1).all()
 

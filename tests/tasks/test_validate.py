@@ -43,7 +43,14 @@ def failed(checks) -> dict[str, list[int]]:
 
 def test_every_shipped_suite_loads_and_names_real_expectations() -> None:
     raw, features = load_suites("raw"), load_suites("features")
-    assert set(raw) == {"users", "consents", "items", "interactions", "campaign_exposures"}
+    assert set(raw) == {
+        "users",
+        "consents",
+        "items",
+        "interactions",
+        "campaign_exposures",
+        "deletion_requests",
+    }
     assert set(features) == {"user_features", "item_features", "ranking_examples", "propensity_examples"}
     assert {e.severity for s in raw.values() for e in s.expectations} == {"critical", "warning"}
 
