@@ -71,9 +71,13 @@ def main() -> int:
     from tailor.config import load_settings
     from tailor.generate import generate
     from tailor.warehouse import run_context
+    from tasks.experiments import analyse_experiments
     from tasks.extract import extract_sources
+    from tasks.fairness import audit_fairness
     from tasks.features import build_features
+    from tasks.privacy import erase_deleted_users
     from tasks.publish import upload_run, write_datasets
+    from tasks.report import write_report
     from tasks.score import score_users
     from tasks.segments import build_segments
     from tasks.train import train_models
@@ -92,13 +96,17 @@ def main() -> int:
     )
     ctx = run_context(settings, end + timedelta(days=1))
     loads = timed(timings, memory, "extract", lambda: extract_sources.fn(settings, ctx))
+    timed(timings, memory, "erase", lambda: erase_deleted_users.fn(settings, ctx))
     source_quality = timed(timings, memory, "validate", lambda: validate_sources.fn(settings, ctx, loads))
     timed(timings, memory, "features", lambda: build_features.fn(settings, ctx))
     quality = combine(source_quality, validate_features.fn(settings, ctx))
     models = timed(timings, memory, "train", lambda: train_models.fn(settings, ctx))
+    timed(timings, memory, "experiments", lambda: analyse_experiments.fn(settings, ctx, models))
     scored = timed(timings, memory, "score", lambda: score_users.fn(settings, ctx, models))
     segments = timed(timings, memory, "segments", lambda: build_segments.fn(settings, ctx, models))
     campaigns = timed(timings, memory, "variants", lambda: assign_variants.fn(settings, ctx, models))
+    timed(timings, memory, "fairness", lambda: audit_fairness.fn(settings, ctx))
+    timed(timings, memory, "report", lambda: write_report.fn(settings, ctx))
     local = timed(timings, memory, "write",
                   lambda: write_datasets.fn(settings, ctx, models, quality, {"segments": segments, "campaigns": campaigns}))  # fmt: skip
     target = "file://" + str((args.out / "published").resolve())
@@ -131,7 +139,9 @@ def outputs_only(out: Path) -> int:
     """Score to upload again on the warehouse a full run left, with tonight's models from the registry."""
     from tailor.config import load_settings
     from tailor.warehouse import connect, run_context
+    from tasks.fairness import audit_fairness
     from tasks.publish import upload_run, write_datasets
+    from tasks.report import write_report
     from tasks.score import score_users
     from tasks.segments import build_segments
     from tasks.variants import assign_variants
@@ -156,6 +166,8 @@ def outputs_only(out: Path) -> int:
     timed(timings, memory, "score", lambda: score_users.fn(settings, ctx, models))
     segments = timed(timings, memory, "segments", lambda: build_segments.fn(settings, ctx, models))
     campaigns = timed(timings, memory, "variants", lambda: assign_variants.fn(settings, ctx, models))
+    timed(timings, memory, "fairness", lambda: audit_fairness.fn(settings, ctx))
+    timed(timings, memory, "report", lambda: write_report.fn(settings, ctx))
     local = timed(timings, memory, "write",
                   lambda: write_datasets.fn(settings, ctx, models, quality, {"segments": segments, "campaigns": campaigns}))  # fmt: skip
     target = "file://" + str((out / "published").resolve())

@@ -87,8 +87,13 @@ class PublishConfig(StrictModel):
         description="pseudonymous: keyed hash of user_id (key from pseudonym_key_env); external: raw user_id",
     )
     pseudonym_key_env: str = "TAILOR_PSEUDONYM_KEY"
+    external_id_datasets: list[str] = Field(
+        default_factory=list,
+        description="datasets a campaign system must match on the real id (e.g. user_updates for Braze's "
+        "EXTERNAL_ID): published with the raw user_id while every other dataset stays pseudonymous",
+    )
 
-    @field_validator("csv_datasets", "jsonl_datasets")
+    @field_validator("csv_datasets", "jsonl_datasets", "external_id_datasets")
     @classmethod
     def _known_datasets(cls, names: list[str]) -> list[str]:
         unknown = [name for name in names if name not in DATASET_NAMES]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-WIDTH, ROW_HEIGHT, MARGIN_LEFT, MARGIN_RIGHT = 560, 26, 150, 20
+WIDTH, ROW_HEIGHT, MARGIN_LEFT, MARGIN_RIGHT = 620, 26, 150, 20
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
 
@@ -35,11 +35,13 @@ def interval_chart(
     high = max(reference, *(r[3] for r in finite))
     pad = (high - low) * 0.05 or 1.0
     low, high = low - pad, high + pad
-    plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+    # room for the longest label (about 6 px a character at 11 px), within reason
+    left = max(MARGIN_LEFT, min(340, 16 + 6 * max(len(r[0]) for r in rows)))
+    plot_width = WIDTH - left - MARGIN_RIGHT
     height = 40 + ROW_HEIGHT * len(rows) + 30
 
     def x(value: float) -> float:
-        return MARGIN_LEFT + (value - low) / (high - low) * plot_width
+        return left + (value - low) / (high - low) * plot_width
 
     parts = [f'<svg class="plot" role="img" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}">',
              f"<title>{escape(title)}</title>",
@@ -47,9 +49,9 @@ def interval_chart(
              f'<line x1="{x(reference):.1f}" y1="28" x2="{x(reference):.1f}" y2="{height - 30}" stroke="#888" stroke-dasharray="4 3"/>']  # fmt: skip
     for index, (label, estimate, lo, hi) in enumerate(rows):
         y = 40 + ROW_HEIGHT * index + ROW_HEIGHT / 2
-        parts.append(f'<text x="{MARGIN_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
         if not all(math.isfinite(v) for v in (estimate, lo, hi)):
-            parts.append(f'<text x="{MARGIN_LEFT}" y="{y + 4:.1f}" fill="#888">not tested</text>')
+            parts.append(f'<text x="{left}" y="{y + 4:.1f}" fill="#888">not tested</text>')
             continue
         color = PALETTE[index % len(PALETTE)]
         parts.append(

@@ -494,9 +494,7 @@ def analyse_experiments(
     run = ExperimentRun()
     with connect(settings) as con:
         ensure_tables(con)
-        for campaign in settings.campaigns:
-            if not settings.experiments.enabled:
-                break
+        for campaign in settings.campaigns if settings.experiments.enabled else []:
             rows, summary = analyse_campaign(con, campaign, settings, ctx)
             run.results += rows
             run.posteriors += posterior_rows(con, campaign, ctx, summary["is_trusted"])

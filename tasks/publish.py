@@ -472,7 +472,9 @@ def write_datasets(
             frame = read_dataset(con, dataset, ctx)
             check = check_consent(con, dataset, frame, settings)
             output_checks += [check] if check else []
-            table = publishable(frame, dataset, key)
+            # a campaign system that must match on the real id gets it, for its dataset only
+            external = dataset.name in settings.publish.external_id_datasets
+            table = publishable(frame, dataset, None if external else key)
             formats = [
                 "parquet",
                 *(["csv"] if dataset.name in settings.publish.csv_datasets else []),
@@ -484,6 +486,9 @@ def write_datasets(
                 "rows": table.num_rows,
                 "columns": {field.name: str(field.type) for field in table.schema},
                 "model_versions": {dataset.model: models[dataset.model]["version"]} if dataset.model else {},
+                "user_id": None
+                if "user_id" not in frame.columns
+                else ("external" if external or key is None else "pseudonymous"),
                 "files": files,
             }
     docs = {}

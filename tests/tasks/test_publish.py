@@ -231,3 +231,25 @@ def test_user_updates_move_only_for_changed_payloads_and_erase_users_who_leave(p
 def published_id(settings, user_id: str) -> str:
     key = settings.pseudonym_key()
     return pseudonymize(pl.DataFrame({"user_id": [user_id]}), key)["user_id"][0]
+
+
+def test_only_the_datasets_config_names_carry_the_real_id(published, monkeypatch) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from tasks.publish import write_datasets
+
+    settings, ctx, models, quality, _ = published
+    monkeypatch.setenv(settings.publish.pseudonym_key_env, "a-key")
+    publish = settings.publish.model_copy(
+        update={"published_user_id": "pseudonymous", "external_id_datasets": ["user_updates"]}
+    )
+    local = write_datasets.fn(settings.model_copy(update={"publish": publish}), ctx, models, quality, {})
+    manifest = json.loads((local / "manifest.json").read_text())
+    feed = pq.read_table(local / "user_updates" / "part-0000.parquet").column("EXTERNAL_ID").to_pylist()
+    recommended = pq.read_table(local / "recommendations" / "part-0000.parquet").column("user_id").to_pylist()
+    assert manifest["datasets"]["user_updates"]["user_id"] == "external"
+    assert manifest["datasets"]["recommendations"]["user_id"] == "pseudonymous"
+    assert all(uid.startswith("u") and len(uid) < 10 for uid in feed)
+    assert all(len(uid) == 32 for uid in recommended)
