@@ -14,6 +14,7 @@ from tailor.warehouse import RunContext, run_context
 from tasks.experiments import analyse_experiments
 from tasks.extract import extract_sources
 from tasks.features import build_staging
+from tasks.notify import notify_failure
 from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
 from tasks.report import write_report
@@ -31,7 +32,7 @@ def experiment_analysis(
     return analyse_experiments(settings, ctx, models)
 
 
-@flow(name="tailor-experiments")
+@flow(name="tailor-experiments", on_failure=[notify_failure])
 def experiments(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
     """Extract the newest sends, analyse them with the serving models, and publish the results."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)

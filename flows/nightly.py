@@ -9,14 +9,16 @@ from typing import Any
 from prefect import flow
 
 from flows.experiments import experiment_analysis
-from tailor.config import load_settings
-from tailor.warehouse import run_context
+from tailor.config import Settings, load_settings
+from tailor.warehouse import RunContext, run_context
 from tasks.extract import extract_sources
 from tasks.fairness import audit_fairness
 from tasks.features import build_features
+from tasks.notify import notify_failure
 from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
 from tasks.report import write_report
+from tasks.runs import run_lock, run_started, run_succeeded
 from tasks.score import score_users
 from tasks.segments import build_segments
 from tasks.train import train_models
@@ -30,12 +32,20 @@ def _run_name() -> str:
     return f"nightly-{flow_run.parameters.get('run_date') or 'today'}"
 
 
-@flow(name="tailor-nightly", flow_run_name=_run_name)
+@flow(name="tailor-nightly", flow_run_name=_run_name, on_failure=[notify_failure])
 def nightly(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
     """Turn the sources into published recommendations, scores, segments, audiences and campaign content
-    for one day."""
+    for one day. One run at a time: a second one is refused while this one holds the warehouse."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
+    with run_lock(settings, ctx.run_date):
+        run_started(settings, ctx.run_date, "tailor-nightly")
+        summary = run_stages(settings, ctx)
+        run_succeeded(settings, ctx.run_date, "tailor-nightly")
+    return summary
+
+
+def run_stages(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     loads = extract_sources(settings, ctx)
     erasure = erase_deleted_users(settings, ctx)
     source_quality = validate_sources(settings, ctx, loads)

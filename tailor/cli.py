@@ -91,6 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
+    back = commands.add_parser(
+        "backfill",
+        help="rerun the nightly flow for a range of dates, oldest first",
+        description="Rerun every date from --start to --end inclusive, in date order, replacing each date's "
+        "outputs; latest.json ends on the newest date published. Stops at the first failure.",
+    )
+    back.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. config/demo.yaml")
+    back.add_argument("--start", type=_day, required=True, help="first date, YYYY-MM-DD")
+    back.add_argument("--end", type=_day, required=True, help="last date, YYYY-MM-DD")
+    back.add_argument("--target", default=None, help="publish here instead of the config's target")
+    back.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the schedules on this machine (nightly on schedule.cron, experiments on demand)",
+        description="Serve the deployments of prefect.yaml from this process: the nightly run on schedule.cron in "
+        "the config's timezone (with its missed-night policy), backfills and the experiment analysis on demand. "
+        "Without PREFECT_API_URL it starts a local Prefect server on 127.0.0.1 first (schedules need one).",
+    )
+    serve.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. config/demo.yaml")
+    serve.add_argument(
+        "--port", type=_positive, default=4200, help="port of the local Prefect server (default 4200)"
+    )
+
     exp = commands.add_parser(
         "experiments",
         help="analyse every campaign's experiment and publish the results, without the nightly run",
@@ -181,6 +205,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from tailor.config import load_settings
+
+    target = _absolute_target(args.target)
+    load_settings(args.config, {"publish.target": target} if target else None)
+    if args.end < args.start:
+        print(f"tailor: error: --end {args.end} is before --start {args.start}", file=sys.stderr)
+        return 2
+    from flows.schedule import backfill
+
+    summary = backfill(config_path=str(args.config.resolve()), start=args.start, end=args.end, target=target)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        for day, run in summary.items():
+            print(
+                f"{day}: {run['published']}"
+                + ("" if run["latest_moved"] else " (latest.json kept on a newer run)")
+            )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tailor.config import load_settings
+    from tailor.serve import serve_schedules
+
+    settings = load_settings(args.config)
+    return serve_schedules(settings, args.config.resolve(), args.port)
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -308,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             "generate": cmd_generate,
             "run": cmd_run,
             "experiments": cmd_experiments,
+            "backfill": cmd_backfill,
+            "serve": cmd_serve,
             "evaluate": cmd_evaluate,
             "draft-variants": cmd_draft_variants,
         }

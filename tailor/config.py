@@ -408,6 +408,37 @@ class FairnessConfig(StrictModel):
     )
 
 
+class ScheduleConfig(StrictModel):
+    """When the nightly run starts, and what it does about nights it missed (prefect.yaml, `tailor serve`)."""
+
+    cron: str = Field("0 2 * * *", description="the nightly run's start, in the config's timezone")
+    catch_up: Literal["newest", "all"] = Field(
+        "newest",
+        description="after missed nights: run only tonight, or every missed night up to catch_up_days",
+    )
+    catch_up_days: int = Field(3, ge=1, le=31, description="the most missed nights caught up in one go")
+
+
+class SmtpConfig(StrictModel):
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    starttls: bool = Field(True, description="upgrade the connection with STARTTLS before logging in")
+    username_env: str | None = Field(None, description="environment variable holding the SMTP user")
+    password_env: str | None = Field(None, description="environment variable holding the SMTP password")
+
+
+class NotificationsConfig(StrictModel):
+    """Who hears about a failed run. Addresses of secrets (webhook URL, SMTP password) come from the
+    environment, never YAML."""
+
+    webhook_url_env: str | None = Field(
+        None, description="environment variable holding a URL that gets a JSON POST per failure"
+    )
+    smtp: SmtpConfig | None = None
+
+
 class QualityConfig(StrictModel):
     suites_dir: str | None = Field(
         None, description="folder with raw/ and features/ suites (default: Tailor's config/quality)"
@@ -439,6 +470,8 @@ class Settings(StrictModel):
     drafting: DraftingConfig = Field(default_factory=DraftingConfig)
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     # filled in by load_settings, not by the YAML

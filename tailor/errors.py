@@ -11,6 +11,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.extract import ExtractError
     from tasks.fairness import FairnessError
     from tasks.publish import ConsentViolation
+    from tasks.runs import RunInProgress
     from tasks.train import SensitiveFeatureError
     from tasks.validate import DataQualityError
     from tasks.variants import TemplateRenderError
@@ -25,6 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DraftError,
         FairnessError,
         SensitiveFeatureError,
+        RunInProgress,
     )
 
 
