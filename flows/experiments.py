@@ -18,6 +18,7 @@ from tasks.notify import notify_failure
 from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
 from tasks.report import write_report
+from tasks.runs import run_lock
 from tasks.train import serving_models
 from tasks.validate import validate_sources
 
@@ -34,20 +35,20 @@ def experiment_analysis(
 
 @flow(name="tailor-experiments", on_failure=[notify_failure])
 def experiments(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
-    """Extract the newest sends, analyse them with the serving models, and publish the results."""
+    """Extract the newest sends, analyse them with the serving models, and publish the results. It shares
+    the warehouse with the nightly run, so it takes the same run lock."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
-    loads = extract_sources(settings, ctx)
-    erase_deleted_users(settings, ctx)
-    quality = validate_sources(settings, ctx, loads)
-    build_staging(settings, ctx)
-    models = serving_models(settings, ctx)
-    campaigns = experiment_analysis(settings, ctx, models)
-    write_report(settings, ctx)
-    local = write_datasets(
-        settings, ctx, models, quality, {"experiments": campaigns}, only=EXPERIMENT_DATASETS
-    )
-    published = upload_run(
-        settings, ctx, local, settings.resolve_uri(settings.publish.target), root="experiments"
-    )
+    with run_lock(settings, ctx.run_date):
+        loads = extract_sources(settings, ctx)
+        erase_deleted_users(settings, ctx)
+        quality = validate_sources(settings, ctx, loads)
+        build_staging(settings, ctx)
+        models = serving_models(settings, ctx)
+        campaigns = experiment_analysis(settings, ctx, models)
+        write_report(settings, ctx)
+        only = EXPERIMENT_DATASETS
+        local = write_datasets(settings, ctx, models, quality, {"experiments": campaigns}, only=only)
+        target_uri = settings.resolve_uri(settings.publish.target)
+        published = upload_run(settings, ctx, local, target_uri, root="experiments")
     return {"run_date": ctx.run_date.isoformat(), "experiments": campaigns, "published": published}
