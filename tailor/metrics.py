@@ -23,6 +23,24 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_points(labels: np.ndarray, scores: np.ndarray, points: int = 51) -> dict[str, list[float]]:
+    """The ROC curve (false and true positive rates at every distinct score, from the highest down),
+    thinned to about `points` points for plots; ends at (0, 0) and (1, 1)."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return {"fpr": [], "tpr": []}
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], labels[order]
+    # one point per distinct score: the last position of each run of ties
+    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    tpr = np.r_[0.0, np.cumsum(hits)[last_of_run] / n_pos]
+    fpr = np.r_[0.0, np.cumsum(~hits)[last_of_run] / n_neg]
+    keep = np.unique(np.round(np.linspace(0, tpr.size - 1, min(points, tpr.size))).astype(int))
+    return {"fpr": fpr[keep].round(6).tolist(), "tpr": tpr[keep].round(6).tolist()}
+
+
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the precision-recall curve, as the mean precision at each positive (PR AUC)."""
     labels = np.asarray(labels, dtype=bool)

@@ -137,3 +137,35 @@ def normal_density(mean: float, sd: float, points: int = 121) -> tuple[list[floa
     xs = [mean + sd * (-4 + 8 * i / (points - 1)) for i in range(points)]
     ys = [math.exp(-0.5 * ((x - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)) for x in xs]
     return xs, ys
+
+
+def bar_chart(
+    title: str, rows: list[tuple[str, float]], unit: str = "", reference: float | None = None
+) -> str:
+    """Horizontal bars, one per (label, value), from zero; an optional dashed reference line."""
+    finite = [(label, value) for label, value in rows if math.isfinite(value)]
+    if not finite:
+        return f'<p class="empty">{escape(title)}: nothing to plot.</p>'
+    high = max(max(v for _, v in finite), reference or 0.0) or 1.0
+    left = max(MARGIN_LEFT, min(340, 16 + 6 * max(len(label) for label, _ in finite)))
+    plot_width = WIDTH - left - MARGIN_RIGHT - 60
+    height = 40 + ROW_HEIGHT * len(finite) + 10
+    parts = [f'<svg class="plot" role="img" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}">',
+             f"<title>{escape(title)}</title>",
+             f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" class="plot-title">{escape(title)}</text>']  # fmt: skip
+    for index, (label, value) in enumerate(finite):
+        y = 32 + ROW_HEIGHT * index
+        width = max(value, 0.0) / high * plot_width
+        color = PALETTE[index % len(PALETTE)]
+        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{escape(label)}</text>')
+        parts.append(
+            f'<rect class="bar" x="{left}" y="{y + 4}" width="{width:.1f}" height="{ROW_HEIGHT - 8}" fill="{color}"><title>{escape(label)}: {_fmt(value)}{unit}</title></rect>'
+        )
+        parts.append(f'<text x="{left + width + 4:.1f}" y="{y + 15}" class="tick">{_fmt(value)}{unit}</text>')
+    if reference is not None:
+        x = left + reference / high * plot_width
+        parts.append(
+            f'<line x1="{x:.1f}" y1="28" x2="{x:.1f}" y2="{height - 6}" stroke="#888" stroke-dasharray="4 3"/>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)

@@ -5,6 +5,7 @@ used."""
 
 from __future__ import annotations
 
+import json
 import math
 from html import escape
 from pathlib import Path
@@ -191,16 +192,13 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
         .sort("disparate_impact_ratio")
         .head(25)
     )
-    points = [
-        (f"{r['attribute']}={r['group_value']}: {r['subject_id']}", r["disparate_impact_ratio"],
-         r["disparate_impact_ratio"], r["disparate_impact_ratio"])
+    bars = [
+        (f"{r['attribute']}={r['group_value']}: {r['subject_id']}", r["disparate_impact_ratio"])
         for r in worst.iter_rows(named=True)
-    ]  # fmt: skip
+    ]
     parts.append(
         '<div class="plots">'
-        + plots.interval_chart(
-            f"Lowest disparate-impact ratios (line: {threshold})", points, reference=threshold
-        )
+        + plots.bar_chart(f"Lowest disparate-impact ratios (line: {threshold})", bars, reference=threshold)
         + "</div>"
     )
     columns = ("attribute", "group_value", "subject", "subject_id", "metric", "users", "value",
@@ -216,20 +214,191 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
 
 
 def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
-    models = (
-        read(
-            con,
-            "select model_name, model_version, is_promoted, array_to_string(features, ', ') as features "
-            "from meta.models where run_date = $run_date order by model_name",
-            ctx,
-        )
-        if has_table(con, "meta", "models")
-        else pl.DataFrame()
+    """Each model's gate metric against its baseline, the champion decision, its features, and the
+    propensity model's ROC and calibration and the ranker against popularity as plots."""
+    if not has_table(con, "meta", "models"):
+        return ""
+    models = read(
+        con,
+        "select model_name, model_version, is_promoted, decision, metrics, array_to_string(features, ', ') as features "
+        "from meta.models where run_date = $run_date order by model_name",
+        ctx,
     )
     if models.height == 0:
         return ""
-    return "<h2>Models and the features they used</h2>" + table(
-        models, ("model_name", "model_version", "features")
+    rows, plots_html = [], []
+    for row in models.iter_rows(named=True):
+        metrics = json.loads(row["metrics"])
+        ranking = "ndcg_at_10" in metrics
+        metric = "ndcg_at_10" if ranking else "roc_auc"
+        baseline = metrics["baseline"].get(metric) if ranking else 0.5  # a constant score has ROC AUC 0.5
+        rows.append({"model": row["model_name"], "version": row["model_version"], "serving": row["is_promoted"],
+                     "metric": metric, "value": metrics.get(metric), "baseline": baseline,
+                     "decision": row["decision"], "features": row["features"]})  # fmt: skip
+        if row["model_name"] == "propensity":
+            roc = metrics.get("roc_curve") or {"fpr": [], "tpr": []}
+            plots_html.append(plots.line_chart(
+                f"Propensity ROC (AUC {metrics['roc_auc']:.3f})",
+                {"model": (roc["fpr"], roc["tpr"]), "random": ([0.0, 1.0], [0.0, 1.0])},
+                "false positive rate", "true positive rate", dashed=("random",),
+            ))  # fmt: skip
+            table_rows = metrics.get("calibration_table", [])
+            predicted = [r["mean_predicted"] for r in table_rows]
+            top = max([*predicted, *(r["observed_rate"] for r in table_rows), 1e-9])
+            plots_html.append(plots.line_chart(
+                "Propensity calibration (by decile)",
+                {"observed": (predicted, [r["observed_rate"] for r in table_rows]), "perfect": ([0.0, top], [0.0, top])},
+                "mean predicted probability", "observed rate", dashed=("perfect",),
+            ))  # fmt: skip
+        if row["model_name"] == "ranking":
+            names = ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr")
+            bars = []
+            for name in names:
+                bars += [(f"{name} ranker", metrics[name]), (f"{name} popularity", metrics["baseline"][name])]
+            plots_html.append(plots.bar_chart("Ranking on the holdout week: ranker against popularity", bars))
+    table_html = table(pl.DataFrame(rows), ("model", "version", "metric", "decision", "features"))
+    return "<h2>Models</h2>" + table_html + '<div class="plots">' + "".join(plots_html) + "</div>"
+
+
+def run_summary_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
+    """Did last night work? The data-quality gate, rows per stage against the previous run, timings."""
+    parts = ["<h2>Run summary</h2>"]
+    if has_table(con, "meta", "data_quality_results"):
+        checks = read(
+            con,
+            "select stage, table_name, rule, severity, is_success, unexpected_count, rows_checked "
+            "from meta.data_quality_results where run_date = $run_date order by stage, table_name, rule",
+            ctx,
+        )
+        failed = checks.filter(~pl.col("is_success"))
+        critical = failed.filter(pl.col("severity") == "critical").height
+        status = "flag" if critical else "ok"
+        parts.append(
+            f'<p class="{status}">Data quality: {checks.height - failed.height} of {checks.height} checks passed, '
+            f"{critical} critical and {failed.height - critical} warning failure(s).</p>"
+        )
+        if failed.height:
+            parts.append(table(failed, ("stage", "table_name", "rule", "severity")))
+    counts = row_counts(con, ctx)
+    if counts.height:
+        parts.append("<h3>Rows per stage, against the previous run</h3>")
+        parts.append(table(counts, ("stage", "table_name")))
+    timings = stage_timings()
+    if timings:
+        parts.append(
+            '<div class="plots">' + plots.bar_chart("Stage timings (seconds)", timings, " s") + "</div>"
+        )
+    return "\n".join(parts)
+
+
+# (stage, table, SQL counting this run's rows); the SQL takes $run_date and $cutoff
+COUNTS = (
+    (
+        "extract",
+        "raw rows loaded",
+        "select coalesce(sum(row_count), 0) from meta.loaded_files where loaded_run_date = $run_date",
+    ),
+    (
+        "features",
+        "features.user_features",
+        "select count(*) from features.user_features where cutoff = $cutoff",
+    ),
+    ("features", "features.candidates", "select count(*) from features.candidates where cutoff = $cutoff"),
+    ("outputs", "marts.recommendations", "select count(*) from marts.recommendations"),
+    ("outputs", "marts.user_scores", "select count(*) from marts.user_scores"),
+    ("outputs", "marts.segments", "select count(*) from marts.segments"),
+    ("outputs", "marts.item_audiences", "select count(*) from marts.item_audiences"),
+    ("outputs", "marts.content", "select count(*) from marts.content"),
+)
+
+
+def row_counts(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> pl.DataFrame:
+    """Tonight's row counts, stored in meta.run_counts, beside the previous run's."""
+    con.execute("create schema if not exists meta")
+    con.execute(
+        "create table if not exists meta.run_counts (run_date date, stage varchar, table_name varchar, row_count bigint)"
+    )
+    rows = []
+    for stage, name, sql in COUNTS:
+        table_ref = sql.split(" from ")[1].split()[0]
+        schema, _, table_name = table_ref.partition(".")
+        if not has_table(con, schema, table_name):
+            continue
+        params = {k: v for k, v in {"run_date": ctx.run_date, "cutoff": ctx.cutoff}.items() if f"${k}" in sql}
+        rows.append({"run_date": ctx.run_date, "stage": stage, "table_name": name,
+                     "row_count": int(con.execute(sql, params).fetchall()[0][0])})  # fmt: skip
+    con.execute("delete from meta.run_counts where run_date = $d", {"d": ctx.run_date})
+    if rows:
+        con.register("new_counts", pl.DataFrame(rows).to_arrow())
+        try:
+            con.execute(
+                "insert into meta.run_counts select run_date, stage, table_name, row_count from new_counts"
+            )
+        finally:
+            con.unregister("new_counts")
+    return con.sql(
+        """
+        with previous as (
+            select stage, table_name, row_count from meta.run_counts
+            where run_date = (select max(run_date) from meta.run_counts where run_date < $d)
+        )
+        select now.stage, now.table_name, now.row_count as rows, previous.row_count as previous_rows,
+            round(100.0 * (now.row_count - previous.row_count) / nullif(previous.row_count, 0), 1) as change_pct
+        from meta.run_counts as now
+        left join previous using (stage, table_name)
+        where now.run_date = $d
+        order by now.stage, now.table_name
+        """,
+        params={"d": ctx.run_date},
+    ).pl()
+
+
+def stage_timings() -> list[tuple[str, float]]:
+    """The finished task runs of the current flow run, with their durations, from the Prefect API."""
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.runtime import flow_run
+
+        if not flow_run.id:
+            return []
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            )
+    except Exception:  # outside a flow run, or the API is not reachable: the report goes without timings
+        return []
+    finished = [run for run in runs if run.start_time and run.end_time]
+    finished.sort(key=lambda run: run.start_time)
+    return [(run.name.rsplit("-", 1)[0], (run.end_time - run.start_time).total_seconds()) for run in finished]
+
+
+def segments_and_allocation_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
+    parts = []
+    if has_table(con, "marts", "segment_profiles"):
+        profiles = con.sql(
+            "select segment_type, segment_name, users from marts.segment_profiles order by segment_type, users desc"
+        ).pl()
+        if profiles.height:
+            bars = [
+                (f"{r['segment_type']}: {r['segment_name']}", float(r["users"]))
+                for r in profiles.iter_rows(named=True)
+            ]
+            parts.append(plots.bar_chart("Segment sizes (users)", bars))
+    decisions = read(
+        con,
+        "select campaign_id, variant_id, share from meta.allocation_decisions where run_date = $run_date order by all",
+        ctx,
+    )
+    if decisions.height:
+        bars = [
+            (f"{r['campaign_id']}: {r['variant_id']}", r["share"]) for r in decisions.iter_rows(named=True)
+        ]
+        parts.append(plots.bar_chart("Variant allocation tonight (share)", bars))
+    return (
+        "<h2>Segments and allocation</h2>" + '<div class="plots">' + "".join(parts) + "</div>"
+        if parts
+        else ""
     )
 
 
@@ -254,13 +423,14 @@ def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) 
         ctx,
     )
     body = [f"<h1>Tailor run {ctx.run_date.isoformat()} ({escape(settings.project)})</h1>",
-            f"<p>Data up to {ctx.cutoff.isoformat()} UTC.</p>", "<h2>Experiments</h2>"]  # fmt: skip
+            f"<p>Data up to {ctx.cutoff.isoformat()} UTC.</p>", run_summary_section(con, ctx),
+            models_section(con, ctx), segments_and_allocation_section(con, ctx),
+            "<h2>Experiments</h2>"]  # fmt: skip
     if results.height == 0:
         body.append('<p class="empty">No campaign sends to analyse.</p>')
     for campaign_id in sorted(set(results["campaign_id"].to_list())):
         body.append(campaign_section(campaign_id, results, curves, uplift))
     body.append(fairness_section(con, settings, ctx))
-    body.append(models_section(con, ctx))
     body.append("<h2>Allocation decisions</h2>")
     body.append(table(decisions, ("campaign_id", "variant_id", "policy", "reason")) if decisions.height
                 else '<p class="empty">No campaign was allocated in this run.</p>')  # fmt: skip
@@ -271,11 +441,57 @@ def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) 
     )
 
 
+def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
+    """The report's headline as a Prefect artifact: tables in markdown, for the Prefect UI."""
+    lines = [
+        f"# Tailor run {ctx.run_date.isoformat()}",
+        "",
+        "report.html is published beside the outputs.",
+        "",
+    ]
+    if has_table(con, "meta", "data_quality_results"):
+        passed, total = con.execute(
+            "select count(*) filter (where is_success), count(*) from meta.data_quality_results where run_date = $d",
+            {"d": ctx.run_date},
+        ).fetchall()[0]
+        lines += [f"Data quality: {passed} of {total} checks passed.", ""]
+    if has_table(con, "meta", "models"):
+        lines += ["| model | serving | decision |", "|---|---|---|"]
+        for name, promoted, decision in con.execute(
+            "select model_name, is_promoted, decision from meta.models where run_date = $d order by 1",
+            {"d": ctx.run_date},
+        ).fetchall():
+            lines.append(f"| {name} | {'yes' if promoted else 'no'} | {decision} |")
+        lines.append("")
+    significant = con.execute(
+        "select campaign_id, variant_id, metric, diff from meta.experiment_results where run_date = $d and "
+        "is_significant order by all",
+        {"d": ctx.run_date},
+    ).fetchall()
+    lines += ["| campaign | variant | metric | difference |", "|---|---|---|---|"]
+    lines += [f"| {c} | {v} | {m} | {d:+.4g} |" for c, v, m, d in significant] or ["| - | - | - | - |"]
+    ensure_audit_table(con)
+    flagged = con.execute(
+        "select count(*) from meta.fairness_audit where run_date = $d and is_flagged", {"d": ctx.run_date}
+    ).fetchall()[0][0]
+    lines += ["", f"Fairness audit: {flagged} flagged ratio(s)."]
+    return "\n".join(lines)
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def write_report(settings: Settings, ctx: RunContext) -> Path:
-    """Render the run report into the run folder (publishing copies it beside the outputs)."""
+    """Render the run report into the run folder (publishing copies it beside the outputs) and attach its
+    headline to the flow run as a Prefect artifact."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
     path = ctx.run_dir / "report" / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     with connect(settings) as con:
         path.write_text(render(con, settings, ctx), encoding="utf-8")
+        markdown = artifact_markdown(con, ctx)
+    if FlowRunContext.get() is not None:  # a task of a flow run, not a plain function call
+        create_markdown_artifact(
+            markdown=markdown, key="tailor-run-report", description=f"Tailor run {ctx.run_date}"
+        )
     return path

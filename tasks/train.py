@@ -394,6 +394,7 @@ def binary_metrics(labels: np.ndarray, predicted: np.ndarray, base_rate: float) 
         "brier": metrics.brier_score(labels, predicted),
         "holdout_positive_rate": float(labels.mean()) if labels.size else float("nan"),
         "calibration_table": calibration_table(labels, predicted),
+        "roc_curve": metrics.roc_points(labels, predicted),
         "baseline": {
             "log_loss": metrics.log_loss(labels, constant),
             "brier": metrics.brier_score(labels, constant),

@@ -76,3 +76,21 @@ def test_probability_metrics() -> None:
     assert metrics.log_loss(labels, p) == pytest.approx(-np.mean(np.log([0.9, 0.9, 0.6, 0.6])))
     assert metrics.average_precision(labels, p) == pytest.approx(1.0)
     assert metrics.average_precision(np.array([0, 1]), np.array([0.9, 0.1])) == pytest.approx(0.5)
+
+
+def test_roc_points_follow_sklearns_curve_and_enclose_the_auc() -> None:
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(4)
+    labels = rng.random(3000) < 0.2
+    scores = np.round(rng.random(3000) + 0.3 * labels, 2)  # rounded: many ties
+    points = metrics.roc_points(labels, scores, points=10_000)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert points["fpr"] == pytest.approx(fpr.tolist(), abs=1e-6) and points["tpr"] == pytest.approx(
+        tpr.tolist(), abs=1e-6
+    )
+    assert np.trapezoid(points["tpr"], points["fpr"]) == pytest.approx(
+        metrics.roc_auc(labels, scores), abs=1e-6
+    )
+    thin = metrics.roc_points(labels, scores, points=51)
+    assert len(thin["fpr"]) <= 51 and thin["fpr"][0] == 0 and thin["tpr"][-1] == 1
