@@ -114,7 +114,9 @@ def line_chart(
     parts.append(
         f'<text x="14" y="{top + plot_height / 2}" text-anchor="middle" transform="rotate(-90 14 {top + plot_height / 2})">{escape(y_label)}</text>'
     )
-    for index, (label, (xs, ys)) in enumerate(series.items()):
+    # a series with nothing finite to draw (a posterior with no spread) is left out, legend included
+    drawable = {label: xy for label, xy in series.items() if any(math.isfinite(y) for y in xy[1])}
+    for index, (label, (xs, ys)) in enumerate(drawable.items()):
         color = PALETTE[index % len(PALETTE)]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys, strict=True) if math.isfinite(y))
         dash = ' stroke-dasharray="5 4"' if label in dashed else ""

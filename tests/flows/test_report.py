@@ -44,6 +44,7 @@ def test_the_report_draws_every_plot_in_headless_chromium(
     config_path = company / "tailor.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["publish"]["target"] = (company / "published").as_uri()
+    config["experiments"] = {"min_units": 20}  # the small company's arms are small: test them anyway
     config_path.write_text(yaml.safe_dump(config))
     nightly(config_path=str(config_path), run_date=RUN_DATE)
 

@@ -32,3 +32,8 @@ def test_nothing_to_plot_says_so() -> None:
     assert "nothing to plot" in plots.line_chart("t", {}, "x", "y")
     xs, ys = plots.normal_density(0.1, 0.02)
     assert abs(sum(ys) * (xs[1] - xs[0]) - 1) < 0.01
+
+
+def test_a_series_with_nothing_to_draw_is_left_out() -> None:
+    svg = plots.line_chart("p", {"a": ([0, 1], [0, 1]), "flat": ([], [])}, "x", "y")
+    assert svg.count('class="series"') == 1 and ">flat<" not in svg
