@@ -4,13 +4,18 @@ variant under the campaign's allocation policy, and render that variant's copy f
 Policies:
     split         fixed shares from the variants' weights (a classic A/B test);
     bandit        Thompson sampling: each variant's share is its posterior chance of converting best,
-                  from Beta(prior + conversions, prior + non-conversions) over past sends;
-    personalized  the campaign's conversion model scores the user under every variant and the best one
-                  wins; a configured share of users explores a uniformly random variant instead. Users
-                  without profiling consent are never scored: they get the split.
+                  from the Beta(prior + conversions, prior + non-conversions) posteriors the experiment
+                  analysis stored (the newest trusted ones: a night that failed the sample-ratio check
+                  steers nothing);
+    personalized  the uplift model (one conversion model per variant, and one for no contact) scores the
+                  user under every variant and the best one wins; a configured share of users explores a
+                  uniformly random variant instead; with skip_without_uplift a user expected to gain
+                  nothing is not contacted. Users without profiling consent are never scored: the split.
 
+A variant a trusted analysis found significantly harmful gets no traffic from bandit or personalized.
 Every draw is a hash of (salt, campaign, user): the holdout is stable from night to night, and a user moves
-between variants only when the shares or the model move. Drafts are never allocated.
+between variants only when the shares or the model move. Drafts are never allocated. Each arm's share, the
+share the night before and the reason go to meta.allocation_decisions (the decision log).
 """
 
 from __future__ import annotations
