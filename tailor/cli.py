@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="publish here instead of the config's target: file://DIR or s3://BUCKET/PREFIX",
     )
+    run.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
+    )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
     back = commands.add_parser(
@@ -101,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--start", type=_day, required=True, help="first date, YYYY-MM-DD")
     back.add_argument("--end", type=_day, required=True, help="last date, YYYY-MM-DD")
     back.add_argument("--target", default=None, help="publish here instead of the config's target")
+    back.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
+    )
     back.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     serve = commands.add_parser(
@@ -126,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-date", type=_day, default=None, help="the analysis date, YYYY-MM-DD (default: today)"
     )
     exp.add_argument("--target", default=None, help="publish here instead of the config's target")
+    exp.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
+    )
     exp.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     ev = commands.add_parser(
@@ -203,8 +212,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     summary = nightly(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
-    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    report(args, summary, format_summary)
     return 0
+
+
+def report(args: argparse.Namespace, summary: dict[str, Any], as_text: Any) -> None:
+    """The command's summary: JSON with --json, nothing with --quiet, else readable text."""
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    elif not args.quiet:
+        print(as_text(summary))
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -218,15 +235,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from flows.schedule import backfill
 
     summary = backfill(config_path=str(args.config.resolve()), start=args.start, end=args.end, target=target)
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-    else:
-        for day, run in summary.items():
-            print(
-                f"{day}: {run['published']}"
-                + ("" if run["latest_moved"] else " (latest.json kept on a newer run)")
-            )
+    report(args, summary, format_backfill)
     return 0
+
+
+def format_backfill(summary: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{day}: {run['published']}" + ("" if run["latest_moved"] else " (latest.json kept on a newer run)")
+        for day, run in summary.items()
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -245,12 +262,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from flows.experiments import experiments
 
     summary = experiments(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
-    print(
-        json.dumps(summary, indent=2, default=str)
-        if args.json
-        else format_experiments(summary["experiments"])
+    report(
+        args,
+        summary,
+        lambda run: f"{format_experiments(run['experiments'])}\nreport: {run['published']['report']}",
     )
-    print(f"report: {summary['published']['report']}")
     return 0
 
 
@@ -354,9 +370,12 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        # for schedulers: only errors reach the terminal (set before Prefect is imported)
+        os.environ["PREFECT_LOGGING_LEVEL"] = "ERROR"
     from tailor.errors import USER_ERRORS
 
-    args = build_parser().parse_args(argv)
     try:
         commands = {
             "generate": cmd_generate,

@@ -113,3 +113,22 @@ def test_readme_documents_every_canonical_column_and_starts_with_the_commands() 
         assert f"`{table.name}`" in readme
         for column in table.columns:
             assert f"`{column.name}`" in readme, f"{table.name}.{column.name} is not documented"
+
+
+def test_quiet_prints_nothing_json_prints_json_and_errors_always_show(tmp_path, capsys) -> None:
+    import argparse
+    import json
+
+    from tailor.cli import main, report
+
+    summary = {"run_date": "2026-11-21", "n": 3}
+    report(argparse.Namespace(json=False, quiet=True), summary, lambda s: "text")
+    assert capsys.readouterr().out == ""
+    report(argparse.Namespace(json=True, quiet=True), summary, lambda s: "text")
+    assert json.loads(capsys.readouterr().out) == summary
+    report(argparse.Namespace(json=False, quiet=False), summary, lambda s: f"ran {s['n']}")
+    assert capsys.readouterr().out == "ran 3\n"
+    # a quiet run that cannot start still says why, on stderr, with exit code 2
+    assert main(["run", "--config", str(tmp_path / "missing.yaml"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "missing.yaml" in captured.err
