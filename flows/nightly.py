@@ -13,7 +13,7 @@ from tailor.config import Settings, load_settings
 from tailor.warehouse import RunContext, run_context
 from tasks.extract import extract_sources
 from tasks.fairness import audit_fairness
-from tasks.features import build_features
+from tasks.features import build_features_cached
 from tasks.notify import notify_failure
 from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
@@ -33,23 +33,26 @@ def _run_name() -> str:
 
 
 @flow(name="tailor-nightly", flow_run_name=_run_name, on_failure=[notify_failure])
-def nightly(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
+def nightly(
+    config_path: str, run_date: date | None = None, target: str | None = None, force: bool = False
+) -> dict[str, Any]:
     """Turn the sources into published recommendations, scores, segments, audiences and campaign content
-    for one day. One run at a time: a second one is refused while this one holds the warehouse."""
+    for one day. One run at a time: a second one is refused while this one holds the warehouse. A rerun of
+    the night with nothing new reuses its features, unless `force`."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
     with run_lock(settings, ctx.run_date):
         run_started(settings, ctx.run_date, "tailor-nightly")
-        summary = run_stages(settings, ctx)
+        summary = run_stages(settings, ctx, force)
         run_succeeded(settings, ctx.run_date, "tailor-nightly")
     return summary
 
 
-def run_stages(settings: Settings, ctx: RunContext) -> dict[str, Any]:
+def run_stages(settings: Settings, ctx: RunContext, force: bool) -> dict[str, Any]:
     loads = extract_sources(settings, ctx)
     erasure = erase_deleted_users(settings, ctx)
     source_quality = validate_sources(settings, ctx, loads)
-    feature_rows = build_features(settings, ctx)
+    feature_rows = build_features_cached(settings, force)(settings, ctx)
     quality = combine(source_quality, validate_features(settings, ctx))
     models = train_models(settings, ctx)
     experiments = experiment_analysis(settings, ctx, models)

@@ -31,8 +31,11 @@ def scheduled_nightly(config_path: str, target: str | None = None) -> dict[str, 
 
 
 @flow(name="tailor-backfill", on_failure=[notify_failure])
-def backfill(config_path: str, start: date, end: date, target: str | None = None) -> dict[str, Any]:
-    """Rerun every date from start to end inclusive, in date order; stops at the first failure."""
+def backfill(
+    config_path: str, start: date, end: date, target: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Rerun every date from start to end inclusive, in date order; stops at the first failure. `force`
+    rebuilds features the cache would reuse."""
     if end < start:
         raise ValueError(f"backfill: end {end} is before start {start}")
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish here instead of the config's target: file://DIR or s3://BUCKET/PREFIX",
     )
     run.add_argument(
+        "--force", action="store_true", help="rebuild features even when the cache holds this night's build"
+    )
+    run.add_argument(
         "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
     )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -104,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--start", type=_day, required=True, help="first date, YYYY-MM-DD")
     back.add_argument("--end", type=_day, required=True, help="last date, YYYY-MM-DD")
     back.add_argument("--target", default=None, help="publish here instead of the config's target")
+    back.add_argument(
+        "--force", action="store_true", help="rebuild features even when the cache holds this night's build"
+    )
     back.add_argument(
         "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
     )
@@ -210,7 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.nightly import nightly
 
     started = time.monotonic()
-    summary = nightly(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
+    summary = nightly(
+        config_path=str(args.config.resolve()), run_date=args.run_date, target=target, force=args.force
+    )
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     report(args, summary, format_summary)
     return 0
@@ -234,7 +242,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 2
     from flows.schedule import backfill
 
-    summary = backfill(config_path=str(args.config.resolve()), start=args.start, end=args.end, target=target)
+    summary = backfill(
+        config_path=str(args.config.resolve()),
+        start=args.start,
+        end=args.end,
+        target=target,
+        force=args.force,
+    )
     report(args, summary, format_backfill)
     return 0
 

@@ -7,11 +7,16 @@ partitions and a feature computed at cutoff T never changes when data after T ar
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
 import duckdb
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
@@ -197,4 +202,72 @@ def build_features(settings: Settings, ctx: RunContext) -> dict[str, int]:
     with connect(settings) as con:
         counts = build_staging_models(con, ctx)
         counts.update(build_feature_models(con, settings, ctx))
+        con.execute(
+            "create table if not exists meta.feature_builds (run_date date, data_fingerprint varchar)"
+        )
+        con.execute("delete from meta.feature_builds")
+        con.execute(
+            "insert into meta.feature_builds values ($d, $f)",
+            {"d": ctx.run_date, "f": data_fingerprint(con, ctx)},
+        )
     return counts
+
+
+# Reusing a night's features: a rerun of the same night (after a failed upload, say) with nothing new
+# loaded skips the feature build, the run's most expensive step, through Prefect's result cache.
+
+
+@cache
+def code_version() -> str:
+    """The package version and every SQL model's text: a changed model must rebuild."""
+    digest = hashlib.sha256(version("tailor").encode())
+    for path in sorted((Path(__file__).resolve().parents[1] / "sql").rglob("*.sql")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
+    """Which files, in which versions, the run's data comes from (and how many users were erased)."""
+    files = con.execute(
+        "select coalesce(string_agg(source || '|' || file_uri || '|' || coalesce(fingerprint, ''), ',' "
+        "order by source, file_uri), '') from meta.loaded_files where coalesce(file_date < $d, true)",
+        {"d": ctx.run_date},
+    ).fetchall()[0][0]
+    erased = (
+        scalar(con, "select count(*) from meta.deletion_register")
+        if _exists(con, "meta", "deletion_register")
+        else 0
+    )
+    return hashlib.sha256(f"{files}#{erased}".encode()).hexdigest()
+
+
+def _exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    return bool(scalar(con, "select count(*) from information_schema.tables where table_schema = $s and "
+                            "table_name = $t", {"s": schema, "t": name}))  # fmt: skip
+
+
+def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """The key of a reusable build: the same night, config, code and data. No key (so a build) when the
+    warehouse's current build is of another night or other data, since the features live there, not in
+    the cached result."""
+    settings: Settings = parameters["settings"]
+    ctx: RunContext = parameters["ctx"]
+    with connect(settings) as con:
+        fingerprint = data_fingerprint(con, ctx)
+        built = (
+            con.execute("select run_date, data_fingerprint from meta.feature_builds").fetchall()
+            if _exists(con, "meta", "feature_builds")
+            else []
+        )
+    if built and built != [(ctx.run_date, fingerprint)]:
+        return None
+    key = f"{settings.config_sha256}|{ctx.run_date}|{fingerprint}|{code_version()}"
+    return "features-" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def build_features_cached(settings: Settings, force: bool = False) -> Task:
+    """build_features through Prefect's result cache (kept in Prefect's local result storage, under
+    PREFECT_HOME); `force` rebuilds."""
+    return build_features.with_options(
+        cache_key_fn=features_cache_key, persist_result=True, refresh_cache=force
+    )
