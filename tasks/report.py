@@ -291,25 +291,17 @@ def run_summary_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     return "\n".join(parts)
 
 
-# (stage, table, SQL counting this run's rows); the SQL takes $run_date and $cutoff
+# (stage, label, the table the count reads, SQL counting this run's rows with $run_date and $cutoff)
 COUNTS = (
-    (
-        "extract",
-        "raw rows loaded",
-        "select coalesce(sum(row_count), 0) from meta.loaded_files where loaded_run_date = $run_date",
-    ),
-    (
-        "features",
-        "features.user_features",
-        "select count(*) from features.user_features where cutoff = $cutoff",
-    ),
-    ("features", "features.candidates", "select count(*) from features.candidates where cutoff = $cutoff"),
-    ("outputs", "marts.recommendations", "select count(*) from marts.recommendations"),
-    ("outputs", "marts.user_scores", "select count(*) from marts.user_scores"),
-    ("outputs", "marts.segments", "select count(*) from marts.segments"),
-    ("outputs", "marts.item_audiences", "select count(*) from marts.item_audiences"),
-    ("outputs", "marts.content", "select count(*) from marts.content"),
-)
+    ("extract", "raw rows loaded", "meta.loaded_files",
+     "select coalesce(sum(row_count), 0) from meta.loaded_files where loaded_run_date = $run_date"),
+    ("features", "features.user_features", "features.user_features",
+     "select count(*) from features.user_features where cutoff = $cutoff"),
+    ("features", "features.candidates", "features.candidates",
+     "select count(*) from features.candidates where cutoff = $cutoff"),
+    *(("outputs", f"marts.{name}", f"marts.{name}", f"select count(*) from marts.{name}")
+      for name in ("recommendations", "user_scores", "segments", "item_audiences", "content")),
+)  # fmt: skip
 
 
 def row_counts(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> pl.DataFrame:
@@ -319,9 +311,8 @@ def row_counts(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> pl.DataFrame:
         "create table if not exists meta.run_counts (run_date date, stage varchar, table_name varchar, row_count bigint)"
     )
     rows = []
-    for stage, name, sql in COUNTS:
-        table_ref = sql.split(" from ")[1].split()[0]
-        schema, _, table_name = table_ref.partition(".")
+    for stage, name, source, sql in COUNTS:
+        schema, _, table_name = source.partition(".")
         if not has_table(con, schema, table_name):
             continue
         params = {k: v for k, v in {"run_date": ctx.run_date, "cutoff": ctx.cutoff}.items() if f"${k}" in sql}
