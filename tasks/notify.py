@@ -26,30 +26,45 @@ WEBHOOK_TIMEOUT_SECONDS = 10
 WEBHOOK_RETRY_DELAYS = (0.0, 1.0, 4.0)  # seconds before each attempt
 
 
-def failed_task(flow_run_id: Any) -> str | None:
-    """The name of the flow run's first failed task run, from the Prefect API."""
+def failed_task(flow_run_id: Any) -> tuple[str | None, str | None]:
+    """(the first failed task's name, the run date of the flow run it belongs to), from the Prefect API.
+    A failed subflow (a nightly run inside a backfill) is followed down to the task that failed in it."""
     try:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
             FlowRunFilter,
             FlowRunFilterId,
+            FlowRunFilterParentTaskRunId,
             TaskRunFilter,
             TaskRunFilterStateType,
         )
         from prefect.client.schemas.objects import StateType
 
+        run_date = None
         with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                task_run_filter=TaskRunFilter(
-                    state=dict(type=TaskRunFilterStateType(any_=[StateType.FAILED]))
-                ),
-            )
+            for _ in range(5):  # flows nest two deep here; the bound only guards against a cycle
+                runs = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                    task_run_filter=TaskRunFilter(
+                        state=dict(type=TaskRunFilterStateType(any_=[StateType.FAILED]))
+                    ),
+                )
+                if not runs:
+                    return None, run_date
+                first = sorted(runs, key=lambda run: run.start_time or run.expected_start_time)[0]
+                children = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[first.id])
+                    )
+                )
+                if not children:
+                    return first.name, run_date
+                flow_run_id = children[0].id
+                run_date = children[0].parameters.get("run_date")
+            return first.name, run_date
     except Exception as error:  # the API may be gone already; the message still goes out
         log.warning("could not read the failed task from the Prefect API: %s", type(error).__name__)
-        return None
-    runs = sorted(runs, key=lambda run: run.start_time or run.expected_start_time)
-    return runs[0].name if runs else None
+        return None, None
 
 
 def failure_message(
@@ -144,6 +159,9 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
             record(settings, date.fromisoformat(run_day), "failed", flow.name, error[:2000])
         except Exception as exc:
             log.error("failure of %s not recorded in meta.runs: %s", flow.name, type(exc).__name__)
-    message = failure_message(flow.name, run_day, failed_task(flow_run.id), error)
+    if flow_run.parent_task_run_id is not None:
+        return  # a subflow (a night of a backfill): the outermost flow notifies, naming this night's task
+    task_name, inner_date = failed_task(flow_run.id)
+    message = failure_message(flow.name, str(inner_date) if inner_date else run_day, task_name, error)
     reached = notify(settings, message)
     log.info("failure of %s for %s notified by %s", flow.name, run_day, ", ".join(reached) or "no channel")

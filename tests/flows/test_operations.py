@@ -102,15 +102,21 @@ def test_a_failed_run_notifies_by_webhook_and_email_naming_flow_date_task_and_er
         Hook.received.clear()
         with pytest.raises(Exception, match="no file matches"):
             nightly(config_path=str(config_path), run_date=RUN_DATE)
+        # inside a backfill the night fails the same way: one message, from the backfill, naming the night
+        with pytest.raises(Exception, match="no file matches"):
+            backfill(config_path=str(config_path), start=RUN_DATE - timedelta(days=1), end=RUN_DATE)
     finally:
         http.shutdown()
         smtp.stop()
-    assert len(Hook.received) == 1
+    assert len(Hook.received) == 2
+    nested = Hook.received[1]
+    assert nested["flow"] == "tailor-backfill" and nested["task"].startswith("extract")
+    assert nested["run_date"] == (RUN_DATE - timedelta(days=1)).isoformat()  # the night that failed
     message = Hook.received[0]
     assert message["flow"] == "tailor-nightly" and message["run_date"] == RUN_DATE.isoformat()
     assert message["task"].startswith("extract") and "no file matches" in message["error"]
     assert (
-        len(mails) == 1 and "tailor-nightly" in mails[0]["Subject"] and mails[0]["To"] == "oncall@example.org"
+        len(mails) == 2 and "tailor-nightly" in mails[0]["Subject"] and mails[0]["To"] == "oncall@example.org"
     )
     with connect(load_settings(config_path)) as con:
         status = con.execute(
