@@ -43,6 +43,25 @@ def _names(value: str) -> list[str]:
     return names
 
 
+def _run_options(parser: argparse.ArgumentParser, force: bool) -> None:
+    """The options every command that runs a flow shares."""
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="publish here instead of the config's target: file://DIR or s3://BUCKET/PREFIX",
+    )
+    if force:
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="rebuild features even when the cache holds this night's build",
+        )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailor",
@@ -84,18 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run's date, YYYY-MM-DD; it uses data up to the end of the day before "
         "(default: today in the config's timezone)",
     )
-    run.add_argument(
-        "--target",
-        default=None,
-        help="publish here instead of the config's target: file://DIR or s3://BUCKET/PREFIX",
-    )
-    run.add_argument(
-        "--force", action="store_true", help="rebuild features even when the cache holds this night's build"
-    )
-    run.add_argument(
-        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
-    )
-    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    _run_options(run, force=True)
 
     back = commands.add_parser(
         "backfill",
@@ -106,14 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. config/demo.yaml")
     back.add_argument("--start", type=_day, required=True, help="first date, YYYY-MM-DD")
     back.add_argument("--end", type=_day, required=True, help="last date, YYYY-MM-DD")
-    back.add_argument("--target", default=None, help="publish here instead of the config's target")
-    back.add_argument(
-        "--force", action="store_true", help="rebuild features even when the cache holds this night's build"
-    )
-    back.add_argument(
-        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
-    )
-    back.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _run_options(back, force=True)
 
     serve = commands.add_parser(
         "serve",
@@ -137,11 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--run-date", type=_day, default=None, help="the analysis date, YYYY-MM-DD (default: today)"
     )
-    exp.add_argument("--target", default=None, help="publish here instead of the config's target")
-    exp.add_argument(
-        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
-    )
-    exp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _run_options(exp, force=False)
 
     ev = commands.add_parser(
         "evaluate",

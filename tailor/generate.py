@@ -17,6 +17,8 @@ import numpy as np
 import polars as pl
 import yaml
 
+from tailor.schema import TABLES
+
 CATEGORIES = (
     "electronics", "books", "fashion", "home", "garden", "sports", "toys", "beauty",
     "grocery", "music", "movies", "games", "travel", "pets", "health", "auto",
@@ -568,17 +570,7 @@ def generated_config(fmt: str, seed: int) -> dict:
         "timezone": "UTC",
         "seed": seed,
         "warehouse": {"path": "var/tailor.duckdb", "runs_dir": "var/runs"},
-        "sources": {
-            table: source(table)
-            for table in (
-                "users",
-                "consents",
-                "items",
-                "interactions",
-                "campaign_exposures",
-                "deletion_requests",
-            )
-        },
+        "sources": {table: source(table) for table in TABLES},
         # Synthetic users: publishing their raw ids is harmless. Real data should stay pseudonymous.
         "publish": {"target": "file://published", "published_user_id": "external"},
         "item_audiences": {"categories": ["books", "electronics"], "top_n": 100},

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -137,3 +138,44 @@ def scalar(con: duckdb.DuckDBPyConnection, statement: str, params: dict[str, Any
     on a connection while a result is unfinished)."""
     rows = con.execute(statement, params or {}).fetchall()
     return rows[0][0] if rows else None
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether `schema.name` exists as a table."""
+    schema, _, name = table.partition(".")
+    return bool(
+        scalar(
+            con,
+            "select count(*) from information_schema.tables where table_schema = $schema and table_name = $name",
+            {"schema": schema, "name": name},
+        )
+    )
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]) -> None:
+    """Create `schema.name` with these columns (name -> DuckDB type) unless it exists. Names and types come
+    from constants in the code, never from input."""
+    con.execute(f"create schema if not exists {table.split('.')[0]}")
+    ddl = ", ".join(f"{name} {sql_type}" for name, sql_type in columns.items())
+    con.execute(f"create table if not exists {table} ({ddl})")
+
+
+def replace_run_rows(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: dict[str, str],
+    rows: list[dict[str, Any]],
+    run_date: Any,
+) -> None:
+    """Replace one run date's rows of a history table: rerunning a night gives the same table."""
+    con.execute(f"delete from {table} where run_date = $run_date", {"run_date": run_date})
+    if not rows:
+        return
+    frame = pl.DataFrame(
+        [{name: row.get(name) for name in columns} for row in rows], infer_schema_length=None
+    )
+    con.register("new_run_rows", frame.to_arrow())
+    try:
+        con.execute(f"insert into {table} select {', '.join(columns)} from new_run_rows")
+    finally:
+        con.unregister("new_run_rows")

@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor import stats, uplift
 from tailor.config import CampaignConfig, Settings
-from tailor.sql import query, read_partition
+from tailor.sql import ensure_table, query, read_partition, replace_run_rows, table_exists
 from tailor.warehouse import RunContext, connect
 from tasks.train import (
     CONVERSION_HOLDOUT_DAYS,
@@ -125,7 +125,6 @@ CURVE_COLUMNS = {
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("create schema if not exists meta")
     for table, columns in (
         ("meta.experiment_results", RESULT_COLUMNS),
         ("meta.variant_posteriors", POSTERIOR_COLUMNS),
@@ -133,29 +132,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         ("meta.qini_curves", CURVE_COLUMNS),
         ("meta.allocation_decisions", DECISION_COLUMNS),
     ):
-        # names and types come from the constants above, never from input
-        ddl = ", ".join(f"{name} {sql_type}" for name, sql_type in columns.items())
-        con.execute(f"create table if not exists {table} ({ddl})")
-
-
-def replace_rows(
-    con: duckdb.DuckDBPyConnection,
-    table: str,
-    columns: dict[str, str],
-    rows: list[dict[str, Any]],
-    ctx: RunContext,
-) -> None:
-    """Replace the run date's rows of a meta table: rerunning a night gives the same table."""
-    con.execute(f"delete from {table} where run_date = $run_date", {"run_date": ctx.run_date})
-    if rows:
-        frame = pl.DataFrame(
-            [{name: row.get(name) for name in columns} for row in rows], infer_schema_length=None
-        )
-        con.register("new_rows", frame.to_arrow())
-        try:
-            con.execute(f"insert into {table} select {', '.join(columns)} from new_rows")
-        finally:
-            con.unregister("new_rows")
+        ensure_table(con, table, columns)
 
 
 def window_start(campaign: CampaignConfig, settings: Settings, ctx: RunContext) -> datetime:
@@ -396,7 +373,7 @@ def evaluate_uplift(
     """Qini and uplift at 10/20/30% of each variant's predicted uplift over no contact, on the sends of
     the conversion models' time-based holdout (the last CONVERSION_HOLDOUT_DAYS, which they never saw)."""
     no_contact = models.get(conversion_model_name(campaign.campaign_id, HOLDOUT))
-    if no_contact is None or not has_partition(con, "features.campaign_click_examples", ctx.cutoff):
+    if no_contact is None or not table_exists(con, "features.campaign_click_examples"):
         return [], []
     examples = read_partition(
         con, "features/campaign_click_examples", ctx.cutoff, ("campaign_id", "sent_at", "user_id")
@@ -461,22 +438,6 @@ def predict_with(frame: pl.DataFrame, model: dict[str, Any]) -> np.ndarray:
     return predict_propensity(lgb.Booster(model_file=model["path"]), matrix, model["params"]["calibration"])
 
 
-def has_partition(con: duckdb.DuckDBPyConnection, table: str, cutoff: datetime) -> bool:
-    schema, name = table.split(".")
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_schema = $schema and table_name = $name",
-        {"schema": schema, "name": name},
-    ).fetchall()[0][0]
-    if not exists:
-        return False
-    # the table name is one of the module's constants, never input
-    return bool(
-        con.execute(
-            f"select count(*) > 0 from {table} where cutoff = $cutoff", {"cutoff": cutoff}
-        ).fetchall()[0][0]
-    )
-
-
 @dataclass
 class ExperimentRun:
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -509,10 +470,10 @@ def analyse_experiments(
                 for row in evaluations
             }
             run.summary[campaign.campaign_id] = summary
-        replace_rows(con, "meta.experiment_results", RESULT_COLUMNS, run.results, ctx)
-        replace_rows(con, "meta.variant_posteriors", POSTERIOR_COLUMNS, run.posteriors, ctx)
-        replace_rows(con, "meta.uplift_evaluation", UPLIFT_COLUMNS, run.uplift, ctx)
-        replace_rows(con, "meta.qini_curves", CURVE_COLUMNS, run.curves, ctx)
+        replace_run_rows(con, "meta.experiment_results", RESULT_COLUMNS, run.results, ctx.run_date)
+        replace_run_rows(con, "meta.variant_posteriors", POSTERIOR_COLUMNS, run.posteriors, ctx.run_date)
+        replace_run_rows(con, "meta.uplift_evaluation", UPLIFT_COLUMNS, run.uplift, ctx.run_date)
+        replace_run_rows(con, "meta.qini_curves", CURVE_COLUMNS, run.curves, ctx.run_date)
     return dict(sorted(run.summary.items()))
 
 

@@ -29,7 +29,7 @@ from tailor.schema import (
     TABLES,
     Table,
 )
-from tailor.sql import bind, read_sql, scalar
+from tailor.sql import bind, read_sql, scalar, table_exists
 from tailor.storage import StoredObject, fetch_to_local, list_source_objects
 from tailor.warehouse import RunContext, connect
 
@@ -457,7 +457,7 @@ def extract_source(
 
 def forget_file(con: duckdb.DuckDBPyConnection, table_name: str, uri: str) -> None:
     con.execute(f"delete from raw.{table_name} where {SOURCE_FILE} = $uri", {"uri": uri})
-    if _has_quarantine(con, table_name):
+    if table_exists(con, f"quarantine.{table_name}"):
         con.execute(f"delete from quarantine.{table_name} where source_file = $uri", {"uri": uri})
     con.execute(
         "delete from meta.loaded_files where source = $source and file_uri = $uri",
@@ -465,18 +465,8 @@ def forget_file(con: duckdb.DuckDBPyConnection, table_name: str, uri: str) -> No
     )
 
 
-def _has_quarantine(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(
-        scalar(
-            con,
-            "select count(*) from information_schema.tables where table_schema = 'quarantine' and table_name = $t",
-            {"t": table},
-        )
-    )
-
-
 def forget_quarantine(con: duckdb.DuckDBPyConnection, table: str, run_date: date) -> None:
-    if _has_quarantine(con, table):
+    if table_exists(con, f"quarantine.{table}"):
         con.execute(f"delete from quarantine.{table} where run_date = $run_date", {"run_date": run_date})
 
 

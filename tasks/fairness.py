@@ -22,9 +22,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor import stats
 from tailor.config import Settings
-from tailor.sql import query
+from tailor.sql import ensure_table, query, replace_run_rows
 from tailor.warehouse import RunContext, connect
-from tasks.experiments import replace_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,7 @@ class FairnessError(RuntimeError):
 
 
 def ensure_audit_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("create schema if not exists meta")
-    ddl = ", ".join(f"{name} {sql_type}" for name, sql_type in AUDIT_COLUMNS.items())
-    con.execute(f"create table if not exists meta.fairness_audit ({ddl})")
+    ensure_table(con, "meta.fairness_audit", AUDIT_COLUMNS)
 
 
 def gap_p_value(row: dict[str, Any], reference: dict[str, Any]) -> float:
@@ -126,7 +123,7 @@ def audit_fairness(settings: Settings, ctx: RunContext) -> dict[str, Any]:
         if settings.fairness.enabled and attributes:
             rates = query(con, "marts/fairness_rates", {"attributes": attributes}).pl()
             rows = audit_rows(rates, settings, ctx)
-        replace_rows(con, "meta.fairness_audit", AUDIT_COLUMNS, rows, ctx)
+        replace_run_rows(con, "meta.fairness_audit", AUDIT_COLUMNS, rows, ctx.run_date)
     flagged = [row for row in rows if row["is_flagged"]]
     for row in flagged:
         log.warning("fairness: %s, under %.2f", describe(row), settings.fairness.min_ratio)

@@ -20,7 +20,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
-from tailor.sql import materialize, materialize_partition, scalar
+from tailor.sql import materialize, materialize_partition, scalar, table_exists
 from tailor.warehouse import RunContext, connect
 
 STAGING_MODELS = (
@@ -235,15 +235,10 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     ).fetchall()[0][0]
     erased = (
         scalar(con, "select count(*) from meta.deletion_register")
-        if _exists(con, "meta", "deletion_register")
+        if table_exists(con, "meta.deletion_register")
         else 0
     )
     return hashlib.sha256(f"{files}#{erased}".encode()).hexdigest()
-
-
-def _exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    return bool(scalar(con, "select count(*) from information_schema.tables where table_schema = $s and "
-                            "table_name = $t", {"s": schema, "t": name}))  # fmt: skip
 
 
 def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
@@ -256,7 +251,7 @@ def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
         fingerprint = data_fingerprint(con, ctx)
         built = (
             con.execute("select run_date, data_fingerprint from meta.feature_builds").fetchall()
-            if _exists(con, "meta", "feature_builds")
+            if table_exists(con, "meta.feature_builds")
             else []
         )
     if built and built != [(ctx.run_date, fingerprint)]:

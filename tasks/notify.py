@@ -139,9 +139,11 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
     run_day = str(run_date) if run_date else None
     try:
         state.result()
-        error = state.message or "failed"
+        error, refused = state.message or "failed", False
     except BaseException as exc:  # the run's own exception, re-raised by result()
-        error = f"{type(exc).__name__}: {exc}"
+        from tasks.runs import RunInProgress
+
+        error, refused = f"{type(exc).__name__}: {exc}", isinstance(exc, RunInProgress)
     try:
         settings = load_settings(parameters["config_path"])
     except Exception as exc:
@@ -152,7 +154,7 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
 
         run_day = today_in(settings.timezone).isoformat()
     # a run refused because another holds the warehouse must not mark that other run failed
-    if run_day and flow.name == "tailor-nightly" and not error.startswith("RunInProgress"):
+    if run_day and flow.name == "tailor-nightly" and not refused:
         from tasks.runs import record
 
         try:

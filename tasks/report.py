@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor import plots
 from tailor.config import Settings
+from tailor.sql import ensure_table, replace_run_rows, table_exists
 from tailor.warehouse import RunContext, connect
 from tasks.experiments import METRICS, ensure_tables
 from tasks.fairness import ensure_audit_table
@@ -216,7 +217,7 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
 def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     """Each model's gate metric against its baseline, the champion decision, its features, and the
     propensity model's ROC and calibration and the ranker against popularity as plots."""
-    if not has_table(con, "meta", "models"):
+    if not table_exists(con, "meta.models"):
         return ""
     models = read(
         con,
@@ -263,7 +264,7 @@ def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
 def run_summary_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     """Did last night work? The data-quality gate, rows per stage against the previous run, timings."""
     parts = ["<h2>Run summary</h2>"]
-    if has_table(con, "meta", "data_quality_results"):
+    if table_exists(con, "meta.data_quality_results"):
         checks = read(
             con,
             "select stage, table_name, rule, severity, is_success, unexpected_count, rows_checked "
@@ -304,29 +305,20 @@ COUNTS = (
 )  # fmt: skip
 
 
+COUNT_COLUMNS = {"run_date": "date", "stage": "varchar", "table_name": "varchar", "row_count": "bigint"}
+
+
 def row_counts(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> pl.DataFrame:
     """Tonight's row counts, stored in meta.run_counts, beside the previous run's."""
-    con.execute("create schema if not exists meta")
-    con.execute(
-        "create table if not exists meta.run_counts (run_date date, stage varchar, table_name varchar, row_count bigint)"
-    )
+    ensure_table(con, "meta.run_counts", COUNT_COLUMNS)
     rows = []
     for stage, name, source, sql in COUNTS:
-        schema, _, table_name = source.partition(".")
-        if not has_table(con, schema, table_name):
+        if not table_exists(con, source):
             continue
         params = {k: v for k, v in {"run_date": ctx.run_date, "cutoff": ctx.cutoff}.items() if f"${k}" in sql}
         rows.append({"run_date": ctx.run_date, "stage": stage, "table_name": name,
                      "row_count": int(con.execute(sql, params).fetchall()[0][0])})  # fmt: skip
-    con.execute("delete from meta.run_counts where run_date = $d", {"d": ctx.run_date})
-    if rows:
-        con.register("new_counts", pl.DataFrame(rows).to_arrow())
-        try:
-            con.execute(
-                "insert into meta.run_counts select run_date, stage, table_name, row_count from new_counts"
-            )
-        finally:
-            con.unregister("new_counts")
+    replace_run_rows(con, "meta.run_counts", COUNT_COLUMNS, rows, ctx.run_date)
     return con.sql(
         """
         with previous as (
@@ -366,7 +358,7 @@ def stage_timings() -> list[tuple[str, float]]:
 
 def segments_and_allocation_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     parts = []
-    if has_table(con, "marts", "segment_profiles"):
+    if table_exists(con, "marts.segment_profiles"):
         profiles = con.sql(
             "select segment_type, segment_name, users from marts.segment_profiles order by segment_type, users desc"
         ).pl()
@@ -390,15 +382,6 @@ def segments_and_allocation_section(con: duckdb.DuckDBPyConnection, ctx: RunCont
         "<h2>Segments and allocation</h2>" + '<div class="plots">' + "".join(parts) + "</div>"
         if parts
         else ""
-    )
-
-
-def has_table(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    return bool(
-        con.execute(
-            "select count(*) from information_schema.tables where table_schema = $s and table_name = $t",
-            {"s": schema, "t": name},
-        ).fetchall()[0][0]
     )
 
 
@@ -440,13 +423,13 @@ def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
         "report.html is published beside the outputs.",
         "",
     ]
-    if has_table(con, "meta", "data_quality_results"):
+    if table_exists(con, "meta.data_quality_results"):
         passed, total = con.execute(
             "select count(*) filter (where is_success), count(*) from meta.data_quality_results where run_date = $d",
             {"d": ctx.run_date},
         ).fetchall()[0]
         lines += [f"Data quality: {passed} of {total} checks passed.", ""]
-    if has_table(con, "meta", "models"):
+    if table_exists(con, "meta.models"):
         lines += ["| model | serving | decision |", "|---|---|---|"]
         for name, promoted, decision in con.execute(
             "select model_name, is_promoted, decision from meta.models where run_date = $d order by 1",

@@ -33,7 +33,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import CampaignConfig, Settings
-from tailor.sql import query, read_partition
+from tailor.sql import query, read_partition, replace_run_rows
 from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
 from tailor.warehouse import RunContext, connect
 from tasks.experiments import (
@@ -43,7 +43,6 @@ from tasks.experiments import (
     allocation_feedback,
     ensure_tables,
     predict_with,
-    replace_rows,
 )
 from tasks.score import replace_table
 from tasks.train import conversion_model_name
@@ -475,5 +474,5 @@ def assign_variants(
             decisions += rows
         content = pl.concat(frames) if frames else pl.DataFrame(schema=CONTENT_SCHEMA)
         replace_table(con, "marts.content", content.to_arrow())
-        replace_rows(con, "meta.allocation_decisions", DECISION_COLUMNS, decisions, ctx)
+        replace_run_rows(con, "meta.allocation_decisions", DECISION_COLUMNS, decisions, ctx.run_date)
     return dict(sorted(summaries.items()))

@@ -9,7 +9,7 @@ import pytest
 
 from tailor import stats
 from tailor.config import CampaignConfig, VariantConfig, load_settings
-from tailor.sql import query
+from tailor.sql import query, replace_run_rows
 from tailor.warehouse import connect, run_context
 from tasks import experiments as ex
 
@@ -156,16 +156,16 @@ def _feedback_warehouse(tmp_path, rows: list[dict], posteriors: list[dict]):
     settings = load_settings_for(tmp_path)
     with connect(settings) as con:
         ex.ensure_tables(con)
-        ex.replace_rows(
+        replace_run_rows(
             con,
             "meta.experiment_results",
             ex.RESULT_COLUMNS,
             rows,
-            run_context(settings, rows[0]["run_date"]),
+            rows[0]["run_date"],
         )
         for day in sorted({p["run_date"] for p in posteriors}):
-            ex.replace_rows(con, "meta.variant_posteriors", ex.POSTERIOR_COLUMNS,
-                            [p for p in posteriors if p["run_date"] == day], run_context(settings, day))  # fmt: skip
+            replace_run_rows(con, "meta.variant_posteriors", ex.POSTERIOR_COLUMNS,
+                             [p for p in posteriors if p["run_date"] == day], day)  # fmt: skip
     return settings
 
 

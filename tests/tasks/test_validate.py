@@ -9,6 +9,7 @@ import yaml
 
 from tailor.config import ConfigError
 from tailor.quality import ExpectationSpec, load_suite, load_suites, resolve_kwargs
+from tailor.schema import TABLES
 from tasks.validate import QualityReport, activity_frame, run_suite
 
 CUTOFF = datetime(2026, 1, 3)
@@ -43,14 +44,7 @@ def failed(checks) -> dict[str, list[int]]:
 
 def test_every_shipped_suite_loads_and_names_real_expectations() -> None:
     raw, features = load_suites("raw"), load_suites("features")
-    assert set(raw) == {
-        "users",
-        "consents",
-        "items",
-        "interactions",
-        "campaign_exposures",
-        "deletion_requests",
-    }
+    assert set(raw) == set(TABLES)  # every canonical table has its suite
     assert set(features) == {"user_features", "item_features", "ranking_examples", "propensity_examples"}
     assert {e.severity for s in raw.values() for e in s.expectations} == {"critical", "warning"}
 
