@@ -102,9 +102,9 @@ def main() -> int:
     quality = combine(source_quality, validate_features.fn(settings, ctx))
     models = timed(timings, memory, "train", lambda: train_models.fn(settings, ctx))
     timed(timings, memory, "experiments", lambda: analyse_experiments.fn(settings, ctx, models))
-    scored = timed(timings, memory, "score", lambda: score_users.fn(settings, ctx, models))
+    scored = timed(timings, memory, "score", lambda: score_users(settings, ctx, models))
     segments = timed(timings, memory, "segments", lambda: build_segments.fn(settings, ctx, models))
-    campaigns = timed(timings, memory, "variants", lambda: assign_variants.fn(settings, ctx, models))
+    campaigns = timed(timings, memory, "variants", lambda: assign_variants(settings, ctx, models))
     timed(timings, memory, "fairness", lambda: audit_fairness.fn(settings, ctx))
     timed(timings, memory, "report", lambda: write_report.fn(settings, ctx))
     local = timed(timings, memory, "write",
@@ -163,9 +163,9 @@ def outputs_only(out: Path) -> int:
     timings: dict[str, float] = {}
     memory: dict[str, float] = {"before": round(peak_rss_mb())}
     quality = {"success": True}
-    timed(timings, memory, "score", lambda: score_users.fn(settings, ctx, models))
+    timed(timings, memory, "score", lambda: score_users(settings, ctx, models))
     segments = timed(timings, memory, "segments", lambda: build_segments.fn(settings, ctx, models))
-    campaigns = timed(timings, memory, "variants", lambda: assign_variants.fn(settings, ctx, models))
+    campaigns = timed(timings, memory, "variants", lambda: assign_variants(settings, ctx, models))
     timed(timings, memory, "fairness", lambda: audit_fairness.fn(settings, ctx))
     timed(timings, memory, "report", lambda: write_report.fn(settings, ctx))
     local = timed(timings, memory, "write",

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow
 
 from flows.experiments import experiment_analysis
+from flows.sharded import assign_variants, score_users
 from tailor.config import Settings, load_settings
 from tailor.warehouse import RunContext, run_context
 from tasks.extract import extract_sources
@@ -19,11 +20,9 @@ from tasks.privacy import erase_deleted_users
 from tasks.publish import upload_run, write_datasets
 from tasks.report import write_report
 from tasks.runs import run_lock, run_started, run_succeeded
-from tasks.score import score_users
 from tasks.segments import build_segments
 from tasks.train import train_models
 from tasks.validate import combine, validate_features, validate_sources
-from tasks.variants import assign_variants
 
 
 def _run_name() -> str:

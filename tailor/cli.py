@@ -211,14 +211,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     # fail on a bad config before Prefect starts anything
     load_settings(args.config, {"publish.target": target} if target else None)
     from flows.nightly import nightly
+    from tailor.progress import show_progress
 
     started = time.monotonic()
-    summary = nightly(
-        config_path=str(args.config.resolve()), run_date=args.run_date, target=target, force=args.force
-    )
+    with show_progress(_watched(args)):
+        summary = nightly(
+            config_path=str(args.config.resolve()), run_date=args.run_date, target=target, force=args.force
+        )
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     report(args, summary, format_summary)
+    if _watched(args):
+        print_summary_table(summary)
     return 0
+
+
+def _watched(args: argparse.Namespace) -> bool:
+    """Someone reads this terminal: progress bars and the closing table are for them, not for scripts."""
+    return not (args.quiet or args.json) and sys.stderr.isatty()
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The night at a glance: one row per stage, what it produced."""
+    quality, scored = summary["data_quality"], summary["scored"]
+    models = summary["models"]
+    return [
+        ("extract", f"{sum(summary['extracted'].values()):,} rows from {len(summary['extracted'])} sources"),
+        ("validate", f"{quality['passed']}/{quality['expectations']} checks passed"),
+        ("features", ", ".join(f"{name} {rows:,}" for name, rows in summary["feature_rows"].items())),
+        (
+            "train",
+            ", ".join(
+                f"{name} {m['decision'] or 'kept'}"
+                for name, m in models.items()
+                if name in ("propensity", "ranking")
+            ),
+        ),
+        (
+            "score",
+            f"{scored['scored_users']:,} users, {scored['scored_candidates']:,} candidates "
+            f"in {scored['shards']} shards, {scored['recommendations']:,} recommendations",
+        ),
+        ("segments", f"{summary['segments']['segments']:,} users"),
+        (
+            "variants",
+            ", ".join(
+                f"{name} {sum(info['users_by_arm'].values()):,} users"
+                for name, info in summary["campaigns"].items()
+            )
+            or "no active campaign",
+        ),
+        ("publish", f"{len(summary['published']['files'])} files to {summary['published']['target']}"),
+    ]
+
+
+def print_summary_table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Tailor {summary['run_date']}: {summary['wall_seconds']}s")
+    table.add_column("stage", style="bold")
+    table.add_column("result")
+    for stage, result in summary_rows(summary):
+        table.add_row(stage, result)
+    Console().print(table)
 
 
 def report(args: argparse.Namespace, summary: dict[str, Any], as_text: Any) -> None:
@@ -238,14 +293,16 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"tailor: error: --end {args.end} is before --start {args.start}", file=sys.stderr)
         return 2
     from flows.schedule import backfill
+    from tailor.progress import show_progress
 
-    summary = backfill(
-        config_path=str(args.config.resolve()),
-        start=args.start,
-        end=args.end,
-        target=target,
-        force=args.force,
-    )
+    with show_progress(_watched(args)):
+        summary = backfill(
+            config_path=str(args.config.resolve()),
+            start=args.start,
+            end=args.end,
+            target=target,
+            force=args.force,
+        )
     report(args, summary, format_backfill)
     return 0
 

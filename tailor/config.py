@@ -439,6 +439,29 @@ class NotificationsConfig(StrictModel):
     smtp: SmtpConfig | None = None
 
 
+class ComputeConfig(StrictModel):
+    """Where scoring and rendering run. Users are split by a hash of their id into shards; each shard is a
+    Prefect task, so memory holds a shard, not every user, and the shards can run on a Dask cluster."""
+
+    shards: int | None = Field(
+        None, ge=1, le=4096, description="shard count (default: one shard per users_per_shard users)"
+    )
+    users_per_shard: int = Field(100_000, ge=1, description="sizes the shards when `shards` is not set")
+    task_runner: Literal["local", "dask"] = Field(
+        "local", description="local: shards run in this process; dask: on a Dask cluster"
+    )
+    local_workers: int = Field(1, ge=1, le=64, description="shards at once in this process (local runner)")
+    dask_address: str | None = Field(
+        None, description="the Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)"
+    )
+    dask_workers: int = Field(2, ge=1, le=256, description="workers of the local cluster (no dask_address)")
+
+    def shard_count(self, users: int) -> int:
+        if self.shards is not None:
+            return self.shards
+        return max(1, -(-users // self.users_per_shard))
+
+
 class QualityConfig(StrictModel):
     suites_dir: str | None = Field(
         None, description="folder with raw/ and features/ suites (default: Tailor's config/quality)"
@@ -474,6 +497,7 @@ class Settings(StrictModel):
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""
     config_sha256: Annotated[str, Field(exclude=True)] = ""

@@ -18,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings, SourceConfig
+from tailor.progress import progress
 from tailor.retry import retry_unless
 from tailor.schema import (
     FILE_DATE,
@@ -417,31 +418,34 @@ def extract_source(
                 {"source": table_name},
             ).fetchall()
         )
-        for stored in objects:
-            if stored.uri in already:
-                if already[stored.uri] == stored.fingerprint:
-                    continue
-                # the file was replaced since an earlier run loaded it (a snapshot, a re-delivery)
-                forget_file(con, table_name, stored.uri)
-            local = fetch_to_local(located[stored.uri], ctx.run_dir / "downloads", settings.storage)
-            rows, warnings = load_file(con, table, source, stored, local, ctx.run_date)
-            con.execute(
-                "insert into meta.loaded_files by name select $source as source, $uri as file_uri, "
-                "$file_date as file_date, $run_date as loaded_run_date, $rows as row_count, $bytes as byte_count, "
-                "$fingerprint as fingerprint",
-                {
-                    "source": table_name,
-                    "uri": stored.uri,
-                    "file_date": file_date(stored.uri),
-                    "run_date": ctx.run_date,
-                    "rows": rows,
-                    "bytes": stored.size,
-                    "fingerprint": stored.fingerprint,
-                },
-            )
-            result.files_loaded += 1
-            result.rows_loaded += rows
-            result.warnings += warnings
+        with progress(f"extract {table_name}", total=len(objects), unit="files") as bar:
+            for stored in objects:
+                if stored.uri in already:
+                    if already[stored.uri] == stored.fingerprint:
+                        bar.advance(1)
+                        continue
+                    # the file was replaced since an earlier run loaded it (a snapshot, a re-delivery)
+                    forget_file(con, table_name, stored.uri)
+                local = fetch_to_local(located[stored.uri], ctx.run_dir / "downloads", settings.storage)
+                rows, warnings = load_file(con, table, source, stored, local, ctx.run_date)
+                con.execute(
+                    "insert into meta.loaded_files by name select $source as source, $uri as file_uri, "
+                    "$file_date as file_date, $run_date as loaded_run_date, $rows as row_count, $bytes as byte_count, "
+                    "$fingerprint as fingerprint",
+                    {
+                        "source": table_name,
+                        "uri": stored.uri,
+                        "file_date": file_date(stored.uri),
+                        "run_date": ctx.run_date,
+                        "rows": rows,
+                        "bytes": stored.size,
+                        "fingerprint": stored.fingerprint,
+                    },
+                )
+                result.files_loaded += 1
+                result.rows_loaded += rows
+                result.warnings += warnings
+                bar.advance(1, note=f"{result.rows_loaded:,} rows")
         con.execute("commit")
     except Exception:
         con.execute("rollback")

@@ -2,11 +2,14 @@
 engagement model), every user through the propensity model, then the marts: top-K recommendations with
 reasons and fallbacks, and propensity deciles.
 
-Candidates stream through the ranker in Arrow batches so memory stays bounded by a batch, not the table.
+The candidates and users are written out in user shards (tasks/shards.py); each shard is scored by its own
+task, so memory holds a shard, not the table, and the shards can run on a Dask cluster.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,16 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import CHANNEL_CONSENT, Settings
-from tailor.sql import materialize, read_partition
+from tailor.sql import materialize, read_partition, scalar
 from tailor.warehouse import RunContext, connect
+from tasks.shards import Shard, ShardWriter, make_shards
 from tasks.train import RANKING_FEATURES, feature_matrix, predict_propensity
+
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 500_000
 
@@ -37,47 +43,93 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
         con.unregister("incoming")
 
 
-def score_candidates(
-    con: duckdb.DuckDBPyConnection, ranker: lgb.Booster, engagement: dict[str, Any], ctx: RunContext
-) -> int:
-    """The ranker's score for every candidate; for audience items also the engagement probability.
+SCORED_SCHEMAS: dict[str, dict[str, Any]] = {
+    "scored_candidates": {"user_id": pl.Utf8, "item_id": pl.Utf8, "is_audience_only": pl.Boolean, "score": pl.Float64},
+    "audience_scores": {"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64},
+    "scored_users": {"user_id": pl.Utf8, "conversion_probability": pl.Float64},
+}  # fmt: skip
+SCORING_MODELS = ("ranking", "engagement", "propensity")
 
-    Each batch's scores go to a Parquet file under the run folder, and the tables are made from those
-    files, so memory holds one batch, not every user's candidates."""
-    folder = ctx.run_dir / "scores"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    reader = read_partition(
-        con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")
-    ).to_arrow_reader(BATCH_ROWS)
-    engagement_booster = lgb.Booster(model_file=engagement["path"])
-    calibration = engagement["params"]["calibration"]
+
+def export_partition(
+    con: duckdb.DuckDBPyConnection, model: str, ctx: RunContext, order_by: tuple[str, ...], writer_name: str,
+    shards: list[Shard],
+) -> int:  # fmt: skip
+    reader = read_partition(con, model, ctx.cutoff, order_by).to_arrow_reader(BATCH_ROWS)
     rows = 0
-    for index, batch in enumerate(reader):
-        frame = pl.from_arrow(batch)
-        assert isinstance(frame, pl.DataFrame)
-        scores = ranker.predict(feature_matrix(frame, RANKING_FEATURES, {}))
-        frame.select("user_id", "item_id", "is_audience_only").with_columns(
-            pl.Series("score", scores)
-        ).write_parquet(folder / f"candidates-{index:05d}.parquet")
-        rows += frame.height
-        audience = frame.filter(pl.col("is_audience_item"))
-        probability = (
-            predict_propensity(
-                engagement_booster, feature_matrix(audience, RANKING_FEATURES, {}), calibration
-            )
-            if audience.height
-            else []
-        )
-        audience.select("user_id", "item_id").with_columns(
-            pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))
-        ).write_parquet(folder / f"audience-{index:05d}.parquet")
-    table_from_parts(con, "model.scored_candidates", sorted(folder.glob("candidates-*.parquet")),
-                     {"user_id": pl.Utf8, "item_id": pl.Utf8, "is_audience_only": pl.Boolean, "score": pl.Float64})  # fmt: skip
-    table_from_parts(con, "model.audience_scores", sorted(folder.glob("audience-*.parquet")),
-                     {"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64})  # fmt: skip
-    shutil.rmtree(folder, ignore_errors=True)
+    with ShardWriter(shards, writer_name, reader.schema) as writer:
+        for batch in reader:
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            writer.write(frame)
+            rows += frame.height
     return rows
+
+
+@task(name="prepare-scoring", cache_policy=NO_CACHE)
+def prepare_scoring(settings: Settings, ctx: RunContext) -> list[Shard]:
+    """Every in-scope user's candidates and propensity features, one Parquet file per user shard."""
+    folder = ctx.run_dir / "scoring"
+    shutil.rmtree(folder, ignore_errors=True)
+    with connect(settings) as con:
+        users = int(
+            scalar(
+                con,
+                "select count(*) from features.propensity_examples where cutoff = $cutoff",
+                {"cutoff": ctx.cutoff},
+            )
+        )
+        shards = make_shards(folder, settings.compute.shard_count(users))
+        export_partition(con, "features/ranking_examples", ctx, ("user_id", "item_id"), "candidates", shards)
+        export_partition(con, "features/propensity_examples", ctx, ("user_id",), "users", shards)
+    log.info("scoring %s users in %s shards", f"{users:,}", len(shards))
+    return shards
+
+
+def write_scores(shard: Shard, name: str, frame: pl.DataFrame) -> None:
+    frame.cast(SCORED_SCHEMAS[name]).write_parquet(shard.path(name))  # type: ignore[arg-type]
+
+
+@task(name="score-shard", cache_policy=NO_CACHE, task_run_name="score-shard-{shard.index}")
+def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """One shard: the ranker's score for every candidate, the engagement probability of audience items,
+    and the users' conversion propensity. Reads and writes only the shard's files."""
+    candidates = pl.read_parquet(shard.path("candidates"))
+    ranker = lgb.Booster(model_file=models["ranking"]["path"])
+    scores = ranker.predict(feature_matrix(candidates, RANKING_FEATURES, {})) if candidates.height else []
+    write_scores(shard, "scored_candidates", candidates.select("user_id", "item_id", "is_audience_only")
+                 .with_columns(pl.Series("score", np.asarray(scores, dtype=np.float64))))  # fmt: skip
+    audience = candidates.filter(pl.col("is_audience_item"))
+    del candidates
+    engagement = models["engagement"]
+    probability = (
+        predict_propensity(
+            lgb.Booster(model_file=engagement["path"]),
+            feature_matrix(audience, RANKING_FEATURES, {}),
+            engagement["params"]["calibration"],
+        )
+        if audience.height
+        else []
+    )
+    write_scores(shard, "audience_scores", audience.select("user_id", "item_id").with_columns(
+        pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))))  # fmt: skip
+    users = pl.read_parquet(shard.path("users"))
+    propensity = models["propensity"]
+    conversion = (
+        predict_propensity(
+            lgb.Booster(model_file=propensity["path"]),
+            feature_matrix(users, tuple(propensity["features"]), propensity["categories"]),
+            propensity["params"]["calibration"],
+        )
+        if users.height
+        else []
+    )
+    write_scores(shard, "scored_users", users.select("user_id").with_columns(
+        pl.Series("conversion_probability", np.asarray(conversion, dtype=np.float64))))  # fmt: skip
+    # the process shows where the shard ran: this one, or a Dask worker
+    get_run_logger().info("shard %s of %s: %s candidates, %s users scored in process %s",
+                          shard.index + 1, shard.count, len(scores), users.height, os.getpid())  # fmt: skip
+    return {"candidates": len(scores), "users": users.height}
 
 
 def table_from_parts(
@@ -92,19 +144,6 @@ def table_from_parts(
         f"create or replace table {table} as select * from read_parquet($files)",
         {"files": [str(path) for path in files]},
     )
-
-
-def score_propensity(
-    con: duckdb.DuckDBPyConnection, booster: lgb.Booster, model: dict[str, Any], ctx: RunContext
-) -> int:
-    users = read_partition(con, "features/propensity_examples", ctx.cutoff, ("user_id",)).pl()
-    matrix = feature_matrix(users, tuple(model["features"]), model["categories"])
-    probability = predict_propensity(booster, matrix, model["params"]["calibration"]) if users.height else []
-    scored = users.select("user_id").with_columns(
-        pl.Series("conversion_probability", np.asarray(probability, dtype=np.float64))
-    )
-    replace_table(con, "model.scored_users", scored.to_arrow())
-    return scored.height
 
 
 def recommendation_params(settings: Settings, ctx: RunContext, model_version: str) -> dict[str, Any]:
@@ -128,17 +167,22 @@ def recommendation_params(settings: Settings, ctx: RunContext, model_version: st
 
 
 @task(name="score", cache_policy=NO_CACHE)
-def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Rank candidates, score propensity, and build the recommendation and user-score marts."""
+def finish_scoring(
+    settings: Settings,
+    ctx: RunContext,
+    models: dict[str, dict[str, Any]],
+    shards: list[Shard],
+    shard_counts: list[dict[str, int]],
+) -> dict[str, int]:
+    """The shards' scores into the model tables, then the recommendation and user-score marts."""
     ranking, propensity = models["ranking"], models["propensity"]
     with connect(settings) as con:
+        for name, schema in SCORED_SCHEMAS.items():
+            table_from_parts(con, f"model.{name}", [shard.path(name) for shard in shards], schema)
         counts = {
-            "scored_candidates": score_candidates(
-                con, lgb.Booster(model_file=ranking["path"]), models["engagement"], ctx
-            ),
-            "scored_users": score_propensity(
-                con, lgb.Booster(model_file=propensity["path"]), propensity, ctx
-            ),
+            "shards": len(shards),
+            "scored_candidates": sum(part["candidates"] for part in shard_counts),
+            "scored_users": sum(part["users"] for part in shard_counts),
         }
         counts["recommendations"] = materialize(
             con, "marts/recommendations", recommendation_params(settings, ctx, ranking["version"])
@@ -152,4 +196,13 @@ def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str,
                 "model_version": propensity["version"],
             },
         )
+    shutil.rmtree(ctx.run_dir / "scoring", ignore_errors=True)
     return counts
+
+
+def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The whole scoring stage in this process, shard after shard (the flow runs the shards as tasks)."""
+    shards = prepare_scoring.fn(settings, ctx)
+    needed = {name: models[name] for name in SCORING_MODELS}
+    counts = [score_shard.fn(shard, needed) for shard in shards]
+    return finish_scoring.fn(settings, ctx, models, shards, counts)

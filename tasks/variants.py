@@ -21,6 +21,7 @@ share the night before and the reason go to meta.allocation_decisions (the decis
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -28,12 +29,13 @@ from typing import Any
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from jinja2 import Template, TemplateError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import CampaignConfig, Settings
-from tailor.sql import query, read_partition, replace_run_rows
+from tailor.sql import materialize, query, read_partition, replace_run_rows
 from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
 from tailor.warehouse import RunContext, connect
 from tasks.experiments import (
@@ -45,6 +47,7 @@ from tasks.experiments import (
     predict_with,
 )
 from tasks.score import replace_table
+from tasks.shards import Shard, ShardWriter, make_shards
 from tasks.train import conversion_model_name
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,9 @@ CONTENT_SCHEMA = {
     "call_to_action": pl.Utf8,
     "recommended_item_ids": pl.Utf8,
 }
+
+
+RENDERED_FIELDS = (*TEMPLATE_FIELDS, "recommended_item_ids")
 
 
 class TemplateRenderError(ValueError):
@@ -232,22 +238,6 @@ def allocate_personalized(
     return Allocation(chosen, reason, is_personalized, expected, expected_uplift, {}, detail)
 
 
-def user_items(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
-    rows = query(con, "marts/campaign_items", {"n": ITEMS_IN_CONTEXT}).fetchall()
-    items: dict[str, list[dict[str, Any]]] = {}
-    for user_id, item_id, title, category, price_cents, reason in rows:
-        items.setdefault(user_id, []).append(
-            {
-                "item_id": item_id,
-                "title": title,
-                "category": category,
-                "price_cents": price_cents,
-                "reason": reason,
-            }
-        )
-    return items
-
-
 def compile_variants(campaign: CampaignConfig) -> dict[str, dict[str, Template]]:
     compiled: dict[str, dict[str, Template]] = {}
     for variant in campaign.approved_variants:
@@ -392,14 +382,15 @@ def decision_rows(
     return rows
 
 
-def campaign_content(
+def allocated_users(
     con: duckdb.DuckDBPyConnection,
     campaign: CampaignConfig,
     models: dict[str, dict[str, Any]],
-    items: dict[str, list[dict[str, Any]]],
     settings: Settings,
     ctx: RunContext,
 ) -> tuple[pl.DataFrame, dict[str, Any], list[dict[str, Any]]]:
+    """The campaign's audience, each user in the holdout or a variant (the content rows before rendering),
+    the campaign's summary and its decision-log rows."""
     users = query(
         con,
         "marts/campaign_audience",
@@ -417,9 +408,6 @@ def campaign_content(
     keep = is_holdout | (allocation.reason != "no_expected_uplift")
     users, is_holdout = users.filter(pl.Series(keep)), is_holdout[keep]
     variant_ids = np.where(is_holdout, HOLDOUT, allocation.variant_id[keep])
-    rendered, truncated = render_rows(
-        campaign, users, variant_ids, is_holdout, items, settings.channel_limits.get(campaign.channel, {})
-    )
     n = users.height
     frame = pl.DataFrame(
         {
@@ -436,10 +424,13 @@ def campaign_content(
             "expected_conversion": np.where(is_holdout, np.nan, allocation.expected_conversion[keep]),
             "expected_uplift": np.where(is_holdout, np.nan, allocation.expected_uplift[keep]),
             "segment": users["segment"],
-            **rendered,
         },
-        schema=CONTENT_SCHEMA,
-    ).with_columns(pl.col("expected_conversion", "expected_uplift").fill_nan(None))
+        schema={name: kind for name, kind in CONTENT_SCHEMA.items() if name not in RENDERED_FIELDS},
+    ).with_columns(
+        pl.col("expected_conversion", "expected_uplift").fill_nan(None),
+        users["country"],
+        users["language"],
+    )
     decisions = decision_rows(con, campaign, allocation, feedback, frame, ctx)
     summary = {
         "policy": campaign.allocation.policy,
@@ -447,32 +438,118 @@ def campaign_content(
         "holdout_share_observed": float(is_holdout.mean()) if n else 0.0,
         "intended_shares": allocation.shares,
         "users_by_arm": dict(sorted(frame.group_by("variant_id").len().iter_rows())),
-        "texts_cut_to_limit": truncated,
         "paused": feedback.paused,
         **allocation.detail,
     }
     return frame, summary, decisions
 
 
-@task(name="variants", cache_policy=NO_CACHE)
-def assign_variants(
-    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Allocate and render every campaign active on the run date; log each decision; returns a summary per
-    campaign."""
+ALLOCATED_SCHEMA = pa.schema(
+    [
+        (name, pa.string())
+        for name in ("campaign_id", "user_id", "country", "language", "segment", "variant_id")
+    ]
+    + [("is_holdout", pa.bool_()), ("ordinal", pa.int64())]
+)
+ITEMS_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("item_id", pa.string()), ("title", pa.string()), ("category", pa.string()),
+     ("price_cents", pa.int64()), ("reason", pa.string())]
+)  # fmt: skip
+RENDERED_SCHEMA = {"campaign_id": pl.Utf8, "user_id": pl.Utf8} | {name: pl.Utf8 for name in RENDERED_FIELDS}
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    shards: list[Shard]
+    summaries: dict[str, dict[str, Any]]
+
+
+@task(name="allocate", cache_policy=NO_CACHE)
+def allocate_campaigns(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> RenderPlan:
+    """Allocate every campaign active on the run date and log each decision; the users to render, with
+    the items their copy can show, go to one file per user shard."""
     active = [campaign for campaign in settings.campaigns if campaign.is_active(ctx.run_date)]
     summaries: dict[str, dict[str, Any]] = {}
+    frames, decisions = [], []
     with connect(settings) as con:
         ensure_tables(con)
-        items = user_items(con)
-        frames, decisions = [], []
         for campaign in active:
-            frame, summaries[campaign.campaign_id], rows = campaign_content(
-                con, campaign, models, items, settings, ctx
+            frame, summaries[campaign.campaign_id], rows = allocated_users(
+                con, campaign, models, settings, ctx
             )
             frames.append(frame)
             decisions += rows
-        content = pl.concat(frames) if frames else pl.DataFrame(schema=CONTENT_SCHEMA)
-        replace_table(con, "marts.content", content.to_arrow())
+        allocated = pl.concat(frames) if frames else pl.DataFrame(schema=CONTENT_SCHEMA).drop(RENDERED_FIELDS)
+        allocated = allocated.with_row_index("ordinal").with_columns(pl.col("ordinal").cast(pl.Int64))
+        replace_table(con, "model.content_allocation", allocated.drop("country", "language").to_arrow())
         replace_run_rows(con, "meta.allocation_decisions", DECISION_COLUMNS, decisions, ctx.run_date)
-    return dict(sorted(summaries.items()))
+        items = query(con, "marts/campaign_items", {"n": ITEMS_IN_CONTEXT}).pl()
+    folder = ctx.run_dir / "rendering"
+    shutil.rmtree(folder, ignore_errors=True)
+    shards = make_shards(folder, settings.compute.shard_count(allocated["user_id"].n_unique()))
+    with ShardWriter(shards, "allocated", ALLOCATED_SCHEMA) as writer:
+        writer.write(allocated.select(ALLOCATED_SCHEMA.names))
+    with ShardWriter(shards, "items", ITEMS_SCHEMA) as writer:
+        writer.write(items.select(ITEMS_SCHEMA.names))
+    return RenderPlan(shards, dict(sorted(summaries.items())))
+
+
+def shard_items(shard: Shard) -> dict[str, list[dict[str, Any]]]:
+    items: dict[str, list[dict[str, Any]]] = {}
+    for row in pl.read_parquet(shard.path("items")).iter_rows(named=True):
+        items.setdefault(row.pop("user_id"), []).append(row)
+    return items
+
+
+@task(name="render-shard", cache_policy=NO_CACHE, task_run_name="render-shard-{shard.index}")
+def render_shard(settings: Settings, shard: Shard) -> dict[str, int]:
+    """Render one shard's users for every campaign; returns how many texts each campaign cut to a limit."""
+    allocated = pl.read_parquet(shard.path("allocated"))
+    items = shard_items(shard)
+    campaigns = {campaign.campaign_id: campaign for campaign in settings.campaigns}
+    frames, truncated = [], {}
+    for (campaign_id,), users in allocated.partition_by(
+        "campaign_id", as_dict=True, maintain_order=True
+    ).items():
+        campaign = campaigns[str(campaign_id)]
+        rendered, truncated[campaign.campaign_id] = render_rows(
+            campaign,
+            users,
+            users["variant_id"].to_numpy(),
+            users["is_holdout"].to_numpy(),
+            items,
+            settings.channel_limits.get(campaign.channel, {}),
+        )
+        frames.append(pl.DataFrame({"campaign_id": users["campaign_id"], "user_id": users["user_id"], **rendered},
+                                   schema=RENDERED_SCHEMA))  # fmt: skip
+    out = pl.concat(frames) if frames else pl.DataFrame(schema=RENDERED_SCHEMA)
+    out.write_parquet(shard.path("rendered"))
+    return truncated
+
+
+@task(name="variants", cache_policy=NO_CACHE)
+def store_content(
+    settings: Settings, ctx: RunContext, plan: RenderPlan, truncated: list[dict[str, int]]
+) -> dict[str, dict[str, Any]]:
+    """The rendered shards joined back onto the allocation, in its order: marts.content. Returns a summary
+    per campaign."""
+    with connect(settings) as con:
+        rows = materialize(
+            con, "marts/content", {"files": [str(shard.path("rendered")) for shard in plan.shards]}
+        )
+        con.execute("drop table if exists model.content_allocation")
+    shutil.rmtree(ctx.run_dir / "rendering", ignore_errors=True)
+    summaries = {name: dict(summary) for name, summary in plan.summaries.items()}
+    for name, summary in summaries.items():
+        summary["texts_cut_to_limit"] = sum(part.get(name, 0) for part in truncated)
+    log.info("content: %s rows for %s campaigns", f"{rows:,}", len(summaries))
+    return summaries
+
+
+def assign_variants(
+    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The whole variants stage in this process, shard after shard (the flow runs the shards as tasks)."""
+    plan = allocate_campaigns.fn(settings, ctx, models)
+    truncated = [render_shard.fn(settings, shard) for shard in plan.shards]
+    return store_content.fn(settings, ctx, plan, truncated)

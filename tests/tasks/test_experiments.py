@@ -238,10 +238,10 @@ def test_the_next_nights_bandit_moves_toward_the_variant_that_converted_better(
     settings = settings.model_copy(
         update={"campaigns": [c for c in settings.campaigns if c.campaign_id == "app_nudge"]}
     )
-    score_users.fn(settings, ctx, models)
+    score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
     ex.analyse_experiments.fn(settings, ctx, models)
-    night_one = assign_variants.fn(settings, ctx, models)["app_nudge"]["intended_shares"]
+    night_one = assign_variants(settings, ctx, models)["app_nudge"]["intended_shares"]
 
     # a week of sends to the campaign's users, reported on the last day
     with connect(settings) as con:
@@ -267,7 +267,7 @@ def test_the_next_nights_bandit_moves_toward_the_variant_that_converted_better(
     with connect(settings) as con:
         build_staging_models(con, night_two_ctx)
     ex.analyse_experiments.fn(settings, night_two_ctx, models)
-    night_two = assign_variants.fn(settings, night_two_ctx, models)["app_nudge"]["intended_shares"]
+    night_two = assign_variants(settings, night_two_ctx, models)["app_nudge"]["intended_shares"]
     assert night_two["urgency"] > night_one["urgency"] + 0.2 and night_two["urgency"] > 0.9, (
         night_one,
         night_two,

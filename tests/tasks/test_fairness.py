@@ -46,9 +46,9 @@ def _allocate(settings, ctx, models) -> None:
     from tasks.variants import assign_variants
 
     analyse_experiments.fn(settings, ctx, models)
-    score_users.fn(settings, ctx, models)
+    score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
-    assign_variants.fn(settings, ctx, models)
+    assign_variants(settings, ctx, models)
 
 
 def test_an_unbiased_world_raises_no_flag(midsize_company) -> None:

@@ -136,9 +136,9 @@ def published(trained_company, tmp_path_factory):
     from tasks.variants import assign_variants
 
     settings, ctx, models, quality = trained_company
-    score_users.fn(settings, ctx, models)
+    score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
-    assign_variants.fn(settings, ctx, models)
+    assign_variants(settings, ctx, models)
     local = write_datasets.fn(settings, ctx, models, quality, {})
     return settings, ctx, models, quality, local
 
@@ -222,9 +222,9 @@ def test_user_updates_move_only_for_changed_payloads_and_erase_users_who_leave(p
         from tasks.segments import build_segments
         from tasks.variants import assign_variants
 
-        score_users.fn(settings, ctx, models)
+        score_users(settings, ctx, models)
         build_segments.fn(settings, ctx, models)
-        assign_variants.fn(settings, ctx, models)
+        assign_variants(settings, ctx, models)
     assert saved
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tailor.config import CHANNEL_CONSENT
+from tailor.config import CHANNEL_CONSENT, ComputeConfig
 from tailor.sql import materialize
 from tailor.warehouse import connect
 from tasks.score import recommendation_params, score_users
@@ -11,8 +11,24 @@ from tasks.score import recommendation_params, score_users
 @pytest.fixture(scope="module")
 def scored(trained_company):
     settings, ctx, models, _ = trained_company
-    counts = score_users.fn(settings, ctx, models)
+    counts = score_users(settings, ctx, models)
     return settings, ctx, models, counts
+
+
+SCORED_TABLES = ("model.scored_candidates", "model.audience_scores", "model.scored_users",
+                 "marts.recommendations", "marts.user_scores")  # fmt: skip
+
+
+def test_the_shard_count_changes_no_score_and_no_recommendation(scored) -> None:
+    settings, ctx, models, counts = scored
+    with connect(settings) as con:
+        before = {table: con.execute(f"select * from {table} order by all").fetchall() for table in SCORED_TABLES}
+    sharded = score_users(settings.model_copy(update={"compute": ComputeConfig(shards=3)}), ctx, models)
+    assert sharded == counts | {"shards": 3}
+    with connect(settings) as con:
+        for table in SCORED_TABLES:
+            assert con.execute(f"select * from {table} order by all").fetchall() == before[table], table
+    assert not (ctx.run_dir / "scoring").exists()
 
 
 def one(con, sql: str, params: dict | None = None):

@@ -25,7 +25,7 @@ def segmented(trained_company):
 
     with connect(settings) as con:
         build_candidates(con, settings, ctx.cutoff, False)
-    score_users.fn(settings, ctx, models)
+    score_users(settings, ctx, models)
     counts = build_segments.fn(settings, ctx, models)
     return settings, ctx, models, counts
 

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tailor.config import CampaignConfig, VariantConfig
+from tailor.config import CampaignConfig, ComputeConfig, VariantConfig
 from tailor.warehouse import connect
 from tasks.score import score_users
 from tasks.segments import build_segments
@@ -91,9 +91,9 @@ def allocated(trained_company):
             update["audience"] = c.audience.model_copy(update={"segments": ["active", "loyal"]})
         campaigns.append(c.model_copy(update=update))
     settings = settings.model_copy(update={"campaigns": campaigns})
-    score_users.fn(settings, ctx, models)
+    score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
-    first = assign_variants.fn(settings, ctx, models)
+    first = assign_variants(settings, ctx, models)
     return settings, ctx, models, first
 
 
@@ -101,8 +101,15 @@ def test_allocation_is_deterministic_and_holds_out_the_configured_share(allocate
     settings, ctx, models, first = allocated
     with connect(settings) as con:
         snapshot = con.execute("select * from marts.content order by all").fetchall()
-    assert assign_variants.fn(settings, ctx, models) == first
+    assert assign_variants(settings, ctx, models) == first
     with connect(settings) as con:
+        assert con.execute("select * from marts.content order by all").fetchall() == snapshot
+        in_order = con.execute("select campaign_id, user_id, subject from marts.content").fetchall()
+    # rendered in four user shards instead of one: the same rows, in the same order
+    sharded = settings.model_copy(update={"compute": ComputeConfig(shards=4)})
+    assert assign_variants(sharded, ctx, models) == first
+    with connect(settings) as con:
+        assert con.execute("select campaign_id, user_id, subject from marts.content").fetchall() == in_order
         assert con.execute("select * from marts.content order by all").fetchall() == snapshot
     for campaign_config in settings.campaigns:
         info = first[campaign_config.campaign_id]
@@ -150,9 +157,9 @@ def test_personalized_policy_beats_the_best_single_variant_on_the_ground_truth(m
     """The generator knows each user's true conversion probability under each variant: the users the
     policy assigned must be expected to convert more than if all of them got the best single variant."""
     out, settings, ctx, models = midsize_company
-    score_users.fn(settings, ctx, models)
+    score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
-    summary = assign_variants.fn(settings, ctx, models)
+    summary = assign_variants(settings, ctx, models)
     assert summary["weekly_digest"]["policy"] == "personalized"
     with connect(settings) as con:
         content = con.sql(
@@ -184,7 +191,7 @@ def test_the_holdout_stays_when_policy_and_weights_change_and_moves_with_the_sal
     settings, ctx, models, _ = allocated
 
     def holdout_users(campaigns: list[CampaignConfig]) -> set[tuple[str, str]]:
-        assign_variants.fn(settings.model_copy(update={"campaigns": campaigns}), ctx, models)
+        assign_variants(settings.model_copy(update={"campaigns": campaigns}), ctx, models)
         with connect(settings) as con:
             return set(
                 con.execute("select campaign_id, user_id from marts.content where is_holdout").fetchall()
@@ -204,7 +211,7 @@ def test_the_holdout_stays_when_policy_and_weights_change_and_moves_with_the_sal
     resalted = [c.model_copy(update={"salt": "another"}) for c in settings.campaigns]
     moved = holdout_users(resalted)
     assert len(moved & before) < 0.5 * len(before)
-    assign_variants.fn(settings, ctx, models)  # leave the module's state as the fixture made it
+    assign_variants(settings, ctx, models)  # leave the module's state as the fixture made it
 
 
 def test_users_the_uplift_model_expects_nothing_from_are_not_contacted(midsize_company) -> None:
@@ -214,9 +221,9 @@ def test_users_the_uplift_model_expects_nothing_from_are_not_contacted(midsize_c
     settings = settings.model_copy(
         update={"campaigns": [digest.model_copy(update={"allocation": allocation})]}
     )
-    score_users.fn(settings, ctx, models)
+    score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
-    summary = assign_variants.fn(settings, ctx, models)["weekly_digest"]
+    summary = assign_variants(settings, ctx, models)["weekly_digest"]
     skipped = summary["not_contacted_no_uplift"]
     with connect(settings) as con:
         content = con.sql("select * from marts.content where campaign_id = 'weekly_digest'").pl()
