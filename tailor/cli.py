@@ -237,7 +237,10 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("extract", f"{sum(summary['extracted'].values()):,} rows from {len(summary['extracted'])} sources"),
         ("validate", f"{quality['passed']}/{quality['expectations']} checks passed"),
-        ("features", ", ".join(f"{name} {rows:,}" for name, rows in summary["feature_rows"].items())),
+        (
+            "features",
+            f"{sum(summary['feature_rows'].values()):,} rows in {len(summary['feature_rows'])} tables",
+        ),
         (
             "train",
             ", ".join(
@@ -249,7 +252,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "score",
             f"{scored['scored_users']:,} users, {scored['scored_candidates']:,} candidates "
-            f"in {scored['shards']} shards, {scored['recommendations']:,} recommendations",
+            f"in {scored['shards']} shard(s), {scored['recommendations']:,} recommendations",
         ),
         ("segments", f"{summary['segments']['segments']:,} users"),
         (
