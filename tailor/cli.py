@@ -15,6 +15,8 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Tailor's own loggers go to the same places as Prefect's: the terminal and the run's logs in the API.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tailor,tasks,flows")
 
 
 # The research copy beside the project, which the issue names as the default. Nothing needs it to install,

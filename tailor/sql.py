@@ -6,7 +6,9 @@ from the file's own path, the values only ever from bound parameters.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 
 import duckdb
 import polars as pl
+
+log = logging.getLogger(__name__)
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -66,6 +70,21 @@ def materialize(con: duckdb.DuckDBPyConnection, model: str, params: dict[str, An
     return count_rows(con, target)
 
 
+def materialize_temp(
+    con: duckdb.DuckDBPyConnection, model: str, params: dict[str, Any], name: str, order_by: tuple[str, ...]
+) -> None:
+    """The model's result as the temporary table `name` (this connection only), sorted so that reads of a
+    range of `order_by` skip the rest."""
+    for identifier in (name, *order_by):
+        if not _IDENTIFIER.match(identifier):
+            raise ValueError(f"{identifier!r} is not a plain identifier")
+    text = read_sql(model)
+    con.execute(
+        f"create or replace temp table {name} as select * from ({text}) order by {', '.join(order_by)}",
+        bind(text, params),
+    )
+
+
 def materialize_partition(
     con: duckdb.DuckDBPyConnection,
     model: str,
@@ -79,6 +98,7 @@ def materialize_partition(
     A model that takes `$bucket` and `$buckets` is run once per bucket of users (it keeps the users whose
     hash falls in `$bucket`), so memory holds one bucket's rows, not every user's.
     """
+    started = time.perf_counter()
     text = read_sql(model)
     target = table_name(model)
     params = {"bucket": 0, "buckets": 1} | params
@@ -109,13 +129,17 @@ def materialize_partition(
     except Exception:
         con.execute("rollback")
         raise
-    return int(
+    rows = int(
         scalar(
             con,
             f"select count(*) from {target} where {partition_column} = $value",
             {"value": params[partition_column]},
         )
     )
+    # one line per model and partition: where a feature build spends its time
+    log.info("%s[%s]: %s rows in %.1f s", target, params[partition_column], f"{rows:,}",
+             time.perf_counter() - started)  # fmt: skip
+    return rows
 
 
 def read_partition(con: duckdb.DuckDBPyConnection, model: str, cutoff: Any, order_by: tuple[str, ...]):

@@ -30,15 +30,16 @@ STAGING_MODELS = (
     "staging/stg_interactions",
     "staging/stg_campaign_exposures",
 )
-PER_CUTOFF_MODELS = (
-    "features/user_features",
-    "features/item_features",
+PER_CUTOFF_MODELS = ("features/user_features", "features/item_features")
+# what candidate generation reads: built only at the ranking cutoffs
+RANKING_CUTOFF_MODELS = (
     "features/user_category_affinity",
     "features/user_recent_items",
     "features/item_cooccurrence",
 )
 # Large tables needed only by the run that built them.
 TRANSIENT_MODELS = (
+    "features/candidate_users",
     "features/user_item_similarity",
     "features/campaign_click_examples",
     "features/candidates",
@@ -49,8 +50,8 @@ TRANSIENT_MODELS = (
 
 
 # candidates and their features are built for this many users at a time: about 100 candidates each, so
-# a bucket is some 10M rows, whatever the company's size
-USERS_PER_BUCKET = 100_000
+# a bucket is some 5M rows, whatever the company's size
+USERS_PER_BUCKET = 50_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Cutoffs:
     propensity_train: tuple[datetime, ...]  # consecutive past windows, stacked for training
     propensity_holdout: datetime
     score: datetime
+
+    def ranking(self) -> tuple[datetime, ...]:
+        return (self.ranking_train, self.ranking_holdout, self.score)
 
     def all(self) -> list[datetime]:
         return sorted(
@@ -106,7 +110,9 @@ def build_feature_models(
     cuts = cutoffs_for(settings, ctx)
     counts: dict[str, int] = {}
     for cutoff in cuts.all():
-        counts |= build_cutoff_features(con, settings, cutoff, cutoff_day(ctx, cutoff))
+        counts |= build_cutoff_features(
+            con, settings, cutoff, cutoff_day(ctx, cutoff), with_ranking=cutoff in cuts.ranking()
+        )
     for cutoff, is_training in (
         (cuts.ranking_train, True),
         (cuts.ranking_holdout, True),
@@ -129,9 +135,10 @@ def build_feature_models(
 
 
 def build_cutoff_features(
-    con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, known_before: date
+    con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, known_before: date, with_ranking: bool
 ) -> dict[str, int]:
-    """User, item, affinity, recent-item and co-occurrence features as of one cutoff."""
+    """User and item features as of one cutoff; at a ranking cutoff also affinity, recent-item and
+    co-occurrence features."""
     ranking = settings.ranking
     params = {
         "cutoff": cutoff,
@@ -146,15 +153,15 @@ def build_cutoff_features(
     }
     return {
         f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)
-        for model in PER_CUTOFF_MODELS
+        for model in PER_CUTOFF_MODELS + (RANKING_CUTOFF_MODELS if with_ranking else ())
     }
 
 
 def build_candidates(
     con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, is_training: bool
 ) -> dict[str, int]:
-    """Candidates and ranking examples at one cutoff (a training cutoff samples users), built in buckets of
-    USERS_PER_BUCKET users."""
+    """The candidate users (a training cutoff samples them), then their similarity features, candidates and
+    ranking examples, built in buckets of USERS_PER_BUCKET users."""
     ranking = settings.ranking
     params = {
         "cutoff": cutoff,
@@ -173,9 +180,9 @@ def build_candidates(
         "audience_categories": settings.item_audiences.categories,
         "audience_per_category": settings.item_audiences.items_per_category,
     }
-    users = scalar(con, "select count(*) from features.user_features where cutoff = $c", {"c": cutoff})
-    buckets = max(1, -(-int(users or 0) // USERS_PER_BUCKET))
-    return {
+    users = materialize_partition(con, "features/candidate_users", "cutoff", params)
+    buckets = max(1, -(-users // USERS_PER_BUCKET))
+    return {f"candidate_users@{cutoff:%Y-%m-%d}": users} | {
         f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(
             con, model, "cutoff", params, buckets
         )

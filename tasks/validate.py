@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import Settings
 from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
 from tailor.schema import ORIGINAL_VALUES, PERSONAL_COLUMNS, ROW_KEY, SOURCE_FILE, TABLES
-from tailor.sql import query
+from tailor.sql import materialize_temp, query
 from tailor.warehouse import RunContext, connect
 from tasks.extract import SourceLoad, quote_identifier, unload_run
 
@@ -158,7 +158,8 @@ class Gate:
             gx.Checkpoint(
                 name=f"{self.stage}.{name}.gate",
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                # the context keeps every result; the Data Docs are built once, by write_docs, not per chunk
+                actions=[],
                 result_format=complete if ROW_KEY in frame.columns else "SUMMARY",
             )
         )
@@ -200,7 +201,9 @@ class Gate:
         )
 
     def write_docs(self, folder: Path) -> Path | None:
-        """Copy the stage's Data Docs site into `folder` (and remove GX's temporary copy)."""
+        """Build the stage's Data Docs site from every result and copy it into `folder` (and remove GX's
+        temporary copy)."""
+        self.context.build_data_docs()
         sites = self.context.get_docs_sites_urls()
         if not sites or not sites[0].get("site_url"):
             return None
@@ -518,11 +521,21 @@ def _validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, Sour
             if suite is None:
                 continue
             parts, loaded = [], 0
-            for part, files in enumerate(file_chunks(con, table, ctx)):
-                frame = query(con, f"checks/raw_{table}", {"run_date": ctx.run_date, "files": files}).df()
+            chunks = file_chunks(con, table, ctx)
+            # the checked rows of every chunk in one pass (duplicates are found against all loaded rows
+            # once, not once per chunk); each chunk then reads its files' range of the sorted table
+            every_file = [uri for chunk in chunks for uri in chunk]
+            materialize_temp(con, f"checks/raw_{table}", {"run_date": ctx.run_date, "files": every_file},
+                             "gate_rows", (SOURCE_FILE, ROW_KEY))  # fmt: skip
+            for part, files in enumerate(chunks):
+                frame = con.execute(
+                    f"select * from gate_rows where list_contains($files, {SOURCE_FILE}) order by {SOURCE_FILE}, {ROW_KEY}",
+                    {"files": files},
+                ).df()
                 parts.append(gate.run(f"{table}_part{part}", frame, suite.expectations, ctx.cutoff))
                 loaded += len(frame)
                 del frame
+            con.execute("drop table gate_rows")
             table_checks = merge_parts(table, parts)
             quarantined[table] = quarantine_rows(con, table, table_checks, ctx)
             table_checks.append(

@@ -1,40 +1,12 @@
 -- Candidate items per user as of $cutoff, from several sources: globally popular, popular in the
 -- user's top categories, similar to the user's recent items (co-occurrence), newly published, and
 -- items the user looked at recently. Items the user already bought (events in $excluded_event_types) and
--- items not live at the cutoff are never candidates. Only users whose latest consent allows profiling
--- are in scope. For a training cutoff, a seeded sample: users are kept at the rate that keeps about
--- $max_users of those who engaged in the label window, and the users who did not engage at the same rate,
--- so the sample is representative (the ranker learns from the engaged; the engagement model from all).
-with consented as (
+-- items not live at the cutoff are never candidates. The users are features.candidate_users (in scope,
+-- and sampled at a training cutoff), one bucket of them at a time.
+with users as (
     select user_id
-    from staging.stg_consents
-    where is_latest and purpose = 'profiling' and is_granted
-),
-
-engaged as (
-    select distinct user_id
-    from staging.stg_interactions
-    semi join consented using (user_id)
-    where occurred_at >= $cutoff
-        and occurred_at < $cutoff + to_days(cast($label_days as integer))
-),
-
-sampling as (
-    select least(1.0, $max_users / greatest(count(*), 1)) as rate
-    from engaged
-),
-
-users as (
-    select user_features.user_id
-    from features.user_features
-    semi join consented using (user_id)
-    where user_features.cutoff = $cutoff
-        and md5_number(user_features.user_id) % $buckets = $bucket
-        and (
-            not $is_training
-            or (md5_number(concat(cast($seed as varchar), '|', user_features.user_id)) % 1000000) / 1000000.0
-                < (select rate from sampling)
-        )
+    from features.candidate_users
+    where cutoff = $cutoff and md5_number(user_id) % $buckets = $bucket
 ),
 
 live_items as (
@@ -91,6 +63,7 @@ co_occurring as (
 recently_seen as (
     select distinct interactions.user_id, interactions.item_id
     from staging.stg_interactions as interactions
+    semi join users using (user_id)
     semi join live_items using (item_id)
     where interactions.occurred_at < $cutoff
         and interactions.occurred_at >= $cutoff - interval 14 day
@@ -113,6 +86,7 @@ audience_items as (
 bought as (
     select distinct user_id, item_id
     from staging.stg_interactions
+    semi join users using (user_id)
     where list_contains($excluded_event_types, event_type) and occurred_at < $cutoff
 ),
 
@@ -144,7 +118,6 @@ unioned as (
 
     select recently_seen.user_id, recently_seen.item_id, 'recent' as candidate_source
     from recently_seen
-    semi join users using (user_id)
 
     union all
 

@@ -1,7 +1,14 @@
 -- Per user and item, as of $cutoff: how strongly the item co-occurs with the user's recent items
 -- (sum and maximum of Jaccard similarities), and the recent item it is most similar to. One table
--- that candidate generation, the ranker's features and the "because you viewed" reasons all read.
-with pairs as (
+-- that candidate generation, the ranker's features and the "because you viewed" reasons all read. Only
+-- for features.candidate_users (at a training cutoff, the sample), one bucket of them at a time.
+with users as (
+    select user_id
+    from features.candidate_users
+    where cutoff = $cutoff and md5_number(user_id) % $buckets = $bucket
+),
+
+pairs as (
     select
         recent.user_id,
         recent.item_id as seed_item_id,
@@ -10,7 +17,8 @@ with pairs as (
     from features.user_recent_items as recent
     inner join features.item_cooccurrence as co
         on co.cutoff = recent.cutoff and co.item_id = recent.item_id
-    where recent.cutoff = $cutoff and md5_number(recent.user_id) % $buckets = $bucket
+    semi join users using (user_id)
+    where recent.cutoff = $cutoff
 ),
 
 final as (
@@ -18,11 +26,14 @@ final as (
         $cutoff as cutoff,
         user_id,
         item_id,
-        -- summed in a fixed order: float sums must not depend on how threads split the work
-        sum(jaccard order by seed_item_id) as cooccurrence_score,
+        -- summed in fixed point: an integer sum does not depend on how threads split the work, and
+        -- unlike an ordered float sum it streams and spills
+        sum(cast(round(jaccard * 1e9) as bigint)) / 1e9 as cooccurrence_score,
         max(jaccard) as max_cooccurrence,
         count(*) as n_similar_recent_items,
-        first(seed_item_id order by jaccard desc, seed_item_id) as seed_item_id
+        -- the most similar seed, the smallest id on a tie (struct order: fields left to right)
+        min(struct_pack(negative_jaccard := -jaccard, seed_item_id := seed_item_id)).seed_item_id
+            as seed_item_id
     from pairs
     group by user_id, item_id
 )

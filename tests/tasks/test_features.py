@@ -11,6 +11,7 @@ from tailor.warehouse import connect, run_context
 from tasks.extract import extract_sources
 from tasks.features import (
     PER_CUTOFF_MODELS,
+    RANKING_CUTOFF_MODELS,
     build_cutoff_features,
     build_features,
     build_staging_models,
@@ -26,9 +27,9 @@ def features_at_cutoff(company: Path, run_date: date) -> dict[str, pl.DataFrame]
     extract_sources.fn(settings, ctx)
     with connect(settings) as con:
         build_staging_models(con, ctx)
-        build_cutoff_features(con, settings, CUTOFF, CUTOFF.date())
+        build_cutoff_features(con, settings, CUTOFF, CUTOFF.date(), with_ranking=True)
         frames = {}
-        for model in PER_CUTOFF_MODELS:
+        for model in PER_CUTOFF_MODELS + RANKING_CUTOFF_MODELS:
             table = model.replace("/", ".")
             frames[table] = con.sql(f"select * from {table} order by all").pl()
     return frames
