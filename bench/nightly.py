@@ -170,6 +170,10 @@ def upload_limit(endpoint: str, scratch: Path, size: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import logging
+
+    for name in ("tailor", "tasks", "flows"):
+        logging.getLogger(name).setLevel(logging.INFO)
     from tailor.generate import generate
     from tailor.s3server import SeaweedServer, free_port
 

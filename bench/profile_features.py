@@ -24,6 +24,10 @@ RUN_DATE = date(2026, 11, 21)
 
 
 def main() -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("tailor").setLevel(logging.INFO)
     import tasks.features as features
     from tailor.config import load_settings
     from tailor.warehouse import run_context

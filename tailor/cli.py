@@ -444,9 +444,15 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):
+    quiet = getattr(args, "quiet", False)
+    if quiet:
         # for schedulers: only errors reach the terminal (set before Prefect is imported)
         os.environ["PREFECT_LOGGING_LEVEL"] = "ERROR"
+    import logging
+
+    for name in ("tailor", "tasks", "flows"):
+        # Prefect gives these loggers its handlers (PREFECT_LOGGING_EXTRA_LOGGERS), not a level
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.INFO)
     from tailor.errors import USER_ERRORS
 
     try:

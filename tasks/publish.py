@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -40,6 +41,7 @@ from tasks.fairness import ensure_audit_table
 from tasks.validate import Check, store_results
 
 MANIFEST_VERSION = 2
+UPLOAD_THREADS = 4
 PSEUDONYM_HEX_CHARS = 32  # 128 bits of HMAC-SHA256
 REPORT_FILE = "report.html"
 
@@ -531,12 +533,12 @@ def upload_run(
     store = open_store(target, settings.storage)
     prefix = f"{root}/{ctx.run_date.isoformat()}"
     latest_key = "latest.json" if root == "runs" else f"{root}/latest.json"
-    written = []
-    # data files and Data Docs first, the manifest after them, latest.json last
-    for path in sorted(p for p in local_run.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        relative = path.relative_to(local_run).as_posix()
-        store.put_file(path, f"{prefix}/{relative}")
-        written.append(f"{prefix}/{relative}")
+    files = sorted(p for p in local_run.rglob("*") if p.is_file() and p.name != "manifest.json")
+    written = [f"{prefix}/{path.relative_to(local_run).as_posix()}" for path in files]
+    # data files and Data Docs first, several at once (one small file at a time leaves the link idle), the
+    # manifest once they are all in, latest.json last
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        list(pool.map(store.put_file, files, written))
     store.put_file(local_run / "manifest.json", f"{prefix}/manifest.json")
     written.append(f"{prefix}/manifest.json")
     stale = [key for key in store.list_keys(prefix + "/") if key not in written]

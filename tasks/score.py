@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, read_partition, scalar
@@ -86,6 +87,14 @@ def prepare_scoring(settings: Settings, ctx: RunContext) -> list[Shard]:
     return shards
 
 
+def run_logger() -> Any:
+    """The task run's logger (its lines reach the Prefect API from a Dask worker too); outside a run, ours."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
 def write_scores(shard: Shard, name: str, frame: pl.DataFrame) -> None:
     frame.cast(SCORED_SCHEMAS[name]).write_parquet(shard.path(name))  # type: ignore[arg-type]
 
@@ -127,7 +136,7 @@ def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, in
     write_scores(shard, "scored_users", users.select("user_id").with_columns(
         pl.Series("conversion_probability", np.asarray(conversion, dtype=np.float64))))  # fmt: skip
     # the process shows where the shard ran: this one, or a Dask worker
-    get_run_logger().info("shard %s of %s: %s candidates, %s users scored in process %s",
+    run_logger().info("shard %s of %s: %s candidates, %s users scored in process %s",
                           shard.index + 1, shard.count, len(scores), users.height, os.getpid())  # fmt: skip
     return {"candidates": len(scores), "users": users.height}
 

@@ -2,7 +2,8 @@
 -- profiling. For a training cutoff, a seeded sample: users are kept at the rate that keeps about $max_users
 -- of those who engaged in the label window, and the users who did not engage at the same rate, so the
 -- sample is representative (the ranker learns from the engaged; the engagement model from all). Every
--- later candidate model (similarity, candidates, examples) works on these users only.
+-- later candidate model (similarity, candidates, examples) works on these users only, a bucket of them
+-- at a time.
 with consented as (
     select user_id
     from staging.stg_consents
@@ -25,7 +26,9 @@ sampling as (
 final as (
     select
         $cutoff as cutoff,
-        user_features.user_id
+        user_features.user_id,
+        -- the user's bucket is user_hash % buckets: an integer, computed once per cutoff
+        cast(md5_number(user_features.user_id) % 1048576 as integer) as user_hash
     from features.user_features
     semi join consented using (user_id)
     where user_features.cutoff = $cutoff

@@ -1,8 +1,14 @@
 -- One row per candidate as of $cutoff: user, item and user-item features, and the graded relevance
 -- of what the user did with the item in the $label_days after the cutoff (0 for a scoring cutoff).
-with candidates as (
+with users as (
     -- one bucket of users at a time (see tailor/sql.py): every window below is per user
-    select * from features.candidates where cutoff = $cutoff and md5_number(user_id) % $buckets = $bucket
+    select user_id
+    from features.candidate_users
+    where cutoff = $cutoff and user_hash % $buckets = $bucket
+),
+
+candidates as (
+    select * from features.candidates semi join users using (user_id) where cutoff = $cutoff
 ),
 
 labels as (
@@ -10,7 +16,7 @@ labels as (
     from staging.stg_interactions
     where occurred_at >= $cutoff
         and occurred_at < $cutoff + to_days(cast($label_days as integer))
-        and md5_number(user_id) % $buckets = $bucket
+        and user_id in (select user_id from users)
     group by user_id, item_id
 ),
 
@@ -23,7 +29,7 @@ user_item_history as (
         date_diff('second', max(occurred_at), $cutoff) / 86400.0 as days_since_user_item_event
     from staging.stg_interactions
     where occurred_at < $cutoff and occurred_at >= $cutoff - interval 30 day
-        and md5_number(user_id) % $buckets = $bucket
+        and user_id in (select user_id from users)
     group by user_id, item_id
 ),
 
@@ -35,7 +41,8 @@ top_item as (
 ),
 
 similarity as (
-    select * from features.user_item_similarity where cutoff = $cutoff
+    -- only this bucket's pairs: the whole table is the largest in the warehouse
+    select * from features.user_item_similarity semi join users using (user_id) where cutoff = $cutoff
 ),
 
 final as (

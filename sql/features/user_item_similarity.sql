@@ -5,7 +5,7 @@
 with users as (
     select user_id
     from features.candidate_users
-    where cutoff = $cutoff and md5_number(user_id) % $buckets = $bucket
+    where cutoff = $cutoff and user_hash % $buckets = $bucket
 ),
 
 pairs as (

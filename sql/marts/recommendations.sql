@@ -180,6 +180,7 @@ seeds as (
     -- for a candidate similar to the user's recent items, the recent item it is most similar to
     select user_id, item_id, seed_item_id
     from features.user_item_similarity
+    semi join ranked using (user_id, item_id)
     where cutoff = $cutoff
 ),
 

@@ -127,3 +127,17 @@ def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkey
     for table in tables:
         assert len(bucketed[table]) == len(one_pass[table]) > 0, table
         assert bucketed[table] == one_pass[table], table
+    # and the buckets really split the users: each holds some, none holds them all, none overlap
+    from tailor.sql import bind, read_sql
+
+    text = read_sql("features/ranking_examples")
+    with connect(settings) as con:
+        users_per_bucket = [
+            con.execute(
+                f"select count(distinct user_id) from ({text})",
+                bind(text, {"cutoff": ctx.cutoff, "label_days": 7, "bucket": bucket, "buckets": 5}),
+            ).fetchall()[0][0]
+            for bucket in range(5)
+        ]
+    total = len({row[1] for row in one_pass["ranking_examples"]})
+    assert sum(users_per_bucket) == total and 0 < min(users_per_bucket) and max(users_per_bucket) < total
