@@ -45,6 +45,18 @@ RUN_DATE = date(2026, 11, 21)
 BUCKET = "bench"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PREDICT_SAMPLE_ROWS = 2_000_000
+# The candidate profile for a large company, the same at every size: about 60 candidates per user instead
+# of about 125, and co-occurrence from 10 recent items x 20 neighbours instead of 20 x 30. Candidate count
+# is the lever on scoring, examples and similarity (see docs/performance.md).
+LEAN_RANKING = {
+    "popular_candidates": 20,
+    "category_candidates": 10,
+    "top_categories": 2,
+    "similar_candidates": 15,
+    "new_candidates": 5,
+    "recent_items": 10,
+    "neighbours": 20,
+}
 
 
 class Sampler(threading.Thread):
@@ -83,6 +95,7 @@ def bench_config(company: Path, endpoint: str, prefix: str, memory_limit: str) -
     config["storage"] = {"endpoint_url": endpoint}
     config["publish"]["target"] = f"s3://{BUCKET}/{prefix}"
     config["warehouse"] |= {"threads": 2, "memory_limit": memory_limit}
+    config["ranking"] = config.get("ranking", {}) | LEAN_RANKING
     path = company / "bench.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -446,7 +446,7 @@ class ComputeConfig(StrictModel):
     shards: int | None = Field(
         None, ge=1, le=4096, description="shard count (default: one shard per users_per_shard users)"
     )
-    users_per_shard: int = Field(100_000, ge=1, description="sizes the shards when `shards` is not set")
+    users_per_shard: int = Field(25_000, ge=1, description="sizes the shards when `shards` is not set")
     task_runner: Literal["local", "dask"] = Field(
         "local", description="local: shards run in this process; dask: on a Dask cluster"
     )

@@ -112,7 +112,7 @@ def evaluate(config_path: Path, protocol: str, data_dir: Path, work_dir: Path) -
 
 def train_stage(con: Any, settings: Settings, ctx: Any, inner: Split, known_before: date) -> Any:
     stage_interactions(con, inner.train, inner.test, ctx.cutoff)
-    build_cutoff_features(con, settings, ctx.cutoff, known_before)
+    build_cutoff_features(con, settings, ctx.cutoff, known_before, with_ranking=True)
     build_candidates(con, settings, ctx.cutoff, is_training=True)
     examples = read_partition(con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")).pl()
     booster, *_ = fit_ranker(examples, settings)
@@ -123,7 +123,7 @@ def score_stage(
     con: Any, settings: Settings, ctx: Any, split: Split, booster: Any, known_before: date
 ) -> pl.DataFrame:
     stage_interactions(con, split.train, split.test.head(0), ctx.cutoff)
-    build_cutoff_features(con, settings, ctx.cutoff, known_before)
+    build_cutoff_features(con, settings, ctx.cutoff, known_before, with_ranking=True)
     build_candidates(con, settings, ctx.cutoff, is_training=False)
     examples = read_partition(con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")).pl()
     return examples.select("user_id", "item_id").with_columns(

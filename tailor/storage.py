@@ -84,6 +84,9 @@ class LocalStore:
             (self._root / key).unlink(missing_ok=True)
 
 
+MAX_POOL_CONNECTIONS = 48
+
+
 def s3_client(storage: StorageConfig):
     import boto3
     from botocore.config import Config
@@ -97,6 +100,8 @@ def s3_client(storage: StorageConfig):
             signature_version="s3v4",
             connect_timeout=10,
             read_timeout=60,
+            # uploads run several files at once, each in several parts
+            max_pool_connections=MAX_POOL_CONNECTIONS,
         ),
     )
 

@@ -24,14 +24,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from tailor.config import CHANNEL_CONSENT, Settings
-from tailor.sql import materialize, read_partition, scalar
+from tailor.sql import materialize, scalar
 from tailor.warehouse import RunContext, connect
-from tasks.shards import Shard, ShardWriter, make_shards
+from tasks.shards import Shard, export_shards, make_shards
 from tasks.train import RANKING_FEATURES, feature_matrix, predict_propensity
 
 log = logging.getLogger(__name__)
 
-BATCH_ROWS = 500_000
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
@@ -52,21 +51,6 @@ SCORED_SCHEMAS: dict[str, dict[str, Any]] = {
 SCORING_MODELS = ("ranking", "engagement", "propensity")
 
 
-def export_partition(
-    con: duckdb.DuckDBPyConnection, model: str, ctx: RunContext, order_by: tuple[str, ...], writer_name: str,
-    shards: list[Shard],
-) -> int:  # fmt: skip
-    reader = read_partition(con, model, ctx.cutoff, order_by).to_arrow_reader(BATCH_ROWS)
-    rows = 0
-    with ShardWriter(shards, writer_name, reader.schema) as writer:
-        for batch in reader:
-            frame = pl.from_arrow(batch)
-            assert isinstance(frame, pl.DataFrame)
-            writer.write(frame)
-            rows += frame.height
-    return rows
-
-
 @task(name="prepare-scoring", cache_policy=NO_CACHE)
 def prepare_scoring(settings: Settings, ctx: RunContext) -> list[Shard]:
     """Every in-scope user's candidates and propensity features, one Parquet file per user shard."""
@@ -81,8 +65,8 @@ def prepare_scoring(settings: Settings, ctx: RunContext) -> list[Shard]:
             )
         )
         shards = make_shards(folder, settings.compute.shard_count(users))
-        export_partition(con, "features/ranking_examples", ctx, ("user_id", "item_id"), "candidates", shards)
-        export_partition(con, "features/propensity_examples", ctx, ("user_id",), "users", shards)
+        export_shards(con, "features.ranking_examples", ctx.cutoff, shards, "candidates")
+        export_shards(con, "features.propensity_examples", ctx.cutoff, shards, "users")
     log.info("scoring %s users in %s shards", f"{users:,}", len(shards))
     return shards
 
@@ -103,7 +87,7 @@ def write_scores(shard: Shard, name: str, frame: pl.DataFrame) -> None:
 def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, int]:
     """One shard: the ranker's score for every candidate, the engagement probability of audience items,
     and the users' conversion propensity. Reads and writes only the shard's files."""
-    candidates = pl.read_parquet(shard.path("candidates"))
+    candidates = shard.read("candidates")
     ranker = lgb.Booster(model_file=models["ranking"]["path"])
     scores = ranker.predict(feature_matrix(candidates, RANKING_FEATURES, {})) if candidates.height else []
     write_scores(shard, "scored_candidates", candidates.select("user_id", "item_id", "is_audience_only")
@@ -122,7 +106,7 @@ def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, in
     )
     write_scores(shard, "audience_scores", audience.select("user_id", "item_id").with_columns(
         pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))))  # fmt: skip
-    users = pl.read_parquet(shard.path("users"))
+    users = shard.read("users")
     propensity = models["propensity"]
     conversion = (
         predict_propensity(

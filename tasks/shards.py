@@ -1,7 +1,7 @@
 """User shards: the unit of work for scoring and rendering.
 
 A user's shard is a hash of the user id (MD5, so it is the same on every machine and every night) modulo
-the shard count. A stage writes its inputs once, one Parquet file per shard, under the run folder; each
+the shard count. A stage writes its inputs once, one Parquet folder per shard, under the run folder; each
 shard is then a Prefect task that reads only its own files, so memory holds one shard, and the tasks can
 run in this process or on a Dask cluster that sees the same folder.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -31,6 +32,13 @@ class Shard:
 
     def path(self, name: str) -> Path:
         return Path(self.folder) / f"{name}.parquet"
+
+    def partition(self, name: str) -> Path:
+        """This shard's folder of a Hive-partitioned export (`export_shards`)."""
+        return Path(self.folder).parent / name / f"shard={self.index}"
+
+    def read(self, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self.partition(name) / "*.parquet", hive_partitioning=False)
 
 
 def shard_of(user_ids: Iterable[str], count: int, memo: dict[str, int] | None = None) -> np.ndarray:
@@ -86,6 +94,29 @@ class ShardWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+SHARD_EXPORT = (
+    "copy (select *, md5_number(user_id) % cast($shards as ubigint) as shard from {table} "
+    "where cutoff = $cutoff) to $folder (format parquet, partition_by (shard))"
+)
+
+
+def export_shards(
+    con: duckdb.DuckDBPyConnection, table: str, cutoff: Any, shards: list[Shard], name: str
+) -> None:
+    """One cutoff's rows of a feature table, split into the shards' folders by DuckDB in one parallel pass
+    (the shard: MD5 of the user id modulo the count). A shard without rows gets an empty file."""
+    folder = Path(shards[0].folder).parent / name
+    # the table name comes from code; the values are bound
+    con.execute(
+        SHARD_EXPORT.format(table=table), {"shards": len(shards), "cutoff": cutoff, "folder": str(folder)}
+    )
+    empty = con.sql(f"select * from {table} limit 0").to_arrow_table()
+    for shard in shards:
+        if not shard.partition(name).exists():
+            shard.partition(name).mkdir(parents=True)
+            pq.write_table(empty, shard.partition(name) / "empty.parquet")
 
 
 def task_runner(settings: Settings) -> TaskRunner:

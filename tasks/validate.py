@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import Settings
 from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
 from tailor.schema import ORIGINAL_VALUES, PERSONAL_COLUMNS, ROW_KEY, SOURCE_FILE, TABLES
-from tailor.sql import materialize_temp, query
+from tailor.sql import bind, materialize_temp, query, read_sql
 from tailor.warehouse import RunContext, connect
 from tasks.extract import SourceLoad, quote_identifier, unload_run
 
@@ -141,9 +141,27 @@ class Gate:
     def run(
         self, name: str, frame: pd.DataFrame, specs: list[ExpectationSpec], cutoff: datetime
     ) -> list[Check]:
+        """Every expectation on the frame. Counting is cheap and listing every failing row is not, so the
+        rows (for quarantine, and the files an error names) are listed only for the rules that failed, in a
+        second pass over just those rules."""
+        checks = self._validate(name, frame, specs, cutoff, with_rows=False)
+        failed = {c.rule for c in checks if not c.success and ROW_KEY in frame.columns}
+        if failed:
+            listed = self._validate(
+                name, frame, [s for s in specs if s.rule in failed], cutoff, with_rows=True
+            )
+            by_rule = {check.rule: check for check in listed}
+            checks = [by_rule.get(check.rule, check) for check in checks]
+        return checks
+
+    def _validate(
+        self, name: str, frame: pd.DataFrame, specs: list[ExpectationSpec], cutoff: datetime, with_rows: bool
+    ) -> list[Check]:
         gx = self._gx
-        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("this_run")
-        suite = self.context.suites.add(gx.ExpectationSuite(name=f"{self.stage}.{name}"))
+        # the listing pass is a validation of its own in the Data Docs, named after the checks it lists
+        asset = f"{name}_failing_rows" if with_rows else name
+        batch = self.source.add_dataframe_asset(asset).add_batch_definition_whole_dataframe("this_run")
+        suite = self.context.suites.add(gx.ExpectationSuite(name=f"{self.stage}.{asset}"))
         for spec in specs:
             expectation_type = expectation_class(spec.type)
             assert expectation_type is not None  # checked when the suite was loaded
@@ -151,16 +169,16 @@ class Gate:
                 expectation_type(**resolve_kwargs(spec.kwargs, cutoff), meta={"rule": spec.rule})
             )
         definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{self.stage}.{name}", data=batch, suite=suite)
+            gx.ValidationDefinition(name=f"{self.stage}.{asset}", data=batch, suite=suite)
         )
         complete = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_KEY, SOURCE_FILE]}
         checkpoint = self.context.checkpoints.add(
             gx.Checkpoint(
-                name=f"{self.stage}.{name}.gate",
+                name=f"{self.stage}.{asset}.gate",
                 validation_definitions=[definition],
                 # the context keeps every result; the Data Docs are built once, by write_docs, not per chunk
                 actions=[],
-                result_format=complete if ROW_KEY in frame.columns else "SUMMARY",
+                result_format=complete if with_rows else "SUMMARY",
             )
         )
         result = checkpoint.run(batch_parameters={"dataframe": frame})
@@ -549,6 +567,15 @@ def _validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, Sour
     return report.summary()
 
 
+def feature_chunks(con: duckdb.DuckDBPyConnection, table: str, ctx: RunContext) -> int:
+    """How many chunks of users a feature table is checked in: one per CHUNK_ROWS rows, for the check
+    models that take $chunk and $chunks (every rule about a user's rows sees all of them)."""
+    if "chunks" not in bind(read_sql(f"checks/features_{table}"), {"cutoff": None, "chunk": 0, "chunks": 1}):
+        return 1
+    rows = con.execute(f"select count(*) from features.{table} where cutoff = $cutoff", {"cutoff": ctx.cutoff})
+    return max(1, -(-int(rows.fetchall()[0][0]) // CHUNK_ROWS))
+
+
 @task(name="validate-features", cache_policy=NO_CACHE)
 def validate_features(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     """The gate on tonight's feature tables, before any model trains on or scores them."""
@@ -557,8 +584,15 @@ def validate_features(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     checks: list[Check] = []
     with connect(settings) as con:
         for table, suite in suites.items():
-            frame = query(con, f"checks/features_{table}", {"cutoff": ctx.cutoff}).df()
-            checks += gate.run(table, frame, suite.expectations, ctx.cutoff)
+            chunks = feature_chunks(con, table, ctx)
+            parts = []
+            for chunk in range(chunks):
+                params = {"cutoff": ctx.cutoff, "chunk": chunk, "chunks": chunks}
+                frame = query(con, f"checks/features_{table}", params).df()
+                parts.append(gate.run(f"{table}_part{chunk}" if chunks > 1 else table, frame,
+                                      suite.expectations, ctx.cutoff))  # fmt: skip
+                del frame
+            checks += merge_parts(table, parts)
         store_results(con, ctx, ("features",), checks)
     gate.write_docs(ctx.run_dir / "data_docs" / "features")
     report = QualityReport(checks)

@@ -135,7 +135,8 @@ propensity as (
         'mean_score' as metric,
         count(*) as users,
         null::bigint as hits,
-        avg(scores.conversion_probability) as value,
+        -- the mean in fixed point, so it does not depend on row order
+        sum(cast(round(scores.conversion_probability * 1e12) as hugeint)) / count(*) / 1e12 as value,
         var_samp(scores.conversion_probability) as variance
     from marts.user_scores as scores
     inner join people using (user_id)

@@ -24,7 +24,9 @@ category_items as (
 
 category_audiences as (
     select 'category' as audience_type, category as audience_id, category as audience_name, user_id,
-        1 - exp(sum(ln(greatest(1 - engagement_probability, 1e-12)))) as score
+        -- P(engages with at least one item); the log-sum in fixed point, so it does not depend on row order
+        1 - exp(sum(cast(round(ln(greatest(1 - engagement_probability, 1e-12)) * 1e12) as hugeint)) / 1e12)
+            as score
     from scores
     semi join category_items using (item_id)
     group by category, user_id

@@ -140,4 +140,4 @@ def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkey
             for bucket in range(5)
         ]
     total = len({row[1] for row in one_pass["ranking_examples"]})
-    assert sum(users_per_bucket) == total and 0 < min(users_per_bucket) and max(users_per_bucket) < total
+    assert sum(users_per_bucket) == total and min(users_per_bucket) > 0 and max(users_per_bucket) < total
