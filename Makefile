@@ -45,9 +45,12 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# the nightly flow end to end at three sizes (about an hour in all on 2 cores), then the gate on its own
 bench: install
+	$(BIN)/python bench/nightly.py --users 100000
+	$(BIN)/python bench/nightly.py --users 300000
+	$(BIN)/python bench/nightly.py --users 1000000
 	$(BIN)/python bench/gate.py --users 200000 --days 60 --out var/bench/gate
-	$(BIN)/python bench/outputs.py --users 1000000 --days 28 --out var/bench/outputs
 
 lint: install
 	$(BIN)/ruff check .

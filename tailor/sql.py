@@ -79,10 +79,8 @@ def materialize_temp(
         if not _IDENTIFIER.match(identifier):
             raise ValueError(f"{identifier!r} is not a plain identifier")
     text = read_sql(model)
-    con.execute(
-        f"create or replace temp table {name} as select * from ({text}) order by {', '.join(order_by)}",
-        bind(text, params),
-    )
+    order = f" order by {', '.join(order_by)}" if order_by else ""
+    con.execute(f"create or replace temp table {name} as select * from ({text}){order}", bind(text, params))
 
 
 def materialize_partition(

@@ -1,5 +1,4 @@
--- features.ranking_examples at the run's cutoff, with how many candidate sources proposed each row: chunk
--- $chunk of $chunks by user (a user's candidates are all in one chunk).
+-- features.ranking_examples at the run's cutoff, with how many candidate sources proposed each row.
 with final as (
     select
         user_id,
@@ -9,7 +8,7 @@ with final as (
         is_from_popular::int + is_from_category::int + is_from_recent::int + is_from_similar::int
             + is_from_new::int + is_audience_item::int as _n_sources
     from features.ranking_examples
-    where cutoff = $cutoff and md5_number(user_id) % cast($chunks as ubigint) = $chunk
+    where cutoff = $cutoff
 )
 
 select * from final
