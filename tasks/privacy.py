@@ -35,7 +35,7 @@ REGISTER = "meta.deletion_register"
 # without a pseudonymisation key (external ids published) the hash still hides the id from a casual reader
 DEFAULT_HASH_SALT = "tailor-deletion-register"
 # local working files of earlier runs that can hold user ids; models and reports hold none
-RUN_COPIES = ("downloads", "publish", "scores", "data_docs", ".data_docs")
+RUN_COPIES = ("downloads", "publish", "scoring", "rendering", "data_docs", ".data_docs")
 
 
 def hash_salt(settings: Settings) -> str:

@@ -53,7 +53,7 @@ SCORING_MODELS = ("ranking", "engagement", "propensity")
 
 @task(name="prepare-scoring", cache_policy=NO_CACHE)
 def prepare_scoring(settings: Settings, ctx: RunContext) -> list[Shard]:
-    """Every in-scope user's candidates and propensity features, one Parquet file per user shard."""
+    """Every in-scope user's candidates and propensity features, one Parquet folder per user shard."""
     folder = ctx.run_dir / "scoring"
     shutil.rmtree(folder, ignore_errors=True)
     with connect(settings) as con:
@@ -121,7 +121,7 @@ def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, in
         pl.Series("conversion_probability", np.asarray(conversion, dtype=np.float64))))  # fmt: skip
     # the process shows where the shard ran: this one, or a Dask worker
     run_logger().info("shard %s of %s: %s candidates, %s users scored in process %s",
-                          shard.index + 1, shard.count, len(scores), users.height, os.getpid())  # fmt: skip
+                      shard.index + 1, shard.count, len(scores), users.height, os.getpid())  # fmt: skip
     return {"candidates": len(scores), "users": users.height}
 
 

@@ -49,7 +49,8 @@ def shard_of(user_ids: Iterable[str], count: int, memo: dict[str, int] | None = 
         shard = memo.get(user_id)
         if shard is None:
             digest = hashlib.md5(user_id.encode(), usedforsecurity=False).digest()
-            shard = memo[user_id] = int.from_bytes(digest[:8], "big") % count
+            # DuckDB's md5_number reads the digest as a little-endian 128-bit number: the same shard in SQL
+            shard = memo[user_id] = int.from_bytes(digest, "little") % count
         out.append(shard)
     return np.asarray(out, dtype=np.int64)
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 
@@ -9,11 +10,16 @@ from tailor.config import ComputeConfig
 from tasks.shards import ShardWriter, make_shards, shard_of
 
 
-def test_a_users_shard_is_the_md5_of_the_id_modulo_the_count() -> None:
+def test_a_users_shard_is_the_md5_of_the_id_modulo_the_count_in_python_and_in_duckdb() -> None:
     ids = ["u1", "u2", "user-000123", "ü"]
-    expected = [int(hashlib.md5(u.encode()).hexdigest()[:16], 16) % 7 for u in ids]
+    expected = [int.from_bytes(hashlib.md5(u.encode()).digest(), "little") % 7 for u in ids]
     assert shard_of(ids, 7).tolist() == expected
     assert shard_of(ids, 1).tolist() == [0, 0, 0, 0]
+    in_sql = duckdb.connect().execute(
+        "select md5_number(id) % cast($n as ubigint) from unnest($ids) with ordinality as t(id, i) order by i",
+        {"ids": ids, "n": 7},
+    ).fetchall()
+    assert [int(row[0]) for row in in_sql] == expected
 
 
 def test_the_writer_puts_every_row_in_its_users_shard_once_and_gives_every_shard_a_file(tmp_path) -> None:
