@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tailor.cli import build_parser, format_summary, main
+from tailor.cli import build_parser, format_summary, main, summary_rows
 
 
 def test_help_explains_every_option(capsys) -> None:
@@ -100,6 +100,17 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
     assert "4 behavioural clusters" in text and "bandit" in text and "holdout 1" in text
     assert "SAMPLE-RATIO MISMATCH" in text and "a:click_rate" in text and "Qini 0.0123" in text
     assert "s3://b/p/runs/x/report.html" in text
+    # the closing table for a terminal: one row per stage, each saying what the stage produced
+    summary |= {
+        "feature_rows": {"user_features": 70, "candidates": 30},
+        "scored": {"scored_users": 9, "scored_candidates": 90, "shards": 2, "recommendations": 80},
+        "models": {name: m | {"decision": None} for name, m in summary["models"].items()},
+    }
+    rows = dict(summary_rows(summary))
+    assert list(rows) == ["extract", "validate", "features", "train", "score", "segments", "variants", "publish"]
+    assert rows["features"] == "100 rows in 2 tables" and rows["validate"] == "3/3 checks passed"
+    assert rows["score"] == "9 users, 90 candidates in 2 shard(s), 80 recommendations"
+    assert rows["variants"] == "c 6 users" and rows["publish"] == "1 files to s3://b/p"
 
 
 def test_readme_documents_every_canonical_column_and_starts_with_the_commands() -> None:
