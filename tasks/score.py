@@ -125,12 +125,8 @@ def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, in
     return {"candidates": len(scores), "users": users.height}
 
 
-def table_from_parts(
-    con: duckdb.DuckDBPyConnection, table: str, files: list[Path], schema: dict[str, Any]
-) -> None:
-    if not files:
-        replace_table(con, table, pl.DataFrame(schema=schema).to_arrow())
-        return
+def table_from_parts(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> None:
+    """The table made of the shards' files (every shard writes one, empty or not)."""
     # table names come from code; the file list is bound as a parameter
     con.execute(f"create schema if not exists {table.split('.')[0]}")
     con.execute(
@@ -170,8 +166,8 @@ def finish_scoring(
     """The shards' scores into the model tables, then the recommendation and user-score marts."""
     ranking, propensity = models["ranking"], models["propensity"]
     with connect(settings) as con:
-        for name, schema in SCORED_SCHEMAS.items():
-            table_from_parts(con, f"model.{name}", [shard.path(name) for shard in shards], schema)
+        for name in SCORED_SCHEMAS:
+            table_from_parts(con, f"model.{name}", [shard.path(name) for shard in shards])
         counts = {
             "shards": len(shards),
             "scored_candidates": sum(part["candidates"] for part in shard_counts),
