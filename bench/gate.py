@@ -41,10 +41,11 @@ def main() -> int:
     if args.gate_only:
         return gate_only(args.out)
 
+    from tailor.tasks.extract import extract_sources
+
     from tailor.config import load_settings
     from tailor.generate import generate
     from tailor.warehouse import connect, run_context
-    from tasks.extract import extract_sources
 
     end = date(2026, 11, 20)
     timings: dict[str, float] = {}
@@ -91,9 +92,10 @@ def main() -> int:
 
 
 def gate_only(out: Path) -> int:
+    from tailor.tasks.validate import validate_sources
+
     from tailor.config import load_settings
     from tailor.warehouse import run_context
-    from tasks.validate import validate_sources
 
     settings = load_settings(out / "tailor.yaml")
     ctx = run_context(settings, date(2026, 11, 21))

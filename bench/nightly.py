@@ -35,7 +35,7 @@ os.environ.setdefault("TAILOR_PSEUDONYM_KEY", "bench")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tailor,tasks,flows")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tailor")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -147,9 +147,9 @@ def validate_limit(settings: Any) -> dict[str, float]:
 def predict_limit(settings: Any, models: dict[str, Any]) -> dict[str, float]:
     """Raw Booster.predict on a prebuilt matrix of the same candidates' features."""
     import lightgbm as lgb
+    from tailor.tasks.train import RANKING_FEATURES, feature_matrix
 
     from tailor.warehouse import connect, run_context
-    from tasks.train import RANKING_FEATURES, feature_matrix
 
     ctx = run_context(settings, RUN_DATE)
     with connect(settings) as con:
@@ -210,7 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def measure(
     args: argparse.Namespace, company: Path, scratch: Path, endpoint: str, timings: dict[str, Any]
 ) -> dict[str, Any]:
-    from flows.nightly import nightly
+    from tailor.flows.nightly import nightly
+
     from tailor.config import load_settings
 
     config_path = bench_config(company, endpoint, f"nightly-{args.users}", args.memory_limit)

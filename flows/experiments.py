@@ -8,19 +8,19 @@ from datetime import date
 from typing import Any
 
 from prefect import flow
+from tailor.tasks.experiments import analyse_experiments
+from tailor.tasks.extract import extract_sources
+from tailor.tasks.features import build_staging
+from tailor.tasks.notify import notify_failure
+from tailor.tasks.privacy import erase_deleted_users
+from tailor.tasks.publish import upload_run, write_datasets
+from tailor.tasks.report import write_report
+from tailor.tasks.runs import run_lock
+from tailor.tasks.train import serving_models
+from tailor.tasks.validate import validate_sources
 
 from tailor.config import Settings, load_settings
 from tailor.warehouse import RunContext, run_context
-from tasks.experiments import analyse_experiments
-from tasks.extract import extract_sources
-from tasks.features import build_staging
-from tasks.notify import notify_failure
-from tasks.privacy import erase_deleted_users
-from tasks.publish import upload_run, write_datasets
-from tasks.report import write_report
-from tasks.runs import run_lock
-from tasks.train import serving_models
-from tasks.validate import validate_sources
 
 EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_decisions")
 

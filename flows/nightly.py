@@ -7,22 +7,22 @@ from datetime import date
 from typing import Any
 
 from prefect import flow
+from tailor.flows.experiments import experiment_analysis
+from tailor.flows.sharded import assign_variants, score_users
+from tailor.tasks.extract import extract_sources
+from tailor.tasks.fairness import audit_fairness
+from tailor.tasks.features import build_features_cached
+from tailor.tasks.notify import notify_failure
+from tailor.tasks.privacy import erase_deleted_users
+from tailor.tasks.publish import upload_run, write_datasets
+from tailor.tasks.report import write_report
+from tailor.tasks.runs import run_lock, run_started, run_succeeded
+from tailor.tasks.segments import build_segments
+from tailor.tasks.train import train_models
+from tailor.tasks.validate import combine, validate_features, validate_sources
 
-from flows.experiments import experiment_analysis
-from flows.sharded import assign_variants, score_users
 from tailor.config import Settings, load_settings
 from tailor.warehouse import RunContext, run_context
-from tasks.extract import extract_sources
-from tasks.fairness import audit_fairness
-from tasks.features import build_features_cached
-from tasks.notify import notify_failure
-from tasks.privacy import erase_deleted_users
-from tasks.publish import upload_run, write_datasets
-from tasks.report import write_report
-from tasks.runs import run_lock, run_started, run_succeeded
-from tasks.segments import build_segments
-from tasks.train import train_models
-from tasks.validate import combine, validate_features, validate_sources
 
 
 def _run_name() -> str:

@@ -11,12 +11,12 @@ from datetime import date, timedelta
 from typing import Any
 
 from prefect import flow
+from tailor.flows.nightly import nightly
+from tailor.tasks.notify import notify_failure
+from tailor.tasks.runs import dates_to_run
 
-from flows.nightly import nightly
 from tailor.config import load_settings
 from tailor.warehouse import today_in
-from tasks.notify import notify_failure
-from tasks.runs import dates_to_run
 
 
 @flow(name="tailor-scheduled-nightly", on_failure=[notify_failure])

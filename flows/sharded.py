@@ -8,13 +8,13 @@ from typing import Any
 
 from prefect import flow, unmapped
 from prefect.futures import PrefectFuture, as_completed
+from tailor.tasks.score import SCORING_MODELS, finish_scoring, prepare_scoring, score_shard
+from tailor.tasks.shards import Shard, task_runner
+from tailor.tasks.variants import allocate_campaigns, render_shard, store_content
 
 from tailor.config import Settings
 from tailor.progress import progress
 from tailor.warehouse import RunContext
-from tasks.score import SCORING_MODELS, finish_scoring, prepare_scoring, score_shard
-from tasks.shards import Shard, task_runner
-from tasks.variants import allocate_campaigns, render_shard, store_content
 
 
 def gather(futures: list[PrefectFuture[Any]], label: str, unit: str) -> list[Any]:

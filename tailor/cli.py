@@ -16,7 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # Tailor's own loggers go to the same places as Prefect's: the terminal and the run's logs in the API.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tailor,tasks,flows")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tailor")
 
 
 # The research copy beside the project, which the issue names as the default. Nothing needs it to install,
@@ -212,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     target = _absolute_target(args.target)
     # fail on a bad config before Prefect starts anything
     load_settings(args.config, {"publish.target": target} if target else None)
-    from flows.nightly import nightly
+    from tailor.flows.nightly import nightly
     from tailor.progress import show_progress
 
     started = time.monotonic()
@@ -297,7 +297,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.end < args.start:
         print(f"tailor: error: --end {args.end} is before --start {args.start}", file=sys.stderr)
         return 2
-    from flows.schedule import backfill
+    from tailor.flows.schedule import backfill
     from tailor.progress import show_progress
 
     with show_progress(_watched(args)):
@@ -332,7 +332,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
     target = _absolute_target(args.target)
     load_settings(args.config, {"publish.target": target} if target else None)
-    from flows.experiments import experiments
+    from tailor.flows.experiments import experiments
 
     summary = experiments(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
     report(
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PREFECT_LOGGING_LEVEL"] = "ERROR"
     import logging
 
-    for name in ("tailor", "tasks", "flows"):
+    for name in ("tailor",):
         # Prefect gives these loggers its handlers (PREFECT_LOGGING_EXTRA_LOGGERS), not a level
         logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.INFO)
     from tailor.errors import USER_ERRORS

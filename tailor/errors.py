@@ -8,13 +8,13 @@ from tailor.storage import StorageError
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tailor.drafts import DraftError
-    from tasks.extract import ExtractError
-    from tasks.fairness import FairnessError
-    from tasks.publish import ConsentViolation
-    from tasks.runs import RunInProgress
-    from tasks.train import SensitiveFeatureError
-    from tasks.validate import DataQualityError
-    from tasks.variants import TemplateRenderError
+    from tailor.tasks.extract import ExtractError
+    from tailor.tasks.fairness import FairnessError
+    from tailor.tasks.publish import ConsentViolation
+    from tailor.tasks.runs import RunInProgress
+    from tailor.tasks.train import SensitiveFeatureError
+    from tailor.tasks.validate import DataQualityError
+    from tailor.tasks.variants import TemplateRenderError
 
     return (
         ConfigError,

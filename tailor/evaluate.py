@@ -23,11 +23,11 @@ import polars as pl
 from tailor import metrics
 from tailor.config import Settings, load_settings
 from tailor.sql import read_partition, scalar
+from tailor.tasks.extract import extract_sources
+from tailor.tasks.features import build_candidates, build_cutoff_features, build_staging_models
+from tailor.tasks.score import replace_table
+from tailor.tasks.train import RANKING_FEATURES, feature_matrix, fit_ranker
 from tailor.warehouse import connect, run_context
-from tasks.extract import extract_sources
-from tasks.features import build_candidates, build_cutoff_features, build_staging_models
-from tasks.score import replace_table
-from tasks.train import RANKING_FEATURES, feature_matrix, fit_ranker
 
 K = 10
 TEST_SHARE = 0.25

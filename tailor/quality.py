@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tailor.config import ConfigError
 
-SUITES_DIR = Path(__file__).resolve().parents[1] / "config" / "quality"
+SUITES_DIR = Path(str(resources.files("tailor.defaults"))) / "quality"
 STAGES = ("raw", "features")
 _RELATIVE_TIME = re.compile(r"^cutoff(?:-(\d+)d)?$")
 _RULE = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -26,8 +26,8 @@ def deployments(settings: Settings, config_path: Path) -> list[Any]:
     """The nightly run on its cron; the experiment analysis and backfills on demand."""
     from prefect.schedules import Cron
 
-    from flows.experiments import experiments
-    from flows.schedule import backfill, scheduled_nightly
+    from tailor.flows.experiments import experiments
+    from tailor.flows.schedule import backfill, scheduled_nightly
 
     parameters = {"config_path": str(config_path)}
     return [

@@ -24,7 +24,7 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def sql_root() -> Path:
-    return Path(str(resources.files("sql")))
+    return Path(str(resources.files("tailor.sql_models")))
 
 
 @cache

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import cache
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -20,7 +19,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
-from tailor.sql import materialize, materialize_partition, scalar, table_exists
+from tailor.sql import materialize, materialize_partition, scalar, sql_root, table_exists
 from tailor.warehouse import RunContext, connect
 
 STAGING_MODELS = (
@@ -228,7 +227,7 @@ def build_features(settings: Settings, ctx: RunContext) -> dict[str, int]:
 def code_version() -> str:
     """The package version and every SQL model's text: a changed model must rebuild."""
     digest = hashlib.sha256(version("tailor").encode())
-    for path in sorted((Path(__file__).resolve().parents[1] / "sql").rglob("*.sql")):
+    for path in sorted(sql_root().rglob("*.sql")):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

@@ -141,7 +141,7 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
         state.result()
         error, refused = state.message or "failed", False
     except BaseException as exc:  # the run's own exception, re-raised by result()
-        from tasks.runs import RunInProgress
+        from tailor.tasks.runs import RunInProgress
 
         error, refused = f"{type(exc).__name__}: {exc}", isinstance(exc, RunInProgress)
     try:
@@ -155,7 +155,7 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
         run_day = today_in(settings.timezone).isoformat()
     # a run refused because another holds the warehouse must not mark that other run failed
     if run_day and flow.name == "tailor-nightly" and not refused:
-        from tasks.runs import record
+        from tailor.tasks.runs import record
 
         try:
             record(settings, date.fromisoformat(run_day), "failed", flow.name, error[:2000])

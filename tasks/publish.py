@@ -31,14 +31,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from tailor.tasks.experiments import ensure_tables
+from tailor.tasks.fairness import ensure_audit_table
+from tailor.tasks.validate import Check, store_results
 
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, query
 from tailor.storage import open_store
 from tailor.warehouse import RunContext, connect
-from tasks.experiments import ensure_tables
-from tasks.fairness import ensure_audit_table
-from tasks.validate import Check, store_results
 
 MANIFEST_VERSION = 2
 UPLOAD_THREADS = 4

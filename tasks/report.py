@@ -15,13 +15,13 @@ import duckdb
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from tailor.tasks.experiments import METRICS, ensure_tables
+from tailor.tasks.fairness import ensure_audit_table
 
 from tailor import plots
 from tailor.config import Settings
 from tailor.sql import ensure_table, replace_run_rows, table_exists
 from tailor.warehouse import RunContext, connect
-from tasks.experiments import METRICS, ensure_tables
-from tasks.fairness import ensure_audit_table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

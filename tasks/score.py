@@ -22,12 +22,12 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
+from tailor.tasks.shards import Shard, export_shards, make_shards
+from tailor.tasks.train import RANKING_FEATURES, feature_matrix, predict_propensity
 
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, scalar
 from tailor.warehouse import RunContext, connect
-from tasks.shards import Shard, export_shards, make_shards
-from tasks.train import RANKING_FEATURES, feature_matrix, predict_propensity
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
+from tailor.tasks.score import replace_table
 
 from tailor.config import RfmRule, Settings
 from tailor.sql import materialize, query
 from tailor.warehouse import RunContext, connect
-from tasks.score import replace_table
 
 # feature -> (transform, words when above average, words when below, what it measures, unit)
 CLUSTER_FEATURES: dict[str, tuple[str, str, str, str]] = {

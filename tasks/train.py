@@ -21,13 +21,13 @@ import numpy as np
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from tailor.tasks.features import Cutoffs, cutoffs_for
 
 from tailor import metrics
 from tailor.calibration import apply_platt, calibration_table, fit_platt
 from tailor.config import Settings
 from tailor.sql import query, read_partition, scalar
 from tailor.warehouse import RunContext, connect
-from tasks.features import Cutoffs, cutoffs_for
 
 log = logging.getLogger(__name__)
 

@@ -33,12 +33,7 @@ import pyarrow as pa
 from jinja2 import Template, TemplateError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-
-from tailor.config import CampaignConfig, Settings
-from tailor.sql import materialize, query, read_partition, replace_run_rows
-from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
-from tailor.warehouse import RunContext, connect
-from tasks.experiments import (
+from tailor.tasks.experiments import (
     DECISION_COLUMNS,
     HOLDOUT,
     Feedback,
@@ -46,9 +41,14 @@ from tasks.experiments import (
     ensure_tables,
     predict_with,
 )
-from tasks.score import replace_table
-from tasks.shards import Shard, ShardWriter, make_shards
-from tasks.train import conversion_model_name
+from tailor.tasks.score import replace_table
+from tailor.tasks.shards import Shard, ShardWriter, make_shards
+from tailor.tasks.train import conversion_model_name
+
+from tailor.config import CampaignConfig, Settings
+from tailor.sql import materialize, query, read_partition, replace_run_rows
+from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
+from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
 

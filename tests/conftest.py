@@ -69,12 +69,13 @@ def trained_company(tmp_path_factory: pytest.TempPathFactory, small_company: Pat
     """The small company taken through extract, validate, features and train (task functions, no flow)."""
     import shutil
 
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.features import build_features
+    from tailor.tasks.train import train_models
+    from tailor.tasks.validate import validate_sources
+
     from tailor.config import load_settings
     from tailor.warehouse import run_context
-    from tasks.extract import extract_sources
-    from tasks.features import build_features
-    from tasks.train import train_models
-    from tasks.validate import validate_sources
 
     root = tmp_path_factory.mktemp("trained") / "company"
     shutil.copytree(small_company, root)
@@ -91,12 +92,13 @@ def trained_company(tmp_path_factory: pytest.TempPathFactory, small_company: Pat
 def midsize_company(tmp_path_factory: pytest.TempPathFactory):
     """5,000 users over 60 days, extracted, featured and trained: enough sends and purchases for the
     models to be measured against the generator's ground truth. (folder, settings, context, models)"""
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.features import build_features
+    from tailor.tasks.train import train_models
+
     from tailor.config import load_settings
     from tailor.generate import generate
     from tailor.warehouse import run_context
-    from tasks.extract import extract_sources
-    from tasks.features import build_features
-    from tasks.train import train_models
 
     out = tmp_path_factory.mktemp("midsize")
     generate(out, n_users=5000, n_items=600, days=60, end=date(2026, 11, 26), seed=42)

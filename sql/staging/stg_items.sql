@@ -17,6 +17,21 @@ versions as (
     from source
 ),
 
+first_known as (
+    -- the first version of a item counts as known from its own timestamp when that is earlier than
+    -- its file: a full history delivered in one (undated or recent) snapshot still gives the past cutoffs
+    -- their items
+    select
+        * exclude (known_on),
+        case
+            when row_number() over (partition by item_id order by known_on) = 1
+                then least(known_on, coalesce(cast(published_at as date), known_on))
+            else known_on
+        end as known_on
+    from versions
+    where rank_within_day = 1
+),
+
 final as (
     select
         -- ids
@@ -34,8 +49,7 @@ final as (
         -- flags
         coalesce(is_available, true) as is_available,
         row_number() over (partition by item_id order by known_on desc) = 1 as is_latest
-    from versions
-    where rank_within_day = 1
+    from first_known
 )
 
 select * from final

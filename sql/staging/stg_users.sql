@@ -1,6 +1,7 @@
 -- Every version of every user known before the run: a later file may restate a user. `known_on` is the
 -- day the version became known (its file's date, or the day before the run that loaded an undated
--- snapshot); features pick the newest version known at their cutoff, outputs the latest (`is_latest`).
+-- snapshot; the first version from its own sign-up day when earlier); features pick the newest version
+-- known at their cutoff, outputs the latest (`is_latest`).
 with source as (
     select *
     from raw.users
@@ -19,6 +20,21 @@ versions as (
     from source
 ),
 
+first_known as (
+    -- the first version of a user counts as known from its own timestamp when that is earlier than
+    -- its file: a full history delivered in one (undated or recent) snapshot still gives the past cutoffs
+    -- their users
+    select
+        * exclude (known_on),
+        case
+            when row_number() over (partition by user_id order by known_on) = 1
+                then least(known_on, coalesce(cast(created_at as date), known_on))
+            else known_on
+        end as known_on
+    from versions
+    where rank_within_day = 1
+),
+
 final as (
     select
         -- ids
@@ -33,8 +49,7 @@ final as (
         lower(trim(gender)) as gender,
         -- flags
         row_number() over (partition by user_id order by known_on desc) = 1 as is_latest
-    from versions
-    where rank_within_day = 1
+    from first_known
 )
 
 select * from final

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tailor.flows.nightly import nightly
+from tailor.tasks.extract import ExtractError
+from tailor.tasks.validate import DataQualityError
 
-from flows.nightly import nightly
 from tailor.config import load_settings
 from tailor.warehouse import connect
-from tasks.extract import ExtractError
-from tasks.validate import DataQualityError
 from tests.conftest import DATA_END, RUN_DATE
 
 pytestmark = pytest.mark.integration

@@ -13,12 +13,12 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from tailor.flows.nightly import nightly
+from tailor.tasks.validate import DataQualityError
 
-from flows.nightly import nightly
 from tailor.config import load_settings
 from tailor.schema import DATASET_NAMES
 from tailor.warehouse import connect
-from tasks.validate import DataQualityError
 from tests.conftest import RUN_DATE, TEST_BUCKET
 
 pytestmark = pytest.mark.integration
@@ -171,7 +171,7 @@ def test_a_bad_file_fails_once_without_pointless_retries(company: Path, prefect_
         r for r in runs if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("extract")
     ]
     assert len(extract_runs) == 1 and extract_runs[0].run_count == 1
-    from tasks.extract import ExtractError
+    from tailor.tasks.extract import ExtractError
 
     with pytest.raises(ExtractError, match=r"items/2026-11-20\.csv: file is empty"):
         state.result()

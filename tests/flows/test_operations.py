@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import pytest
 import yaml
+from tailor.flows.nightly import nightly
+from tailor.flows.schedule import backfill
 
-from flows.nightly import nightly
-from flows.schedule import backfill
 from tailor.config import load_settings
 from tailor.s3server import free_port
 from tailor.warehouse import connect
@@ -134,7 +134,7 @@ def test_prefect_yaml_deploys_flows_that_exist_with_their_parameters() -> None:
     assert names == {"nightly", "experiments", "backfill"}
     for deployment in spec["deployments"]:
         module, name = deployment["entrypoint"].split(":")
-        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+        flow = getattr(importlib.import_module("tailor." + module.removesuffix(".py").replace("/", ".")), name)
         signature = inspect.signature(flow.fn)
         assert set(deployment["parameters"]) <= set(signature.parameters), deployment["name"]
         assert (REPO / deployment["parameters"]["config_path"]).exists()

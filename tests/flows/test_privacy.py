@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from tailor.flows.nightly import nightly
 
-from flows.nightly import nightly
 from tailor.config import load_settings
 from tailor.warehouse import connect
 from tests.conftest import DATA_END, RUN_DATE
@@ -135,9 +135,10 @@ def test_a_deleted_user_leaves_no_trace_in_any_table_or_file(privacy_run) -> Non
 
 
 def test_a_deleted_user_sent_again_by_the_source_is_dropped_on_load(privacy_run, tmp_path) -> None:
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.privacy import erase_deleted_users
+
     from tailor.warehouse import run_context
-    from tasks.extract import extract_sources
-    from tasks.privacy import erase_deleted_users
 
     root, settings, deleted, _, _, _ = privacy_run
     next_day = RUN_DATE + timedelta(days=1)
@@ -185,9 +186,10 @@ def test_the_logs_of_a_run_hold_no_credentials_or_personal_data(privacy_run) -> 
 
 def test_an_erasure_also_clears_the_quarantine_and_data_quality_samples(privacy_run) -> None:
     """A user whose bad rows were quarantined and sampled on an earlier night asks to be erased."""
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.privacy import erase_deleted_users
+
     from tailor.warehouse import run_context
-    from tasks.extract import extract_sources
-    from tasks.privacy import erase_deleted_users
 
     root, settings, _, withdrawn, _, _ = privacy_run
     with connect(settings) as con:

@@ -6,12 +6,12 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from tailor.tasks import experiments as ex
 
 from tailor import stats
 from tailor.config import CampaignConfig, VariantConfig, load_settings
 from tailor.sql import query, replace_run_rows
 from tailor.warehouse import connect, run_context
-from tasks import experiments as ex
 
 
 def _units(settings, ctx, campaign: CampaignConfig) -> pl.DataFrame:
@@ -225,11 +225,11 @@ def test_the_next_nights_bandit_moves_toward_the_variant_that_converted_better(
 ) -> None:
     """Night one allocates from the generated history; a week of sends follows in which urgency converts
     three times as often as social proof; night two's analysis sees it and the decision log says so."""
-    from tasks.extract import extract_sources
-    from tasks.features import build_staging_models
-    from tasks.score import score_users
-    from tasks.segments import build_segments
-    from tasks.variants import assign_variants
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.features import build_staging_models
+    from tailor.tasks.score import score_users
+    from tailor.tasks.segments import build_segments
+    from tailor.tasks.variants import assign_variants
 
     source, settings, ctx, models = midsize_company
     root = tmp_path / "company"

@@ -7,10 +7,10 @@ import boto3
 import duckdb
 import pytest
 import yaml
+from tailor.tasks.extract import ExtractError, extract_sources
 
 from tailor.config import load_settings
 from tailor.warehouse import connect, run_context
-from tasks.extract import ExtractError, extract_sources
 from tests.conftest import TEST_BUCKET
 
 USERS = "uid,signed_up,country\nu1,2026-01-01 10:00:00,DE\nu2,2026-01-02 11:00:00,FR\n"
@@ -154,7 +154,7 @@ def test_reads_csv_options_and_s3_sources(tmp_path: Path, s3_server) -> None:
 
 
 def test_quote_identifier_escapes() -> None:
-    from tasks.extract import quote_identifier
+    from tailor.tasks.extract import quote_identifier
 
     con = duckdb.connect()
     name = quote_identifier('we"ird')

@@ -4,9 +4,9 @@ from datetime import date
 
 import polars as pl
 import pytest
+from tailor.tasks.fairness import FairnessError, audit_fairness, audit_rows
 
 from tailor.warehouse import connect, run_context
-from tasks.fairness import FairnessError, audit_fairness, audit_rows
 
 
 def _rates(rows: list[tuple[str, int, int]]) -> pl.DataFrame:
@@ -40,10 +40,10 @@ def test_ratios_are_against_the_most_favoured_group_and_only_real_gaps_are_flagg
 
 
 def _allocate(settings, ctx, models) -> None:
-    from tasks.experiments import analyse_experiments
-    from tasks.score import score_users
-    from tasks.segments import build_segments
-    from tasks.variants import assign_variants
+    from tailor.tasks.experiments import analyse_experiments
+    from tailor.tasks.score import score_users
+    from tailor.tasks.segments import build_segments
+    from tailor.tasks.variants import assign_variants
 
     analyse_experiments.fn(settings, ctx, models)
     score_users(settings, ctx, models)
@@ -66,11 +66,12 @@ def test_an_unbiased_world_raises_no_flag(midsize_company) -> None:
 
 @pytest.fixture(scope="module")
 def biased_company(tmp_path_factory):
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.features import build_features
+    from tailor.tasks.train import train_models
+
     from tailor.config import load_settings
     from tailor.generate import generate
-    from tasks.extract import extract_sources
-    from tasks.features import build_features
-    from tasks.train import train_models
 
     out = tmp_path_factory.mktemp("biased")
     generate(out, n_users=5000, n_items=600, days=60, end=date(2026, 11, 26), seed=42, plant_bias=True)

@@ -5,11 +5,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
-
-from tailor.config import load_settings
-from tailor.warehouse import connect, run_context
-from tasks.extract import extract_sources
-from tasks.features import (
+from tailor.tasks.extract import extract_sources
+from tailor.tasks.features import (
     PER_CUTOFF_MODELS,
     RANKING_CUTOFF_MODELS,
     build_cutoff_features,
@@ -17,6 +14,9 @@ from tasks.features import (
     build_staging_models,
     cutoffs_for,
 )
+
+from tailor.config import load_settings
+from tailor.warehouse import connect, run_context
 
 CUTOFF = datetime(2026, 11, 10)
 
@@ -104,7 +104,7 @@ def test_training_cutoffs_leave_room_for_labels() -> None:
 
 
 def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkeypatch) -> None:
-    from tasks import features
+    from tailor.tasks import features
 
     settings, ctx, _, _ = trained_company
     tables = ("user_item_similarity", "candidates", "ranking_examples")

@@ -8,9 +8,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tailor.tasks.publish import (
+    DATASETS,
+    ConsentViolation,
+    check_consent,
+    pseudonymize,
+    upload_run,
+    write_parts,
+)
 
 from tailor.warehouse import RunContext, connect
-from tasks.publish import DATASETS, ConsentViolation, check_consent, pseudonymize, upload_run, write_parts
 
 
 def test_pseudonyms_are_keyed_stable_and_not_the_id() -> None:
@@ -26,7 +33,7 @@ def test_pseudonyms_are_keyed_stable_and_not_the_id() -> None:
 
 
 def test_manifest_values_are_strict_json() -> None:
-    from tasks.publish import json_safe
+    from tailor.tasks.publish import json_safe
 
     assert json_safe({"auc": float("nan"), "m": [1.0, float("inf")], "n": 2}) == {
         "auc": None,
@@ -130,10 +137,10 @@ def contract() -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def published(trained_company, tmp_path_factory):
-    from tasks.publish import write_datasets
-    from tasks.score import score_users
-    from tasks.segments import build_segments
-    from tasks.variants import assign_variants
+    from tailor.tasks.publish import write_datasets
+    from tailor.tasks.score import score_users
+    from tailor.tasks.segments import build_segments
+    from tailor.tasks.variants import assign_variants
 
     settings, ctx, models, quality = trained_company
     score_users(settings, ctx, models)
@@ -173,7 +180,7 @@ def test_user_updates_move_only_for_changed_payloads_and_erase_users_who_leave(p
     from dataclasses import replace
     from datetime import timedelta
 
-    from tasks.publish import write_datasets
+    from tailor.tasks.publish import write_datasets
 
     settings, ctx, models, quality, local = published
     first = pl.read_parquet(local / "user_updates" / "part-0000.parquet")
@@ -218,9 +225,9 @@ def test_user_updates_move_only_for_changed_payloads_and_erase_users_who_leave(p
     finally:
         with connect(settings) as con:
             con.execute("delete from meta.user_update_history where run_date > $d", {"d": ctx.run_date})
-        from tasks.score import score_users
-        from tasks.segments import build_segments
-        from tasks.variants import assign_variants
+        from tailor.tasks.score import score_users
+        from tailor.tasks.segments import build_segments
+        from tailor.tasks.variants import assign_variants
 
         score_users(settings, ctx, models)
         build_segments.fn(settings, ctx, models)
@@ -237,8 +244,7 @@ def test_only_the_datasets_config_names_carry_the_real_id(published, monkeypatch
     import json
 
     import pyarrow.parquet as pq
-
-    from tasks.publish import write_datasets
+    from tailor.tasks.publish import write_datasets
 
     settings, ctx, models, quality, _ = published
     monkeypatch.setenv(settings.publish.pseudonym_key_env, "a-key")

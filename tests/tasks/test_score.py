@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from tailor.tasks.score import recommendation_params, score_users
 
 from tailor.config import CHANNEL_CONSENT, ComputeConfig
 from tailor.sql import materialize
 from tailor.warehouse import connect
-from tasks.score import recommendation_params, score_users
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from tailor.tasks.score import score_users
+from tailor.tasks.segments import CLUSTER_FEATURES, build_segments, describe_cluster, rule_description
 
 from tailor.config import RfmRule
 from tailor.warehouse import connect
-from tasks.score import score_users
-from tasks.segments import CLUSTER_FEATURES, build_segments, describe_cluster, rule_description
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def segmented(trained_company):
         }
     )
     # the audience items must be candidates: rebuild candidates with this config, then score
-    from tasks.features import build_candidates
+    from tailor.tasks.features import build_candidates
 
     with connect(settings) as con:
         build_candidates(con, settings, ctx.cutoff, False)

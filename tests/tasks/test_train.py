@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from tailor.tasks.features import cutoffs_for
+from tailor.tasks.train import feature_matrix, seeded_validation_users, train_propensity, train_ranking
 
 from tailor.warehouse import connect
-from tasks.features import cutoffs_for
-from tasks.train import feature_matrix, seeded_validation_users, train_propensity, train_ranking
 
 
 def test_models_beat_their_baselines_on_the_time_holdout(trained_company) -> None:
@@ -63,11 +63,12 @@ def test_validation_users_are_seeded_and_whole() -> None:
 def test_champion_gate_keeps_a_better_champion(company, monkeypatch) -> None:
     from datetime import date
 
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.features import build_features
+    from tailor.tasks.train import train_models
+
     from tailor.config import load_settings
     from tailor.warehouse import run_context
-    from tasks.extract import extract_sources
-    from tasks.features import build_features
-    from tasks.train import train_models
 
     settings = load_settings(company / "tailor.yaml")
     first_day, next_day = run_context(settings, date(2026, 11, 20)), run_context(settings, date(2026, 11, 21))
@@ -139,7 +140,7 @@ def test_propensity_comes_within_003_of_the_true_probabilities(midsize_company) 
 
 
 def test_conversion_models_are_trained_per_campaign_and_variant_on_earlier_sends(midsize_company) -> None:
-    from tasks.train import CONVERSION_PREFIX, VARIANT_SEPARATOR
+    from tailor.tasks.train import CONVERSION_PREFIX, VARIANT_SEPARATOR
 
     _, settings, ctx, models = midsize_company
     conversions = {name: model for name, model in models.items() if name.startswith(CONVERSION_PREFIX)}
@@ -171,7 +172,7 @@ def test_conversion_models_are_trained_per_campaign_and_variant_on_earlier_sends
 
 
 def test_sensitive_attributes_reach_a_model_only_when_config_names_them(trained_company) -> None:
-    from tasks.train import (
+    from tailor.tasks.train import (
         PROPENSITY_FEATURES,
         SensitiveFeatureError,
         check_features,

@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tailor.tasks.validate import QualityReport, activity_frame, run_suite
 
 from tailor.config import ConfigError
 from tailor.quality import ExpectationSpec, load_suite, load_suites, resolve_kwargs
 from tailor.schema import TABLES
-from tasks.validate import QualityReport, activity_frame, run_suite
 
 CUTOFF = datetime(2026, 1, 3)
 INTERACTIONS = load_suites("raw")["interactions"]
@@ -120,10 +120,11 @@ def test_a_bad_suite_file_names_the_file_and_key(tmp_path: Path) -> None:
 
 
 def test_chunked_validation_agrees_with_one_pass(company: Path, monkeypatch) -> None:
-    import tasks.validate as validate
+    import tailor.tasks.validate as validate
+    from tailor.tasks.extract import extract_sources
+
     from tailor.config import load_settings
     from tailor.warehouse import connect, run_context
-    from tasks.extract import extract_sources
 
     events = company / "sources" / "interactions" / "2026-11-20.csv"
     lines = events.read_text().splitlines()

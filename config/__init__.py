@@ -1,0 +1,1 @@
+"""Tailor's default configuration: data-quality suites and the example configs."""
