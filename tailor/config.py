@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from datetime import date
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tailor.schema import CONSENT_PURPOSES, DATASET_NAMES, TABLES
 
 REQUIRED_SOURCES = ("users", "consents", "items", "interactions")
+# The parameters extract binds into a source's SQL besides its inputs: an input may not take their names.
+RESERVED_PARAMETERS = (
+    "file", "path", "source_file", "file_date", "run_date", "first_key", "uri", "true_spellings",
+    "false_spellings", "unusual", "timestamp_format", "delimiter", "header", "encoding", "names",
+)  # fmt: skip
+_PARAMETER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_SQL_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 CHANNEL_CONSENT = {"email": "marketing_email", "push": "marketing_push", "web": "profiling"}
 
 
@@ -44,8 +53,40 @@ class SourceConfig(StrictModel):
     columns: dict[str, str] = Field(
         default_factory=dict, description="canonical column -> column in the file; unnamed ones map to same"
     )
-    sql: str | None = Field(None, description="a file under sql/sources/ that reads $files instead")
+    sql: str | None = Field(
+        None,
+        description="SQL mapping the files onto the table, reading the driving file as $file: a .sql file "
+        "relative to the config file (sql/interactions.sql), or a bare name (movielens_users) for one of "
+        "Tailor's own sql/sources/",
+    )
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="more files the SQL reads: name -> local glob (relative to the config) or s3:// glob; "
+        "the SQL sees $<name>, the list of the matching files",
+    )
     csv: CsvOptions = Field(default_factory=CsvOptions)
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_names(cls, inputs: dict[str, str]) -> dict[str, str]:
+        for name in inputs:
+            if not _PARAMETER_NAME.match(name):
+                raise ValueError(f"input name {name!r} must be a lowercase identifier such as orders")
+            if name in RESERVED_PARAMETERS:
+                # extract binds these itself beside the inputs: a clash would silently replace one
+                raise ValueError(f"input name {name!r} is taken; not one of {', '.join(RESERVED_PARAMETERS)}")
+        return inputs
+
+    @model_validator(mode="after")
+    def _inputs_need_sql(self) -> SourceConfig:
+        if self.inputs and not self.sql:
+            raise ValueError("inputs are read by the source's own SQL: set sql as well")
+        return self
+
+    @property
+    def builtin_sql(self) -> bool:
+        """A bare name (no folder, no .sql) names one of Tailor's own sql/sources/ files."""
+        return self.sql is not None and "/" not in self.sql and not self.sql.endswith(".sql")
 
     def file_format(self) -> str:
         if self.format is not None:
@@ -553,6 +594,15 @@ class Settings(StrictModel):
             return "file://" + str(self.resolve(uri.removeprefix("file://")))
         return str(self.resolve(uri))
 
+    def source_sql_path(self, table: str) -> Path | None:
+        """The file holding a source's SQL: Tailor's own for a bare name, else relative to the config."""
+        source = self.sources[table]
+        if source.sql is None:
+            return None
+        if source.builtin_sql:
+            return Path(str(resources.files("tailor.sql_models"))) / "sources" / f"{source.sql}.sql"
+        return self.resolve(source.sql)
+
     def source_identity(self, uri: str) -> str:
         """How lineage names a source file: relative to the config's folder when it lies below it."""
         if uri.startswith("s3://"):
@@ -609,6 +659,7 @@ def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         update={"campaigns": [*settings.campaigns, *load_campaign_files(settings, path)]}
     )
     check_campaigns(settings, path)
+    check_source_sql(settings, path)
     key_env = settings.publish.pseudonym_key_env
     if settings.publish.published_user_id == "pseudonymous" and not os.environ.get(key_env):
         raise ConfigError(
@@ -645,6 +696,30 @@ def load_campaign_files(settings: Settings, config_name: str | Path) -> list[Cam
             raise ConfigError(f"{file}: {problems}") from None
         campaigns.append(campaign.model_copy(update={"source_file": str(file)}))
     return campaigns
+
+
+def check_source_sql(settings: Settings, config_name: str | Path) -> None:
+    """Every source's SQL file is there and reads no parameter it will not be given: before any data is."""
+    for table, source in settings.sources.items():
+        file = settings.source_sql_path(table)
+        if file is None:
+            continue
+        key = f"sources.{table}.sql"
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{config_name}: key '{key}': SQL file {file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{config_name}: key '{key}': cannot read SQL file {file} ({error})") from None
+        # comments may mention parameters freely; only the statement's own must be bound
+        wanted = set(_SQL_PARAMETER.findall(re.sub(r"--[^\n]*", "", text)))
+        given = ["file", *source.inputs]
+        unknown = sorted(wanted - set(given))
+        if unknown:
+            raise ConfigError(
+                f"{config_name}: key '{key}': {file} reads {', '.join('$' + name for name in unknown)}, "
+                f"which sources.{table}.inputs does not name (it is given {', '.join('$' + n for n in given)})"
+            )
 
 
 def check_campaigns(settings: Settings, config_name: str | Path) -> None:

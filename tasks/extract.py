@@ -3,10 +3,16 @@
 Every file is loaded once, by the run whose date follows the file's date; `meta.loaded_files` remembers
 which run loaded which file, so a rerun of the same date first removes what that run loaded and then
 loads it again, and no row is ever loaded twice. The run sees only files dated before its run date.
+
+A source may map its files through SQL (`sources.<table>.sql`): Tailor's own `sql/sources/NAME.sql` for a
+bare name, else a company's file relative to the config. The SQL reads the driving file as `$file` and
+each of the source's `inputs` as `$<name>`, the list of its files; a changed input reloads every driving
+file, because each driving file's rows were joined with the old input.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -123,8 +129,84 @@ def reader_sql(source: SourceConfig) -> tuple[str, dict[str, object]]:
 def describe_columns(
     con: duckdb.DuckDBPyConnection, relation_sql: str, params: dict[str, object]
 ) -> list[str]:
-    rows = con.execute(f"select column_name from (describe select * from {relation_sql})", params).fetchall()
+    statement = f"select column_name from (describe select * from {relation_sql})"
+    # a source's SQL need not read every parameter it is offered (an input, $file): bind what it names
+    rows = con.execute(statement, bind(statement, params)).fetchall()
     return [row[0] for row in rows]
+
+
+@dataclass(frozen=True)
+class SourceInputs:
+    """The files a source's SQL reads beside its driving file, as one run finds them."""
+
+    found: dict[str, list[StoredObject]]  # input name -> its files (where to read them), sorted
+    fingerprint: str  # changes when any input file is added, removed or replaced; "" without inputs
+
+    def folded(self, stored: StoredObject) -> str:
+        """A driving file's fingerprint with the inputs' folded in: its rows depend on both."""
+        return f"{stored.fingerprint}|inputs:{self.fingerprint}" if self.fingerprint else stored.fingerprint
+
+
+def find_inputs(settings: Settings, table_name: str, run_date: date) -> SourceInputs:
+    """Every input's files this run may see (dated before the run date, or undated); none is an error."""
+    source = settings.sources[table_name]
+    found: dict[str, list[StoredObject]] = {}
+    digest = hashlib.sha256()
+    for name, pattern_text in sorted(source.inputs.items()):
+        pattern = settings.resolve_uri(pattern_text)
+        objects = eligible_files(list_source_objects(pattern, settings.storage), run_date)
+        if not objects:
+            raise ExtractError(
+                f"source {table_name}: input {name} (sources.{table_name}.inputs.{name}): no file matches "
+                f"{pattern} before {run_date}"
+            )
+        found[name] = objects
+        for stored in objects:
+            # named relative to the config's folder, as driving files are: a moved deployment reloads nothing
+            digest.update(f"{name}\0{settings.source_identity(stored.uri)}\0{stored.fingerprint}\n".encode())
+    return SourceInputs(found, digest.hexdigest()[:16] if found else "")
+
+
+def fetch_inputs(inputs: SourceInputs, settings: Settings, ctx: RunContext) -> dict[str, list[str]]:
+    """Local paths of every input file, downloaded once per source and run when they are on S3."""
+    downloads = ctx.run_dir / "downloads"
+    return {
+        name: [str(fetch_to_local(stored.uri, downloads, settings.storage)) for stored in objects]
+        for name, objects in inputs.found.items()
+    }
+
+
+def source_sql(settings: Settings, table_name: str) -> str | None:
+    """The SELECT a source's files go through, or None when they are read as they are. A company's file
+    is read afresh every time (it may change between runs); Tailor's own are cached with the package."""
+    source = settings.sources[table_name]
+    if source.sql is None:
+        return None
+    if source.builtin_sql:
+        return read_sql("sources/" + source.sql)
+    path = settings.source_sql_path(table_name)
+    try:
+        text = Path(str(path)).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExtractError(f"source {table_name}: cannot read its SQL file {path} ({error})") from None
+    return text.strip().rstrip(";")
+
+
+def unread_inputs(sql: str | None, inputs: dict[str, str], table_name: str) -> list[str]:
+    """Inputs the source's SQL never names: most likely a typo, since their files are fetched for nothing."""
+    if sql is None:
+        return []
+    named = _named_parameters(sql)
+    return [
+        f"source {table_name}: input {name} is not read by its SQL (no ${name} in it)"
+        for name in inputs
+        if name not in named
+    ]
+
+
+def _named_parameters(sql: str) -> set[str]:
+    # the parameters bind() would keep: comments may mention any
+    return set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", re.sub(r"--[^\n]*", "", sql)))
 
 
 @dataclass(frozen=True)
@@ -241,13 +323,20 @@ def load_file(
     stored: StoredObject,
     local: Path,
     run_date: date,
+    sql: str | None = None,
+    inputs: dict[str, list[str]] | None = None,
 ) -> tuple[int, list[str]]:
+    """Load one driving file into raw.<table>. With `sql` (the source's SELECT, see source_sql) the file is
+    `$file` and each input `$<name>`; without it the file is read with the source's reader options."""
     identity = stored.uri  # how lineage names the file: relative to the config's folder when local
     label = f"source {table.name}: file {identity}"
     if stored.size == 0:
         raise ExtractError(f"{label}: file is empty")
-    if source.sql:
-        relation, params = f"({read_sql('sources/' + source.sql.removesuffix('.sql'))})", {"file": str(local)}
+    if sql is None and source.sql:
+        raise ValueError("a source with sql needs its text: pass source_sql(settings, table)")
+    if sql is not None:
+        # the newline keeps a trailing comment in the file from swallowing the closing parenthesis
+        relation, params = f"({sql}\n)", {"file": str(local), **(inputs or {})}
     else:
         reader, reader_params = reader_sql(source)
         relation, params = reader, {"path": str(local), **reader_params}
@@ -352,6 +441,9 @@ def _readable(error: Exception, source: SourceConfig, local: Path) -> str:
             f"{where} has {mismatch.group(2)} field(s), expected {mismatch.group(1)} "
             "(truncated or malformed file)"
         )
+    if source.sql:
+        # the SQL reads the file itself (any format, any options): name the SQL, not a reader
+        return f"its SQL ({source.sql}) fails on this file: {_first_line(error)}"
     return f"cannot be read as {source.file_format()}: {_first_line(error)}"
 
 
@@ -396,6 +488,10 @@ def extract_source(
         return result
     if not objects:
         raise ExtractError(f"source {table_name}: no file matches {pattern} before {ctx.run_date}")
+    sql = source_sql(settings, table_name)
+    inputs = find_inputs(settings, table_name, ctx.run_date)
+    input_paths: dict[str, list[str]] | None = None  # fetched once, and only if a driving file needs them
+    result.warnings += unread_inputs(sql, source.inputs, table_name)
     con.execute("begin transaction")
     try:
         # a rerun of this date replaces what this date loaded
@@ -415,14 +511,19 @@ def extract_source(
         )
         with progress(f"extract {table_name}", total=len(objects), unit="files") as bar:
             for stored in objects:
+                fingerprint = inputs.folded(stored)
                 if stored.uri in already:
-                    if already[stored.uri] == stored.fingerprint:
+                    if already[stored.uri] == fingerprint:
                         bar.advance(1)
                         continue
-                    # the file was replaced since an earlier run loaded it (a snapshot, a re-delivery)
+                    # the file (or an input it was joined with) was replaced since an earlier run loaded it
                     forget_file(con, table_name, stored.uri)
                 local = fetch_to_local(located[stored.uri], ctx.run_dir / "downloads", settings.storage)
-                rows, warnings = load_file(con, table, source, stored, local, ctx.run_date)
+                if input_paths is None:
+                    input_paths = fetch_inputs(inputs, settings, ctx)
+                rows, warnings = load_file(
+                    con, table, source, stored, local, ctx.run_date, sql=sql, inputs=input_paths
+                )
                 con.execute(
                     "insert into meta.loaded_files by name select $source as source, $uri as file_uri, "
                     "$file_date as file_date, $run_date as loaded_run_date, $rows as row_count, $bytes as byte_count, "
@@ -434,7 +535,7 @@ def extract_source(
                         "run_date": ctx.run_date,
                         "rows": rows,
                         "bytes": stored.size,
-                        "fingerprint": stored.fingerprint,
+                        "fingerprint": fingerprint,
                     },
                 )
                 result.files_loaded += 1

@@ -357,3 +357,185 @@ def test_drift_counts_only_rows_that_have_a_value(tmp_path: Path) -> None:
         ExtractError, match=r"interactions\.value changed type: 6 of 6 value\(s\) are not DOUBLE"
     ):
         extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+
+
+# A company's own SQL beside its config: order lines are the driving files; the orders they belong to
+# (customer, time) are an input the SQL joins in.
+ORDER_LINES_SQL = """-- one interaction per order line; the order says who and when
+with lines as (
+    select * from read_csv($file, all_varchar = true)
+),
+
+orders as (
+    select * from read_csv($orders, all_varchar = true)
+),
+
+final as (
+    select
+        orders.customer as user_id,
+        lines.sku as item_id,
+        'purchase' as event_type,
+        orders.ordered_at as occurred_at,
+        lines.amount as value
+    from lines
+    inner join orders using (order_id)
+)
+
+select * from final
+-- a trailing comment must not swallow the closing parenthesis extract wraps the SQL in
+"""
+
+
+def order_company(root: Path, orders_path: str = "exports/orders/*.csv") -> Path:
+    config = make_company(
+        root,
+        {
+            "interactions": {
+                "path": "exports/lines/*.csv",
+                "sql": "sql/interactions.sql",
+                "inputs": {"orders": orders_path},
+            }
+        },
+    )
+    (root / "sql").mkdir(exist_ok=True)
+    (root / "sql" / "interactions.sql").write_text(ORDER_LINES_SQL)
+    files = {
+        "exports/lines/2026-01-01.csv": "order_id,sku,amount\no1,i1,1200\no1,i2,300\n",
+        "exports/lines/2026-01-02.csv": "order_id,sku,amount\no2,i1,1200\n",
+        "exports/orders/2026-01-01.csv": "order_id,customer,ordered_at\no1,u1,2026-01-01 09:00:00\n",
+        "exports/orders/2026-01-02.csv": "order_id,customer,ordered_at\no2,u2,2026-01-02 18:30:00\n",
+    }
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return config
+
+
+def purchases(settings) -> list[tuple]:
+    with connect(settings) as con:
+        return con.execute(
+            "select user_id, item_id, cast(occurred_at as varchar), value, _source_file from raw.interactions "
+            "order by occurred_at, item_id"
+        ).fetchall()
+
+
+def test_a_company_sql_file_beside_the_config_joins_named_inputs(tmp_path: Path) -> None:
+    settings = load_settings(order_company(tmp_path))
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert loads["interactions"].files_loaded == 2 and loads["interactions"].rows_loaded == 3
+    assert purchases(settings) == [
+        ("u1", "i1", "2026-01-01 09:00:00", 1200.0, "exports/lines/2026-01-01.csv"),
+        ("u1", "i2", "2026-01-01 09:00:00", 300.0, "exports/lines/2026-01-01.csv"),
+        ("u2", "i1", "2026-01-02 18:30:00", 1200.0, "exports/lines/2026-01-02.csv"),
+    ]
+    # the config's folder, not the working directory, anchors the SQL path
+    assert settings.source_sql_path("interactions") == tmp_path / "sql" / "interactions.sql"
+
+
+def test_inputs_see_only_files_dated_before_the_run(tmp_path: Path) -> None:
+    settings = load_settings(order_company(tmp_path))
+    (tmp_path / "exports/lines/2026-01-03.csv").write_text("order_id,sku,amount\no3,i2,300\n")
+    (tmp_path / "exports/orders/2026-01-03.csv").write_text("order_id,customer,ordered_at\no3,u3,2026-01-03 09:00:00\n")
+    # the run of 01-03 sees neither the lines nor the orders of 01-03
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert loads["interactions"].rows_loaded == 3
+    assert {row[0] for row in purchases(settings)} == {"u1", "u2"}
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    assert {row[0] for row in purchases(settings)} == {"u1", "u2", "u3"}
+
+
+def test_a_changed_input_reloads_every_driving_file(tmp_path: Path) -> None:
+    import os
+
+    settings = load_settings(order_company(tmp_path))
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    # order o1 was reassigned to another customer: the lines loaded with the old order are stale
+    orders = tmp_path / "exports/orders/2026-01-01.csv"
+    orders.write_text("order_id,customer,ordered_at\no1,u9,2026-01-01 10:00:00\n")
+    os.utime(orders, ns=(orders.stat().st_atime_ns, orders.stat().st_mtime_ns + 10**9))
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    assert loads["interactions"].files_loaded == 2  # both driving files, although neither changed
+    rows = purchases(settings)
+    assert len(rows) == 3  # replaced, not loaded twice
+    assert [row[:3] for row in rows[:2]] == [
+        ("u9", "i1", "2026-01-01 10:00:00"),
+        ("u9", "i2", "2026-01-01 10:00:00"),
+    ]
+    # nothing changed since: nothing is loaded again
+    assert extract_sources.fn(settings, run_context(settings, date(2026, 1, 5)))["interactions"].files_loaded == 0
+    with connect(settings) as con:
+        fingerprints = con.execute(
+            "select fingerprint from meta.loaded_files where source = 'interactions'"
+        ).fetchall()
+    assert all("|inputs:" in row[0] for row in fingerprints)
+
+
+def test_a_new_input_file_reloads_and_a_source_without_inputs_keeps_its_plain_fingerprint(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(order_company(tmp_path))
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    (tmp_path / "exports/orders/2026-01-03.csv").write_text("order_id,customer,ordered_at\no3,u1,2026-01-03 08:00:00\n")
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    assert loads["interactions"].files_loaded == 2
+    assert loads["users"].files_loaded == 0
+    with connect(settings) as con:
+        plain = con.execute("select fingerprint from meta.loaded_files where source = 'users'").fetchall()
+    assert plain and "|inputs:" not in plain[0][0]
+
+
+def test_an_input_matching_no_file_names_the_source_the_input_and_the_pattern(tmp_path: Path) -> None:
+    settings = load_settings(order_company(tmp_path, orders_path="exports/orderz/*.csv"))
+    with pytest.raises(ExtractError) as error:
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    message = str(error.value)
+    assert "source interactions" in message and "input orders" in message
+    assert str(tmp_path / "exports/orderz/*.csv") in message
+    assert raw_count(settings, "users") == 0  # the run unloads what it had loaded
+
+
+def test_inputs_on_s3_are_listed_and_fetched(tmp_path: Path, s3_server) -> None:
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    client.put_object(
+        Bucket=TEST_BUCKET,
+        Key="extract-inputs/orders/2026-01-01.csv",
+        Body=b"order_id,customer,ordered_at\no1,u1,2026-01-01 09:00:00\no2,u2,2026-01-01 10:00:00\n",
+    )
+    config = order_company(tmp_path, orders_path=f"s3://{TEST_BUCKET}/extract-inputs/orders/*.csv")
+    (tmp_path / "exports/lines/2026-01-02.csv").unlink()
+    settings = load_settings(config, {"storage.endpoint_url": s3_server.endpoint_url})
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert loads["interactions"].rows_loaded == 2
+    assert {row[0] for row in purchases(settings)} == {"u1"}
+
+
+def test_company_sql_is_read_afresh_on_every_run(tmp_path: Path) -> None:
+    settings = load_settings(order_company(tmp_path))
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    sql = tmp_path / "sql" / "interactions.sql"
+    sql.write_text(ORDER_LINES_SQL.replace("'purchase' as event_type", "'add_to_cart' as event_type"))
+    (tmp_path / "exports/lines/2026-01-03.csv").write_text("order_id,sku,amount\no1,i3,50\n")
+    extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    with connect(settings) as con:
+        types = con.execute(
+            "select item_id, event_type from raw.interactions where item_id = 'i3'"
+        ).fetchall()
+    assert types == [("i3", "add_to_cart")]
+
+
+def test_a_failing_company_sql_names_the_sql_and_the_file(tmp_path: Path) -> None:
+    config = order_company(tmp_path)
+    (tmp_path / "sql" / "interactions.sql").write_text(ORDER_LINES_SQL.replace("lines.sku", "lines.skew"))
+    settings = load_settings(config)
+    with pytest.raises(ExtractError, match=r"lines/2026-01-01\.csv: its SQL \(sql/interactions\.sql\) fails"):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+
+
+def test_an_input_the_sql_never_reads_is_a_warning(tmp_path: Path) -> None:
+    config = order_company(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["sources"]["interactions"]["inputs"]["returns"] = "exports/orders/*.csv"
+    config.write_text(yaml.safe_dump(data))
+    settings = load_settings(config)
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert any("input returns is not read by its SQL" in w for w in loads["interactions"].warnings)
