@@ -182,6 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated RFM segment names, e.g. loyal,at_risk (default: every segment)",
     )
+
+    init = commands.add_parser(
+        "init",
+        help="write a new project folder for a company's own data, config, SQL and campaigns",
+        description="Write DIR/tailor.yaml (every key explained), DIR/sql/<table>.sql (one mapping per "
+        "canonical table, from your files' columns to Tailor's), DIR/campaigns/ with an example campaign and "
+        "DIR/data/ with tiny example files, so that `tailor check` runs at once. DIR must be new or empty.",
+    )
+    init.add_argument("dir", type=Path, metavar="DIR", help="the folder to create (new or empty)")
+    init.add_argument(
+        "--project", default=None, help="the config's project name (default: from the folder's name)"
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="run the source mappings on the files and list every problem, without a nightly run",
+        description="Load every source into a scratch DuckDB (never the configured warehouse) and print per "
+        "table its rows, a few rows (personal columns masked) and its event-time range, the dates each stage "
+        "of the next run would see, and every problem by file and column. Exit code 0: no problem; 2: problems.",
+    )
+    check.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. tailor.yaml")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -389,6 +411,32 @@ def cmd_draft_variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from tailor.init import InitError, init_project
+
+    try:
+        written = init_project(args.dir, args.project)
+    except InitError as error:
+        print(f"tailor: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files in {args.dir}:")
+    print(*(f"  {path.relative_to(args.dir)}" for path in written), sep="\n")
+    print(
+        f"next: put your files under {args.dir / 'data'}, adapt {args.dir / 'sql'}/*.sql to their columns, then\n"
+        f"  tailor check --config {args.dir / 'tailor.yaml'}"
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from tailor.check import check_project, format_check
+
+    result = check_project(args.config)
+    print(json.dumps(result, indent=2, default=str) if args.json else format_check(result))
+    # problems in the data are the user's to fix, as a bad config is: the same exit code
+    return 0 if result["ok"] else 2
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     published = summary["published"]
     quality = summary["data_quality"]
@@ -464,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             "serve": cmd_serve,
             "evaluate": cmd_evaluate,
             "draft-variants": cmd_draft_variants,
+            "init": cmd_init,
+            "check": cmd_check,
         }
         return commands[args.command](args)
     except USER_ERRORS as error:
