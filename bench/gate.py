@@ -41,10 +41,9 @@ def main() -> int:
     if args.gate_only:
         return gate_only(args.out)
 
-    from tailor.tasks.extract import extract_sources
-
     from tailor.config import load_settings
     from tailor.generate import generate
+    from tailor.tasks.extract import extract_sources
     from tailor.warehouse import connect, run_context
 
     end = date(2026, 11, 20)
@@ -92,9 +91,8 @@ def main() -> int:
 
 
 def gate_only(out: Path) -> int:
-    from tailor.tasks.validate import validate_sources
-
     from tailor.config import load_settings
+    from tailor.tasks.validate import validate_sources
     from tailor.warehouse import run_context
 
     settings = load_settings(out / "tailor.yaml")

@@ -147,8 +147,8 @@ def validate_limit(settings: Any) -> dict[str, float]:
 def predict_limit(settings: Any, models: dict[str, Any]) -> dict[str, float]:
     """Raw Booster.predict on a prebuilt matrix of the same candidates' features."""
     import lightgbm as lgb
-    from tailor.tasks.train import RANKING_FEATURES, feature_matrix
 
+    from tailor.tasks.train import RANKING_FEATURES, feature_matrix
     from tailor.warehouse import connect, run_context
 
     ctx = run_context(settings, RUN_DATE)
@@ -210,9 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def measure(
     args: argparse.Namespace, company: Path, scratch: Path, endpoint: str, timings: dict[str, Any]
 ) -> dict[str, Any]:
-    from tailor.flows.nightly import nightly
-
     from tailor.config import load_settings
+    from tailor.flows.nightly import nightly
 
     config_path = bench_config(company, endpoint, f"nightly-{args.users}", args.memory_limit)
     sampler = Sampler()

@@ -29,7 +29,6 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("tailor").setLevel(logging.INFO)
     import tailor.tasks.features as features
-
     from tailor.config import load_settings
     from tailor.warehouse import run_context
 

@@ -8,6 +8,8 @@ from datetime import date
 from typing import Any
 
 from prefect import flow
+
+from tailor.config import Settings, load_settings
 from tailor.tasks.experiments import analyse_experiments
 from tailor.tasks.extract import extract_sources
 from tailor.tasks.features import build_staging
@@ -18,8 +20,6 @@ from tailor.tasks.report import write_report
 from tailor.tasks.runs import run_lock
 from tailor.tasks.train import serving_models
 from tailor.tasks.validate import validate_sources
-
-from tailor.config import Settings, load_settings
 from tailor.warehouse import RunContext, run_context
 
 EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_decisions")

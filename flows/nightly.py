@@ -7,6 +7,8 @@ from datetime import date
 from typing import Any
 
 from prefect import flow
+
+from tailor.config import Settings, load_settings
 from tailor.flows.experiments import experiment_analysis
 from tailor.flows.sharded import assign_variants, score_users
 from tailor.tasks.extract import extract_sources
@@ -20,8 +22,6 @@ from tailor.tasks.runs import run_lock, run_started, run_succeeded
 from tailor.tasks.segments import build_segments
 from tailor.tasks.train import train_models
 from tailor.tasks.validate import combine, validate_features, validate_sources
-
-from tailor.config import Settings, load_settings
 from tailor.warehouse import RunContext, run_context
 
 

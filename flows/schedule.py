@@ -11,11 +11,11 @@ from datetime import date, timedelta
 from typing import Any
 
 from prefect import flow
+
+from tailor.config import load_settings
 from tailor.flows.nightly import nightly
 from tailor.tasks.notify import notify_failure
 from tailor.tasks.runs import dates_to_run
-
-from tailor.config import load_settings
 from tailor.warehouse import today_in
 
 

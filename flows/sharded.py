@@ -8,12 +8,12 @@ from typing import Any
 
 from prefect import flow, unmapped
 from prefect.futures import PrefectFuture, as_completed
-from tailor.tasks.score import SCORING_MODELS, finish_scoring, prepare_scoring, score_shard
-from tailor.tasks.shards import Shard, task_runner
-from tailor.tasks.variants import allocate_campaigns, render_shard, store_content
 
 from tailor.config import Settings
 from tailor.progress import progress
+from tailor.tasks.score import SCORING_MODELS, finish_scoring, prepare_scoring, score_shard
+from tailor.tasks.shards import Shard, task_runner
+from tailor.tasks.variants import allocate_campaigns, render_shard, store_content
 from tailor.warehouse import RunContext
 
 
@@ -38,7 +38,7 @@ def render_shards(settings: Settings, shards: list[Shard]) -> list[dict[str, int
 
 def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, int]:
     shards = prepare_scoring(settings, ctx)
-    scoring_models = {name: models[name] for name in SCORING_MODELS}
+    scoring_models = {name: models[name] for name in SCORING_MODELS if name in models}
     counts = score_shards.with_options(task_runner=task_runner(settings))(shards, scoring_models)
     return finish_scoring(settings, ctx, models, shards, counts)
 

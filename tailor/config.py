@@ -183,8 +183,24 @@ class RankingConfig(StrictModel):
     )
     excluded_event_types: list[str] = Field(
         default_factory=lambda: ["purchase"],
-        description="an item with such an event is never recommended again",
+        description="an item with such an event is never recommended again ('purchase' is governed by "
+        "repeat_purchases)",
     )
+    repeat_purchases: Literal["auto", "allow", "exclude"] = Field(
+        "auto",
+        description="may a user be recommended what they bought before? auto: yes when at least "
+        "repeat_share_threshold of recent purchases are repeats (groceries, supplies), no otherwise",
+    )
+    repeat_share_threshold: float = Field(
+        0.2, ge=0, le=1, description="auto: the share of purchases that are repeats from which repeats are allowed"
+    )
+    buy_again_candidates: int = Field(
+        30, ge=0, description="the user's most often bought items offered as candidates (when repeats allowed)"
+    )
+    repeat_history_days: int = Field(
+        365, ge=1, description="window for a user's purchase history of an item and repurchase intervals"
+    )
+    recent_days: int = Field(30, ge=1, description="items the user interacted with this recently are candidates")
     popularity_days: int = Field(14, ge=1, description="window for item popularity")
     affinity_half_life_days: float = Field(14.0, gt=0)
     max_training_users: int = Field(10_000, ge=100, description="users sampled for a training window")
@@ -201,6 +217,94 @@ class RegistryConfig(StrictModel):
         le=1,
         description="a new model may score this much below the champion and still replace it",
     )
+    baseline_margin: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="a model serves only if its holdout metric beats the best simple baseline's by this "
+        "relative margin (0.02: 2% better); otherwise the baseline serves",
+    )
+
+
+class ExclusionConfig(StrictModel):
+    """Items that may never be recommended (fuel, gift cards, deposits, carrier bags): an item meeting any
+    rule is not live, so no candidate, recommendation, fallback or audience offers it. Rules are checked in
+    the order of the fields; the run report counts the items each one excludes."""
+
+    categories: list[str] = Field(
+        default_factory=list, description="categories never recommended (compared trimmed, case-insensitive)"
+    )
+    departments: list[str] = Field(
+        default_factory=list, description="departments never recommended (compared trimmed, case-insensitive)"
+    )
+    item_id_patterns: list[str] = Field(
+        default_factory=list,
+        description="SQL LIKE patterns on item_id, case-insensitive: % is any run of characters, _ any one "
+        "character, a backslash makes either literal (e.g. 'GIFT%', 'FUEL\\_%')",
+    )
+    min_price_cents: int | None = Field(
+        None, ge=0, description="items priced below this are never recommended (an unknown price passes)"
+    )
+    max_price_cents: int | None = Field(
+        None, ge=0, description="items priced above this are never recommended (an unknown price passes)"
+    )
+    exclude_unavailable: bool = Field(
+        True, description="items whose is_available is false are not recommended (expired ones never are)"
+    )
+
+    @field_validator("categories", "departments")
+    @classmethod
+    def _normalized(cls, names: list[str]) -> list[str]:
+        # staging lower-cases and trims both columns: the rule must be spelled the same way to match
+        cleaned = [name.strip().lower() for name in names]
+        if any(not name for name in cleaned):
+            raise ValueError("an empty name matches nothing; remove it")
+        return cleaned
+
+    @field_validator("item_id_patterns")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not pattern:
+                raise ValueError("an empty pattern matches nothing; remove it")
+            trailing = len(pattern) - len(pattern.rstrip("\\"))
+            if trailing % 2:
+                # DuckDB refuses a LIKE pattern that ends in its escape character, at run time
+                raise ValueError(f"pattern {pattern!r} ends with a lone backslash (it escapes nothing)")
+        return patterns
+
+    @model_validator(mode="after")
+    def _price_range(self) -> ExclusionConfig:
+        low, high = self.min_price_cents, self.max_price_cents
+        if low is not None and high is not None and high < low:
+            raise ValueError("max_price_cents must not be below min_price_cents")
+        return self
+
+    def sql_params(self) -> dict[str, Any]:
+        """The rules as the parameters sql/staging/stg_items.sql binds."""
+        return {
+            "exclude_categories": self.categories,
+            "exclude_departments": self.departments,
+            "exclude_item_id_patterns": self.item_id_patterns,
+            "exclude_min_price_cents": self.min_price_cents,
+            "exclude_max_price_cents": self.max_price_cents,
+            "exclude_unavailable": self.exclude_unavailable,
+        }
+
+    def rules(self) -> list[tuple[str, str]]:
+        """(rule name as staging's excluded_by spells it, its setting in words) for each rule in force."""
+        rules = []
+        for name in ("categories", "departments", "item_id_patterns"):
+            values = getattr(self, name)
+            if values:
+                rules.append((name, ", ".join(values)))
+        if self.min_price_cents is not None:
+            rules.append(("min_price_cents", f"price below {self.min_price_cents:,} cents"))
+        if self.max_price_cents is not None:
+            rules.append(("max_price_cents", f"price above {self.max_price_cents:,} cents"))
+        if self.exclude_unavailable:
+            rules.append(("exclude_unavailable", "marked unavailable"))
+        return rules
 
 
 class RecommendationsConfig(StrictModel):
@@ -222,6 +326,9 @@ class RecommendationsConfig(StrictModel):
         3, ge=0, description="users with fewer events in the history window get the popular fallback"
     )
     fallback_days: int = Field(14, ge=1, description="window for the popular-in-country fallback")
+    exclude: ExclusionConfig = Field(
+        default_factory=ExclusionConfig, description="items that may never be recommended"
+    )
 
 
 class RfmRule(StrictModel):

@@ -10,6 +10,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tailor.drafts import DraftError
     from tailor.tasks.extract import ExtractError
     from tailor.tasks.fairness import FairnessError
+    from tailor.tasks.features import TrainingWindowError
     from tailor.tasks.publish import ConsentViolation
     from tailor.tasks.runs import RunInProgress
     from tailor.tasks.train import SensitiveFeatureError
@@ -26,6 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DraftError,
         FairnessError,
         SensitiveFeatureError,
+        TrainingWindowError,
         RunInProgress,
     )
 

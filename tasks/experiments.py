@@ -28,16 +28,16 @@ import numpy as np
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tailor import stats, uplift
+from tailor.config import CampaignConfig, Settings
+from tailor.sql import ensure_table, query, read_partition, replace_run_rows, table_exists
 from tailor.tasks.train import (
     CONVERSION_HOLDOUT_DAYS,
     conversion_model_name,
     feature_matrix,
     predict_propensity,
 )
-
-from tailor import stats, uplift
-from tailor.config import CampaignConfig, Settings
-from tailor.sql import ensure_table, query, read_partition, replace_run_rows, table_exists
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ partitions and a feature computed at cutoff T never changes when data after T ar
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import cache
@@ -18,9 +19,14 @@ import duckdb
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from tailor.config import Settings
+from tailor.config import RecommendationsConfig, Settings
 from tailor.sql import materialize, materialize_partition, scalar, sql_root, table_exists
+from tailor.tasks.repeats import RepeatDecision, excluded_event_types
+from tailor.tasks.repeats import decide as decide_repeats
+from tailor.tasks.repeats import save as save_repeats
 from tailor.warehouse import RunContext, connect
+
+log = logging.getLogger(__name__)
 
 STAGING_MODELS = (
     "staging/stg_users",
@@ -35,11 +41,13 @@ RANKING_CUTOFF_MODELS = (
     "features/user_category_affinity",
     "features/user_recent_items",
     "features/item_cooccurrence",
+    "features/item_repurchase",
 )
 # Large tables needed only by the run that built them.
 TRANSIENT_MODELS = (
     "features/candidate_users",
     "features/user_item_similarity",
+    "features/user_item_purchases",
     "features/campaign_click_examples",
     "features/candidates",
     "features/ranking_examples",
@@ -62,6 +70,7 @@ class Cutoffs:
     propensity_train: tuple[datetime, ...]  # consecutive past windows, stacked for training
     propensity_holdout: datetime
     score: datetime
+    run_date: date  # the run these cutoffs belong to: its run-level decisions (repeat purchases) apply
 
     def ranking(self) -> tuple[datetime, ...]:
         return (self.ranking_train, self.ranking_holdout, self.score)
@@ -89,6 +98,7 @@ def cutoffs_for(settings: Settings, ctx: RunContext) -> Cutoffs:
         ),
         propensity_holdout=ctx.cutoff_minus(horizon),
         score=ctx.cutoff,
+        run_date=ctx.run_date,
     )
 
 
@@ -98,8 +108,54 @@ def cutoff_day(ctx: RunContext, cutoff: datetime) -> date:
     return ctx.run_date - timedelta(days=(ctx.cutoff - cutoff).days)
 
 
-def build_staging_models(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dict[str, int]:
-    params = {"run_date": ctx.run_date, "cutoff": ctx.cutoff}
+class TrainingWindowError(ValueError):
+    """The data does not reach back far enough for the training windows; the message says what to change."""
+
+
+def check_training_windows(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
+) -> None:
+    """Fail in one line, before the feature build, when the earliest training cutoff would see no
+    interaction, user or item: the run could only stop later with a confusing error."""
+    earliest = min(cuts.all())
+    known_day = cutoff_day(ctx, earliest)
+    advice = (
+        "deliver older data, or shorten the windows (ranking.label_days, propensity.horizon_days, "
+        "propensity.training_windows)"
+    )
+    first_event = scalar(con, "select min(occurred_at) from staging.stg_interactions")
+    if first_event is None or first_event >= earliest:
+        raise TrainingWindowError(
+            f"interactions: the earliest training cutoff is {earliest:%Y-%m-%d} but the first interaction is "
+            f"{'missing' if first_event is None else f'{first_event:%Y-%m-%d}'}; {advice}"
+        )
+    for table, timestamp in (("users", "created_at"), ("items", "published_at")):
+        known = scalar(
+            con,
+            f"select count(*) from staging.stg_{table} where {timestamp} < $cutoff and known_on < $day",
+            {"cutoff": earliest, "day": known_day},
+        )
+        if known:
+            continue
+        files = con.execute(
+            "select min(file_date), max(file_date), count(*) from meta.loaded_files where source = $source",
+            {"source": table},
+        ).fetchall()[0]
+        dated = f"dated {files[0]} to {files[1]}" if files[0] is not None else "undated"
+        raise TrainingWindowError(
+            f"{table}: no row is known before the earliest training cutoff {earliest:%Y-%m-%d} (its {files[2]} "
+            f"file(s) are {dated}, and no {timestamp} is earlier); give each row its own {timestamp}, or "
+            f"{advice}"
+        )
+
+
+def build_staging_models(
+    con: duckdb.DuckDBPyConnection, ctx: RunContext, settings: Settings | None = None
+) -> dict[str, int]:
+    """The staging models; `settings` brings the rules for items that may never be recommended (without
+    it, the default rules: tools that stage data outside a run have no config to give)."""
+    exclude = (settings.recommendations if settings else RecommendationsConfig()).exclude
+    params = {"run_date": ctx.run_date, "cutoff": ctx.cutoff, **exclude.sql_params()}
     return {model.split("/")[1]: materialize(con, model, params) for model in STAGING_MODELS}
 
 
@@ -107,6 +163,10 @@ def build_feature_models(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext
 ) -> dict[str, int]:
     cuts = cutoffs_for(settings, ctx)
+    check_training_windows(con, settings, ctx, cuts)
+    repeats = decide_repeats(con, settings, cuts.score)
+    save_repeats(con, ctx.run_date, repeats)
+    log.info("repeat purchases %s", repeats.reason)
     counts: dict[str, int] = {}
     for cutoff in cuts.all():
         counts |= build_cutoff_features(
@@ -117,7 +177,7 @@ def build_feature_models(
         (cuts.ranking_holdout, True),
         (cuts.score, False),
     ):
-        counts |= build_candidates(con, settings, cutoff, is_training)
+        counts |= build_candidates(con, settings, cutoff, is_training, repeats)
     counts["campaign_click_examples"] = materialize_partition(
         con,
         "features/campaign_click_examples",
@@ -148,6 +208,7 @@ def build_cutoff_features(
         "recent_items": ranking.recent_items,
         "neighbours": ranking.neighbours,
         "cooccurrence_max_users": ranking.cooccurrence_max_users,
+        "repeat_history_days": ranking.repeat_history_days,
         "seed": settings.seed,
     }
     return {
@@ -157,10 +218,14 @@ def build_cutoff_features(
 
 
 def build_candidates(
-    con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, is_training: bool
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    cutoff: datetime,
+    is_training: bool,
+    repeats: RepeatDecision,
 ) -> dict[str, int]:
-    """The candidate users (a training cutoff samples them), then their similarity features, candidates and
-    ranking examples, built in buckets of USERS_PER_BUCKET users."""
+    """The candidate users (a training cutoff samples them), then their similarity and purchase features,
+    candidates and ranking examples, built in buckets of USERS_PER_BUCKET users."""
     ranking = settings.ranking
     params = {
         "cutoff": cutoff,
@@ -174,7 +239,11 @@ def build_candidates(
         "n_similar": ranking.similar_candidates,
         "n_new": ranking.new_candidates,
         "new_item_days": ranking.new_item_days,
-        "excluded_event_types": ranking.excluded_event_types,
+        "excluded_event_types": excluded_event_types(settings, repeats),
+        "allow_repeat": repeats.is_allowed,
+        "n_buy_again": ranking.buy_again_candidates,
+        "recent_days": ranking.recent_days,
+        "repeat_history_days": ranking.repeat_history_days,
         "audience_item_ids": settings.item_audiences.items,
         "audience_categories": settings.item_audiences.categories,
         "audience_per_category": settings.item_audiences.items_per_category,
@@ -185,7 +254,12 @@ def build_candidates(
         f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(
             con, model, "cutoff", params, buckets
         )
-        for model in ("features/user_item_similarity", "features/candidates", "features/ranking_examples")
+        for model in (
+            "features/user_item_similarity",
+            "features/user_item_purchases",
+            "features/candidates",
+            "features/ranking_examples",
+        )
     }
 
 
@@ -199,14 +273,14 @@ def drop_stale_partitions(con: duckdb.DuckDBPyConnection, oldest_needed: datetim
 def build_staging(settings: Settings, ctx: RunContext) -> dict[str, int]:
     """Only the staging models: what a flow that analyses but does not train (experiments) reads."""
     with connect(settings) as con:
-        return build_staging_models(con, ctx)
+        return build_staging_models(con, ctx, settings)
 
 
 @task(name="build-features", cache_policy=NO_CACHE)
 def build_features(settings: Settings, ctx: RunContext) -> dict[str, int]:
     """Staging models, then features, candidates and training examples (SQL in DuckDB)."""
     with connect(settings) as con:
-        counts = build_staging_models(con, ctx)
+        counts = build_staging_models(con, ctx, settings)
         counts.update(build_feature_models(con, settings, ctx))
         con.execute(
             "create table if not exists meta.feature_builds (run_date date, data_fingerprint varchar)"

@@ -31,13 +31,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from tailor.tasks.experiments import ensure_tables
-from tailor.tasks.fairness import ensure_audit_table
-from tailor.tasks.validate import Check, store_results
 
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, query
 from tailor.storage import open_store
+from tailor.tasks.experiments import ensure_tables
+from tailor.tasks.fairness import ensure_audit_table
+from tailor.tasks.train import served_by_label
+from tailor.tasks.validate import Check, store_results
 from tailor.warehouse import RunContext, connect
 
 MANIFEST_VERSION = 2
@@ -487,7 +488,13 @@ def write_datasets(
                 "description": dataset.description,
                 "rows": table.num_rows,
                 "columns": {field.name: str(field.type) for field in table.schema},
-                "model_versions": {dataset.model: models[dataset.model]["version"]} if dataset.model else {},
+                "model_versions": {dataset.model: models[dataset.model]["version"]}
+                if dataset.model in models
+                else {},
+                # a model that lost to its baseline on the holdout does not serve: the manifest says so
+                "served_by": served_by_label(models[dataset.model], dataset.model)
+                if dataset.model in models
+                else None,
                 "user_id": None
                 if "user_id" not in frame.columns
                 else ("external" if external or key is None else "pseudonymous"),

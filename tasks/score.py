@@ -22,11 +22,22 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
-from tailor.tasks.shards import Shard, export_shards, make_shards
-from tailor.tasks.train import RANKING_FEATURES, feature_matrix, predict_propensity
 
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, scalar
+from tailor.tasks.repeats import RepeatDecision, excluded_event_types
+from tailor.tasks.repeats import load as load_repeats
+from tailor.tasks.shards import Shard, export_shards, make_shards
+from tailor.tasks.train import (
+    BASELINE_PREFIX,
+    MODEL,
+    RANKING_FEATURES,
+    feature_matrix,
+    predict_propensity,
+    predict_propensity_baseline,
+    ranking_baseline_scores,
+    served_by_label,
+)
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
@@ -88,41 +99,56 @@ def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, in
     """One shard: the ranker's score for every candidate, the engagement probability of audience items,
     and the users' conversion propensity. Reads and writes only the shard's files."""
     candidates = shard.read("candidates")
-    ranker = lgb.Booster(model_file=models["ranking"]["path"])
-    scores = ranker.predict(feature_matrix(candidates, RANKING_FEATURES, {})) if candidates.height else []
+    scores = rank_candidates(candidates, models["ranking"])
     write_scores(shard, "scored_candidates", candidates.select("user_id", "item_id", "is_audience_only")
                  .with_columns(pl.Series("score", np.asarray(scores, dtype=np.float64))))  # fmt: skip
-    audience = candidates.filter(pl.col("is_audience_item"))
+    engagement = models.get("engagement")
+    # no engagement model serving (its predictions were constant): no audience is scored tonight
+    audience = candidates.filter(pl.col("is_audience_item") & pl.lit(engagement is not None))
     del candidates
-    engagement = models["engagement"]
     probability = (
         predict_propensity(
             lgb.Booster(model_file=engagement["path"]),
             feature_matrix(audience, RANKING_FEATURES, {}),
             engagement["params"]["calibration"],
         )
-        if audience.height
+        if audience.height and engagement is not None
         else []
     )
     write_scores(shard, "audience_scores", audience.select("user_id", "item_id").with_columns(
         pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))))  # fmt: skip
     users = shard.read("users")
-    propensity = models["propensity"]
-    conversion = (
-        predict_propensity(
-            lgb.Booster(model_file=propensity["path"]),
-            feature_matrix(users, tuple(propensity["features"]), propensity["categories"]),
-            propensity["params"]["calibration"],
-        )
-        if users.height
-        else []
-    )
+    conversion = score_propensity(users, models["propensity"]) if users.height else []
     write_scores(shard, "scored_users", users.select("user_id").with_columns(
         pl.Series("conversion_probability", np.asarray(conversion, dtype=np.float64))))  # fmt: skip
     # the process shows where the shard ran: this one, or a Dask worker
     run_logger().info("shard %s of %s: %s candidates, %s users scored in process %s",
                       shard.index + 1, shard.count, len(scores), users.height, os.getpid())  # fmt: skip
     return {"candidates": len(scores), "users": users.height}
+
+
+def rank_candidates(candidates: pl.DataFrame, ranking: dict[str, Any]) -> np.ndarray:
+    """The serving order's scores: the ranker's, or the baseline's that beat it on the holdout."""
+    if not candidates.height:
+        return np.asarray([], dtype=np.float64)
+    served_by = ranking.get("served_by", MODEL)
+    if served_by != MODEL:
+        scores = ranking_baseline_scores(candidates, served_by.removeprefix(BASELINE_PREFIX))
+        # an item the baseline does not offer goes last, never out: the list still fills to k
+        return scores.to_numpy().astype(np.float64).clip(min=-1e12)
+    ranker = lgb.Booster(model_file=ranking["path"])
+    return np.asarray(ranker.predict(feature_matrix(candidates, RANKING_FEATURES, {})), dtype=np.float64)
+
+
+def score_propensity(users: pl.DataFrame, propensity: dict[str, Any]) -> np.ndarray:
+    """Calibrated purchase probabilities from the propensity model, or from the baseline that beat it."""
+    if "baseline_serving" in propensity and propensity.get("served_by", MODEL) != MODEL:
+        return predict_propensity_baseline(users, propensity["baseline_serving"])
+    return predict_propensity(
+        lgb.Booster(model_file=propensity["path"]),
+        feature_matrix(users, tuple(propensity["features"]), propensity["categories"]),
+        propensity["params"]["calibration"],
+    )
 
 
 def table_from_parts(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> None:
@@ -135,8 +161,11 @@ def table_from_parts(con: duckdb.DuckDBPyConnection, table: str, files: list[Pat
     )
 
 
-def recommendation_params(settings: Settings, ctx: RunContext, model_version: str) -> dict[str, Any]:
+def recommendation_params(
+    settings: Settings, ctx: RunContext, ranking: dict[str, Any], repeats: RepeatDecision
+) -> dict[str, Any]:
     config = settings.recommendations
+    is_model = ranking.get("served_by", MODEL) == MODEL
     return {
         "run_date": ctx.run_date,
         "cutoff": ctx.cutoff,
@@ -150,8 +179,9 @@ def recommendation_params(settings: Settings, ctx: RunContext, model_version: st
         "min_history_events": config.min_history_events,
         "history_days": settings.ranking.history_days,
         "fallback_days": config.fallback_days,
-        "excluded_event_types": settings.ranking.excluded_event_types,
-        "model_version": model_version,
+        "excluded_event_types": excluded_event_types(settings, repeats),
+        "model_version": ranking["version"] if is_model else None,
+        "served_by": served_by_label(ranking, "ranking"),
     }
 
 
@@ -173,8 +203,9 @@ def finish_scoring(
             "scored_candidates": sum(part["candidates"] for part in shard_counts),
             "scored_users": sum(part["users"] for part in shard_counts),
         }
+        repeats = load_repeats(con, ctx.run_date)
         counts["recommendations"] = materialize(
-            con, "marts/recommendations", recommendation_params(settings, ctx, ranking["version"])
+            con, "marts/recommendations", recommendation_params(settings, ctx, ranking, repeats)
         )
         counts["user_scores"] = materialize(
             con,
@@ -182,7 +213,10 @@ def finish_scoring(
             {
                 "run_date": ctx.run_date,
                 "horizon_days": settings.propensity.horizon_days,
-                "model_version": propensity["version"],
+                "model_version": propensity["version"]
+                if propensity.get("served_by", MODEL) == MODEL
+                else None,
+                "served_by": served_by_label(propensity, "propensity"),
             },
         )
     shutil.rmtree(ctx.run_dir / "scoring", ignore_errors=True)
@@ -192,6 +226,6 @@ def finish_scoring(
 def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, int]:
     """The whole scoring stage in this process, shard after shard (the flow runs the shards as tasks)."""
     shards = prepare_scoring.fn(settings, ctx)
-    needed = {name: models[name] for name in SCORING_MODELS}
+    needed = {name: models[name] for name in SCORING_MODELS if name in models}
     counts = [score_shard.fn(shard, needed) for shard in shards]
     return finish_scoring.fn(settings, ctx, models, shards, counts)

@@ -21,12 +21,14 @@ import numpy as np
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from tailor.tasks.features import Cutoffs, cutoffs_for
 
 from tailor import metrics
 from tailor.calibration import apply_platt, calibration_table, fit_platt
 from tailor.config import Settings
 from tailor.sql import query, read_partition, scalar
+from tailor.tasks.features import Cutoffs, cutoffs_for
+from tailor.tasks.repeats import excluded_event_types
+from tailor.tasks.repeats import load as load_repeats
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,22 @@ RANKING_FEATURES = (
     "cooccurrence_percentile",
     "max_cooccurrence",
     "n_similar_recent_items",
+    "is_from_buy_again",
+    "n_user_item_purchases",
+    "days_since_user_item_purchase",
+    "user_item_interval_days",
+    "user_item_basket_share",
+    "item_repurchase_interval_days",
+    "item_repeat_share",
+    "repurchase_due_ratio",
 )
+# The simple orders a ranker must beat on its own holdout before it may serve, best last on ties:
+# buy-again backfilled with popularity is never worse than buy-again alone.
+RANKING_BASELINES = ("popularity", "buy_again", "buy_again_popularity")
+# The simple scores a propensity model must beat: how lately and how often the user was active.
+PROPENSITY_BASELINES = {"recency": ("days_since_last_event", -1.0), "frequency": ("n_purchases_90d", 1.0)}
+MODEL = "model"
+BASELINE_PREFIX = "baseline:"
 CATEGORICAL = ("country", "language", "age_band", "gender", "variant_id")
 # taste concentration tells which message suits a user; it does not predict whether they buy at all
 CONVERSION_FEATURES = (*PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
@@ -209,6 +226,7 @@ def train_propensity(
     booster, params, categories, calibration, x, y = fit_binary(train, "is_converted", features, settings)
     names = list(features)
     scores = propensity_metrics(booster, holdout, categories, calibration, base_rate=float(y.mean()))
+    scores["baselines"] = propensity_baselines(train, holdout)
     version, path = save_model(booster, ctx.run_dir, "propensity")
     return TrainedModel(
         name="propensity",
@@ -224,6 +242,37 @@ def train_propensity(
         training_rows=train.height,
         training_data_sha256=data_hash(x, y),
         path=path,
+    )
+
+
+def baseline_raw_score(frame: pl.DataFrame, feature: str, sign: float) -> np.ndarray:
+    """A simple score from one feature, on a log scale; a user never active ranks last."""
+    values = frame[feature].cast(pl.Float64).to_numpy()
+    filled = np.where(np.isnan(values), np.nanmax(values, initial=0.0) + 1 if sign < 0 else 0.0, values)
+    return sign * np.log1p(np.clip(filled, 0, None))
+
+
+def propensity_baselines(train: pl.DataFrame, holdout: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Recency and frequency as propensity scores: each Platt-calibrated on the training windows (so it
+    can serve as a probability) and measured on the same holdout as the model."""
+    labels = holdout["is_converted"].to_numpy()
+    result = {}
+    for name, (feature, sign) in PROPENSITY_BASELINES.items():
+        a, b = fit_platt(baseline_raw_score(train, feature, sign), train["is_converted"].to_numpy())
+        raw = baseline_raw_score(holdout, feature, sign)
+        result[name] = {
+            "feature": feature,
+            "sign": sign,
+            "calibration": {"a": a, "b": b},
+            "roc_auc": metrics.roc_auc(labels, raw),
+            "log_loss": metrics.log_loss(labels, apply_platt(raw, {"a": a, "b": b})),
+        }
+    return result
+
+
+def predict_propensity_baseline(frame: pl.DataFrame, baseline: dict[str, Any]) -> np.ndarray:
+    return apply_platt(
+        baseline_raw_score(frame, baseline["feature"], baseline["sign"]), baseline["calibration"]
     )
 
 
@@ -388,6 +437,7 @@ def binary_metrics(labels: np.ndarray, predicted: np.ndarray, base_rate: float) 
     """Holdout metrics of calibrated probabilities, beside the training base rate given to everyone."""
     constant = np.full(labels.size, base_rate)
     return {
+        "is_constant": bool(np.ptp(predicted) == 0) if predicted.size else True,
         "roc_auc": metrics.roc_auc(labels, predicted),
         "pr_auc": metrics.average_precision(labels, predicted),
         "log_loss": metrics.log_loss(labels, predicted),
@@ -494,30 +544,58 @@ def fit_ranker(
     return booster, params, x, y, train.height
 
 
+def ranking_baseline_scores(frame: pl.DataFrame, name: str) -> pl.Series:
+    """A baseline's order over a user's candidates, from the candidates' own features (higher first).
+    buy_again: the items the user bought on the most days, the latest first on ties; items never bought
+    score -inf and are left out of its list. buy_again_popularity: the same, then the most popular."""
+    popularity = -frame["popularity_rank"].cast(pl.Float64)
+    if name == "popularity":
+        return popularity.alias(name)
+    bought = frame["n_user_item_purchases"].cast(pl.Float64)
+    recency = 1.0 / (2.0 + frame["days_since_user_item_purchase"].cast(pl.Float64).fill_null(1e6))
+    own = pl.Series(np.where(bought.to_numpy() > 0, 1e9 + bought.to_numpy() + recency.to_numpy(), np.nan))
+    if name == "buy_again":
+        return own.fill_nan(float("-inf")).alias(name)
+    if name == "buy_again_popularity":
+        return own.fill_nan(None).fill_null(popularity).alias(name)
+    raise ValueError(f"unknown ranking baseline {name!r}")
+
+
+def baseline_top_k(scored: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Top-K of a baseline's scores; an item a baseline does not offer (-inf) is never listed."""
+    offered = scored.filter(pl.col(column) > float("-inf"))
+    return metrics.top_k_from_scores(offered, column, EVAL_K)
+
+
 def evaluate_ranking(
     con: duckdb.DuckDBPyConnection, booster: lgb.Booster, settings: Settings, cuts: Cutoffs
 ) -> dict[str, Any]:
-    """NDCG@10 and friends on the holdout window, beside most-popular-first on the same candidates."""
+    """NDCG@10 and friends on the holdout window, beside the baselines (popularity, and where repeats are
+    allowed buy-again and buy-again backfilled with popularity) on the same candidates."""
     holdout = read_partition(
         con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")
     ).pl()
+    repeats = load_repeats(con, cuts.run_date)
     truth = query(
         con,
         "features/ranking_truth",
         {
             "cutoff": cuts.ranking_holdout,
             "label_days": settings.ranking.label_days,
-            "excluded_event_types": settings.ranking.excluded_event_types,
+            "excluded_event_types": excluded_event_types(settings, repeats),
         },
     ).pl()
-    scored = holdout.select("user_id", "item_id", "popularity_rank").with_columns(
-        pl.Series("score", booster.predict(feature_matrix(holdout, RANKING_FEATURES, {}))),
-        (-pl.col("popularity_rank")).alias("popularity_score"),
+    predictions = booster.predict(feature_matrix(holdout, RANKING_FEATURES, {}))
+    scored = holdout.select("user_id", "item_id").with_columns(
+        pl.Series("score", predictions),
+        *(ranking_baseline_scores(holdout, name) for name in RANKING_BASELINES),
     )
     model = metrics.ranking_metrics(metrics.top_k_from_scores(scored, "score", EVAL_K), truth, EVAL_K)
-    baseline = metrics.ranking_metrics(
-        metrics.top_k_from_scores(scored, "popularity_score", EVAL_K), truth, EVAL_K
-    )
+    names = RANKING_BASELINES if repeats.is_allowed else ("popularity",)
+    baselines = {
+        name: metrics.ranking_metrics(baseline_top_k(scored, name), truth, EVAL_K) for name in names
+    }
+    best = max(names, key=lambda name: (baselines[name]["ndcg_at_10"], names.index(name)))
     candidate_recall = truth.join(
         holdout.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi"
     ).height
@@ -531,7 +609,9 @@ def evaluate_ranking(
         **model,
         "catalogue_coverage": top["item_id"].n_unique() / max(int(live_items or 1), 1),
         "candidate_recall": candidate_recall / max(truth.height, 1),
-        "baseline": {"name": "most popular", **baseline},
+        "is_constant": bool(np.ptp(predictions) == 0) if predictions.size else True,
+        "baselines": baselines,
+        "baseline": {"name": best, **baselines[best]},
     }
 
 
@@ -689,6 +769,71 @@ def champion_gate(
     )
 
 
+def _beats(value: float, baseline: float, margin: float) -> bool:
+    """Whether a metric beats a baseline's by the relative margin; an unmeasurable value never does."""
+    return bool(np.isfinite(value)) and value > baseline * (1 + margin) and value > baseline
+
+
+def baseline_verdict(
+    name: str, serving: dict[str, Any], challenger_metrics: dict[str, Any], settings: Settings
+) -> tuple[str | None, str | None]:
+    """(what serves tonight: MODEL, 'baseline:<name>' or None for nothing, a warning in words or None).
+
+    The ranker must beat the best of popularity, buy-again and buy-again + popularity on NDCG@10; the
+    propensity model the better of recency and frequency on ROC AUC; a conversion model the constant rate
+    (ROC AUC 0.5). A model whose predictions are all equal never serves. The baselines come from tonight's
+    challenger: they are measured on the same holdout whichever model serves."""
+    margin = settings.registry.baseline_margin
+    scores = serving["metrics"]
+    if name == "ranking":
+        best = challenger_metrics["baseline"]
+        value, floor, label = scores["ndcg_at_10"], best["ndcg_at_10"], "NDCG@10"
+        best_name = best["name"]
+    elif name == "propensity":
+        baselines = challenger_metrics["baselines"]
+        best_name = max(baselines, key=lambda key: np.nan_to_num(baselines[key]["roc_auc"], nan=0.0))
+        value, floor, label = scores["roc_auc"], baselines[best_name]["roc_auc"], "ROC AUC"
+    elif name.startswith(CONVERSION_PREFIX):
+        best_name, value, floor, label = "", scores["roc_auc"], 0.5, "ROC AUC"
+    else:
+        # engagement: audiences need probabilities that compare across users, which no baseline gives
+        best_name, value, floor, label = "", 1.0, 0.0, ""
+    if scores.get("is_constant"):
+        reason = f"{name}: the model's predictions are all equal (it learned nothing)"
+    elif _beats(value, floor, margin):
+        return MODEL, None
+    else:
+        against = f"{best_name}'s {floor:.4f}" if best_name else f"a constant score's {floor:.2f}"
+        reason = f"{name}: {label} {value:.4f} does not beat {against} (margin {margin:.0%})"
+    if best_name:
+        return f"{BASELINE_PREFIX}{best_name}", f"{reason}: the {best_name} baseline serves instead"
+    return None, f"{reason}: not served"
+
+
+def served_by_label(model: dict[str, Any], name: str) -> str:
+    """What the published rows say served them: the model's name, or the baseline that beat it."""
+    served_by = model.get("served_by", MODEL)
+    return name if served_by == MODEL else served_by
+
+
+def serving_entry(
+    challenger: TrainedModel, model: dict[str, Any], promoted: bool, decision: str, settings: Settings
+) -> tuple[dict[str, Any] | None, bool, str]:
+    """The serving record for one trained model after both gates (champion, then baselines): the entry
+    (None when nothing serves), whether the challenger counts as promoted, and the decision in words."""
+    served_by, warning = baseline_verdict(challenger.name, model, challenger.metrics, settings)
+    if served_by == MODEL:
+        return model | {"served_by": MODEL, "warning": None}, promoted, decision
+    # a promoted challenger that then loses to its baseline is not promoted after all: say only that
+    said = warning if promoted else f"{decision}; {warning}"
+    if served_by is None:
+        return None, False, said
+    entry = model | {"served_by": served_by, "warning": warning}
+    if challenger.name == "propensity":
+        entry["baseline_serving"] = challenger.metrics["baselines"][served_by.removeprefix(BASELINE_PREFIX)]
+    return entry, False, said
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
     """Fit, evaluate and register the propensity and ranking models; each scores tonight only if it is
@@ -706,12 +851,17 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
         for challenger in challengers:
             check_features(challenger.name, challenger.features, settings)
             model, promoted, decision = champion_gate(con, settings, ctx, cuts, challenger)
+            entry, promoted, decision = serving_entry(challenger, model, promoted, decision, settings)
             register(con, ctx, challenger, promoted, decision)
-            log.info("%s: %s", challenger.name, decision)
-            serving[challenger.name] = model | {
-                "decision": decision,
-                "challenger_version": challenger.version,
-            }
+            if entry is None or entry["served_by"] != MODEL:
+                log.warning("%s: %s", challenger.name, decision)
+            else:
+                log.info("%s: %s", challenger.name, decision)
+            if entry is not None:
+                serving[challenger.name] = entry | {
+                    "decision": decision,
+                    "challenger_version": challenger.version,
+                }
     return serving
 
 

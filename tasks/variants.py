@@ -33,6 +33,9 @@ import pyarrow as pa
 from jinja2 import Template, TemplateError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tailor.config import CampaignConfig, Settings
+from tailor.sql import materialize, query, read_partition, replace_run_rows
 from tailor.tasks.experiments import (
     DECISION_COLUMNS,
     HOLDOUT,
@@ -44,9 +47,6 @@ from tailor.tasks.experiments import (
 from tailor.tasks.score import replace_table
 from tailor.tasks.shards import Shard, ShardWriter, make_shards
 from tailor.tasks.train import conversion_model_name
-
-from tailor.config import CampaignConfig, Settings
-from tailor.sql import materialize, query, read_partition, replace_run_rows
 from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
 from tailor.warehouse import RunContext, connect
 

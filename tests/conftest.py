@@ -69,12 +69,11 @@ def trained_company(tmp_path_factory: pytest.TempPathFactory, small_company: Pat
     """The small company taken through extract, validate, features and train (task functions, no flow)."""
     import shutil
 
+    from tailor.config import load_settings
     from tailor.tasks.extract import extract_sources
     from tailor.tasks.features import build_features
     from tailor.tasks.train import train_models
     from tailor.tasks.validate import validate_sources
-
-    from tailor.config import load_settings
     from tailor.warehouse import run_context
 
     root = tmp_path_factory.mktemp("trained") / "company"
@@ -92,12 +91,11 @@ def trained_company(tmp_path_factory: pytest.TempPathFactory, small_company: Pat
 def midsize_company(tmp_path_factory: pytest.TempPathFactory):
     """5,000 users over 60 days, extracted, featured and trained: enough sends and purchases for the
     models to be measured against the generator's ground truth. (folder, settings, context, models)"""
+    from tailor.config import load_settings
+    from tailor.generate import generate
     from tailor.tasks.extract import extract_sources
     from tailor.tasks.features import build_features
     from tailor.tasks.train import train_models
-
-    from tailor.config import load_settings
-    from tailor.generate import generate
     from tailor.warehouse import run_context
 
     out = tmp_path_factory.mktemp("midsize")

@@ -1,7 +1,8 @@
 -- Candidate items per user as of $cutoff, from several sources: globally popular, popular in the
--- user's top categories, similar to the user's recent items (co-occurrence), newly published, and
--- items the user looked at recently. Items the user already bought (events in $excluded_event_types) and
--- items not live at the cutoff are never candidates. The users are features.candidate_users (in scope,
+-- user's top categories, similar to the user's recent items (co-occurrence), newly published, items the
+-- user interacted with in the last $recent_days, and (where repeats are allowed, $allow_repeat) the
+-- user's most often bought items. Items with the user's events in $excluded_event_types and items not
+-- live at the cutoff are never candidates. The users are features.candidate_users (in scope,
 -- and sampled at a training cutoff), one bucket of them at a time.
 with users as (
     select user_id
@@ -66,7 +67,16 @@ recently_seen as (
     semi join users using (user_id)
     semi join live_items using (item_id)
     where interactions.occurred_at < $cutoff
-        and interactions.occurred_at >= $cutoff - interval 14 day
+        and interactions.occurred_at >= $cutoff - to_days(cast($recent_days as integer))
+),
+
+buy_again as (
+    -- the user's own staples: what they bought on the most days
+    select purchases.user_id, purchases.item_id
+    from features.user_item_purchases as purchases
+    semi join users using (user_id)
+    semi join live_items using (item_id)
+    where $allow_repeat and purchases.cutoff = $cutoff and purchases.buy_again_rank <= $n_buy_again
 ),
 
 audience_items as (
@@ -121,6 +131,11 @@ unioned as (
 
     union all
 
+    select buy_again.user_id, buy_again.item_id, 'buy_again' as candidate_source
+    from buy_again
+
+    union all
+
     select users.user_id, audience_items.item_id, 'audience' as candidate_source
     from users
     cross join audience_items
@@ -137,6 +152,7 @@ final as (
         bool_or(candidate_source = 'category') as is_from_category,
         bool_or(candidate_source = 'recent') as is_from_recent,
         bool_or(candidate_source = 'similar') as is_from_similar,
+        bool_or(candidate_source = 'buy_again') as is_from_buy_again,
         -- an item an audience is computed for; when it is only that, it is not a recommendation candidate
         bool_or(candidate_source = 'audience') as is_audience_item,
         bool_and(candidate_source = 'audience') as is_audience_only,

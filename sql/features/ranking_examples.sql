@@ -45,6 +45,14 @@ similarity as (
     select * from features.user_item_similarity semi join users using (user_id) where cutoff = $cutoff
 ),
 
+purchases as (
+    select * from features.user_item_purchases semi join users using (user_id) where cutoff = $cutoff
+),
+
+repurchase as (
+    select * from features.item_repurchase where cutoff = $cutoff
+),
+
 final as (
     select
         -- keys
@@ -58,6 +66,7 @@ final as (
         candidates.is_from_recent,
         candidates.is_from_similar,
         candidates.is_from_new,
+        candidates.is_from_buy_again,
         candidates.is_audience_item,
         candidates.is_audience_only,
         -- user
@@ -83,6 +92,17 @@ final as (
         coalesce(similarity.cooccurrence_score, 0) as cooccurrence_score,
         coalesce(similarity.max_cooccurrence, 0) as max_cooccurrence,
         coalesce(similarity.n_similar_recent_items, 0) as n_similar_recent_items,
+        -- repurchase: how often and how lately the user bought the item, their cycle and the item's
+        coalesce(purchases.n_user_item_purchases, 0) as n_user_item_purchases,
+        purchases.days_since_user_item_purchase,
+        purchases.user_item_interval_days,
+        coalesce(purchases.user_item_basket_share, 0) as user_item_basket_share,
+        repurchase.item_repurchase_interval_days,
+        coalesce(repurchase.item_repeat_share, 0) as item_repeat_share,
+        -- above 1: the user is due to buy it again
+        purchases.days_since_user_item_purchase
+            / greatest(coalesce(purchases.user_item_interval_days, repurchase.item_repurchase_interval_days), 1)
+            as repurchase_due_ratio,
         -- scale-free versions: training windows and the scoring window hold different amounts of data
         -- (among the user's recommendation candidates: items scored only for an audience stay apart, so
         -- configuring an audience never changes what the ranker sees)
@@ -112,6 +132,10 @@ final as (
         on history.user_id = candidates.user_id and history.item_id = candidates.item_id
     left join similarity
         on similarity.user_id = candidates.user_id and similarity.item_id = candidates.item_id
+    left join purchases
+        on purchases.user_id = candidates.user_id and purchases.item_id = candidates.item_id
+    left join repurchase
+        on repurchase.item_id = candidates.item_id
     left join labels
         on labels.user_id = candidates.user_id and labels.item_id = candidates.item_id
 )

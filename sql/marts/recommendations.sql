@@ -3,7 +3,9 @@
 -- business rules: bought, expired and unavailable items never reach candidates; new items get
 -- $new_item_boost; at most $max_per_category items per category. Everyone else (no profiling consent,
 -- or fewer than $min_history_events events) gets the non-personalized fallback, popular in their country,
--- flagged as such; a personalized list short of $k is filled from the same fallback.
+-- flagged as such; a personalized list short of $k is filled from the same fallback. Items in the user's
+-- events of $excluded_event_types never appear; where repeat purchases are allowed, what the user buys
+-- again says so ("You buy this every 2 weeks").
 with channel_purposes as (
     select unnest($channels) as channel, unnest($channel_purposes) as purpose
 ),
@@ -58,12 +60,14 @@ personal_candidates as (
             + case when examples.days_since_published <= $new_item_days then $new_item_boost else 0 end
             as score,
         case
+            when examples.n_user_item_purchases > 0 then 'buy_again'
             when examples.days_since_published <= $new_item_days then 'new_in_category'
             when examples.is_from_similar then 'similar_to_viewed'
             when examples.is_from_recent then 'recently_viewed'
             when examples.is_from_category then 'popular_in_your_category'
             else 'popular_now'
-        end as reason_code
+        end as reason_code,
+        examples.user_item_interval_days
     from model.scored_candidates as scored
     semi join personalized_users using (user_id)
     inner join features.ranking_examples as examples
@@ -152,12 +156,13 @@ fallback_candidates as (
 
 combined as (
     -- personalized picks first, then the fallback; the category cap holds across both
-    select user_id, item_id, category, score, reason_code, is_personalized, 0 as priority
+    select user_id, item_id, category, score, reason_code, is_personalized, 0 as priority, user_item_interval_days
     from personal_picks
 
     union all
 
-    select user_id, item_id, category, score, reason_code, is_personalized, 1 + tier as priority
+    select user_id, item_id, category, score, reason_code, is_personalized, 1 + tier as priority,
+        null as user_item_interval_days
     from fallback_candidates
     anti join personal_picks using (user_id, item_id)
 ),
@@ -177,11 +182,23 @@ ranked as (
 ),
 
 seeds as (
-    -- for a candidate similar to the user's recent items, the recent item it is most similar to
-    select user_id, item_id, seed_item_id
-    from features.user_item_similarity
+    -- for a candidate similar to the user's recent items, the recent item it is most similar to, and
+    -- whether the user bought it (the reason then says "bought", never "viewed")
+    select
+        similarity.user_id,
+        similarity.item_id,
+        similarity.seed_item_id,
+        exists (
+            select 1
+            from staging.stg_interactions as events
+            where events.user_id = similarity.user_id
+                and events.item_id = similarity.seed_item_id
+                and events.event_type = 'purchase'
+                and events.occurred_at < $cutoff
+        ) as is_seed_bought
+    from features.user_item_similarity as similarity
     semi join ranked using (user_id, item_id)
-    where cutoff = $cutoff
+    where similarity.cutoff = $cutoff
 ),
 
 final as (
@@ -198,10 +215,22 @@ final as (
         ranked.score,
         case
             when ranked.reason_code = 'similar_to_viewed' and seed_items.title is null then 'popular_now'
+            when ranked.reason_code = 'similar_to_viewed' and seeds.is_seed_bought then 'similar_to_bought'
             else ranked.reason_code
         end as reason_code,
         case
+            when ranked.reason_code = 'buy_again' and ranked.user_item_interval_days >= 1
+                then 'You buy this every ' || case
+                    when ranked.user_item_interval_days < 10
+                        then cast(round(ranked.user_item_interval_days) as integer) || ' days'
+                    when ranked.user_item_interval_days < 60
+                        then cast(round(ranked.user_item_interval_days / 7) as integer) || ' weeks'
+                    else cast(round(ranked.user_item_interval_days / 30.4) as integer) || ' months'
+                end
+            when ranked.reason_code = 'buy_again' then 'You bought this before'
             when ranked.reason_code = 'new_in_category' then 'New in ' || items.category
+            when ranked.reason_code = 'similar_to_viewed' and seeds.is_seed_bought and seed_items.title is not null
+                then 'Because you bought ' || seed_items.title
             when ranked.reason_code = 'similar_to_viewed' and seed_items.title is not null
                 then 'Because you viewed ' || seed_items.title
             when ranked.reason_code = 'recently_viewed' then 'You looked at this recently'
@@ -217,7 +246,10 @@ final as (
             else 'little_history'
         end as fallback_reason,
         users.channels,
-        case when ranked.is_personalized then $model_version end as model_version
+        case when ranked.is_personalized then $model_version end as model_version,
+        -- which order served the row: 'ranking' (the model), the baseline that beat it on the holdout
+        -- ('baseline:buy_again_popularity', ...), or 'fallback' (the non-personalized list)
+        case when ranked.is_personalized then $served_by else 'fallback' end as served_by
     from ranked
     inner join users on users.user_id = ranked.user_id
     inner join staging.stg_items as items on items.item_id = ranked.item_id and items.is_latest

@@ -14,7 +14,9 @@ final as (
         conversion_probability,
         ntile(10) over (order by conversion_probability, user_id) as propensity_decile,
         $horizon_days as horizon_days,
-        $model_version as model_version
+        $model_version as model_version,
+        -- 'propensity' (the model), or 'baseline:recency' / 'baseline:frequency' when that beat it
+        $served_by as served_by
     from scored
 )
 

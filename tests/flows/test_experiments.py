@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from tailor.flows.experiments import EXPERIMENT_DATASETS, experiments
 
+from tailor.flows.experiments import EXPERIMENT_DATASETS, experiments
 from tests.conftest import RUN_DATE
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tailor.config import load_settings
 from tailor.flows.nightly import nightly
 from tailor.tasks.extract import ExtractError
 from tailor.tasks.validate import DataQualityError
-
-from tailor.config import load_settings
 from tailor.warehouse import connect
 from tests.conftest import DATA_END, RUN_DATE
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from tailor.flows.nightly import nightly
-from tailor.tasks.validate import DataQualityError
 
 from tailor.config import load_settings
+from tailor.flows.nightly import nightly
 from tailor.schema import DATASET_NAMES
+from tailor.tasks.validate import DataQualityError
 from tailor.warehouse import connect
 from tests.conftest import RUN_DATE, TEST_BUCKET
 

@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import pytest
 import yaml
-from tailor.flows.nightly import nightly
-from tailor.flows.schedule import backfill
 
 from tailor.config import load_settings
+from tailor.flows.nightly import nightly
+from tailor.flows.schedule import backfill
 from tailor.s3server import free_port
 from tailor.warehouse import connect
 from tests.conftest import REPO, RUN_DATE

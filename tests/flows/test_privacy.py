@@ -12,9 +12,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from tailor.flows.nightly import nightly
 
 from tailor.config import load_settings
+from tailor.flows.nightly import nightly
 from tailor.warehouse import connect
 from tests.conftest import DATA_END, RUN_DATE
 
@@ -137,7 +137,6 @@ def test_a_deleted_user_leaves_no_trace_in_any_table_or_file(privacy_run) -> Non
 def test_a_deleted_user_sent_again_by_the_source_is_dropped_on_load(privacy_run, tmp_path) -> None:
     from tailor.tasks.extract import extract_sources
     from tailor.tasks.privacy import erase_deleted_users
-
     from tailor.warehouse import run_context
 
     root, settings, deleted, _, _, _ = privacy_run
@@ -188,7 +187,6 @@ def test_an_erasure_also_clears_the_quarantine_and_data_quality_samples(privacy_
     """A user whose bad rows were quarantined and sampled on an earlier night asks to be erased."""
     from tailor.tasks.extract import extract_sources
     from tailor.tasks.privacy import erase_deleted_users
-
     from tailor.warehouse import run_context
 
     root, settings, _, withdrawn, _, _ = privacy_run

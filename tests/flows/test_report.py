@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tailor.flows.nightly import nightly
 
+from tailor.flows.nightly import nightly
 from tests.conftest import RUN_DATE
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,11 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 import pytest
-from tailor.tasks import experiments as ex
 
 from tailor import stats
 from tailor.config import CampaignConfig, VariantConfig, load_settings
 from tailor.sql import query, replace_run_rows
+from tailor.tasks import experiments as ex
 from tailor.warehouse import connect, run_context
 
 

@@ -8,6 +8,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from tailor.tasks.publish import (
     DATASETS,
     ConsentViolation,
@@ -16,7 +17,6 @@ from tailor.tasks.publish import (
     upload_run,
     write_parts,
 )
-
 from tailor.warehouse import RunContext, connect
 
 
@@ -244,6 +244,7 @@ def test_only_the_datasets_config_names_carry_the_real_id(published, monkeypatch
     import json
 
     import pyarrow.parquet as pq
+
     from tailor.tasks.publish import write_datasets
 
     settings, ctx, models, quality, _ = published

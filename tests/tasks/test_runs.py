@@ -6,9 +6,9 @@ import sys
 from datetime import date
 
 import pytest
-from tailor.tasks.runs import RunInProgress, dates_to_run, ensure_ledger, lock_path, record, run_lock
 
 from tailor.config import load_settings
+from tailor.tasks.runs import RunInProgress, dates_to_run, ensure_ledger, lock_path, record, run_lock
 from tailor.warehouse import connect
 
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from tailor.tasks.score import recommendation_params, score_users
 
 from tailor.config import CHANNEL_CONSENT, ComputeConfig
 from tailor.sql import materialize
+from tailor.tasks.repeats import load as load_repeats
+from tailor.tasks.score import recommendation_params, score_users
 from tailor.warehouse import connect
 
 
@@ -138,14 +139,13 @@ def test_a_new_item_boost_moves_new_items_up(scored) -> None:
     )
     params = {"c": ctx.cutoff, "days": settings.ranking.new_item_days}
     with connect(settings) as con:
-        plain = recommendation_params(settings, ctx, models["ranking"]["version"]) | {"new_item_boost": 0.0}
+        params_now = recommendation_params(settings, ctx, models["ranking"], load_repeats(con, ctx.run_date))
+        plain = params_now | {"new_item_boost": 0.0}
         materialize(con, "marts/recommendations", plain)
         before = one(con, query, params)[0]
         materialize(con, "marts/recommendations", plain | {"new_item_boost": 100.0})
         after = one(con, query, params)[0]
-        materialize(
-            con, "marts/recommendations", recommendation_params(settings, ctx, models["ranking"]["version"])
-        )
+        materialize(con, "marts/recommendations", params_now)
     assert before > 0 and after == 0
 
 

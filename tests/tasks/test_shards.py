@@ -5,9 +5,9 @@ import hashlib
 import duckdb
 import polars as pl
 import pyarrow as pa
-from tailor.tasks.shards import ShardWriter, make_shards, shard_of
 
 from tailor.config import ComputeConfig
+from tailor.tasks.shards import ShardWriter, make_shards, shard_of
 
 
 def test_a_users_shard_is_the_md5_of_the_id_modulo_the_count_in_python_and_in_duckdb() -> None:

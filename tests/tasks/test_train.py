@@ -3,9 +3,15 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from tailor.tasks.features import cutoffs_for
-from tailor.tasks.train import feature_matrix, seeded_validation_users, train_propensity, train_ranking
 
+from tailor.tasks.features import cutoffs_for
+from tailor.tasks.train import (
+    conversion_model_name,
+    feature_matrix,
+    seeded_validation_users,
+    train_propensity,
+    train_ranking,
+)
 from tailor.warehouse import connect
 
 
@@ -63,11 +69,10 @@ def test_validation_users_are_seeded_and_whole() -> None:
 def test_champion_gate_keeps_a_better_champion(company, monkeypatch) -> None:
     from datetime import date
 
+    from tailor.config import load_settings
     from tailor.tasks.extract import extract_sources
     from tailor.tasks.features import build_features
     from tailor.tasks.train import train_models
-
-    from tailor.config import load_settings
     from tailor.warehouse import run_context
 
     settings = load_settings(company / "tailor.yaml")
@@ -153,7 +158,20 @@ def test_conversion_models_are_trained_per_campaign_and_variant_on_earlier_sends
         assert model["metrics"]["holdout_sends"] > 0 and 0 <= model["metrics"]["roc_auc"] <= 1
         assert model["trained_cutoff"] < model["holdout_cutoff"], name
     # one model per variant, and the no-contact model of the uplift learner, fitted on the holdout's sends
-    assert variants_by_campaign["weekly_digest"] == {"discount", "editorial", "new_arrivals", "holdout"}
+    # a variant's model that learned nothing (constant predictions) is registered but never serves
+    with connect(settings) as con:
+        registered = dict(
+            con.execute(
+                "select model_name, decision from meta.models where run_date = $d and not is_promoted",
+                {"d": ctx.run_date},
+            ).fetchall()
+        )
+    expected = {"discount", "editorial", "new_arrivals", "holdout"}
+    unserved = expected - variants_by_campaign["weekly_digest"]
+    for variant_id in unserved:
+        decision = registered[conversion_model_name("weekly_digest", variant_id)]
+        assert "not served" in decision, decision
+    assert variants_by_campaign["weekly_digest"] <= expected and len(unserved) < len(expected)
     assert 0 < models["engagement"]["metrics"]["roc_auc"] <= 1
     with connect(settings) as con:
         # each send's features are the user's snapshot at or before the send, never a later one

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+
+from tailor.config import CampaignConfig, ComputeConfig, VariantConfig
 from tailor.tasks.score import score_users
 from tailor.tasks.segments import build_segments
 from tailor.tasks.variants import assign_variants, by_share, render_rows, thompson_shares
-
-from tailor.config import CampaignConfig, ComputeConfig, VariantConfig
 from tailor.warehouse import connect
 
 
