@@ -19,7 +19,8 @@ LOADED_RUN_DATE = "_loaded_run_date"
 
 # columns whose values identify or describe a person: never quoted in logs or error messages
 PERSONAL_COLUMNS = (USER_ID, "email", "age_band", "gender")
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+# 'return' is a return or cancellation; staging also reads a purchase line with a negative quantity as one
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "return")
 CONSENT_PURPOSES = ("marketing_email", "marketing_push", "profiling")
 CHANNELS = ("email", "push", "web")
 # the published datasets, in the order the manifest lists them (docs/outputs.md is their contract)
@@ -103,6 +104,8 @@ TABLES: dict[str, Table] = {
                 Column("published_at", "TIMESTAMP"),
                 Column("expires_at", "TIMESTAMP", False, "no longer offered from this time"),
                 Column("is_available", "BOOLEAN", False, "in stock / offered now"),
+                Column("brand", "VARCHAR", False, "the brand or maker"),
+                Column("department", "VARCHAR", False, "the store department, above category"),
             ),
             (ITEM_ID,),
             "Content or products; a later file may restate an item, the newest file wins.",
@@ -112,12 +115,32 @@ TABLES: dict[str, Table] = {
             (
                 Column(USER_ID, "VARCHAR"),
                 Column(ITEM_ID, "VARCHAR"),
-                Column("event_type", "VARCHAR", description="view, click, add_to_cart, purchase, rating"),
+                Column(
+                    "event_type", "VARCHAR", description="view, click, add_to_cart, purchase, rating, return"
+                ),
                 Column("occurred_at", "TIMESTAMP", is_event_time=True),
-                Column("value", "DOUBLE", False, "rating value or purchase amount in cents"),
+                Column(
+                    "value",
+                    "DOUBLE",
+                    False,
+                    "rating value, or the line's amount in cents (default quantity x unit_price_cents); "
+                    "negative for a return",
+                ),
+                Column("order_id", "VARCHAR", False, "the basket or invoice the line belongs to"),
+                Column(
+                    "quantity", "DOUBLE", False, "units on the line; negative for a return or cancellation"
+                ),
+                Column("unit_price_cents", "BIGINT", False, "price of one unit"),
+                Column(
+                    "channel",
+                    "VARCHAR",
+                    False,
+                    "where it happened: a channel or store, e.g. online, store-12",
+                ),
             ),
-            (USER_ID, ITEM_ID, "event_type", "occurred_at"),
-            "Behavioural events.",
+            # with order_id in the key, the same item at the same instant in two orders is two events
+            (USER_ID, ITEM_ID, "event_type", "occurred_at", "order_id"),
+            "Behavioural events; for a retailer, order lines (baskets, quantities, prices, returns).",
         ),
         Table(
             "campaign_exposures",

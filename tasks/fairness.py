@@ -7,6 +7,10 @@ users, and the gap to the most-favoured group is statistically significant (two-
 shares, Welch's test for the mean score; Holm-adjusted over the whole audit, which makes hundreds of
 comparisons), so noise does not raise alarms. With
 `fairness.fail_on_flag` a flag fails the run before anything is published.
+
+Users whose group is unknown (missing, blank or 'unknown') are not a group that can be treated unfairly as
+such: their rows are reported apart (`is_unknown_group`), never the reference, never in the Holm family
+and never flagged.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ AUDIT_COLUMNS = {
     "subject_id": "varchar", "metric": "varchar", "users": "bigint", "value": "double",
     "reference_group": "varchar", "reference_value": "double", "disparate_impact_ratio": "double",
     "p_value": "double", "p_value_adjusted": "double", "is_small_group": "boolean", "is_flagged": "boolean",
+    # last: a table created before it gets it appended (ensure_audit_table), in the same place
+    "is_unknown_group": "boolean",
 }  # fmt: skip
+UNKNOWN_GROUP = "unknown"
 
 
 class FairnessError(RuntimeError):
@@ -41,6 +48,12 @@ class FairnessError(RuntimeError):
 
 def ensure_audit_table(con: duckdb.DuckDBPyConnection) -> None:
     ensure_table(con, "meta.fairness_audit", AUDIT_COLUMNS)
+    con.execute("alter table meta.fairness_audit add column if not exists is_unknown_group boolean")
+
+
+def is_unknown(group_value: str | None) -> bool:
+    """A missing, blank or 'unknown' group: the same test as sql/marts/fairness_rates.sql."""
+    return group_value is None or group_value.strip().lower() in ("", UNKNOWN_GROUP)
 
 
 def gap_p_value(row: dict[str, Any], reference: dict[str, Any]) -> float:
@@ -63,11 +76,14 @@ def audit_rows(rates: pl.DataFrame, settings: Settings, ctx: RunContext) -> list
     rows = []
     for _, frame in rates.group_by("attribute", "subject", "subject_id", "metric", maintain_order=True):
         groups = frame.to_dicts()
-        eligible = [g for g in groups if g["users"] >= config.min_group_users]
-        # the most-favoured group: the highest rate among groups large enough to count (ties: by name)
+        eligible = [
+            g for g in groups if g["users"] >= config.min_group_users and not is_unknown(g["group_value"])
+        ]
+        # the most-favoured group: the highest rate among known groups large enough to count (ties: by name)
         reference = max(eligible, key=lambda g: (g["value"], g["group_value"])) if eligible else None
         for group in groups:
             small = group["users"] < config.min_group_users
+            unknown = is_unknown(group["group_value"])
             ratio = p_value = math.nan
             if reference is not None and reference["value"]:
                 ratio = group["value"] / reference["value"]
@@ -89,11 +105,17 @@ def audit_rows(rates: pl.DataFrame, settings: Settings, ctx: RunContext) -> list
                     "p_value_adjusted": None,
                     "is_small_group": small,
                     "is_flagged": False,
-                    "_below": not small and ratio < config.min_ratio,
+                    "is_unknown_group": unknown,
+                    "_below": not small and not unknown and ratio < config.min_ratio,
                 }
             )
+    # an unknown group's gap is shown, not tested: it would only dilute the real comparisons' adjustment
     tested = [
-        row for row in rows if row["p_value"] is not None and row["group_value"] != row["reference_group"]
+        row
+        for row in rows
+        if row["p_value"] is not None
+        and row["group_value"] != row["reference_group"]
+        and not row["is_unknown_group"]
     ]
     for row, adjusted in zip(
         tested, stats.adjust_p_values([r["p_value"] for r in tested], "holm"), strict=True
@@ -136,4 +158,15 @@ def audit_fairness(settings: Settings, ctx: RunContext) -> dict[str, Any]:
         "attributes": attributes,
         "rows": len(rows),
         "flagged": [describe(row) for row in flagged],
+        "unknown_group_users": unknown_group_users(rows),
     }
+
+
+def unknown_group_users(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Per attribute, how many users' group is unknown (the largest count over its subjects: each
+    subject counts the users it is over)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row["is_unknown_group"]:
+            counts[row["attribute"]] = max(counts.get(row["attribute"], 0), int(row["users"]))
+    return dict(sorted(counts.items()))

@@ -15,12 +15,12 @@ import duckdb
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from tailor.tasks.experiments import METRICS, ensure_tables
-from tailor.tasks.fairness import ensure_audit_table
 
 from tailor import plots
 from tailor.config import Settings
 from tailor.sql import ensure_table, replace_run_rows, table_exists
+from tailor.tasks.experiments import METRICS, ensure_tables
+from tailor.tasks.fairness import ensure_audit_table
 from tailor.warehouse import RunContext, connect
 
 STYLE = """
@@ -184,9 +184,26 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
         else f'<p class="ok">No disparate-impact ratio under {threshold} (groups of at least '
         f"{settings.fairness.min_group_users} users, Holm-adjusted).</p>"
     )
-    # per attribute and subject, the worst group's ratio, on the same scale as the threshold
+    unknown = (
+        audit.filter(pl.col("is_unknown_group").fill_null(False))
+        .group_by("attribute")
+        .agg(pl.col("users").max())
+        .sort("attribute")
+    )
+    if unknown.height:
+        listed = ", ".join(
+            f"{escape(r['attribute'])}: {r['users']:,} users" for r in unknown.iter_rows(named=True)
+        )
+        parts.append(
+            f"<p>Group unknown (missing, blank or 'unknown'), reported apart and never flagged: {listed}.</p>"
+        )
+    # per attribute and subject, the worst known group's ratio, on the same scale as the threshold
     worst = (
-        audit.filter(~pl.col("is_small_group") & pl.col("disparate_impact_ratio").is_not_null())
+        audit.filter(
+            ~pl.col("is_small_group")
+            & ~pl.col("is_unknown_group").fill_null(False)
+            & pl.col("disparate_impact_ratio").is_not_null()
+        )
         .sort("disparate_impact_ratio")
         .group_by("attribute", "subject", "subject_id", maintain_order=True)
         .first()
@@ -211,6 +228,37 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
             ("attribute", "group_value", "subject", "subject_id", "metric", "reference_group"),
         )
     )
+    return "\n".join(parts)
+
+
+def exclusions_section(con: duckdb.DuckDBPyConnection, settings: Settings) -> str:
+    """recommendations.exclude: each rule in force and how many of tonight's catalogue items it keeps out
+    of recommendations (an item meeting several rules counts under the first)."""
+    rules = settings.recommendations.exclude.rules()
+    parts = ["<h2>Items never recommended</h2>"]
+    if not rules:
+        return parts[0] + '<p class="empty">No exclusion rule: every live item may be recommended.</p>'
+    counts: dict[str, int] = {}
+    total = None
+    if table_exists(con, "staging.stg_items"):
+        counts = dict(
+            con.execute(
+                "select excluded_by, count(*) from staging.stg_items where is_latest and is_excluded group by 1"
+            ).fetchall()
+        )
+        total = int(con.execute("select count(*) from staging.stg_items where is_latest").fetchall()[0][0])
+    frame = pl.DataFrame(
+        [{"rule": name, "setting": setting, "items": counts.get(name, 0)} for name, setting in rules],
+        schema={"rule": pl.Utf8, "setting": pl.Utf8, "items": pl.Int64},
+    )
+    excluded = sum(counts.values())
+    parts.append(
+        f"<p>{excluded:,} of {total:,} catalogue items excluded (<code>recommendations.exclude</code>; an item "
+        "meeting several rules counts under the first).</p>"
+        if total is not None
+        else '<p class="empty">No catalogue staged in this run.</p>'
+    )
+    parts.append(table(frame, ("rule", "setting")))
     return "\n".join(parts)
 
 
@@ -398,7 +446,7 @@ def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) 
     )
     body = [f"<h1>Tailor run {ctx.run_date.isoformat()} ({escape(settings.project)})</h1>",
             f"<p>Data up to {ctx.cutoff.isoformat()} UTC.</p>", run_summary_section(con, ctx),
-            models_section(con, ctx), segments_and_allocation_section(con, ctx),
+            exclusions_section(con, settings), models_section(con, ctx), segments_and_allocation_section(con, ctx),
             "<h2>Experiments</h2>"]  # fmt: skip
     if results.height == 0:
         body.append('<p class="empty">No campaign sends to analyse.</p>')

@@ -17,22 +17,24 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
-from tailor.tasks.score import replace_table
 
 from tailor.config import RfmRule, Settings
 from tailor.sql import materialize, query
+from tailor.tasks.score import replace_table
 from tailor.warehouse import RunContext, connect
 
-# feature -> (transform, words when above average, words when below, what it measures, unit)
-CLUSTER_FEATURES: dict[str, tuple[str, str, str, str]] = {
-    "events_per_day_90d": ("log", "frequent visitors", "occasional visitors", "events a day"),
-    "purchases_per_day_90d": ("log", "frequent buyers", "rare buyers", "purchases a day"),
-    "revenue_cents_90d": ("log", "big spenders", "small spenders", "revenue in 90 days (cents)"),
-    "n_distinct_items_30d": ("log", "explorers", "narrow browsers", "distinct items in 30 days"),
-    "days_since_last_event": ("cap90", "drifting away", "recently active", "days since the last visit"),
-    "top_category_share_90d": ("none", "single-category fans", "all-rounders", "share of the top category"),
-    "n_campaign_clicks_90d": ("log", "campaign clickers", "campaign ignorers", "campaign clicks in 90 days"),
-}
+# feature -> (transform, words when above average, words when below, what it measures, unit of its mean).
+# The units say how a mean reads to people (format_value): `per_30_days` shows a daily rate over 30 days,
+# since a rate of 0.0123 orders a day says less than 0.4 orders in 30 days.
+CLUSTER_FEATURES: dict[str, tuple[str, str, str, str, str]] = {
+    "events_per_day_90d": ("log", "frequent visitors", "occasional visitors", "events in 30 days", "per_30_days"),
+    "purchases_per_day_90d": ("log", "frequent buyers", "rare buyers", "orders in 30 days", "per_30_days"),
+    "revenue_cents_90d": ("log", "big spenders", "small spenders", "revenue in 90 days", "cents"),
+    "n_distinct_items_30d": ("log", "explorers", "narrow browsers", "distinct items in 30 days", "count"),
+    "days_since_last_event": ("cap90", "drifting away", "recently active", "days since the last visit", "days"),
+    "top_category_share_90d": ("none", "single-category fans", "all-rounders", "share of the top category", "share"),
+    "n_campaign_clicks_90d": ("log", "campaign clickers", "campaign ignorers", "campaign clicks in 90 days", "count"),
+}  # fmt: skip
 SILHOUETTE_SAMPLE = 5_000
 DESCRIBED_FEATURES = 3
 # below this many users a clustering says nothing: everyone is one cluster
@@ -77,22 +79,38 @@ def choose_clusters(scaled: np.ndarray, settings: Settings) -> tuple[KMeans, dic
     return best, scores
 
 
+def format_value(value: float, unit: str) -> str:
+    """A mean as people read it, in the data's units and never in scientific notation: cents as money
+    with two decimals, counts and days whole (one decimal below 10, where rounding would hide the
+    difference between 0.3 and 0.8), shares as percentages."""
+    if not np.isfinite(value):
+        return "-"
+    if unit == "cents":
+        return f"{value / 100:,.2f}"
+    if unit == "share":
+        return f"{value:.0%}"
+    if unit == "per_30_days":
+        value *= 30
+    if abs(value) >= 10:
+        return f"{value:,.0f}"
+    return f"{value:.1f}".removesuffix(".0")
+
+
 def describe_cluster(z_means: np.ndarray, raw_means: np.ndarray, overall: np.ndarray) -> tuple[str, str]:
     """(a short name, a sentence) from the features that set the cluster furthest apart."""
     names = list(CLUSTER_FEATURES)
     order = np.argsort(-np.abs(z_means), kind="stable")[:DESCRIBED_FEATURES]
     phrases, words = [], []
     for index in order:
-        _, above, below, measure = CLUSTER_FEATURES[names[index]]
+        _, above, below, measure, unit = CLUSTER_FEATURES[names[index]]
         is_above = z_means[index] > 0
         words.append(above if is_above else below)
         strength = "far " if abs(z_means[index]) >= 1 else ""
         direction = "more" if is_above else "fewer"
         if names[index] in ("top_category_share_90d", "revenue_cents_90d", "days_since_last_event"):
             direction = "higher" if is_above else "lower"
-        phrases.append(
-            f"{strength}{direction} {measure} than average ({raw_means[index]:.3g} vs {overall[index]:.3g})"
-        )
+        cluster_mean, everyone = format_value(raw_means[index], unit), format_value(overall[index], unit)
+        phrases.append(f"{strength}{direction} {measure} than average ({cluster_mean} vs {everyone})")
     return ", ".join(words[:2]), "; ".join(phrases).capitalize() + "."
 
 
@@ -174,7 +192,8 @@ def rule_description(rule: RfmRule) -> str:
     if rule.max_days_since_activity is not None:
         parts.append(f"were active within {rule.max_days_since_activity:g} days")
     if rule.min_purchases_90d is not None:
-        parts.append(f"{rule.min_purchases_90d} or more purchases in 90 days")
+        # purchases are orders: a basket of many lines counts once
+        parts.append(f"{rule.min_purchases_90d} or more orders in 90 days")
     return ("Users who " + " and ".join(parts) if parts else "Everyone else") + " (first matching rule wins)."
 
 

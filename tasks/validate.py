@@ -28,12 +28,12 @@ import pandas as pd
 import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from tailor.tasks.extract import SourceLoad, quote_identifier, unload_run
 
 from tailor.config import Settings
 from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
 from tailor.schema import ORIGINAL_VALUES, PERSONAL_COLUMNS, ROW_KEY, SOURCE_FILE, TABLES
 from tailor.sql import materialize_temp, query
+from tailor.tasks.extract import SourceLoad, quote_identifier, unload_run
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ final as (
         items.category,
         items.price_cents,
         date_diff('day', items.published_at, $cutoff) as days_since_published,
-        items.is_available and coalesce(items.expires_at > $cutoff, true) as is_live,
+        not items.is_excluded and coalesce(items.expires_at > $cutoff, true) as is_live,  -- is_excluded: recommendations.exclude, availability included
         -- popularity
         coalesce(activity.n_events_recent, 0) as n_events_recent,
         coalesce(activity.n_users_recent, 0) as n_users_recent,

@@ -1,6 +1,10 @@
 -- Per user, as of $cutoff: recency, frequency and monetary value of behaviour, and campaign history.
 -- Only events strictly before the cutoff, and rows known before its day ($cutoff_day), are read:
 -- a feature never sees its own future.
+-- Purchases are orders, not lines: n_purchases_* (and purchases_per_day_90d) count distinct orders, so a
+-- basket of 30 lines is one purchase; a line without an order_id is an order of its own, so data without
+-- orders still counts lines. revenue_cents_90d is net of returns (staging makes their value negative), so it
+-- can be below zero when a return's purchase lies before the window. Event counts (n_events_*) stay lines.
 with users as (
     -- each user as known at the cutoff
     select user_id, created_at, country, age_band, gender
@@ -10,8 +14,23 @@ with users as (
 ),
 
 events as (
-    select *
-    from staging.stg_interactions
+    select
+        *,
+        -- the order a purchase line belongs to (hash: a key for a line without one, per user and line)
+        coalesce(order_id, 'line:' || hash(item_id, occurred_at, value, quantity, unit_price_cents, channel))
+            as order_key
+    from (
+        -- by name, so a reduced copy of the staging table (tailor/evaluate.py stages ratings alone)
+        -- reads NULL for the order columns it lacks
+        select * from staging.stg_interactions
+        union all by name
+        select
+            null::varchar as order_id,
+            null::double as quantity,
+            null::bigint as unit_price_cents,
+            null::varchar as channel
+        where false
+    )
     where occurred_at < $cutoff
         and occurred_at >= $cutoff - interval 90 day
 ),
@@ -28,11 +47,11 @@ behaviour as (
         count(*) filter (
             where event_type = 'add_to_cart' and occurred_at >= $cutoff - interval 30 day
         ) as n_carts_30d,
-        count(*) filter (
+        count(distinct order_key) filter (
             where event_type = 'purchase' and occurred_at >= $cutoff - interval 30 day
         ) as n_purchases_30d,
-        count(*) filter (where event_type = 'purchase') as n_purchases_90d,
-        coalesce(sum(value) filter (where event_type = 'purchase'), 0) as revenue_cents_90d,
+        count(distinct order_key) filter (where event_type = 'purchase') as n_purchases_90d,
+        coalesce(sum(value) filter (where event_type in ('purchase', 'return')), 0) as revenue_cents_90d,
         count(distinct item_id) filter (where occurred_at >= $cutoff - interval 30 day) as n_distinct_items_30d,
         count(distinct cast(occurred_at as date)) filter (
             where occurred_at >= $cutoff - interval 30 day

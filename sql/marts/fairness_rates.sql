@@ -1,6 +1,7 @@
 -- The fairness audit's raw rates: for every sensitive attribute in $attributes and each of its groups
--- (a missing value is the group 'unknown'), how often the group is selected by each campaign, given each
--- variant, recommended each item category, and its mean propensity score. Users are as known tonight.
+-- (a missing, blank or 'unknown' value in any spelling is the one group 'unknown', which the audit reports
+-- apart and never compares), how often the group is selected by each campaign, given each variant,
+-- recommended each item category, and its mean propensity score. Users are as known tonight.
 with profiles as (
     select
         user_id,
@@ -13,7 +14,13 @@ with profiles as (
 ),
 
 people as (
-    select user_id, attribute, coalesce(group_value, 'unknown') as group_value
+    select
+        user_id,
+        attribute,
+        case
+            when group_value is null or lower(trim(group_value)) in ('', 'unknown') then 'unknown'
+            else group_value
+        end as group_value
     from profiles
     unpivot include nulls (group_value for attribute in (country, language, age_band, gender))
     where list_contains($attributes, attribute)

@@ -1,5 +1,7 @@
 -- Each user who allows profiling, as of $cutoff: the RFM segment of the first configured rule whose every
 -- stated condition holds (a NULL condition always holds), and the behavioural cluster learned tonight.
+-- Frequency is orders, not lines (user_features' n_purchases_90d counts distinct orders: a basket of many
+-- lines is one purchase), and monetary value is revenue net of returns.
 with rules as (
     select
         unnest($rule_names) as segment_name,
@@ -52,7 +54,7 @@ final as (
         coalesce(matched.segment_name, 'unmatched') as rfm_segment,
         clusters.cluster_id,
         clusters.cluster_name,
-        -- the RFM inputs, for BI
+        -- the RFM inputs, for BI: orders in 90 days, and their revenue net of returns
         case when users.days_since_purchase < 1e9 then round(users.days_since_purchase, 2) end
             as days_since_last_purchase,
         users.n_purchases_90d,

@@ -1,5 +1,9 @@
 -- Every version of every item known before the run (a later file may restate price, availability or
 -- expiry). `known_on` is the day a version became known; `is_latest` marks the current one.
+-- `is_excluded` marks an item that may never be recommended under recommendations.exclude (fuel, gift
+-- cards, a price range...), and `excluded_by` names the first rule it meets, in the order: categories,
+-- departments, item_id_patterns (case-insensitive SQL LIKE, backslash escapes % and _), min_price_cents,
+-- max_price_cents, exclude_unavailable. An unknown price meets no price rule.
 with source as (
     select *
     from raw.items
@@ -32,6 +36,25 @@ first_known as (
     where rank_within_day = 1
 ),
 
+exclusions as (
+    select
+        *,
+        case
+            when list_contains(cast($exclude_categories as varchar[]), lower(trim(category)))
+                then 'categories'
+            when list_contains(cast($exclude_departments as varchar[]), lower(trim(department)))
+                then 'departments'
+            when len(list_filter(
+                cast($exclude_item_id_patterns as varchar[]), lambda pattern: item_id ilike pattern escape '\'
+            )) > 0
+                then 'item_id_patterns'
+            when price_cents < cast($exclude_min_price_cents as bigint) then 'min_price_cents'
+            when price_cents > cast($exclude_max_price_cents as bigint) then 'max_price_cents'
+            when $exclude_unavailable and not coalesce(is_available, true) then 'exclude_unavailable'
+        end as excluded_by
+    from first_known
+),
+
 final as (
     select
         -- ids
@@ -39,6 +62,8 @@ final as (
         -- descriptive
         title,
         lower(trim(category)) as category,
+        lower(trim(department)) as department,
+        brand,
         tags,
         -- numerics
         price_cents,
@@ -48,8 +73,10 @@ final as (
         known_on,
         -- flags
         coalesce(is_available, true) as is_available,
+        excluded_by is not null as is_excluded,
+        excluded_by,
         row_number() over (partition by item_id order by known_on desc) = 1 as is_latest
-    from first_known
+    from exclusions
 )
 
 select * from final

@@ -226,3 +226,29 @@ def test_channel_limits_merge_over_the_defaults(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="channel_limits"):
         load_settings(write(tmp_path, minimal() | {"channel_limits": {"push": {"title": 10}}}))
+
+
+def test_recommendation_exclusions_are_normalized_and_checked(tmp_path: Path) -> None:
+    exclude = {
+        "categories": [" Fuel ", "GIFT CARDS"],
+        "item_id_patterns": ["GIFT\\_%"],
+        "max_price_cents": 900,
+    }
+    settings = load_settings(write(tmp_path, minimal() | {"recommendations": {"exclude": exclude}}))
+    rules = settings.recommendations.exclude
+    assert rules.categories == ["fuel", "gift cards"] and rules.exclude_unavailable is True
+    assert [name for name, _ in rules.rules()] == [
+        "categories", "item_id_patterns", "max_price_cents", "exclude_unavailable"
+    ]  # fmt: skip
+    assert rules.sql_params()["exclude_min_price_cents"] is None
+    for bad, key in (
+        ({"min_price_cents": 500, "max_price_cents": 100}, "max_price_cents must not be below"),
+        ({"item_id_patterns": ["GIFT\\"]}, "lone backslash"),
+        ({"departments": ["  "]}, "empty name"),
+        ({"brands": ["acme"]}, "recommendations.exclude.brands': unknown key"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            load_settings(write(tmp_path, minimal() | {"recommendations": {"exclude": bad}}))
+    assert load_settings(write(tmp_path, minimal())).recommendations.exclude.rules() == [
+        ("exclude_unavailable", "marked unavailable")
+    ]

@@ -4,8 +4,8 @@ from datetime import date
 
 import polars as pl
 import pytest
-from tailor.tasks.fairness import FairnessError, audit_fairness, audit_rows
 
+from tailor.tasks.fairness import FairnessError, audit_fairness, audit_rows, unknown_group_users
 from tailor.warehouse import connect, run_context
 
 
@@ -66,12 +66,11 @@ def test_an_unbiased_world_raises_no_flag(midsize_company) -> None:
 
 @pytest.fixture(scope="module")
 def biased_company(tmp_path_factory):
+    from tailor.config import load_settings
+    from tailor.generate import generate
     from tailor.tasks.extract import extract_sources
     from tailor.tasks.features import build_features
     from tailor.tasks.train import train_models
-
-    from tailor.config import load_settings
-    from tailor.generate import generate
 
     out = tmp_path_factory.mktemp("biased")
     generate(out, n_users=5000, n_items=600, days=60, end=date(2026, 11, 26), seed=42, plant_bias=True)
@@ -106,3 +105,65 @@ def test_a_flag_fails_the_run_when_config_says_so(biased_company) -> None:
     )
     with pytest.raises(FairnessError, match="disparate-impact ratio"):
         audit_fairness.fn(strict, ctx)
+
+
+def test_an_unknown_group_is_reported_apart_and_never_flagged_nor_the_reference() -> None:
+    from tests import tiny
+
+    settings, ctx = tiny.settings(), tiny.context()
+    # the unknown group has the highest share and, on another subject, a far lower one than everyone
+    rates = pl.concat(
+        [
+            _rates([("f", 1000, 500), ("m", 1000, 480), ("unknown", 2000, 1900)]),
+            _rates([("f", 1000, 500), ("m", 1000, 480), ("unknown", 2000, 100)]).with_columns(
+                pl.lit("c/b").alias("subject_id")
+            ),
+        ]
+    )
+    rows = audit_rows(rates, settings, ctx)
+    unknown = [row for row in rows if row["group_value"] == "unknown"]
+    assert len(unknown) == 2 and all(row["is_unknown_group"] for row in unknown)
+    assert all(row["reference_group"] == "f" for row in rows)  # never the unknown group
+    low = next(row for row in unknown if row["subject_id"] == "c/b")
+    assert low["disparate_impact_ratio"] == pytest.approx(0.1)  # reported...
+    assert not low["is_flagged"] and low["p_value_adjusted"] is None  # ...but never flagged nor tested
+    assert not any(row["is_flagged"] for row in rows)
+    assert not any(row["is_unknown_group"] for row in rows if row["group_value"] != "unknown")
+    assert unknown_group_users(rows) == {"gender": 2000}
+
+
+def test_missing_blank_and_unknown_values_are_one_unknown_group_in_the_rates() -> None:
+    import duckdb
+
+    from tailor.sql import query
+
+    con = duckdb.connect()
+    for schema in ("staging", "marts"):
+        con.execute(f"create schema {schema}")
+    con.execute(
+        "create table staging.stg_users as select * from (values ('u1', 'f'), ('u2', null), ('u3', ''), "
+        "('u4', ' Unknown '), ('u5', 'm')) as t(user_id, gender)"
+    )
+    con.execute(
+        "alter table staging.stg_users add column is_latest boolean default true; "
+        "alter table staging.stg_users add column country varchar; "
+        "alter table staging.stg_users add column language varchar; "
+        "alter table staging.stg_users add column age_band varchar"
+    )
+    con.execute(
+        "create table marts.content as select 'c' as campaign_id, 'a' as variant_id, user_id, false as is_holdout "
+        "from staging.stg_users"
+    )
+    con.execute(
+        "create table marts.recommendations as select user_id, 'dairy' as item_category from staging.stg_users"
+    )
+    con.execute(
+        "create table marts.user_scores as select user_id, 0.5 as conversion_probability from staging.stg_users"
+    )
+    rates = query(con, "marts/fairness_rates", {"attributes": ["gender"]}).pl()
+    selection = rates.filter(pl.col("subject") == "campaign")
+    assert dict(zip(selection["group_value"], selection["users"], strict=True)) == {
+        "f": 1,
+        "m": 1,
+        "unknown": 3,
+    }

@@ -5,6 +5,9 @@ from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
+import pytest
+
+from tailor.config import load_settings
 from tailor.tasks.extract import extract_sources
 from tailor.tasks.features import (
     PER_CUTOFF_MODELS,
@@ -14,8 +17,6 @@ from tailor.tasks.features import (
     build_staging_models,
     cutoffs_for,
 )
-
-from tailor.config import load_settings
 from tailor.warehouse import connect, run_context
 
 CUTOFF = datetime(2026, 11, 10)
@@ -105,13 +106,14 @@ def test_training_cutoffs_leave_room_for_labels() -> None:
 
 def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkeypatch) -> None:
     from tailor.tasks import features
+    from tailor.tasks.repeats import load as load_repeats
 
     settings, ctx, _, _ = trained_company
     tables = ("user_item_similarity", "candidates", "ranking_examples")
 
     def snapshot() -> dict[str, list]:
         with connect(settings) as con:
-            features.build_candidates(con, settings, ctx.cutoff, False)
+            features.build_candidates(con, settings, ctx.cutoff, False, load_repeats(con, ctx.run_date))
             return {
                 table: con.execute(
                     f"select * from features.{table} where cutoff = $c order by all", {"c": ctx.cutoff}
@@ -141,3 +143,183 @@ def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkey
         ]
     total = len({row[1] for row in one_pass["ranking_examples"]})
     assert sum(users_per_bucket) == total and min(users_per_bucket) > 0 and max(users_per_bucket) < total
+
+
+# --- retail facts: orders, returns and items never recommended, on hand-made rows -------------------
+
+
+def retail_features(
+    items: list[dict], events: list[dict], settings=None
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(stg_interactions, stg_items, user_features, item_features) at the tiny run's cutoff."""
+    from tailor.sql import materialize_partition
+    from tests import tiny
+
+    con = tiny.warehouse()
+    tiny.insert(
+        con, "users", [{"user_id": user, "created_at": datetime(2025, 1, 1)} for user in ("u1", "u2")]
+    )
+    tiny.insert(con, "items", [{"published_at": datetime(2025, 1, 1), **item} for item in items])
+    tiny.insert(con, "interactions", events)
+    build_staging_models(con, tiny.context(), settings)
+    params = {"cutoff": tiny.CUTOFF, "cutoff_day": tiny.RUN_DATE, "popularity_days": 14}
+    for model in PER_CUTOFF_MODELS:
+        materialize_partition(con, model, "cutoff", params)
+    return tuple(
+        con.sql(f"select * from {table} order by all").pl()
+        for table in (
+            "staging.stg_interactions",
+            "staging.stg_items",
+            "features.user_features",
+            "features.item_features",
+        )
+    )  # type: ignore[return-value]
+
+
+MILK = {"item_id": "milk", "title": "Milk", "category": "Dairy", "price_cents": 150}
+BREAD = {"item_id": "bread", "title": "Bread", "category": "Bakery", "price_cents": 250}
+EGGS = {"item_id": "eggs", "title": "Eggs", "category": "Dairy", "price_cents": 300}
+
+
+def line(user: str, item: str, day: int, **facts) -> dict:
+    return {
+        "user_id": user,
+        "item_id": item,
+        "event_type": "purchase",
+        "occurred_at": datetime(2026, 2, day, 10),
+    } | facts
+
+
+def test_a_basket_of_three_lines_is_one_purchase_and_lines_without_orders_count_each() -> None:
+    events = [
+        line("u1", "milk", 20, order_id="o1", quantity=2.0, unit_price_cents=150),
+        line("u1", "bread", 20, order_id="o1", quantity=1.0, unit_price_cents=250),
+        line("u1", "eggs", 20, order_id="o1", quantity=1.0, unit_price_cents=300),
+        # a source without order columns: every purchase line is an order of its own
+        line("u2", "milk", 20, value=150.0),
+        line("u2", "bread", 20, value=250.0),
+        line("u2", "eggs", 25, value=300.0),
+    ]
+    staged, _, users, _ = retail_features([MILK, BREAD, EGGS], events)
+    by_user = {row["user_id"]: row for row in users.iter_rows(named=True)}
+    assert by_user["u1"]["n_purchases_90d"] == 1 and by_user["u1"]["n_purchases_30d"] == 1
+    assert by_user["u1"]["n_events_90d"] == 3  # events stay lines
+    # the missing amount of a line is its units at their price
+    assert by_user["u1"]["revenue_cents_90d"] == 2 * 150 + 250 + 300
+    assert by_user["u2"]["n_purchases_90d"] == 3 and by_user["u2"]["revenue_cents_90d"] == 700
+    assert staged.filter(pl.col("user_id") == "u1")["value"].sort().to_list() == [250.0, 300.0, 300.0]
+
+
+def test_a_return_nets_revenue_and_is_not_a_purchase() -> None:
+    events = [
+        line("u1", "milk", 10, order_id="o1", quantity=4.0, unit_price_cents=150),
+        line("u1", "bread", 10, order_id="o1", quantity=1.0, unit_price_cents=250),
+        # a cancellation as retail exports write it: the purchase line again with a negative quantity
+        line("u1", "milk", 20, order_id="C-o1", quantity=-2.0, unit_price_cents=150),
+        # a return sent as its own event type, its amount given positive: staging makes it negative
+        line("u1", "bread", 22, event_type="return", order_id="R-1", quantity=1.0, value=250.0),
+    ]
+    staged, _, users, items = retail_features([MILK, BREAD], events)
+    returns = staged.filter(pl.col("event_type") == "return").sort("occurred_at")
+    assert returns["value"].to_list() == [-300.0, -250.0] and returns["quantity"].to_list() == [-2.0, -1.0]
+    assert staged.filter(pl.col("event_type") == "purchase").height == 2
+    user = users.row(by_predicate=pl.col("user_id") == "u1", named=True)
+    assert user["n_purchases_90d"] == 1  # the cancellation and the return are no purchase
+    assert user["revenue_cents_90d"] == 4 * 150 + 250 - 300 - 250
+    assert user["days_since_last_purchase"] == pytest.approx(20 - 10 / 24)  # the purchase, not the return
+    milk = items.row(by_predicate=pl.col("item_id") == "milk", named=True)
+    assert milk["n_purchases_recent"] == 0  # the return in the window is no purchase (the sale is older)
+
+
+def test_exact_duplicates_go_but_the_same_item_in_two_orders_stays() -> None:
+    same = line("u1", "milk", 20, order_id="o1", quantity=1.0, unit_price_cents=150)
+    events = [same, same, line("u1", "milk", 20, order_id="o2", quantity=1.0, unit_price_cents=150)]
+    staged, _, users, _ = retail_features([MILK], events)
+    assert staged.height == 2
+    assert users.row(by_predicate=pl.col("user_id") == "u1", named=True)["n_purchases_90d"] == 2
+
+
+CATALOGUE = [
+    MILK,
+    {"item_id": "unleaded-95", "title": "Unleaded", "category": " Fuel ", "price_cents": 170},
+    {"item_id": "Gift-25", "title": "Gift card", "category": "Cards", "price_cents": 2500},
+    {"item_id": "gift_wrap", "title": "Gift wrap", "category": "Cards", "price_cents": 300},
+    {"item_id": "bag", "title": "Carrier bag", "category": "Bags", "price_cents": 10},
+    {"item_id": "tv", "title": "Television", "category": "Electronics", "price_cents": 99_900},
+    {
+        "item_id": "wipers",
+        "title": "Wipers",
+        "category": "Car",
+        "department": "Forecourt",
+        "price_cents": 900,
+    },
+    {
+        "item_id": "rare",
+        "title": "Out of stock",
+        "category": "Dairy",
+        "price_cents": 200,
+        "is_available": False,
+    },
+    {"item_id": "unpriced", "title": "No price", "category": "Dairy"},
+]
+EXCLUDE = {
+    "categories": ["FUEL"],
+    "departments": ["forecourt"],
+    "item_id_patterns": ["gift-%"],
+    "min_price_cents": 50,
+    "max_price_cents": 50_000,
+}
+
+
+def test_excluded_categories_departments_patterns_and_prices_are_never_live() -> None:
+    from tests import tiny
+
+    settings = tiny.settings(recommendations={"exclude": EXCLUDE})
+    _, items, _, features = retail_features(CATALOGUE, [line("u1", "milk", 20)], settings)
+    excluded_by = dict(zip(items["item_id"], items["excluded_by"], strict=True))
+    assert excluded_by == {
+        "milk": None,
+        "unleaded-95": "categories",
+        "Gift-25": "item_id_patterns",  # LIKE, case-insensitive
+        "gift_wrap": None,  # the pattern's '-' is literal
+        "bag": "min_price_cents",
+        "tv": "max_price_cents",
+        "wipers": "departments",
+        "rare": "exclude_unavailable",
+        "unpriced": None,  # an unknown price meets no price rule
+    }
+    live = dict(zip(features["item_id"], features["is_live"], strict=True))
+    assert {item for item, is_live in live.items() if is_live} == {"milk", "gift_wrap", "unpriced"}
+    assert (items["is_excluded"] == items["excluded_by"].is_not_null()).all()
+
+
+def test_without_rules_only_unavailable_items_are_excluded_and_that_can_be_switched_off() -> None:
+    from tests import tiny
+
+    _, items, _, features = retail_features(CATALOGUE, [line("u1", "milk", 20)])
+    assert items.filter(pl.col("is_excluded"))["item_id"].to_list() == ["rare"]
+    assert features.filter(~pl.col("is_live"))["item_id"].to_list() == ["rare"]
+    keep = tiny.settings(recommendations={"exclude": {"exclude_unavailable": False}})
+    _, items, _, features = retail_features(CATALOGUE, [line("u1", "milk", 20)], keep)
+    assert not items["is_excluded"].any() and features["is_live"].all()
+
+
+def test_user_features_read_a_staging_copy_without_order_columns() -> None:
+    """tailor/evaluate.py stages ratings as a six-column copy of stg_interactions: each line is a purchase."""
+    from tailor.sql import materialize_partition
+    from tests import tiny
+
+    con = tiny.warehouse()
+    tiny.insert(con, "users", [{"user_id": "u1", "created_at": datetime(2025, 1, 1)}])
+    build_staging_models(con, tiny.context())
+    con.execute(
+        "create or replace table staging.stg_interactions as select * from (values "
+        "('u1', 'milk', 'purchase', 4, 150.0, timestamp '2026-02-20 10:00'), "
+        "('u1', 'eggs', 'purchase', 4, 300.0, timestamp '2026-02-20 10:00')) "
+        "as t(user_id, item_id, event_type, relevance, value, occurred_at)"
+    )
+    params = {"cutoff": tiny.CUTOFF, "cutoff_day": tiny.RUN_DATE}
+    materialize_partition(con, "features/user_features", "cutoff", params)
+    assert con.execute(
+        "select n_purchases_90d, revenue_cents_90d from features.user_features"
+    ).fetchall() == [(2, 450.0)]

@@ -3,10 +3,16 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from tailor.tasks.score import score_users
-from tailor.tasks.segments import CLUSTER_FEATURES, build_segments, describe_cluster, rule_description
 
 from tailor.config import RfmRule
+from tailor.tasks.score import score_users
+from tailor.tasks.segments import (
+    CLUSTER_FEATURES,
+    build_segments,
+    describe_cluster,
+    format_value,
+    rule_description,
+)
 from tailor.warehouse import connect
 
 
@@ -22,9 +28,10 @@ def segmented(trained_company):
     )
     # the audience items must be candidates: rebuild candidates with this config, then score
     from tailor.tasks.features import build_candidates
+    from tailor.tasks.repeats import load as load_repeats
 
     with connect(settings) as con:
-        build_candidates(con, settings, ctx.cutoff, False)
+        build_candidates(con, settings, ctx.cutoff, False, load_repeats(con, ctx.run_date))
     score_users(settings, ctx, models)
     counts = build_segments.fn(settings, ctx, models)
     return settings, ctx, models, counts
@@ -44,8 +51,36 @@ def test_describe_cluster_names_the_most_distinctive_features_in_words() -> None
 def test_rule_description_reads_like_the_rule() -> None:
     rule = RfmRule(name="loyal", max_days_since_purchase=30, min_purchases_90d=3)
     assert rule_description(rule) == (
-        "Users who bought within 30 days and 3 or more purchases in 90 days (first matching rule wins)."
+        "Users who bought within 30 days and 3 or more orders in 90 days (first matching rule wins)."
     )
+
+
+def test_cluster_descriptions_quote_means_in_the_datas_units_rounded_for_people() -> None:
+    names = list(CLUSTER_FEATURES)
+    raw, overall = np.zeros(len(names)), np.zeros(len(names))
+    values = {
+        "revenue_cents_90d": (4_612_345.0, 46_123.0),  # cents: 46,123.45 and 461.23 in money
+        "purchases_per_day_90d": (0.0123, 0.1),  # a day: 0.4 and 3 orders in 30 days
+        "top_category_share_90d": (0.625, 0.481),
+        "n_distinct_items_30d": (12_345.6, 2.0),
+        "days_since_last_event": (3.2, 41.7),
+    }
+    for name, (cluster, everyone) in values.items():
+        raw[names.index(name)], overall[names.index(name)] = cluster, everyone
+    for name in values:  # each feature in turn the most distinctive
+        z = np.zeros(len(names))
+        z[names.index(name)] = 2.0
+        _, description = describe_cluster(z, raw, overall)
+        assert "e+" not in description and "e-" not in description, description
+        expected = {
+            "revenue_cents_90d": "(46,123.45 vs 461.23)",
+            "purchases_per_day_90d": "(0.4 vs 3)",
+            "top_category_share_90d": "(62% vs 48%)",
+            "n_distinct_items_30d": "(12,346 vs 2)",
+            "days_since_last_event": "(3.2 vs 42)",
+        }[name]
+        assert expected in description, description
+    assert format_value(float("nan"), "count") == "-" and format_value(9.96, "count") == "10"
 
 
 def test_rfm_segments_follow_the_first_matching_rule(segmented) -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from tailor.tasks.validate import QualityReport, activity_frame, run_suite
 
 from tailor.config import ConfigError
 from tailor.quality import ExpectationSpec, load_suite, load_suites, resolve_kwargs
 from tailor.schema import TABLES
+from tailor.tasks.validate import QualityReport, activity_frame, run_suite
 
 CUTOFF = datetime(2026, 1, 3)
 INTERACTIONS = load_suites("raw")["interactions"]
@@ -28,9 +28,13 @@ def events(**overrides) -> pd.DataFrame:
             "_n_invalid_values": [0, 0],
             "_rating": [None, None],
             "_purchase_value": [None, 1999.0],
+            "quantity": [None, 1.0],
+            "_abs_quantity": [None, 1.0],
+            "unit_price_cents": [None, 1999],
             "_user_is_known": [True, True],
             "_item_is_known": [True, True],
             "_is_duplicate": [False, False],
+            "_return_follows_purchase": [None, None],
         }
     )
     for column, values in overrides.items():
@@ -121,9 +125,8 @@ def test_a_bad_suite_file_names_the_file_and_key(tmp_path: Path) -> None:
 
 def test_chunked_validation_agrees_with_one_pass(company: Path, monkeypatch) -> None:
     import tailor.tasks.validate as validate
-    from tailor.tasks.extract import extract_sources
-
     from tailor.config import load_settings
+    from tailor.tasks.extract import extract_sources
     from tailor.warehouse import connect, run_context
 
     events = company / "sources" / "interactions" / "2026-11-20.csv"
@@ -148,3 +151,75 @@ def test_chunked_validation_agrees_with_one_pass(company: Path, monkeypatch) -> 
     chunked = gate_outcome()
     assert chunked == one_pass
     assert one_pass["interactions.not_a_duplicate"][:2] == (False, 1) and one_pass["quarantined"] == 1
+
+
+def test_order_line_rules_catch_zero_and_huge_quantities_and_negative_prices() -> None:
+    frame = pd.concat([events().iloc[[1]]] * 5, ignore_index=True)  # five clean purchase lines, then:
+    frame["_row_key"] = [1, 2, 3, 4, 5]
+    frame["quantity"] = [2.0, 0.0, -1.0, 80_995.0, 1.0]
+    frame["_abs_quantity"] = frame["quantity"].abs()
+    frame["unit_price_cents"] = [150, 150, 150, 1, -100]
+    # row 3 is a cancellation: the gate reads its amount as no purchase's, so it may be negative
+    frame["_purchase_value"] = [300.0, 0.0, None, 80_995.0, 100.0]
+    frame["_return_follows_purchase"] = [None, None, True, None, None]
+    checks = run_suite("interactions", frame, INTERACTIONS.expectations, CUTOFF)
+    assert failed(checks) == {
+        "quantity_not_zero": [2],
+        "quantity_plausible": [4],
+        "unit_price_not_negative": [5],
+    }
+    assert all(c.quarantine for c in checks if not c.success)
+
+
+def test_a_return_without_an_earlier_purchase_is_a_warning_not_quarantine() -> None:
+    frame = events(event_type=["purchase", "return"], _purchase_value=[1999.0, None],
+                   quantity=[1.0, -1.0], _abs_quantity=[1.0, 1.0], unit_price_cents=[1999, 1999],
+                   _return_follows_purchase=[None, False])  # fmt: skip
+    checks = run_suite("interactions", frame, INTERACTIONS.expectations, CUTOFF)
+    assert failed(checks) == {"return_follows_purchase": []}  # no row keys: nothing is quarantined
+    rule = next(c for c in checks if c.rule == "return_follows_purchase")
+    assert rule.severity == "warning" and not rule.quarantine and rule.unexpected_count == 1
+
+
+def test_items_with_a_negative_price_are_caught() -> None:
+    items = load_suites("raw")["items"]
+    frame = pd.DataFrame(
+        {
+            "_row_key": [1, 2, 3],
+            "_source_file": ["f1"] * 3,
+            "item_id": ["a", "b", "c"],
+            "published_at": pd.to_datetime(["2026-01-01"] * 3),
+            "price_cents": [199, -5, None],
+            "_n_invalid_values": [0, 0, 0],
+        }
+    )
+    checks = run_suite("items", frame, items.expectations, CUTOFF)
+    assert failed(checks) == {"price_not_negative": [2]}
+
+
+def test_the_gate_rows_know_returns_duplicates_across_orders_and_line_facts() -> None:
+    """sql/checks/raw_interactions.sql on hand-made rows: which return follows a purchase, and that the
+    same item at the same instant in two orders is no duplicate."""
+    from tailor.sql import query
+    from tests import tiny
+
+    con = tiny.warehouse()
+    at = datetime(2026, 2, 20, 10)
+    later = datetime(2026, 2, 21, 10)
+    tiny.insert(con, "interactions", [
+        {"user_id": "u1", "item_id": "i1", "event_type": "purchase", "occurred_at": at, "order_id": "o1", "quantity": 2.0},
+        {"user_id": "u1", "item_id": "i1", "event_type": "purchase", "occurred_at": at, "order_id": "o2", "quantity": 2.0},
+        {"user_id": "u1", "item_id": "i1", "event_type": "purchase", "occurred_at": at, "order_id": "o2", "quantity": 2.0},
+        {"user_id": "u1", "item_id": "i1", "event_type": "purchase", "occurred_at": later, "order_id": "C1", "quantity": -1.0, "value": -300.0},
+        {"user_id": "u1", "item_id": "i2", "event_type": "Return", "occurred_at": later, "quantity": 1.0},
+        {"user_id": "u2", "item_id": "i1", "event_type": "purchase", "occurred_at": at, "quantity": -1.0},
+    ])  # fmt: skip
+    rows = (
+        query(con, "checks/raw_interactions", {"run_date": tiny.RUN_DATE, "files": ["f1"]})
+        .pl()
+        .sort("_row_key")
+    )
+    assert rows["_is_duplicate"].to_list() == [False, False, True, False, False, False]
+    assert rows["_return_follows_purchase"].to_list() == [None, None, None, True, False, False]
+    assert rows["_purchase_value"].to_list() == [None, None, None, None, None, None]  # no values given
+    assert rows["_abs_quantity"].to_list() == [2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
