@@ -25,6 +25,8 @@ from tailor.config import Settings, load_settings
 from tailor.sql import read_partition, scalar
 from tailor.tasks.extract import extract_sources
 from tailor.tasks.features import build_candidates, build_cutoff_features, build_staging_models
+from tailor.tasks.repeats import RepeatDecision
+from tailor.tasks.repeats import decide as decide_repeats
 from tailor.tasks.score import replace_table
 from tailor.tasks.train import RANKING_FEATURES, feature_matrix, fit_ranker
 from tailor.warehouse import connect, run_context
@@ -105,26 +107,35 @@ def evaluate(config_path: Path, protocol: str, data_dir: Path, work_dir: Path) -
         inner = split_ratings(split.train, protocol, settings.seed + 1)
         # users and items are a static snapshot, loaded "today": all of it counts as known at the cutoff
         known_before = first.run_date + timedelta(days=1)
-        booster = train_stage(con, settings, ctx, inner, known_before)
-        scored = score_stage(con, settings, ctx, split, booster, known_before)
+        repeats = decide_repeats(con, settings, ctx.cutoff)
+        booster = train_stage(con, settings, ctx, inner, known_before, repeats)
+        scored = score_stage(con, settings, ctx, split, booster, known_before, repeats)
     return report(settings, protocol, split, scored)
 
 
-def train_stage(con: Any, settings: Settings, ctx: Any, inner: Split, known_before: date) -> Any:
+def train_stage(
+    con: Any, settings: Settings, ctx: Any, inner: Split, known_before: date, repeats: RepeatDecision
+) -> Any:
     stage_interactions(con, inner.train, inner.test, ctx.cutoff)
     build_cutoff_features(con, settings, ctx.cutoff, known_before, with_ranking=True)
-    build_candidates(con, settings, ctx.cutoff, is_training=True)
+    build_candidates(con, settings, ctx.cutoff, True, repeats)
     examples = read_partition(con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")).pl()
     booster, *_ = fit_ranker(examples, settings)
     return booster
 
 
 def score_stage(
-    con: Any, settings: Settings, ctx: Any, split: Split, booster: Any, known_before: date
+    con: Any,
+    settings: Settings,
+    ctx: Any,
+    split: Split,
+    booster: Any,
+    known_before: date,
+    repeats: RepeatDecision,
 ) -> pl.DataFrame:
     stage_interactions(con, split.train, split.test.head(0), ctx.cutoff)
     build_cutoff_features(con, settings, ctx.cutoff, known_before, with_ranking=True)
-    build_candidates(con, settings, ctx.cutoff, is_training=False)
+    build_candidates(con, settings, ctx.cutoff, False, repeats)
     examples = read_partition(con, "features/ranking_examples", ctx.cutoff, ("user_id", "item_id")).pl()
     return examples.select("user_id", "item_id").with_columns(
         pl.Series("score", booster.predict(feature_matrix(examples, RANKING_FEATURES, {})))

@@ -55,11 +55,14 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) ->
 
 
 SCORED_SCHEMAS: dict[str, dict[str, Any]] = {
-    "scored_candidates": {"user_id": pl.Utf8, "item_id": pl.Utf8, "is_audience_only": pl.Boolean, "score": pl.Float64},
+    "scored_candidates": {"user_id": pl.Utf8, "item_id": pl.Utf8, "is_audience_only": pl.Boolean, "score": pl.Float64,
+                          "discovery_score": pl.Float64},
     "audience_scores": {"user_id": pl.Utf8, "item_id": pl.Utf8, "engagement_probability": pl.Float64},
     "scored_users": {"user_id": pl.Utf8, "conversion_probability": pl.Float64},
 }  # fmt: skip
-SCORING_MODELS = ("ranking", "engagement", "propensity")
+# discovery and engagement may be missing: discovery exists only where repeats are allowed, and a model
+# that learned nothing does not serve
+SCORING_MODELS = ("ranking", "discovery", "engagement", "propensity")
 
 
 @task(name="prepare-scoring", cache_policy=NO_CACHE)
@@ -100,8 +103,14 @@ def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, in
     and the users' conversion propensity. Reads and writes only the shard's files."""
     candidates = shard.read("candidates")
     scores = rank_candidates(candidates, models["ranking"])
+    discovery = (
+        rank_candidates(candidates, models["discovery"])
+        if "discovery" in models
+        else np.full(candidates.height, np.nan)
+    )
     write_scores(shard, "scored_candidates", candidates.select("user_id", "item_id", "is_audience_only")
-                 .with_columns(pl.Series("score", np.asarray(scores, dtype=np.float64))))  # fmt: skip
+                 .with_columns(pl.Series("score", np.asarray(scores, dtype=np.float64)),
+                               pl.Series("discovery_score", discovery).fill_nan(None)))  # fmt: skip
     engagement = models.get("engagement")
     # no engagement model serving (its predictions were constant): no audience is scored tonight
     audience = candidates.filter(pl.col("is_audience_item") & pl.lit(engagement is not None))
@@ -162,7 +171,11 @@ def table_from_parts(con: duckdb.DuckDBPyConnection, table: str, files: list[Pat
 
 
 def recommendation_params(
-    settings: Settings, ctx: RunContext, ranking: dict[str, Any], repeats: RepeatDecision
+    settings: Settings,
+    ctx: RunContext,
+    ranking: dict[str, Any],
+    repeats: RepeatDecision,
+    discovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     config = settings.recommendations
     is_model = ranking.get("served_by", MODEL) == MODEL
@@ -182,6 +195,7 @@ def recommendation_params(
         "excluded_event_types": excluded_event_types(settings, repeats),
         "model_version": ranking["version"] if is_model else None,
         "served_by": served_by_label(ranking, "ranking"),
+        "discovery_served_by": served_by_label(discovery, "discovery") if discovery else None,
     }
 
 
@@ -205,7 +219,7 @@ def finish_scoring(
         }
         repeats = load_repeats(con, ctx.run_date)
         counts["recommendations"] = materialize(
-            con, "marts/recommendations", recommendation_params(settings, ctx, ranking, repeats)
+            con, "marts/recommendations", recommendation_params(settings, ctx, ranking, repeats, models.get("discovery"))
         )
         counts["user_scores"] = materialize(
             con,

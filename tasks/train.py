@@ -27,7 +27,7 @@ from tailor.calibration import apply_platt, calibration_table, fit_platt
 from tailor.config import Settings
 from tailor.sql import query, read_partition, scalar
 from tailor.tasks.features import Cutoffs, cutoffs_for
-from tailor.tasks.repeats import excluded_event_types
+from tailor.tasks.repeats import PURCHASE, excluded_event_types
 from tailor.tasks.repeats import load as load_repeats
 from tailor.warehouse import RunContext, connect
 
@@ -96,6 +96,7 @@ RANKING_BASELINES = ("popularity", "buy_again", "buy_again_popularity")
 PROPENSITY_BASELINES = {"recency": ("days_since_last_event", -1.0), "frequency": ("n_purchases_90d", 1.0)}
 MODEL = "model"
 BASELINE_PREFIX = "baseline:"
+RANKING, DISCOVERY = "ranking", "discovery"
 CATEGORICAL = ("country", "language", "age_band", "gender", "variant_id")
 # taste concentration tells which message suits a user; it does not predict whether they buy at all
 CONVERSION_FEATURES = (*PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
@@ -475,19 +476,33 @@ def group_sizes(users: pl.Series) -> np.ndarray:
     return users.rle().struct.field("len").to_numpy()
 
 
+def new_to_user(examples: pl.DataFrame) -> pl.DataFrame:
+    """The candidates the user never bought: what discovery ranks."""
+    return examples.filter(pl.col("n_user_item_purchases") == 0)
+
+
 def train_ranking(
-    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, cuts: Cutoffs
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    ctx: RunContext,
+    cuts: Cutoffs,
+    name: str = RANKING,
 ) -> TrainedModel:
+    """The ranker over every candidate; or, as `discovery`, a ranker over the candidates new to their user
+    only: where buying again dominates, one ranker spends its top places on repeats and learns little about
+    which new product a customer will take to, which is what a discovery slot needs."""
     config = settings.ranking
     train = read_partition(con, "features/ranking_examples", cuts.ranking_train, ("user_id", "item_id")).pl()
-    booster, params, x, y, rows = fit_ranker(train, settings)
+    is_discovery = name == DISCOVERY
+    booster, params, x, y, rows = fit_ranker(new_to_user(train) if is_discovery else train, settings)
     names = list(RANKING_FEATURES)
-    scores = evaluate_ranking(con, booster, settings, cuts)
-    version, path = save_model(booster, ctx.run_dir, "ranking")
+    scores = evaluate_ranking(con, booster, settings, cuts, new_only=is_discovery)
+    version, path = save_model(booster, ctx.run_dir, name)
+    objective = f"graded engagement within {config.label_days} days"
     return TrainedModel(
-        name="ranking",
+        name=name,
         version=version,
-        objective=f"graded engagement within {config.label_days} days",
+        objective=f"{objective}, with items new to the user" if is_discovery else objective,
         trained_cutoff=cuts.ranking_train.isoformat(),
         holdout_cutoff=cuts.ranking_holdout.isoformat(),
         features=names,
@@ -568,21 +583,30 @@ def baseline_top_k(scored: pl.DataFrame, column: str) -> pl.DataFrame:
 
 
 def evaluate_ranking(
-    con: duckdb.DuckDBPyConnection, booster: lgb.Booster, settings: Settings, cuts: Cutoffs
+    con: duckdb.DuckDBPyConnection,
+    booster: lgb.Booster,
+    settings: Settings,
+    cuts: Cutoffs,
+    new_only: bool = False,
 ) -> dict[str, Any]:
     """NDCG@10 and friends on the holdout window, beside the baselines (popularity, and where repeats are
-    allowed buy-again and buy-again backfilled with popularity) on the same candidates."""
+    allowed buy-again and buy-again backfilled with popularity) on the same candidates. With `new_only`
+    (discovery), only candidates and engagements with items the user never bought, beside popularity."""
     holdout = read_partition(
         con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")
     ).pl()
     repeats = load_repeats(con, cuts.run_date)
+    excluded = excluded_event_types(settings, repeats)
+    if new_only:
+        holdout = new_to_user(holdout)
+        excluded = sorted({*excluded, PURCHASE})
     truth = query(
         con,
         "features/ranking_truth",
         {
             "cutoff": cuts.ranking_holdout,
             "label_days": settings.ranking.label_days,
-            "excluded_event_types": excluded_event_types(settings, repeats),
+            "excluded_event_types": excluded,
         },
     ).pl()
     predictions = booster.predict(feature_matrix(holdout, RANKING_FEATURES, {}))
@@ -591,10 +615,8 @@ def evaluate_ranking(
         *(ranking_baseline_scores(holdout, name) for name in RANKING_BASELINES),
     )
     model = metrics.ranking_metrics(metrics.top_k_from_scores(scored, "score", EVAL_K), truth, EVAL_K)
-    names = RANKING_BASELINES if repeats.is_allowed else ("popularity",)
-    baselines = {
-        name: metrics.ranking_metrics(baseline_top_k(scored, name), truth, EVAL_K) for name in names
-    }
+    names = RANKING_BASELINES if repeats.is_allowed and not new_only else ("popularity",)
+    baselines = {name: metrics.ranking_metrics(baseline_top_k(scored, name), truth, EVAL_K) for name in names}
     best = max(names, key=lambda name: (baselines[name]["ndcg_at_10"], names.index(name)))
     candidate_recall = truth.join(
         holdout.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi"
@@ -661,12 +683,12 @@ def register(
 
 def gate_metric(name: str) -> str:
     """The holdout metric a model is judged by."""
-    return "ndcg_at_10" if name == "ranking" else "roc_auc"
+    return "ndcg_at_10" if name in (RANKING, DISCOVERY) else "roc_auc"
 
 
 def current_features(name: str, settings: Settings) -> list[str]:
     """The features a model trained today would use."""
-    if name in ("ranking", "engagement"):
+    if name in (RANKING, DISCOVERY, "engagement"):
         return list(RANKING_FEATURES)
     return list(
         user_model_features(PROPENSITY_FEATURES if name == "propensity" else CONVERSION_FEATURES, settings)
@@ -720,7 +742,7 @@ def rescore_champion(
         return propensity_metrics(
             booster, holdout, champion["categories"], champion["params"]["calibration"], base_rate
         )
-    return evaluate_ranking(con, booster, settings, cuts)
+    return evaluate_ranking(con, booster, settings, cuts, new_only=champion["name"] == DISCOVERY)
 
 
 def champion_holdout_start(cuts: Cutoffs) -> str:
@@ -785,7 +807,7 @@ def baseline_verdict(
     challenger: they are measured on the same holdout whichever model serves."""
     margin = settings.registry.baseline_margin
     scores = serving["metrics"]
-    if name == "ranking":
+    if name in (RANKING, DISCOVERY):
         best = challenger_metrics["baseline"]
         value, floor, label = scores["ndcg_at_10"], best["ndcg_at_10"], "NDCG@10"
         best_name = best["name"]
@@ -842,9 +864,16 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
     serving = {}
     with connect(settings) as con:
         ensure_registry(con)
+        # where customers buy again, a second ranker picks the new products (see train_ranking)
+        discovery = (
+            [train_ranking(con, settings, ctx, cuts, DISCOVERY)]
+            if load_repeats(con, ctx.run_date).is_allowed
+            else []
+        )
         challengers = [
             train_propensity(con, settings, ctx, cuts),
             train_ranking(con, settings, ctx, cuts),
+            *discovery,
             train_engagement(con, settings, ctx, cuts),
             *train_campaign_conversions(con, settings, ctx, cuts),
         ]

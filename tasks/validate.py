@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import Settings
 from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
 from tailor.schema import ORIGINAL_VALUES, PERSONAL_COLUMNS, ROW_KEY, SOURCE_FILE, TABLES
-from tailor.sql import materialize_temp, query
+from tailor.sql import materialize_temp, query, scalar
 from tailor.tasks.extract import SourceLoad, quote_identifier, unload_run
 from tailor.warehouse import RunContext, connect
 
@@ -464,6 +464,26 @@ def activity_specs(suite: TableSuite) -> list[ExpectationSpec]:
     return specs
 
 
+def newest_event_day(con: duckdb.DuckDBPyConnection, table: str, ctx: RunContext) -> list[tuple[date, int]]:
+    """[(the day of the newest event before the cutoff, the events of that day)], or [] without events."""
+    columns = TABLES[table].event_time_columns
+    if not columns:
+        return []
+    column = columns[0]  # names come from the schema, never from input
+    row = con.execute(
+        f"select max({column}) from raw.{table} where {column} < $cutoff", {"cutoff": ctx.cutoff}
+    ).fetchall()[0]
+    if row[0] is None:
+        return []
+    day = row[0].date()
+    rows = scalar(
+        con,
+        f"select count(*) from raw.{table} where {column} >= $start and {column} < $cutoff",
+        {"start": datetime.combine(day, datetime.min.time()), "cutoff": ctx.cutoff},
+    )
+    return [(day, int(rows))]
+
+
 def activity_checks(
     con: duckdb.DuckDBPyConnection, gate: Gate, suite: TableSuite, ctx: RunContext
 ) -> list[Check]:
@@ -475,13 +495,17 @@ def activity_checks(
         for source, day, rows in query(con, "checks/source_activity", {"run_date": ctx.run_date}).fetchall()
         if source == suite.table
     ]
+    newest_what = "file"
+    if not history:
+        # undated snapshots (a full export each night): how fresh the data is shows in its newest event
+        history, newest_what = newest_event_day(con, suite.table, ctx), "event"
     frame = activity_frame(history, ctx.run_date, suite)
     checks = gate.run(f"{suite.table}_activity", frame, specs, ctx.cutoff)
     for check in checks:
         check.table = suite.table
         row = frame.iloc[0]
         check.sample = [
-            f"newest file {row['newest_file_day']}, {row['newest_day_rows']} rows"
+            f"newest {newest_what} {row['newest_file_day']}, {row['newest_day_rows']} rows"
             + (f", {row['volume_ratio']:.2f}x the trailing median" if pd.notna(row["volume_ratio"]) else "")
         ]
     return checks

@@ -67,7 +67,9 @@ personal_candidates as (
             when examples.is_from_category then 'popular_in_your_category'
             else 'popular_now'
         end as reason_code,
-        examples.user_item_interval_days
+        examples.user_item_interval_days,
+        examples.n_user_item_purchases = 0 as is_new_to_user,
+        scored.discovery_score
     from model.scored_candidates as scored
     semi join personalized_users using (user_id)
     inner join features.ranking_examples as examples
@@ -77,6 +79,30 @@ personal_candidates as (
     where not scored.is_audience_only
 ),
 
+rescored as (
+    -- Where a discovery ranker serves, the ranker still decides how many places go to items new to the
+    -- user, but discovery decides which new items fill them: the new items' scores, best first, are dealt
+    -- out in discovery's order. Items the user bought keep their place.
+    select personal_candidates.* exclude (score), coalesce(slots.score, personal_candidates.score) as score
+    from personal_candidates
+    left join (
+        select
+            user_id,
+            item_id,
+            row_number() over (partition by user_id order by discovery_score desc, item_id) as new_rank
+        from personal_candidates
+        where is_new_to_user and discovery_score is not null
+    ) as dealt using (user_id, item_id)
+    left join (
+        select
+            user_id,
+            score,
+            row_number() over (partition by user_id order by score desc, item_id) as new_rank
+        from personal_candidates
+        where is_new_to_user and discovery_score is not null
+    ) as slots on slots.user_id = dealt.user_id and slots.new_rank = dealt.new_rank
+),
+
 personal_picks as (
     -- diversity first (category cap), then the top $k
     select *, true as is_personalized
@@ -84,7 +110,7 @@ personal_picks as (
         select
             *,
             row_number() over (partition by user_id, category order by score desc, item_id) as rank_in_category
-        from personal_candidates
+        from rescored
     )
     where $max_per_category is null or rank_in_category <= $max_per_category
     qualify row_number() over (partition by user_id order by score desc, item_id) <= $k
@@ -156,13 +182,15 @@ fallback_candidates as (
 
 combined as (
     -- personalized picks first, then the fallback; the category cap holds across both
-    select user_id, item_id, category, score, reason_code, is_personalized, 0 as priority, user_item_interval_days
+    select user_id, item_id, category, score, reason_code, is_personalized, 0 as priority, user_item_interval_days,
+        case when is_new_to_user and discovery_score is not null then $discovery_served_by else $served_by end
+            as served_by
     from personal_picks
 
     union all
 
     select user_id, item_id, category, score, reason_code, is_personalized, 1 + tier as priority,
-        null as user_item_interval_days
+        null as user_item_interval_days, 'fallback' as served_by
     from fallback_candidates
     anti join personal_picks using (user_id, item_id)
 ),
@@ -247,9 +275,10 @@ final as (
         end as fallback_reason,
         users.channels,
         case when ranked.is_personalized then $model_version end as model_version,
-        -- which order served the row: 'ranking' (the model), the baseline that beat it on the holdout
-        -- ('baseline:buy_again_popularity', ...), or 'fallback' (the non-personalized list)
-        case when ranked.is_personalized then $served_by else 'fallback' end as served_by
+        -- which order served the row: 'ranking' (the model), 'discovery' (the ranker of items new to the
+        -- user), the baseline that beat a model on the holdout ('baseline:buy_again_popularity', ...), or
+        -- 'fallback' (the non-personalized list)
+        ranked.served_by
     from ranked
     inner join users on users.user_id = ranked.user_id
     inner join staging.stg_items as items on items.item_id = ranked.item_id and items.is_latest
