@@ -71,9 +71,16 @@ def run_stages(settings: Settings, ctx: RunContext, force: bool) -> dict[str, An
         "data_quality": quality,
         "feature_rows": feature_rows,
         "models": {
-            name: {"version": m["version"], "metrics": m["metrics"], "decision": m["decision"]}
+            name: {
+                "version": m["version"],
+                "metrics": m["metrics"],
+                "decision": m["decision"],
+                "served_by": m.get("served_by"),
+            }
             for name, m in models.items()
         },
+        # what a person must hear: a model that lost to its baseline (or learned nothing) is not serving
+        "warnings": [m["warning"] for m in models.values() if m.get("warning")],
         "scored": scored,
         "segments": segments,
         "experiments": experiments,

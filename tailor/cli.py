@@ -277,8 +277,9 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             "train",
             ", ".join(
                 f"{name} {m['decision'] or 'kept'}"
+                + (f" (served by {m['served_by']})" if m.get("served_by") not in (None, "model") else "")
                 for name, m in models.items()
-                if name in ("propensity", "ranking")
+                if name in ("propensity", "ranking", "discovery")
             ),
         ),
         (
@@ -487,9 +488,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"log loss {pm['log_loss']:.4f} (base rate {pm['baseline']['log_loss']:.4f}), "
         f"{pm['holdout_users']:,} holdout users",
         f"ranking model {ranking['version']}: NDCG@10 {rm['ndcg_at_10']:.3f} "
-        f"(popularity {rm['baseline']['ndcg_at_10']:.3f}), precision@10 {rm['precision_at_10']:.3f} "
-        f"(popularity {rm['baseline']['precision_at_10']:.3f}), recall@10 {rm['recall_at_10']:.3f}, "
+        f"(best baseline, {rm['baseline'].get('name', 'popularity')}: {rm['baseline']['ndcg_at_10']:.3f}), "
+        f"precision@10 {rm['precision_at_10']:.3f}, recall@10 {rm['recall_at_10']:.3f}, "
         f"coverage {rm['catalogue_coverage']:.1%}",
+        *(f"WARNING: {warning}" for warning in summary.get("warnings", [])),
         *(f"  {name}: {m['decision']}" for name, m in summary["models"].items() if m.get("decision")),
         "",
         f"segments: {summary['segments']['segments']:,} users, "

@@ -32,6 +32,7 @@ th:first-child, td:first-child, td.text { text-align: left; }
 .wide { overflow-x: auto; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .plot text { font-size: 11px; } .plot .plot-title { font-size: 13px; font-weight: 600; }
 .flag { color: #b00; font-weight: 600; } .ok { color: #070; } .empty { color: #888; }
+.warning { border-left: 4px solid #b60; background: #fff6e8; padding: .2em 1em; }
 """
 
 
@@ -275,12 +276,14 @@ def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     )
     if models.height == 0:
         return ""
-    rows, plots_html = [], []
+    rows, plots_html, warnings = [], [], []
     for row in models.iter_rows(named=True):
         metrics = json.loads(row["metrics"])
         ranking = "ndcg_at_10" in metrics
         metric = "ndcg_at_10" if ranking else "roc_auc"
-        baseline = metrics["baseline"].get(metric) if ranking else 0.5  # a constant score has ROC AUC 0.5
+        baseline = best_baseline(metrics, metric, ranking)
+        if is_warning(row["decision"]):
+            warnings.append(f"{row['model_name']}: {row['decision']}")
         rows.append({"model": row["model_name"], "version": row["model_version"], "serving": row["is_promoted"],
                      "metric": metric, "value": metrics.get(metric), "baseline": baseline,
                      "decision": row["decision"], "features": row["features"]})  # fmt: skip
@@ -299,14 +302,40 @@ def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
                 {"observed": (predicted, [r["observed_rate"] for r in table_rows]), "perfect": ([0.0, top], [0.0, top])},
                 "mean predicted probability", "observed rate", dashed=("perfect",),
             ))  # fmt: skip
-        if row["model_name"] == "ranking":
-            names = ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr")
+        if row["model_name"] in ("ranking", "discovery"):
+            baselines = metrics.get("baselines") or {metrics["baseline"].get("name", "popularity"): metrics["baseline"]}
             bars = []
-            for name in names:
-                bars += [(f"{name} ranker", metrics[name]), (f"{name} popularity", metrics["baseline"][name])]
-            plots_html.append(plots.bar_chart("Ranking on the holdout week: ranker against popularity", bars))
+            for name in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr"):
+                bars += [(f"{name} {row['model_name']}", metrics[name])]
+                bars += [(f"{name} {baseline}", values[name]) for baseline, values in baselines.items()]
+            plots_html.append(plots.bar_chart(
+                f"{row['model_name'].capitalize()} on the holdout: the model against its baselines", bars
+            ))  # fmt: skip
     table_html = table(pl.DataFrame(rows), ("model", "version", "metric", "decision", "features"))
-    return "<h2>Models</h2>" + table_html + '<div class="plots">' + "".join(plots_html) + "</div>"
+    warning_html = (
+        '<div class="warning"><p><strong>Not served tonight:</strong></p><ul>'
+        + "".join(f"<li>{escape(line)}</li>" for line in warnings)
+        + "</ul></div>"
+        if warnings
+        else ""
+    )
+    return "<h2>Models</h2>" + warning_html + table_html + '<div class="plots">' + "".join(plots_html) + "</div>"
+
+
+def best_baseline(metrics: dict[str, Any], metric: str, ranking: bool) -> float | None:
+    """The baseline a model had to beat: the best of the ranker's or the propensity model's, else the
+    constant score (ROC AUC 0.5)."""
+    if ranking:
+        return metrics["baseline"].get(metric)
+    baselines = metrics.get("baselines")
+    if baselines:
+        return max(values[metric] for values in baselines.values())
+    return 0.5
+
+
+def is_warning(decision: str | None) -> bool:
+    """A decision that kept a model from serving because a baseline beat it or it learned nothing."""
+    return bool(decision) and ("serves instead" in decision or "not served" in decision)
 
 
 def run_summary_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:

@@ -156,3 +156,53 @@ def test_user_scores_cover_profiled_users_in_deciles(scored) -> None:
             con, "select min(propensity_decile), max(propensity_decile), count(*) from marts.user_scores"
         )
     assert deciles[:2] == (1, 10) and deciles[2] == counts["scored_users"]
+
+
+def test_a_ranker_that_loses_to_its_baseline_does_not_serve_and_the_rows_say_what_served(scored) -> None:
+    from tailor.tasks.train import baseline_verdict
+
+    settings, ctx, models, _ = scored
+    ranking = models["ranking"]
+    # a margin no ranker can clear: the best baseline on the holdout must serve instead
+    strict = settings.model_copy(
+        update={"registry": settings.registry.model_copy(update={"baseline_margin": 1.0})}
+    )
+    served_by, warning = baseline_verdict("ranking", ranking, ranking["metrics"], strict)
+    best = ranking["metrics"]["baseline"]["name"]
+    assert served_by == f"baseline:{best}" and warning and "does not beat" in warning
+    try:
+        score_users(settings, ctx, models | {"ranking": ranking | {"served_by": served_by}})
+        with connect(settings) as con:
+            rows = con.execute(
+                "select served_by, count(*), count(model_version) from marts.recommendations "
+                "where is_personalized group by all order by all"
+            ).fetchall()
+            # the baseline's order: per user, the personalized rows follow the baseline's own scores
+            out_of_order = one(
+                con,
+                "select count(*) from (select r.user_id, r.rank, e.popularity_rank, "
+                "lag(e.popularity_rank) over (partition by r.user_id order by r.rank) as previous "
+                "from marts.recommendations r join features.ranking_examples e "
+                "on e.cutoff = $c and e.user_id = r.user_id and e.item_id = r.item_id "
+                "where r.is_personalized and e.n_user_item_purchases = 0) where previous > popularity_rank",
+                {"c": ctx.cutoff},
+            )[0]
+    finally:
+        score_users(settings, ctx, models)
+    assert rows and all(name == f"baseline:{best}" and versions == 0 for name, _, versions in rows)
+    if best == "popularity":
+        assert out_of_order == 0
+    with connect(settings) as con:
+        assert one(con, "select count(*) from marts.recommendations where served_by like 'baseline:%'")[0] == 0
+
+
+def test_a_model_with_constant_predictions_never_serves(scored) -> None:
+    from tailor.tasks.train import baseline_verdict
+
+    settings, _, models, _ = scored
+    ranking = models["ranking"]
+    constant = ranking | {"metrics": ranking["metrics"] | {"is_constant": True, "ndcg_at_10": 1.0}}
+    served_by, warning = baseline_verdict("ranking", constant, ranking["metrics"], settings)
+    assert served_by.startswith("baseline:") and "all equal" in warning
+    conversion = {"metrics": {"is_constant": True, "roc_auc": 0.9}}
+    assert baseline_verdict("conversion_c__v", conversion, conversion["metrics"], settings)[0] is None
