@@ -124,5 +124,14 @@ def test_a_source_without_files_is_a_problem_and_an_optional_one_is_not(project:
         (project / "data" / name / "example.csv").unlink()
     result = check_project(project / "tailor.yaml")
     assert problems_of(result) == [("consents", "data/consents/*.csv", None)]
-    assert "no file matches" in result["problems"][0]["message"]
+    assert result["problems"][0]["message"] == f"no file matches {project / 'data/consents/*.csv'}"
     assert result["tables"]["deletion_requests"]["rows"] == 0
+
+
+def test_without_interactions_there_is_no_run_to_date_and_one_problem(project: Path) -> None:
+    (project / "data" / "interactions" / "example.csv").write_text("customer_id,sku\nc1001,s001\n")
+    result = check_project(project / "tailor.yaml")
+    assert result["run"] == {}
+    assert problems_of(result) == [("interactions", "data/interactions/example.csv", None)]
+    assert "its SQL (sql/interactions.sql) fails on this file" in result["problems"][0]["message"]
+    assert "run of" not in format_check(result) and "problems (1):" in format_check(result)
