@@ -446,7 +446,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"wrote {len(written)} files in {args.dir}:")
     print(*(f"  {path.relative_to(args.dir)}" for path in written), sep="\n")
     print(
-        f"next: put your files under {args.dir / 'data'}, adapt {args.dir / 'sql'}/*.sql to their columns, then\n"
+        f"next: put your files under {args.dir / 'data'}, adapt {args.dir / 'sql'}/*.sql to their columns, set\n"
+        "  TAILOR_PSEUDONYM_KEY in the environment (the secret that pseudonymises published user ids), then\n"
         f"  tailor check --config {args.dir / 'tailor.yaml'}"
     )
     return 0

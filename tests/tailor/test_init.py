@@ -95,6 +95,8 @@ def test_init_refuses_a_folder_that_holds_anything(tmp_path: Path, capsys) -> No
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["init", str(empty), "--project", "shop_1"]) == 0
+    said = capsys.readouterr().out
+    assert "sql/interactions.sql" in said and "TAILOR_PSEUDONYM_KEY" in said  # what to do next
     assert load_settings(empty / "tailor.yaml").project == "shop_1"
 
 
