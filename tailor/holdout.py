@@ -280,15 +280,27 @@ def evaluate_company(config_path: Path, holdout_days: int, work_dir: Path) -> di
         "popularity_days": POPULARITY_DAYS,
         "repeat_purchases": night["repeats"].reason,
         "served_by": dict(served.group_by("served_by").len().sort("served_by").iter_rows()),
+        # each model against its baselines on the run's own holdout: the gate that chose what served
         "models": {
-            name: {"decision": model["decision"], "served_by": model.get("served_by")}
+            name: gate_figures(model)
             for name, model in sorted(night["models"].items())
             if name in ("ranking", "discovery", "propensity", "engagement")
         },
-        "ranking_holdout": night["models"]["ranking"]["metrics"].get("baselines"),
         "protocols": protocols,
         "_truth": truths,
         "_lists": lists,
+    }
+
+
+def gate_figures(model: dict[str, Any]) -> dict[str, Any]:
+    scores = model["metrics"]
+    metric = "ndcg_at_10" if "ndcg_at_10" in scores else "roc_auc"
+    return {
+        "decision": model["decision"],
+        "served_by": model.get("served_by"),
+        "metric": metric,
+        "value": scores[metric],
+        "baselines": {name: values[metric] for name, values in (scores.get("baselines") or {}).items()},
     }
 
 

@@ -12,6 +12,7 @@ from tailor.tasks.extract import extract_sources
 from tailor.tasks.features import (
     PER_CUTOFF_MODELS,
     RANKING_CUTOFF_MODELS,
+    build_candidates,
     build_cutoff_features,
     build_features,
     build_staging_models,
@@ -323,3 +324,73 @@ def test_user_features_read_a_staging_copy_without_order_columns() -> None:
     assert con.execute(
         "select n_purchases_90d, revenue_cents_90d from features.user_features"
     ).fetchall() == [(2, 450.0)]
+
+
+def test_a_full_history_in_one_undated_snapshot_gives_the_past_cutoffs_their_users(company: Path) -> None:
+    from tests.conftest import RUN_DATE
+
+    # the customers and products of all time, in one file without a date (what a first export looks like)
+    for table in ("users", "items"):
+        files = sorted((company / "sources" / table).glob("*.csv"))
+        frames = [pl.read_csv(file, infer_schema_length=0) for file in files]
+        for file in files:
+            file.unlink()
+        pl.concat(frames).write_csv(company / "sources" / table / "all.csv")
+    settings = load_settings(company / "tailor.yaml")
+    ctx = run_context(settings, RUN_DATE)
+    extract_sources.fn(settings, ctx)
+    build_features.fn(settings, ctx)
+    earliest = min(cutoffs_for(settings, ctx).all())
+    with connect(settings) as con:
+        users = con.execute(
+            "select count(*) from features.user_features where cutoff = $c", {"c": earliest}
+        ).fetchall()[0][0]
+        signed_up = con.execute(
+            "select count(distinct user_id) from staging.stg_users where created_at < $c", {"c": earliest}
+        ).fetchall()[0][0]
+        items = con.execute(
+            "select count(*) from features.item_features where cutoff = $c", {"c": earliest}
+        ).fetchall()[0][0]
+    assert users == signed_up > 0 and items > 0
+
+
+def test_training_windows_before_the_data_fail_in_one_line_naming_what_to_change(company: Path) -> None:
+    from tailor.errors import USER_ERRORS
+    from tailor.tasks.features import TrainingWindowError
+    from tests.conftest import RUN_DATE
+
+    settings = load_settings(
+        company / "tailor.yaml", {"propensity.training_windows": 12, "propensity.horizon_days": 7}
+    )
+    ctx = run_context(settings, RUN_DATE)
+    extract_sources.fn(settings, ctx)
+    with pytest.raises(TrainingWindowError) as raised:
+        build_features.fn(settings, ctx)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("interactions: the earliest training cutoff is")
+    assert "propensity.training_windows" in message and TrainingWindowError in USER_ERRORS
+
+
+def test_buy_again_candidates_come_only_where_repeats_are_allowed(company: Path) -> None:
+    from tailor.tasks.repeats import RepeatDecision
+    from tests.conftest import RUN_DATE
+
+    settings = load_settings(company / "tailor.yaml")
+    ctx = run_context(settings, RUN_DATE)
+    extract_sources.fn(settings, ctx)
+    counts = {}
+    with connect(settings) as con:
+        build_staging_models(con, ctx, settings)
+        build_cutoff_features(con, settings, ctx.cutoff, RUN_DATE, with_ranking=True)
+        for allowed in (True, False):
+            decision = RepeatDecision("allow" if allowed else "exclude", allowed, 0.5, 10, "test")
+            build_candidates(con, settings, ctx.cutoff, False, decision)
+            counts[allowed] = con.execute(
+                "select count(*) filter (where c.is_from_buy_again), count(*) filter (where p.user_id is not null) "
+                "from features.candidates c left join staging.stg_interactions p on p.user_id = c.user_id "
+                "and p.item_id = c.item_id and p.event_type = 'purchase' where c.cutoff = $c",
+                {"c": ctx.cutoff},
+            ).fetchall()[0]
+    # allowed: bought items come back as buy-again candidates; excluded: no candidate was ever bought
+    assert counts[True][0] > 0 and counts[True][1] > 0
+    assert counts[False] == (0, 0)
