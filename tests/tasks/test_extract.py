@@ -7,9 +7,9 @@ import boto3
 import duckdb
 import pytest
 import yaml
-from tailor.tasks.extract import ExtractError, extract_sources
 
 from tailor.config import load_settings
+from tailor.tasks.extract import ExtractError, extract_sources
 from tailor.warehouse import connect, run_context
 from tests.conftest import TEST_BUCKET
 
