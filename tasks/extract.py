@@ -96,6 +96,12 @@ def ensure_meta(con: duckdb.DuckDBPyConnection) -> None:
     for table in TABLES.values():
         columns = ", ".join(f"{quote_identifier(c.name)} {c.duckdb_type}" for c in table.columns)
         con.execute(f"create table if not exists raw.{table.name} ({columns})")
+        # a warehouse from an earlier version lacks the canonical columns added since (order_id, brand...)
+        for column in table.columns:
+            con.execute(
+                f"alter table raw.{table.name} add column if not exists {quote_identifier(column.name)} "
+                f"{column.duckdb_type}"
+            )
         for name, sql_type in LINEAGE_COLUMNS.items():
             con.execute(f"alter table raw.{table.name} add column if not exists {name} {sql_type}")
 

@@ -319,7 +319,20 @@ def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
         if warnings
         else ""
     )
-    return "<h2>Models</h2>" + warning_html + table_html + '<div class="plots">' + "".join(plots_html) + "</div>"
+    return (
+        "<h2>Models</h2>" + warning_html + repeats_html(con, ctx) + table_html
+        + '<div class="plots">' + "".join(plots_html) + "</div>"
+    )  # fmt: skip
+
+
+def repeats_html(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
+    """What the run chose about recommending what customers bought before, and why."""
+    if not table_exists(con, "meta.repeat_decisions"):
+        return ""
+    rows = con.execute(
+        "select reason from meta.repeat_decisions where run_date = $run_date", {"run_date": ctx.run_date}
+    ).fetchall()
+    return f"<p>Repeat purchases (<code>ranking.repeat_purchases</code>): {escape(rows[0][0])}.</p>" if rows else ""
 
 
 def best_baseline(metrics: dict[str, Any], metric: str, ranking: bool) -> float | None:

@@ -539,3 +539,20 @@ def test_an_input_the_sql_never_reads_is_a_warning(tmp_path: Path) -> None:
     settings = load_settings(config)
     loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
     assert any("input returns is not read by its SQL" in w for w in loads["interactions"].warnings)
+
+
+def test_a_warehouse_from_before_the_retail_columns_gains_them(tmp_path) -> None:
+    import duckdb
+
+    from tailor.tasks.extract import ensure_meta
+
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute("create schema raw")
+    # raw.interactions as an earlier version created it: no order, quantity, price or channel
+    con.execute(
+        "create table raw.interactions (user_id varchar, item_id varchar, event_type varchar, "
+        "occurred_at timestamp, value double)"
+    )
+    ensure_meta(con)
+    columns = {row[0] for row in con.execute("describe raw.interactions").fetchall()}
+    assert {"order_id", "quantity", "unit_price_cents", "channel", "_row_key"} <= columns
