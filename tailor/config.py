@@ -27,7 +27,6 @@ RESERVED_PARAMETERS = (
     "false_spellings", "unusual", "timestamp_format", "delimiter", "header", "encoding", "names",
 )  # fmt: skip
 _PARAMETER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_SQL_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 CHANNEL_CONSENT = {"email": "marketing_email", "push": "marketing_push", "web": "profiling"}
 
 
@@ -819,7 +818,9 @@ def check_source_sql(settings: Settings, config_name: str | Path) -> None:
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{config_name}: key '{key}': cannot read SQL file {file} ({error})") from None
         # comments may mention parameters freely; only the statement's own must be bound
-        wanted = set(_SQL_PARAMETER.findall(re.sub(r"--[^\n]*", "", text)))
+        from tailor.sql import parameter_names  # here: loading a config needs no DuckDB otherwise
+
+        wanted = parameter_names(text)
         given = ["file", *source.inputs]
         unknown = sorted(wanted - set(given))
         if unknown:

@@ -352,11 +352,20 @@ propensity:
 
 ranking:
   label_days: 7                   # the ranker learns from the interactions of this many days
-  excluded_event_types: [purchase]   # an item bought is not recommended again
+  # may customers be offered what they bought before? auto: yes when enough purchases are repeats
+  # (groceries, supplies), no otherwise; the run says what it chose and why. Or: allow, exclude.
+  repeat_purchases: auto
 
 recommendations:
   k: 10                           # items per user
   channels: [email, push, web]    # each needs the user's consent for it (consents.purpose)
+  # exclude:                      # items never recommended (SQL LIKE patterns on item_id, case-insensitive)
+  #   categories: [fuel, gift cards]
+  #   item_id_patterns: ["POST%", "FEE%"]
+  #   min_price_cents: 1
+
+# registry:
+#   baseline_margin: 0.02         # a model serves only if it beats its best simple baseline by 2%
 
 schedule:
   cron: "0 2 * * *"               # `tailor serve`: the nightly run's start, in `timezone`

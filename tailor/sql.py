@@ -36,15 +36,21 @@ def read_sql(model: str) -> str:
 
 def bind(text: str, params: dict[str, Any]) -> dict[str, Any]:
     """Keep the parameters the statement names; a named one that is missing is a programming error."""
-    wanted = set(_PARAM.findall(_strip_comments(text)))
+    wanted = parameter_names(text)
     missing = wanted - params.keys()
     if missing:
         raise KeyError(f"SQL parameter(s) not provided: {', '.join(sorted(missing))}")
     return {name: params[name] for name in wanted}
 
 
+def parameter_names(text: str) -> set[str]:
+    """The `$name` parameters a statement reads: not those in comments or string literals ('$USD')."""
+    return set(_PARAM.findall(_strip_comments(text)))
+
+
 def _strip_comments(text: str) -> str:
-    return re.sub(r"--[^\n]*", "", text)
+    # one left-to-right pass: an apostrophe in a comment opens no string, and "--" in a string is no comment
+    return re.sub(r"'(?:[^']|'')*'|--[^\n]*", lambda found: "''" if found.group().startswith("'") else "", text)
 
 
 def table_name(model: str) -> str:

@@ -488,8 +488,9 @@ def write_datasets(
                 "description": dataset.description,
                 "rows": table.num_rows,
                 "columns": {field.name: str(field.type) for field in table.schema},
+                # a baseline that served has no version: the manifest names no model then
                 "model_versions": {dataset.model: models[dataset.model]["version"]}
-                if dataset.model in models
+                if dataset.model in models and served_by_label(models[dataset.model], dataset.model) == dataset.model
                 else {},
                 # a model that lost to its baseline on the holdout does not serve: the manifest says so
                 "served_by": served_by_label(models[dataset.model], dataset.model)

@@ -266,7 +266,8 @@ def build_segments(settings: Settings, ctx: RunContext, models: dict[str, dict[s
                 "items_per_category": settings.item_audiences.items_per_category,
                 "cutoff": ctx.cutoff,
                 "top_n": settings.item_audiences.top_n,
-                "model_version": models["engagement"]["version"],
+                # no engagement model serves when it learned nothing: its audiences are empty tonight
+                "model_version": (models.get("engagement") or {}).get("version"),
             },
         )
     return counts | {"clustering": clustering}

@@ -97,6 +97,7 @@ PROPENSITY_BASELINES = {"recency": ("days_since_last_event", -1.0), "frequency":
 MODEL = "model"
 BASELINE_PREFIX = "baseline:"
 RANKING, DISCOVERY = "ranking", "discovery"
+NOTHING = "none"  # the registry's word for a model that serves nothing tonight
 CATEGORICAL = ("country", "language", "age_band", "gender", "variant_id")
 # taste concentration tells which message suits a user; it does not predict whether they buy at all
 CONVERSION_FEATURES = (*PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
@@ -648,20 +649,32 @@ def ensure_registry(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
-    for column, sql_type in (("is_promoted", "boolean"), ("decision", "varchar"), ("model_json", "json")):
+    for column, sql_type in (
+        ("is_promoted", "boolean"),
+        ("decision", "varchar"),
+        ("model_json", "json"),
+        ("serving_json", "json"),
+    ):
         con.execute(f"alter table meta.models add column if not exists {column} {sql_type}")
 
 
 def register(
-    con: duckdb.DuckDBPyConnection, ctx: RunContext, model: TrainedModel, promoted: bool, decision: str
+    con: duckdb.DuckDBPyConnection,
+    ctx: RunContext,
+    model: TrainedModel,
+    promoted: bool,
+    decision: str,
+    serving: dict[str, Any] | None = None,
 ) -> None:
+    """One model's row of the registry; `serving` is what served tonight in its place (the model, the
+    champion or a baseline; None: nothing), which a flow that does not train serves again."""
     con.execute(
         "delete from meta.models where run_date = $run_date and model_name = $name",
         {"run_date": ctx.run_date, "name": model.name},
     )
     con.execute(
         "insert into meta.models values ($run_date, $name, $version, $trained, $holdout, $features, $params, "
-        "$metrics, $rows, $sha, $path, $promoted, $decision, $model_json)",
+        "$metrics, $rows, $sha, $path, $promoted, $decision, $model_json, $serving_json)",
         {
             "run_date": ctx.run_date,
             "name": model.name,
@@ -677,6 +690,7 @@ def register(
             "promoted": promoted,
             "decision": decision,
             "model_json": json.dumps(asdict(model), sort_keys=True, default=str),
+            "serving_json": json.dumps(serving or {"served_by": NOTHING}, sort_keys=True, default=str),
         },
     )
 
@@ -833,9 +847,12 @@ def baseline_verdict(
 
 
 def served_by_label(model: dict[str, Any], name: str) -> str:
-    """What the published rows say served them: the model's name, or the baseline that beat it."""
+    """What the published rows say served them: the model's name, or the baseline that beat it (for
+    discovery prefixed, so its popularity and the ranker's can be told apart)."""
     served_by = model.get("served_by", MODEL)
-    return name if served_by == MODEL else served_by
+    if served_by == MODEL:
+        return name
+    return f"{name}:{served_by}" if name == DISCOVERY else served_by
 
 
 def serving_entry(
@@ -881,7 +898,7 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
             check_features(challenger.name, challenger.features, settings)
             model, promoted, decision = champion_gate(con, settings, ctx, cuts, challenger)
             entry, promoted, decision = serving_entry(challenger, model, promoted, decision, settings)
-            register(con, ctx, challenger, promoted, decision)
+            register(con, ctx, challenger, promoted, decision, entry)
             if entry is None or entry["served_by"] != MODEL:
                 log.warning("%s: %s", challenger.name, decision)
             else:
@@ -900,14 +917,34 @@ def serving_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, A
     analyses (the experiments flow run on its own) reads."""
     with connect(settings) as con:
         ensure_registry(con)
+        # what served at the latest run: the promoted model, the champion, a baseline, or nothing (a model
+        # that lost to its baseline or learned nothing is not brought back); rows from before serving_json
+        # was kept fall back to the latest promoted model
         rows = con.execute(
-            "select model_name, model_json, decision from meta.models where run_date <= $run_date and is_promoted "
-            "qualify row_number() over (partition by model_name order by run_date desc) = 1 order by model_name",
+            """
+            with latest as (
+                select model_name, serving_json, decision from meta.models where run_date <= $run_date
+                qualify row_number() over (partition by model_name order by run_date desc) = 1
+            ),
+            promoted as (
+                select model_name, model_json, decision from meta.models where run_date <= $run_date and is_promoted
+                qualify row_number() over (partition by model_name order by run_date desc) = 1
+            )
+            select
+                latest.model_name,
+                coalesce(latest.serving_json, promoted.model_json),
+                case when latest.serving_json is null then promoted.decision else latest.decision end
+            from latest
+            left join promoted using (model_name)
+            order by latest.model_name
+            """,
             {"run_date": ctx.run_date},
         ).fetchall()
     models = {}
     for name, model_json, decision in rows:
-        model = json.loads(model_json)
-        if Path(model["path"]).exists():
+        model = json.loads(model_json) if model_json else {"served_by": NOTHING}
+        if model.get("served_by", MODEL) == NOTHING:
+            continue
+        if model.get("served_by", MODEL) != MODEL or Path(model["path"]).exists():
             models[name] = model | {"decision": decision, "challenger_version": model["version"]}
     return models

@@ -99,10 +99,13 @@ final as (
         coalesce(purchases.user_item_basket_share, 0) as user_item_basket_share,
         repurchase.item_repurchase_interval_days,
         coalesce(repurchase.item_repeat_share, 0) as item_repeat_share,
-        -- above 1: the user is due to buy it again
-        purchases.days_since_user_item_purchase
-            / greatest(coalesce(purchases.user_item_interval_days, repurchase.item_repurchase_interval_days), 1)
-            as repurchase_due_ratio,
+        -- above 1: the user is due to buy it again; unknown while no cycle is known (greatest() skips nulls)
+        case
+            when coalesce(purchases.user_item_interval_days, repurchase.item_repurchase_interval_days) is not null
+                then purchases.days_since_user_item_purchase / greatest(
+                    coalesce(purchases.user_item_interval_days, repurchase.item_repurchase_interval_days), 1
+                )
+        end as repurchase_due_ratio,
         -- scale-free versions: training windows and the scoring window hold different amounts of data
         -- (among the user's recommendation candidates: items scored only for an audience stay apart, so
         -- configuring an audience never changes what the ranker sees)

@@ -83,7 +83,11 @@ rescored as (
     -- Where a discovery ranker serves, the ranker still decides how many places go to items new to the
     -- user, but discovery decides which new items fill them: the new items' scores, best first, are dealt
     -- out in discovery's order. Items the user bought keep their place.
-    select personal_candidates.* exclude (score), coalesce(slots.score, personal_candidates.score) as score
+    select
+        personal_candidates.* exclude (score),
+        coalesce(slots.score, personal_candidates.score) as score,
+        -- equal scores (a baseline's, say) keep discovery's order, not the item ids'
+        coalesce(dealt.new_rank, 0) as tiebreak
     from personal_candidates
     left join (
         select
@@ -109,11 +113,12 @@ personal_picks as (
     from (
         select
             *,
-            row_number() over (partition by user_id, category order by score desc, item_id) as rank_in_category
+            row_number() over (partition by user_id, category order by score desc, tiebreak, item_id)
+                as rank_in_category
         from rescored
     )
     where $max_per_category is null or rank_in_category <= $max_per_category
-    qualify row_number() over (partition by user_id order by score desc, item_id) <= $k
+    qualify row_number() over (partition by user_id order by score desc, tiebreak, item_id) <= $k
 ),
 
 short_users as (
@@ -182,14 +187,15 @@ fallback_candidates as (
 
 combined as (
     -- personalized picks first, then the fallback; the category cap holds across both
-    select user_id, item_id, category, score, reason_code, is_personalized, 0 as priority, user_item_interval_days,
+    select user_id, item_id, category, score, tiebreak, reason_code, is_personalized, 0 as priority,
+        user_item_interval_days,
         case when is_new_to_user and discovery_score is not null then $discovery_served_by else $served_by end
             as served_by
     from personal_picks
 
     union all
 
-    select user_id, item_id, category, score, reason_code, is_personalized, 1 + tier as priority,
+    select user_id, item_id, category, score, 0 as tiebreak, reason_code, is_personalized, 1 + tier as priority,
         null as user_item_interval_days, 'fallback' as served_by
     from fallback_candidates
     anti join personal_picks using (user_id, item_id)
@@ -199,12 +205,12 @@ capped as (
     select *
     from combined
     qualify $max_per_category is null
-        or row_number() over (partition by user_id, category order by priority, score desc, item_id)
+        or row_number() over (partition by user_id, category order by priority, score desc, tiebreak, item_id)
             <= $max_per_category
 ),
 
 ranked as (
-    select *, row_number() over (partition by user_id order by priority, score desc, item_id) as rank
+    select *, row_number() over (partition by user_id order by priority, score desc, tiebreak, item_id) as rank
     from capped
     qualify rank <= $k
 ),
@@ -249,9 +255,10 @@ final as (
         case
             when ranked.reason_code = 'buy_again' and ranked.user_item_interval_days >= 1
                 then 'You buy this every ' || case
-                    when ranked.user_item_interval_days < 10
+                    when ranked.user_item_interval_days < 1.5 then 'day'
+                    when ranked.user_item_interval_days < 13.5
                         then cast(round(ranked.user_item_interval_days) as integer) || ' days'
-                    when ranked.user_item_interval_days < 60
+                    when ranked.user_item_interval_days < 59.5
                         then cast(round(ranked.user_item_interval_days / 7) as integer) || ' weeks'
                     else cast(round(ranked.user_item_interval_days / 30.4) as integer) || ' months'
                 end

@@ -110,7 +110,7 @@ def missing_column(company: Path) -> None:
 
 def extra_column(company: Path) -> None:
     lines = next_day_events(company)
-    write(company, "interactions", [lines[0] + ",channel", *(line + ",web" for line in lines[1:])])
+    write(company, "interactions", [lines[0] + ",device", *(line + ",tablet" for line in lines[1:])])
 
 
 def changed_type(company: Path) -> None:
@@ -199,7 +199,7 @@ CATALOGUE = [
     Case("an unknown event type", with_events(lambda rows: [replace_field(rows[0], 2, "teleport"), *rows[1:]]), "quarantined", "known_event_type", rule="known_event_type"),
     Case("duplicate events across two daily files", duplicates_across_files, "quarantined", "not_a_duplicate", rule="not_a_duplicate"),
     Case("negative revenue", negative_revenue, "quarantined", "revenue_not_negative", "campaign_exposures", "revenue_not_negative"),
-    Case("an extra column", extra_column, "warning", r"column\(s\) channel not mapped", rule="extract_warning"),
+    Case("an extra column", extra_column, "warning", r"column\(s\) device not mapped", rule="extract_warning"),
     Case("consent given as yes/no", yes_no_consents, "warning", r"is_granted'?: 2 value\(s\) spelled yes/no", "consents", "extract_warning"),
 ]  # fmt: skip
 

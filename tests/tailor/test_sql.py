@@ -42,3 +42,9 @@ def test_materialize_partition_replaces_rather_than_appends(monkeypatch) -> None
         assert sql.materialize_partition(con, "features/demo", "cutoff", {"cutoff": 1}) == 1
     sql.materialize_partition(con, "features/demo", "cutoff", {"cutoff": 2})
     assert sql.count_rows(con, "features.demo") == 2
+
+
+def test_parameters_in_comments_and_string_literals_are_not_parameters() -> None:
+    text = "select $a, '$USD' -- the customer's $b\nfrom t where x = $c and y = 'it''s $d' -- $e\n"
+    assert sql.parameter_names(text) == {"a", "c"}
+    assert sql.bind(text, {"a": 1, "c": 2}) == {"a": 1, "c": 2}
