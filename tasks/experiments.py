@@ -434,6 +434,11 @@ def predicted_uplift(
 
 
 def predict_with(frame: pl.DataFrame, model: dict[str, Any]) -> np.ndarray:
+    """A conversion model's calibrated probabilities; where it did not beat the constant rate on its
+    holdout, that rate for everyone (its baseline serves)."""
+    serving = model.get("baseline_serving") or {}
+    if "constant" in serving:
+        return np.full(frame.height, serving["constant"], dtype=np.float64)
     matrix = feature_matrix(frame, tuple(model["features"]), model["categories"])
     return predict_propensity(lgb.Booster(model_file=model["path"]), matrix, model["params"]["calibration"])
 

@@ -98,6 +98,7 @@ MODEL = "model"
 BASELINE_PREFIX = "baseline:"
 RANKING, DISCOVERY = "ranking", "discovery"
 NOTHING = "none"  # the registry's word for a model that serves nothing tonight
+CONSTANT_RATE = "constant_rate"  # a conversion model's baseline: the training conversion rate for everyone
 CATEGORICAL = ("country", "language", "age_band", "gender", "variant_id")
 # taste concentration tells which message suits a user; it does not predict whether they buy at all
 CONVERSION_FEATURES = (*PROPENSITY_FEATURES, "top_category_share_90d", "category_concentration_90d")
@@ -817,7 +818,7 @@ def baseline_verdict(
 
     The ranker must beat the best of popularity, buy-again and buy-again + popularity on NDCG@10; the
     propensity model the better of recency and frequency on ROC AUC; a conversion model the constant rate
-    (ROC AUC 0.5). A model whose predictions are all equal never serves. The baselines come from tonight's
+    (ROC AUC 0.5), which then serves in its place. A model whose predictions are all equal never serves. The baselines come from tonight's
     challenger: they are measured on the same holdout whichever model serves."""
     margin = settings.registry.baseline_margin
     scores = serving["metrics"]
@@ -830,7 +831,7 @@ def baseline_verdict(
         best_name = max(baselines, key=lambda key: np.nan_to_num(baselines[key]["roc_auc"], nan=0.0))
         value, floor, label = scores["roc_auc"], baselines[best_name]["roc_auc"], "ROC AUC"
     elif name.startswith(CONVERSION_PREFIX):
-        best_name, value, floor, label = "", scores["roc_auc"], 0.5, "ROC AUC"
+        best_name, value, floor, label = CONSTANT_RATE, scores["roc_auc"], 0.5, "ROC AUC"
     else:
         # engagement: audiences need probabilities that compare across users, which no baseline gives
         best_name, value, floor, label = "", 1.0, 0.0, ""
@@ -839,7 +840,7 @@ def baseline_verdict(
     elif _beats(value, floor, margin):
         return MODEL, None
     else:
-        against = f"{best_name}'s {floor:.4f}" if best_name else f"a constant score's {floor:.2f}"
+        against = f"a constant score's {floor:.2f}" if best_name == CONSTANT_RATE else f"{best_name}'s {floor:.4f}"
         reason = f"{name}: {label} {value:.4f} does not beat {against} (margin {margin:.0%})"
     if best_name:
         return f"{BASELINE_PREFIX}{best_name}", f"{reason}: the {best_name} baseline serves instead"
@@ -870,6 +871,9 @@ def serving_entry(
     entry = model | {"served_by": served_by, "warning": warning}
     if challenger.name == "propensity":
         entry["baseline_serving"] = challenger.metrics["baselines"][served_by.removeprefix(BASELINE_PREFIX)]
+    if challenger.name.startswith(CONVERSION_PREFIX):
+        # everyone gets the training windows' conversion rate: no user is told apart from another
+        entry["baseline_serving"] = {"constant": float(challenger.metrics["training_positive_rate"])}
     return entry, False, said
 
 

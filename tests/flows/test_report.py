@@ -69,7 +69,7 @@ def test_the_report_draws_every_plot_in_headless_chromium(
     titles = [plot["title"] for plot in plots]
     # the plots the issue names: ROC and calibration, ranking against popularity, segment sizes, allocation,
     # experiment lift, posteriors, and fairness ratios
-    for expected in ("Propensity ROC", "Propensity calibration", "ranker against popularity", "Segment sizes",
+    for expected in ("Propensity ROC", "Propensity calibration", "the model against its baselines", "Segment sizes",
                      "Variant allocation", "difference against control", "posterior of each arm",
                      "disparate-impact ratios"):  # fmt: skip
         assert any(expected in title for title in titles), (expected, titles)

@@ -205,4 +205,8 @@ def test_a_model_with_constant_predictions_never_serves(scored) -> None:
     served_by, warning = baseline_verdict("ranking", constant, ranking["metrics"], settings)
     assert served_by.startswith("baseline:") and "all equal" in warning
     conversion = {"metrics": {"is_constant": True, "roc_auc": 0.9}}
-    assert baseline_verdict("conversion_c__v", conversion, conversion["metrics"], settings)[0] is None
+    assert baseline_verdict("conversion_c__v", conversion, conversion["metrics"], settings)[0] == (
+        "baseline:constant_rate"
+    )
+    engagement = {"metrics": {"is_constant": True, "roc_auc": 0.9}}
+    assert baseline_verdict("engagement", engagement, engagement["metrics"], settings)[0] is None

@@ -6,7 +6,6 @@ import pytest
 
 from tailor.tasks.features import cutoffs_for
 from tailor.tasks.train import (
-    conversion_model_name,
     feature_matrix,
     seeded_validation_users,
     train_propensity,
@@ -158,20 +157,14 @@ def test_conversion_models_are_trained_per_campaign_and_variant_on_earlier_sends
         assert model["metrics"]["holdout_sends"] > 0 and 0 <= model["metrics"]["roc_auc"] <= 1
         assert model["trained_cutoff"] < model["holdout_cutoff"], name
     # one model per variant, and the no-contact model of the uplift learner, fitted on the holdout's sends
-    # a variant's model that learned nothing (constant predictions) is registered but never serves
-    with connect(settings) as con:
-        registered = dict(
-            con.execute(
-                "select model_name, decision from meta.models where run_date = $d and not is_promoted",
-                {"d": ctx.run_date},
-            ).fetchall()
-        )
-    expected = {"discount", "editorial", "new_arrivals", "holdout"}
-    unserved = expected - variants_by_campaign["weekly_digest"]
-    for variant_id in unserved:
-        decision = registered[conversion_model_name("weekly_digest", variant_id)]
-        assert "not served" in decision, decision
-    assert variants_by_campaign["weekly_digest"] <= expected and len(unserved) < len(expected)
+    # one model per variant, and the no-contact model of the uplift learner; a model that learned nothing
+    # (constant predictions) or no more than the constant rate is served by that rate, and says so
+    assert variants_by_campaign["weekly_digest"] == {"discount", "editorial", "new_arrivals", "holdout"}
+    for name, model in conversions.items():
+        if model["served_by"] != "model":
+            assert model["served_by"] == "baseline:constant_rate", name
+            assert "constant_rate baseline serves instead" in model["decision"], model["decision"]
+            assert model["baseline_serving"]["constant"] == model["metrics"]["training_positive_rate"]
     assert 0 < models["engagement"]["metrics"]["roc_auc"] <= 1
     with connect(settings) as con:
         # each send's features are the user's snapshot at or before the send, never a later one
@@ -228,3 +221,15 @@ def test_sensitive_features_must_be_declared_sensitive_attributes() -> None:
         PrivacyConfig(sensitive_features=["country"])
     with pytest.raises(ValueError, match="not a users column"):
         PrivacyConfig(sensitive_attributes=["email"])
+
+
+def test_a_flow_that_does_not_train_serves_what_the_night_served(midsize_company) -> None:
+    from tailor.tasks.train import serving_models
+
+    _, settings, ctx, models = midsize_company
+    again = serving_models.fn(settings, ctx)
+    # a model the night did not serve (constant predictions, lost to its baseline) is not brought back
+    assert set(again) == set(models)
+    for name, model in models.items():
+        assert again[name]["version"] == model["version"], name
+        assert again[name].get("served_by") == model.get("served_by"), name
