@@ -847,6 +847,20 @@ def baseline_verdict(
     return None, f"{reason}: not served"
 
 
+def beaten_baseline(name: str, scores: dict[str, Any], challenger_metrics: dict[str, Any]) -> str:
+    """The baseline a serving model beat, in words for the decision (empty where there is none)."""
+    if name in (RANKING, DISCOVERY):
+        best = challenger_metrics["baseline"]
+        return f" (NDCG@10 {scores['ndcg_at_10']:.4f}; best baseline, {best['name']}, {best['ndcg_at_10']:.4f})"
+    if name == "propensity":
+        baselines = challenger_metrics["baselines"]
+        best = max(baselines, key=lambda key: np.nan_to_num(baselines[key]["roc_auc"], nan=0.0))
+        return f" (ROC AUC {scores['roc_auc']:.4f}; best baseline, {best}, {baselines[best]['roc_auc']:.4f})"
+    if name.startswith(CONVERSION_PREFIX):
+        return f" (ROC AUC {scores['roc_auc']:.4f}; the constant rate's 0.5)"
+    return ""
+
+
 def served_by_label(model: dict[str, Any], name: str) -> str:
     """What the published rows say served them: the model's name, or the baseline that beat it (for
     discovery prefixed, so its popularity and the ranker's can be told apart)."""
@@ -863,7 +877,8 @@ def serving_entry(
     (None when nothing serves), whether the challenger counts as promoted, and the decision in words."""
     served_by, warning = baseline_verdict(challenger.name, model, challenger.metrics, settings)
     if served_by == MODEL:
-        return model | {"served_by": MODEL, "warning": None}, promoted, decision
+        note = beaten_baseline(challenger.name, model["metrics"], challenger.metrics)
+        return model | {"served_by": MODEL, "warning": None}, promoted, f"{decision}{note}"
     # a promoted challenger that then loses to its baseline is not promoted after all: say only that
     said = warning if promoted else f"{decision}; {warning}"
     if served_by is None:

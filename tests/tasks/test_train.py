@@ -80,7 +80,8 @@ def test_champion_gate_keeps_a_better_champion(company, monkeypatch) -> None:
         extract_sources.fn(settings, ctx)
         build_features.fn(settings, ctx)
     first = train_models.fn(settings, first_day)
-    assert first["ranking"]["decision"] == "first ranking model: promoted"
+    assert first["ranking"]["decision"].startswith("first ranking model: promoted (NDCG@10 ")
+    assert "best baseline" in first["ranking"]["decision"]
 
     # a deliberately weak challenger (one tree on a tiny learning rate) must not replace the champion
     weak = load_settings(
