@@ -807,7 +807,10 @@ def champion_gate(
 
 
 def _beats(value: float, baseline: float, margin: float) -> bool:
-    """Whether a metric beats a baseline's by the relative margin; an unmeasurable value never does."""
+    """Whether a metric beats a baseline's by the relative margin. An unmeasurable value never does; an
+    unmeasurable baseline (a holdout with one class) cannot be beaten or lost to: the model keeps serving."""
+    if not np.isfinite(baseline):
+        return True
     return bool(np.isfinite(value)) and value > baseline * (1 + margin) and value > baseline
 
 

@@ -210,3 +210,17 @@ def test_a_model_with_constant_predictions_never_serves(scored) -> None:
     )
     engagement = {"metrics": {"is_constant": True, "roc_auc": 0.9}}
     assert baseline_verdict("engagement", engagement, engagement["metrics"], settings)[0] is None
+
+
+def test_a_baseline_that_cannot_be_measured_leaves_the_model_serving(scored) -> None:
+    from tailor.tasks.train import baseline_verdict
+
+    settings, _, models, _ = scored
+    propensity = models["propensity"]
+    unmeasurable = {name: values | {"roc_auc": float("nan")}
+                    for name, values in propensity["metrics"]["baselines"].items()}  # fmt: skip
+    metrics = propensity["metrics"] | {"baselines": unmeasurable}
+    assert baseline_verdict("propensity", propensity, metrics, settings) == ("model", None)
+    beaten = {name: values | {"roc_auc": 0.99} for name, values in propensity["metrics"]["baselines"].items()}
+    served_by, warning = baseline_verdict("propensity", propensity, metrics | {"baselines": beaten}, settings)
+    assert served_by.startswith("baseline:") and "does not beat" in warning
