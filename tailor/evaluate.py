@@ -22,7 +22,7 @@ import polars as pl
 
 from tailor import metrics
 from tailor.config import Settings, load_settings
-from tailor.sql import read_partition, scalar
+from tailor.sql import materialize, read_partition, scalar
 from tailor.tasks.extract import extract_sources
 from tailor.tasks.features import build_candidates, build_cutoff_features, build_staging_models
 from tailor.tasks.repeats import RepeatDecision
@@ -67,6 +67,7 @@ def stage_interactions(con: Any, history: pl.DataFrame, future: pl.DataFrame, cu
     )
     frame = pl.concat([history.with_columns(pl.col("occurred_at").cast(pl.Datetime("us"))), moved])
     replace_table(con, "staging.stg_interactions", frame.to_arrow())
+    materialize(con, "staging/stg_purchase_days")  # derived from the interactions just staged
 
 
 def popularity_top_k(train: pl.DataFrame, users: pl.Series, k: int) -> pl.DataFrame:

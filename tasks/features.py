@@ -33,6 +33,7 @@ STAGING_MODELS = (
     "staging/stg_items",
     "staging/stg_consents",
     "staging/stg_interactions",
+    "staging/stg_purchase_days",
     "staging/stg_campaign_exposures",
 )
 PER_CUTOFF_MODELS = ("features/user_features", "features/item_features")

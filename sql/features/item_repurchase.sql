@@ -2,11 +2,10 @@
 -- (the median days between one user's consecutive purchase days of it) and the share of its buyers who
 -- bought it again. A user who bought an item once is "due" when the item's cycle has passed.
 with purchases as (
-    select distinct user_id, item_id, cast(occurred_at as date) as purchased_on
-    from staging.stg_interactions
-    where event_type = 'purchase'
-        and occurred_at < $cutoff
-        and occurred_at >= $cutoff - to_days(cast($repeat_history_days as integer))
+    select user_id, item_id, purchased_on
+    from staging.stg_purchase_days
+    where first_purchased_at < $cutoff
+        and last_purchased_at >= $cutoff - to_days(cast($repeat_history_days as integer))
 ),
 
 gaps as (

@@ -2,11 +2,10 @@
 -- (one per user, item and day), the share that repeat an item the same user bought on an earlier day.
 -- Groceries and supplies sit near or above a half; films and one-off goods near zero.
 with purchases as (
-    select distinct user_id, item_id, cast(occurred_at as date) as purchased_on
-    from staging.stg_interactions
-    where event_type = 'purchase'
-        and occurred_at < $cutoff
-        and occurred_at >= $cutoff - to_days(cast($repeat_history_days as integer))
+    select user_id, item_id, purchased_on
+    from staging.stg_purchase_days
+    where first_purchased_at < $cutoff
+        and last_purchased_at >= $cutoff - to_days(cast($repeat_history_days as integer))
 ),
 
 numbered as (

@@ -9,13 +9,11 @@ with users as (
 ),
 
 purchases as (
-    -- a day, not a line: a basket of the same item on three lines is one purchase
-    select distinct user_id, item_id, cast(occurred_at as date) as purchased_on
-    from staging.stg_interactions
+    select user_id, item_id, purchased_on
+    from staging.stg_purchase_days
     semi join users using (user_id)
-    where event_type = 'purchase'
-        and occurred_at < $cutoff
-        and occurred_at >= $cutoff - to_days(cast($repeat_history_days as integer))
+    where first_purchased_at < $cutoff
+        and last_purchased_at >= $cutoff - to_days(cast($repeat_history_days as integer))
 ),
 
 user_days as (

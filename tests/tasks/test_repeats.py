@@ -6,6 +6,7 @@ import duckdb
 import pytest
 
 from tailor.config import RankingConfig
+from tailor.sql import materialize
 from tailor.tasks.repeats import decide, excluded_event_types, load, save
 
 CUTOFF = datetime(2026, 11, 20)
@@ -23,6 +24,7 @@ def purchases_con(rows: list[tuple[str, str, str]]) -> duckdb.DuckDBPyConnection
         "insert into staging.stg_interactions values (?, ?, 'purchase', ?)",
         [(user, item, datetime.fromisoformat(day)) for user, item, day in rows],
     )
+    materialize(con, "staging/stg_purchase_days")
     return con
 
 
