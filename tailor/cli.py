@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # Tailor's own loggers go to the same places as Prefect's: the terminal and the run's logs in the API.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tailor")
+# Tailor logs outside flow runs too (the server start, the lock): those lines go to the terminal and the log file
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 # The research copy beside the project, which the issue names as the default. Nothing needs it to install,
@@ -26,6 +31,8 @@ DEFAULT_MOVIELENS_DIR = "../shared/data/ml-100k/"  # optional: its tests skip wh
 
 def _day(value: str) -> date:
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):  # fromisoformat also takes 20261130
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date in YYYY-MM-DD form") from None
@@ -216,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _absolute_target(target: str | None) -> str | None:
+    from tailor.config import refuse_climbing_target
+
+    if target:
+        refuse_climbing_target(target)  # before resolution, which would hide the '..'
     if target and target.startswith("file://") and not target.startswith("file:///"):
         return "file://" + str(Path(target.removeprefix("file://")).resolve())
     return target
@@ -236,17 +247,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def flow_session(
+    args: argparse.Namespace, settings: Any, run_date: date | None, command: str
+) -> Iterator[None]:
+    """What every command that runs a flow needs, cheapest check first: the run log, the run lock (a refused
+    run starts nothing), then the Prefect API (a temporary server when none is configured)."""
+    from tailor.prefect_api import prefect_api
+    from tailor.tasks.runs import run_lock
+    from tailor.terminal import attach_run_log
+    from tailor.warehouse import today_in
+
+    log_path = attach_run_log(settings.resolve(settings.warehouse.runs_dir) / "logs", command)
+    args.log_path = log_path
+    with run_lock(settings, run_date or today_in(settings.timezone)), prefect_api():
+        yield
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tailor.config import load_settings
 
     target = _absolute_target(args.target)
     # fail on a bad config before Prefect starts anything
-    load_settings(args.config, {"publish.target": target} if target else None)
-    from tailor.flows.nightly import nightly
+    settings = load_settings(args.config, {"publish.target": target} if target else None)
     from tailor.progress import show_progress
 
     started = time.monotonic()
-    with show_progress(_watched(args)):
+    with flow_session(args, settings, args.run_date, "run"), show_progress(_watched(args)):
+        from tailor.flows.nightly import nightly
+
         summary = nightly(
             config_path=str(args.config.resolve()), run_date=args.run_date, target=target, force=args.force
         )
@@ -324,14 +353,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from tailor.config import load_settings
 
     target = _absolute_target(args.target)
-    load_settings(args.config, {"publish.target": target} if target else None)
+    settings = load_settings(args.config, {"publish.target": target} if target else None)
     if args.end < args.start:
-        print(f"tailor: error: --end {args.end} is before --start {args.start}", file=sys.stderr)
-        return 2
-    from tailor.flows.schedule import backfill
+        raise UsageError(f"--end {args.end} is before --start {args.start}")
     from tailor.progress import show_progress
 
-    with show_progress(_watched(args)):
+    with flow_session(args, settings, args.end, "backfill"), show_progress(_watched(args)):
+        from tailor.flows.schedule import backfill
+
         summary = backfill(
             config_path=str(args.config.resolve()),
             start=args.start,
@@ -362,10 +391,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from tailor.config import load_settings
 
     target = _absolute_target(args.target)
-    load_settings(args.config, {"publish.target": target} if target else None)
-    from tailor.flows.experiments import experiments
+    settings = load_settings(args.config, {"publish.target": target} if target else None)
+    with flow_session(args, settings, args.run_date, "experiments"):
+        from tailor.flows.experiments import experiments
 
-    summary = experiments(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
+        summary = experiments(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
     report(
         args,
         summary,
@@ -516,19 +546,28 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class UsageError(ValueError):
+    """Arguments that do not fit together."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
-    if quiet:
-        # for schedulers: only errors reach the terminal (set before Prefect is imported)
-        os.environ["PREFECT_LOGGING_LEVEL"] = "ERROR"
+    # a busy host starts even Prefect's own temporary server slowly (for code paths that start one)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     import logging
+
+    from tailor.errors import USER_ERRORS
+    from tailor.terminal import filter_expected_failures, quiet_console
 
     for name in ("tailor",):
         # Prefect gives these loggers its handlers (PREFECT_LOGGING_EXTRA_LOGGERS), not a level
-        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.INFO)
-    from tailor.errors import USER_ERRORS
-
+        logging.getLogger(name).setLevel(logging.INFO)
+    expected = (*USER_ERRORS, UsageError)
+    if quiet or getattr(args, "json", False):
+        quiet_console()  # for schedulers and scripts: the terminal gets the one line of an error, or nothing
+    else:
+        filter_expected_failures(expected)
     try:
         commands = {
             "generate": cmd_generate,
@@ -542,9 +581,22 @@ def main(argv: list[str] | None = None) -> int:
             "check": cmd_check,
         }
         return commands[args.command](args)
-    except USER_ERRORS as error:
-        print(f"tailor: error: {error}", file=sys.stderr)
-        return 2
+    except expected as error:
+        return fail(args, error)
+    except MemoryError as error:
+        return fail(args, error, "the machine ran out of memory (see the sizes the command was given)")
+
+
+def fail(args: argparse.Namespace, error: BaseException, message: str | None = None) -> int:
+    """An expected failure: one line on stderr, a JSON object on stdout with --json, exit code 2."""
+    text = " ".join((message or str(error) or type(error).__name__).split())
+    log_path = getattr(args, "log_path", None)
+    line = f"tailor: error: {text}" + (f" (log: {log_path})" if log_path else "")
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": text, "error_type": type(error).__name__,
+                          "log": str(log_path) if log_path else None}))  # fmt: skip
+    print(line, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

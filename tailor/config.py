@@ -132,6 +132,12 @@ class PublishConfig(StrictModel):
         description="datasets a campaign system must match on the real id (e.g. user_updates for Braze's "
         "EXTERNAL_ID): published with the raw user_id while every other dataset stays pseudonymous",
     )
+    keep_superseded_attempts_hours: float = Field(
+        24,
+        ge=0,
+        description="how long a published attempt stays after a republish of its date replaced it, so a "
+        "reader that followed the old pointer can finish; a later publish then removes it",
+    )
 
     @field_validator("csv_datasets", "jsonl_datasets", "external_id_datasets")
     @classmethod
@@ -735,6 +741,45 @@ def _describe(error: dict[str, Any]) -> str:
     return f"key '{key}': {error['msg']}"
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: where, and what (its own text quotes the lines around it)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}" + (
+            f" ({error.context})" if error.context else ""
+        )
+    return " ".join(str(error).split())
+
+
+# Folders a publish target may never be (the run writes and, after a retention period, deletes there).
+SYSTEM_FOLDERS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/proc", "/sys", "/dev")
+
+
+def refuse_climbing_target(target: str) -> None:
+    """A relative `file://` target given on the command line may not climb out with `..` (a typo or a
+    pasted path could otherwise publish, and later delete, anywhere): give an absolute path instead."""
+    relative = target.startswith("file://") and not target.startswith("file:///")
+    if relative and ".." in Path(target.removeprefix("file://")).parts:
+        raise ConfigError(
+            f"--target {target}: a relative target may not contain '..'; give an absolute one (file:///DIR)"
+        )
+
+
+def system_folder(target: str) -> str | None:
+    """The system folder (or `/`) an absolute `file://` target is or lies under, else None."""
+    if not target.startswith("file://"):
+        return None
+    given = target.removeprefix("file://")
+    # both the path as written (normalized) and with symlinks followed (/bin -> /usr/bin)
+    for path in (os.path.normpath(given), os.path.realpath(given)):
+        if path == "/":
+            return "/"
+        for folder in SYSTEM_FOLDERS:
+            if path == folder or path.startswith(folder + "/"):
+                return folder
+    return None
+
+
 def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> Settings:
     """Read, validate and return the settings, or raise one ConfigError naming the file and keys."""
     config_path = Path(path).resolve()
@@ -745,7 +790,7 @@ def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     try:
         data = yaml.safe_load(raw_bytes) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for key, value in (overrides or {}).items():
@@ -766,6 +811,13 @@ def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     )
     check_campaigns(settings, path)
     check_source_sql(settings, path)
+    target = settings.resolve_uri(settings.publish.target)
+    folder = system_folder(target)
+    if folder:
+        raise ConfigError(
+            f"{path}: key 'publish.target': {target} is {'the root folder' if folder == '/' else 'under ' + folder}"
+            "; publish to a folder of your own"
+        )
     key_env = settings.publish.pseudonym_key_env
     if settings.publish.published_user_id == "pseudonymous" and not os.environ.get(key_env):
         raise ConfigError(
@@ -791,8 +843,10 @@ def load_campaign_files(settings: Settings, config_name: str | Path) -> list[Cam
     for file in campaign_files(settings):
         try:
             data = yaml.safe_load(file.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{file}: cannot read campaign file: {error}") from None
+        except OSError as error:
+            raise ConfigError(f"{file}: cannot read campaign file ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{file}: not valid YAML: {yaml_problem(error)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: a campaign file holds one mapping of keys")
         try:

@@ -8,6 +8,8 @@ from tailor.storage import StorageError
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tailor.drafts import DraftError
+    from tailor.generate import GenerateSizeError
+    from tailor.prefect_api import PrefectServerError
     from tailor.tasks.extract import ExtractError
     from tailor.tasks.fairness import FairnessError
     from tailor.tasks.features import TrainingWindowError
@@ -29,6 +31,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         SensitiveFeatureError,
         TrainingWindowError,
         RunInProgress,
+        PrefectServerError,
+        GenerateSizeError,
     )
 
 

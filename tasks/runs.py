@@ -2,7 +2,8 @@
 
 - The run lock is a file beside the warehouse, created exclusively; it names the run date and the process
   holding it. A second run (the same date or another: they share the warehouse) is refused with that name.
-  A lock left by a process that no longer exists on this host is taken over.
+  A lock left by a process that no longer exists on this host, or an empty or unreadable lock file older
+  than a few seconds (a run killed between creating and writing it), is taken over with a warning.
 - `meta.runs` records each run date's latest attempt: started, succeeded or failed, and when. The scheduled
   flow reads it to find the nights it missed.
 """
@@ -46,29 +47,61 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# locks this process holds: the CLI takes the lock before it starts Prefect, the flow inside takes it again
+_HELD: set[Path] = set()
+# a lock file is written right after it is created: empty or unreadable for longer than this, it is debris
+UNREADABLE_LOCK_GRACE_SECONDS = 30
+
+
+def _holder_of(path: Path) -> dict[str, object] | None:
+    """The holder the lock file names; None when the file is empty or not a lock's JSON."""
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return current if isinstance(current, dict) and current.get("pid") else None
+
+
+def _stale(path: Path, current: dict[str, object] | None, host: str) -> str | None:
+    """Why the lock can be taken over, or None while it may still be held."""
+    if current is None:
+        try:
+            age = datetime.now(UTC).timestamp() - path.stat().st_mtime
+        except FileNotFoundError:
+            return "it is gone"
+        if age > UNREADABLE_LOCK_GRACE_SECONDS:
+            return f"it is empty or unreadable and {age:.0f}s old"
+        return None
+    if current.get("host") == host and not _alive(int(str(current.get("pid", 0)) or 0)):
+        return f"it was left by process {current.get('pid')}, which is gone"
+    return None
+
+
 @contextmanager
 def run_lock(settings: Settings, run_date: date) -> Iterator[None]:
     path = lock_path(settings)
+    if path in _HELD:  # this process already holds it (the CLI around its flow)
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = {"run_date": run_date.isoformat(), "pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-    for _ in range(2):
+    for _ in range(3):
         try:
-            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             break
         except FileExistsError:
-            try:
-                current = json.loads(path.read_text())
-            except (OSError, ValueError):
-                current = {}
-            if current.get("host") == holder["host"] and not _alive(int(current.get("pid", 0))):
-                log.warning(
-                    "run lock %s was left by process %s, which is gone: taking it over",
-                    path,
-                    current.get("pid"),
-                )
+            current = _holder_of(path)
+            reason = _stale(path, current, str(holder["host"]))
+            if reason:
+                log.warning("run lock %s: %s; taking it over", path, reason)
                 path.unlink(missing_ok=True)
                 continue
+            if current is None:
+                raise RunInProgress(
+                    f"{path} is being created by another run (it is not yet readable); this run for {run_date} "
+                    "was not started"
+                ) from None
             raise RunInProgress(
                 f"a run for {current.get('run_date', '?')} (process {current.get('pid', '?')} on "
                 f"{current.get('host', '?')}, since {current.get('since', '?')}) holds {path}; this run for "
@@ -78,9 +111,11 @@ def run_lock(settings: Settings, run_date: date) -> Iterator[None]:
         raise RunInProgress(f"could not take the run lock {path}")
     with os.fdopen(handle, "w") as file:
         json.dump(holder, file)
+    _HELD.add(path)
     try:
         yield
     finally:
+        _HELD.discard(path)
         path.unlink(missing_ok=True)
 
 
