@@ -71,7 +71,7 @@ def healthy(api_url: str) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: the kernel sends SIGTERM when the parent dies (Linux only)."""
     # elsewhere the watchdog in the server process does the same, a second later
     with contextlib.suppress(OSError, AttributeError):
@@ -122,7 +122,7 @@ def start_server(timeout: float) -> tuple[subprocess.Popen[bytes], str]:
                 stdin=subprocess.DEVNULL,
                 stdout=server_log,
                 stderr=server_log,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
             started = time.monotonic()
             next_note = started + 30

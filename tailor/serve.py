@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tailor.config import Settings
-
-SERVER_START_TIMEOUT_SECONDS = 90
+from tailor.prefect_api import TIMEOUT_ENV, PrefectServerError, die_with_parent, start_timeout
 
 
 def deployments(settings: Settings, config_path: Path) -> list[Any]:
@@ -61,12 +60,23 @@ def local_server(port: int) -> Iterator[str]:
         yield api_url
         return
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # it dies with this process, even when this one is killed (see tailor.prefect_api)
+    linux = sys.platform.startswith("linux")
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent if linux else None,
+    )
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+        timeout = start_timeout()
+        deadline = time.monotonic() + timeout
         while not _healthy(api_url):
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the local Prefect server on port {port} did not start")
+                raise PrefectServerError(
+                    f"the local Prefect server on port {port} did not start within {timeout:g}s (is the port "
+                    f"free? on a busy machine raise {TIMEOUT_ENV})"
+                )
             time.sleep(0.5)
         yield api_url
     finally:
