@@ -1,6 +1,7 @@
 """The experiments: analyse every campaign's A/B test and bandit, evaluate the uplift models, and publish
 the results. Runs inside the nightly flow (before allocation, which uses what it learns) and on its own
-(`tailor experiments`), when it publishes under `experiments/RUN_DATE/` with its own `latest.json`."""
+(`tailor experiments`), when it publishes under `experiments/RUN_DATE/ATTEMPT/` with its own `latest.json`
+pointers (tasks/publish.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tailor.tasks.extract import extract_sources
 from tailor.tasks.features import build_staging
 from tailor.tasks.notify import notify_failure
 from tailor.tasks.privacy import erase_deleted_users
-from tailor.tasks.publish import upload_run, write_datasets
+from tailor.tasks.publish import check_publish_target, upload_run, write_datasets
 from tailor.tasks.report import write_report
 from tailor.tasks.runs import run_lock
 from tailor.tasks.train import serving_models
@@ -40,6 +41,7 @@ def experiments(config_path: str, run_date: date | None = None, target: str | No
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     ctx = run_context(settings, run_date)
     with run_lock(settings, ctx.run_date):
+        check_publish_target(settings)  # before extract: a bad target fails in seconds
         loads = extract_sources(settings, ctx)
         erase_deleted_users(settings, ctx)
         quality = validate_sources(settings, ctx, loads)

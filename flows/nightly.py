@@ -16,7 +16,7 @@ from tailor.tasks.fairness import audit_fairness
 from tailor.tasks.features import build_features_cached
 from tailor.tasks.notify import notify_failure
 from tailor.tasks.privacy import erase_deleted_users
-from tailor.tasks.publish import upload_run, write_datasets
+from tailor.tasks.publish import check_publish_target, upload_run, write_datasets
 from tailor.tasks.report import write_report
 from tailor.tasks.runs import run_lock, run_started, run_succeeded
 from tailor.tasks.segments import build_segments
@@ -48,6 +48,7 @@ def nightly(
 
 
 def run_stages(settings: Settings, ctx: RunContext, force: bool) -> dict[str, Any]:
+    check_publish_target(settings)  # a target that cannot take the output fails now, not after the night
     loads = extract_sources(settings, ctx)
     erasure = erase_deleted_users(settings, ctx)
     source_quality = validate_sources(settings, ctx, loads)

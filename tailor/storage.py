@@ -6,8 +6,10 @@ AWS_ENDPOINT_URL. Nothing here logs keys or object contents.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -40,6 +42,12 @@ class ObjectStore(Protocol):
     def delete_keys(self, keys: list[str]) -> None: ...
 
 
+# Published files are for other accounts (BI, campaign systems) to read, whatever the umask of the process
+# that writes them (a run may set 077 for its private working files): modes are set explicitly.
+PUBLISHED_FILE_MODE = 0o644
+PUBLISHED_FOLDER_MODE = 0o755
+
+
 class LocalStore:
     """A folder; writes land by rename so a reader never sees half a file."""
 
@@ -50,11 +58,27 @@ class LocalStore:
     def uri(self, key: str) -> str:
         return f"file://{self._root / key}"
 
+    def _make_folders(self, folder: Path) -> None:
+        """Create the missing folders down to `folder`, each readable by others (mkdir obeys the umask)."""
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            if folder.parent == folder:
+                break
+            folder = folder.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:  # another upload thread made it
+                continue
+            os.chmod(path, PUBLISHED_FOLDER_MODE)
+
     def _write(self, key: str, write) -> None:
         path = self._root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_folders(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
+            os.fchmod(fd, PUBLISHED_FILE_MODE)  # mkstemp makes 0600
             with os.fdopen(fd, "wb") as handle:
                 write(handle)
             os.replace(tmp, path)
@@ -80,14 +104,21 @@ class LocalStore:
         return sorted(str(p.relative_to(self._root)) for p in base.rglob("*") if p.is_file())
 
     def delete_keys(self, keys: list[str]) -> None:
+        folders = set()
         for key in keys:
-            (self._root / key).unlink(missing_ok=True)
+            path = self._root / key
+            path.unlink(missing_ok=True)
+            folders.update(p for p in path.parents if p.is_relative_to(self._root) and p != self._root)
+        # folders left empty go too (deepest first), so a removed attempt leaves no empty tree behind
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                folder.rmdir()
 
 
 MAX_POOL_CONNECTIONS = 48
 
 
-def s3_client(storage: StorageConfig):
+def s3_client(storage: StorageConfig, max_attempts: int | None = None, connect_timeout: float = 10):
     import boto3
     from botocore.config import Config
 
@@ -96,9 +127,9 @@ def s3_client(storage: StorageConfig):
         endpoint_url=storage.endpoint_url or None,
         region_name=storage.region,
         config=Config(
-            retries={"max_attempts": storage.max_attempts, "mode": "standard"},
+            retries={"max_attempts": max_attempts or storage.max_attempts, "mode": "standard"},
             signature_version="s3v4",
-            connect_timeout=10,
+            connect_timeout=connect_timeout,
             read_timeout=60,
             # uploads run several files at once, each in several parts
             max_pool_connections=MAX_POOL_CONNECTIONS,
@@ -107,13 +138,13 @@ def s3_client(storage: StorageConfig):
 
 
 class S3Store:
-    def __init__(self, bucket: str, prefix: str, storage: StorageConfig) -> None:
+    def __init__(self, bucket: str, prefix: str, storage: StorageConfig, client=None) -> None:
         from boto3.s3.transfer import TransferConfig
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.root = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self._client = s3_client(storage)
+        self._client = client or s3_client(storage)
         self._transfer = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=8)
 
     def _key(self, key: str) -> str:
@@ -188,6 +219,74 @@ def open_store(target: str, storage: StorageConfig) -> ObjectStore:
     if parsed.scheme == "s3":
         return S3Store(parsed.netloc, parsed.path, storage)
     raise StorageError(f"unsupported target {target!r}: use file:// or s3://")
+
+
+# The target check must answer in seconds: one retry per request and a short connect timeout (the defaults,
+# made for uploads, spend minutes on an endpoint that does not answer). The task that calls it retries once.
+PROBE_ATTEMPTS = 2
+PROBE_CONNECT_TIMEOUT = 3
+
+
+def describe_s3_error(error: Exception, bucket: str, endpoint: str | None = None) -> str:
+    """A one-line reason for a failed S3 call, without the request details."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if is_connection_error(error):
+        return f"cannot connect to {endpoint or 'the S3 endpoint'} (is the endpoint right and the server up?)"
+    if isinstance(error, NoCredentialsError):
+        return "no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile)"
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchBucket", "404"):
+            return f"bucket {bucket!r} does not exist"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
+            return f"credentials refused ({code}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        if code in ("AccessDenied", "403", "AllAccessDisabled"):
+            return "access denied: the credentials may not write there"
+        return f"{code or 'error'}: {error.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """A failure that may pass on a second try (the endpoint did not answer), unlike a refusal."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+    cause = error.__cause__ if isinstance(error, StorageError) else error
+    return isinstance(cause, EndpointConnectionError | ConnectTimeoutError | BotoConnectionError)
+
+
+def check_target(target: str, storage: StorageConfig) -> None:
+    """Write and delete a small probe object under the target, or raise one StorageError line naming the
+    target and why (bucket missing, access denied, no answer): before a run spends an hour computing."""
+    parsed = urlparse(target)
+    probe = f".tailor-probe-{secrets.token_hex(6)}"
+    if parsed.scheme == "file":
+        store = LocalStore(Path(parsed.netloc + parsed.path))
+        try:
+            store.put_bytes(b"tailor publish probe\n", probe)
+            store.delete_keys([probe])
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise StorageError(f"publish target {target} is not writable: {reason}") from None
+        return
+    if parsed.scheme != "s3":
+        raise StorageError(f"unsupported target {target!r}: use file:// or s3://")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = s3_client(storage, max_attempts=PROBE_ATTEMPTS, connect_timeout=PROBE_CONNECT_TIMEOUT)
+    store = S3Store(parsed.netloc, parsed.path, storage, client=client)
+    key = store._key(probe)
+    try:
+        # publish lists the target too (to remove superseded attempts), and a missing bucket shows here even
+        # on servers that create a bucket on the first write to it
+        client.list_objects_v2(Bucket=store.bucket, Prefix=key, MaxKeys=1)
+        client.put_object(Bucket=store.bucket, Key=key, Body=b"tailor publish probe\n")
+        client.delete_object(Bucket=store.bucket, Key=key)
+    except (BotoCoreError, ClientError) as error:
+        reason = describe_s3_error(error, store.bucket, client.meta.endpoint_url)
+        # `from error` keeps the cause for the retry condition; the message alone is what a person reads
+        raise StorageError(f"publish target {target} failed its write check: {reason}") from error
 
 
 def list_source_objects(pattern: str, storage: StorageConfig) -> list[StoredObject]:

@@ -1,10 +1,19 @@
 """Publish: write each dataset as Parquet (and CSV where a campaign system needs it), describe the run in
-`manifest.json`, upload everything, and only then point `latest.json` at the run.
+`manifest.json`, upload everything into a new attempt folder, and only then point `latest.json` at it.
 
 Layout, identical for `file://` and `s3://` targets:
-    PREFIX/runs/RUN_DATE/<dataset>/part-0000.parquet
-    PREFIX/runs/RUN_DATE/manifest.json
-    PREFIX/latest.json          {"run_date": ..., "manifest": "runs/RUN_DATE/manifest.json"}
+    PREFIX/runs/RUN_DATE/ATTEMPT/<dataset>/part-0000.parquet
+    PREFIX/runs/RUN_DATE/ATTEMPT/manifest.json     (file paths relative to the attempt folder)
+    PREFIX/runs/RUN_DATE/latest.json               that date's current attempt
+    PREFIX/latest.json                             the newest date's current attempt
+A pointer is {"run_date", "attempt", "folder": "runs/RUN_DATE/ATTEMPT", "manifest":
+"runs/RUN_DATE/ATTEMPT/manifest.json", "published_at"}. ATTEMPT is the UTC publish time and a random suffix
+(`20261201T023512Z-3f9a1c`): every publish writes a folder of its own and never touches a published one, so
+a republish killed mid-upload leaves the pointers on a complete attempt. The attempt is named only in the
+pointers, so a rerun on the same inputs gives byte-identical files and manifest. An attempt a republish
+replaced stays `publish.keep_superseded_attempts_hours` (for readers that followed the old pointer), then a
+later publish removes it; no attempt a pointer names is ever removed. The experiments flow run on its own
+publishes the same way under `PREFIX/experiments/`, with its own pointers.
 
 Before anything is written, a last consent check runs on the exact rows to be published,
 independently of the filters upstream: a row for a user without the consent it needs fails the run.
@@ -15,13 +24,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
+import re
+import secrets
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import duckdb
@@ -34,12 +47,14 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, query
-from tailor.storage import open_store
+from tailor.storage import ObjectStore, StorageError, check_target, is_connection_error, open_store
 from tailor.tasks.experiments import ensure_tables
 from tailor.tasks.fairness import ensure_audit_table
 from tailor.tasks.train import served_by_label
 from tailor.tasks.validate import Check, store_results
 from tailor.warehouse import RunContext, connect
+
+log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 2
 UPLOAD_THREADS = 4
@@ -529,40 +544,119 @@ def write_datasets(
     return out
 
 
-@task(name="upload", retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
-def upload_run(
-    settings: Settings, ctx: RunContext, local_run: Path, target: str, root: str = "runs"
-) -> dict[str, Any]:
-    """Upload data files, then the manifest, then `latest.json`; retried with backoff as a whole.
+def _retry_on_connection_errors(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the target check only when the endpoint did not answer: a missing bucket stays missing."""
+    return isinstance(state.data, BaseException) and is_connection_error(state.data)
 
-    `latest.json` only moves forward: publishing an older date (a backfill) leaves it on the newest run.
-    The experiments flow run on its own publishes under `experiments/` with its own `latest.json`.
-    """
-    store = open_store(target, settings.storage)
-    prefix = f"{root}/{ctx.run_date.isoformat()}"
-    latest_key = "latest.json" if root == "runs" else f"{root}/latest.json"
-    files = sorted(p for p in local_run.rglob("*") if p.is_file() and p.name != "manifest.json")
-    written = [f"{prefix}/{path.relative_to(local_run).as_posix()}" for path in files]
+
+@task(
+    name="check-target",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_on_connection_errors,
+    timeout_seconds=60,
+    cache_policy=NO_CACHE,
+)
+def check_publish_target(settings: Settings) -> str:
+    """Before extract: the publish target takes a write (reachable, the bucket exists, the credentials may
+    write), so a bad target fails the run in seconds instead of after the whole night's work."""
+    target = settings.resolve_uri(settings.publish.target)
+    check_target(target, settings.storage)
+    return target
+
+
+ATTEMPT_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")
+POINTER = "latest.json"
+
+
+def new_attempt(now: datetime) -> str:
+    """Sortable by publish time (UTC, to the second) and unique: the suffix parts two in the same second."""
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def attempt_time(attempt: str) -> datetime:
+    return datetime.strptime(attempt[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def global_pointer_key(root: str) -> str:
+    """The nightly runs' `latest.json` sits at the top of the target (where readers always found it)."""
+    return POINTER if root == "runs" else f"{root}/{POINTER}"
+
+
+def date_pointer_key(root: str, run_date: str) -> str:
+    return f"{root}/{run_date}/{POINTER}"
+
+
+def read_pointer(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    raw = store.get_bytes(key)
+    if raw is None:
+        return None
+    try:
+        pointer = json.loads(raw)
+    except ValueError:
+        return None
+    return pointer if isinstance(pointer, dict) and isinstance(pointer.get("manifest"), str) else None
+
+
+def pointer_folder(pointer: dict[str, Any] | None) -> str | None:
+    """The folder a pointer names (an attempt's, or a whole date's in the layout before attempts)."""
+    return str(PurePosixPath(pointer["manifest"]).parent) if pointer else None
+
+
+def publish_attempt(
+    store: ObjectStore,
+    local_run: Path,
+    run_date: date,
+    root: str = "runs",
+    keep_superseded_hours: float = 24,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Upload a run into a new attempt folder, then its manifest, then the date's pointer, then (when the
+    date is not older than the one it names) the global `latest.json`; then remove attempts superseded for
+    longer than `keep_superseded_hours`. `now` fixes the clock (tests)."""
+    day = run_date.isoformat()
+    attempt = new_attempt(now or datetime.now(UTC))
+    folder = f"{root}/{day}/{attempt}"
+    manifest_key = f"{folder}/manifest.json"
+    files = sorted(p for p in local_run.rglob("*") if p.is_file() and p != local_run / "manifest.json")
+    written = [f"{folder}/{path.relative_to(local_run).as_posix()}" for path in files]
     # data files and Data Docs first, several at once (one small file at a time leaves the link idle), the
-    # manifest once they are all in, latest.json last
+    # manifest once they are all in, the pointers last: until then no reader is sent to this folder
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         list(pool.map(store.put_file, files, written))
-    store.put_file(local_run / "manifest.json", f"{prefix}/manifest.json")
-    written.append(f"{prefix}/manifest.json")
-    stale = [key for key in store.list_keys(prefix + "/") if key not in written]
-    store.delete_keys(stale)
+    store.put_file(local_run / "manifest.json", manifest_key)
+    written.append(manifest_key)
 
-    latest_raw = store.get_bytes(latest_key)
-    current = json.loads(latest_raw)["run_date"] if latest_raw else None
-    moved = current is None or current <= ctx.run_date.isoformat()
+    published_at = now or datetime.now(UTC)
+    pointer = {
+        "run_date": day,
+        "attempt": attempt,
+        "folder": folder,
+        "manifest": manifest_key,
+        "published_at": f"{published_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}",
+    }
+    body = (json.dumps(pointer, indent=2) + "\n").encode()
+    store.put_bytes(body, date_pointer_key(root, day))
+    latest_key = global_pointer_key(root)
+    current = read_pointer(store, latest_key)
+    # only forward: republishing an older date (a backfill) moves that date's pointer, not the newest one
+    moved = current is None or str(current.get("run_date", "")) <= day
     if moved:
-        latest = {"run_date": ctx.run_date.isoformat(), "manifest": f"{prefix}/manifest.json"}
-        store.put_bytes((json.dumps(latest, indent=2) + "\n").encode(), latest_key)
+        store.put_bytes(body, latest_key)
+    try:
+        removed = remove_superseded(store, root, keep_superseded_hours, now or datetime.now(UTC))
+    except (StorageError, OSError) as error:
+        # the run is published; old attempts wait for the next publish rather than failing this one
+        log.warning("publish: superseded attempts not removed this time: %s", error)
+        removed = []
     return {
         "target": store.root,
-        "manifest": store.uri(f"{prefix}/manifest.json"),
+        "attempt": attempt,
+        "manifest": store.uri(manifest_key),
         "latest": store.uri(latest_key),
+        "date_latest": store.uri(date_pointer_key(root, day)),
         "latest_moved": moved,
+        "removed_attempts": removed,
         "files": [
             store.uri(key)
             for key in written
@@ -571,3 +665,57 @@ def upload_run(
         "report": next((store.uri(key) for key in written if key.endswith(REPORT_FILE)), None),
         "data_docs": [store.uri(key) for key in written if key.endswith("data_docs/raw/index.html")],
     }
+
+
+def remove_superseded(store: ObjectStore, root: str, keep_hours: float, now: datetime) -> list[str]:
+    """Remove attempt folders no pointer names once they have been out of use for `keep_hours`: an attempt
+    older than its date's current one since that pointer moved (at the latest), any other (a publish that
+    died mid-upload) since it started. A date whose pointer cannot be read is left alone."""
+    attempts: dict[str, dict[str, list[str]]] = {}
+    dates_with_pointer = set()
+    for key in store.list_keys(f"{root}/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == POINTER:
+            dates_with_pointer.add(parts[1])
+        elif len(parts) >= 4 and ATTEMPT_PATTERN.match(parts[2]):
+            attempts.setdefault(parts[1], {}).setdefault(parts[2], []).append(key)
+    named = {pointer_folder(read_pointer(store, global_pointer_key(root)))}
+    keep = timedelta(hours=keep_hours)
+    removed = []
+    for day, found in sorted(attempts.items()):
+        if len(found) == 1 and day in dates_with_pointer:
+            continue  # its only attempt is the one its pointer names: nothing to read
+        pointer = read_pointer(store, date_pointer_key(root, day)) if day in dates_with_pointer else None
+        if day in dates_with_pointer and pointer is None:
+            continue
+        current = PurePosixPath(pointer["manifest"]).parent.name if pointer else None
+        try:
+            moved_at = datetime.strptime(pointer["published_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except (TypeError, KeyError, ValueError):
+            moved_at = attempt_time(current) if current and ATTEMPT_PATTERN.match(current) else None
+        for attempt, keys in sorted(found.items()):
+            folder = f"{root}/{day}/{attempt}"
+            if attempt == current or folder in named:
+                continue
+            # superseded no later than the current attempt's pointer moved; otherwise never current at all
+            since = moved_at if current and moved_at and attempt < current else attempt_time(attempt)
+            if now - since >= keep:
+                store.delete_keys(keys)
+                removed.append(folder)
+    return removed
+
+
+@task(name="upload", retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+def upload_run(
+    settings: Settings, ctx: RunContext, local_run: Path, target: str, root: str = "runs"
+) -> dict[str, Any]:
+    """Publish the run as a new attempt (see the module's docstring); retried with backoff as a whole,
+    each try in a folder of its own.
+
+    `latest.json` only moves forward: publishing an older date (a backfill) leaves it on the newest run.
+    The experiments flow run on its own publishes under `experiments/` with its own `latest.json`.
+    """
+    store = open_store(target, settings.storage)
+    return publish_attempt(
+        store, local_run, ctx.run_date, root, settings.publish.keep_superseded_attempts_hours
+    )

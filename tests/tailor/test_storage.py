@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,44 @@ def test_local_store_writes_atomically_and_lists(tmp_path: Path) -> None:
     store.put_bytes(b"1", "runs/2026-01-01/manifest.json")
     assert store.list_keys("runs/") == ["runs/2026-01-01/manifest.json"]
     assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_the_target_check_writes_and_removes_a_probe(s3_server, tmp_path: Path) -> None:
+    from tailor.storage import check_target
+
+    storage = StorageConfig(endpoint_url=s3_server.endpoint_url)
+    check_target(f"s3://{TEST_BUCKET}/probe-test", storage)
+    assert open_store(f"s3://{TEST_BUCKET}/probe-test", storage).list_keys("") == []
+    check_target(f"file://{tmp_path / 'new'}", storage)
+    assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())
+
+
+def test_a_bad_target_fails_in_seconds_with_one_line(s3_server, tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    from tailor.s3server import free_port
+    from tailor.storage import check_target
+
+    def failure(target: str, storage: StorageConfig) -> str:
+        started = time.monotonic()
+        with pytest.raises(StorageError) as error:
+            check_target(target, storage)
+        assert time.monotonic() - started < 10
+        message = str(error.value)
+        assert message.startswith(f"publish target {target} ") and "\n" not in message
+        return message
+
+    storage = StorageConfig(endpoint_url=s3_server.endpoint_url)
+    assert "bucket 'no-such-bucket' does not exist" in failure("s3://no-such-bucket/p", storage)
+    nobody = StorageConfig(endpoint_url=f"http://127.0.0.1:{free_port()}")
+    assert "connect" in failure(f"s3://{TEST_BUCKET}/p", nobody).lower()
+    (tmp_path / "a-file").write_text("")
+    assert "not writable: Not a directory" in failure((tmp_path / "a-file" / "out").as_uri(), storage)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    if not os.access(read_only, os.W_OK):  # root may write anywhere
+        assert "not writable: Permission denied" in failure(read_only.as_uri(), storage)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    refused = failure(f"s3://{TEST_BUCKET}/p", storage)
+    assert "credentials refused" in refused or "access denied" in refused
+    assert "not-the-secret" not in refused

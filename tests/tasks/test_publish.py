@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import hashlib
 import json
-from datetime import date
+import re
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -92,31 +94,195 @@ def test_consent_check_refuses_rows_for_unconsented_users(trained_company) -> No
             )
 
 
-def fake_run(tmp_path: Path, day: str) -> tuple[RunContext, Path]:
+def fake_run(tmp_path: Path, day: str, n_files: int = 1, seed: int = 0) -> tuple[RunContext, Path]:
+    """A run folder with `n_files` small part files and a manifest; another `seed` gives other bytes."""
     run_dir = tmp_path / "runs" / day
-    local = run_dir / "publish"
-    table = pa.table({"user_id": ["a"]})
-    files = write_parts(table, local, "recommendations", 10, ["parquet"])
+    local = run_dir / ("publish" if seed == 0 else f"publish-{seed}")
+    table = pa.table({"user_id": [f"u{seed}-{n}" for n in range(n_files)]})
+    files = write_parts(table, local, "recommendations", 1, ["parquet"])
     manifest = {"run_date": day, "datasets": {"recommendations": {"files": files}}}
     (local / "manifest.json").write_text(json.dumps(manifest))
     return RunContext(date.fromisoformat(day), None, run_dir, 1), local  # type: ignore[arg-type]
 
 
-def test_latest_moves_forward_only_and_stale_files_go(tmp_path: Path, trained_company) -> None:
+def verify_latest(store, latest_key: str = "latest.json") -> dict:
+    """What a reader does: follow latest.json to a manifest and check every file it lists; the pointer."""
+    latest = json.loads(store.get_bytes(latest_key))
+    manifest = json.loads(store.get_bytes(latest["manifest"]))
+    folder = latest["manifest"].rsplit("/", 1)[0]
+    assert folder == latest["folder"]
+    for dataset in manifest["datasets"].values():
+        for file in dataset["files"]:
+            body = store.get_bytes(f"{folder}/{file['path']}")
+            assert body is not None, file["path"]
+            assert hashlib.sha256(body).hexdigest() == file["sha256"], file["path"]
+    return latest
+
+
+def test_latest_moves_forward_only_and_each_date_has_its_pointer(tmp_path: Path, trained_company) -> None:
+    from tests.published import pointer, run_folder
+
     settings = trained_company[0]
-    target = f"file://{tmp_path / 'published'}"
+    published = tmp_path / "published"
+    target = published.as_uri()
     for day in ("2026-01-02", "2026-01-01"):
         ctx, local = fake_run(tmp_path, day)
         result = upload_run.fn(settings, ctx, local, target)
-    assert result["latest_moved"] is False
-    latest = json.loads((tmp_path / "published" / "latest.json").read_text())
-    assert latest == {"run_date": "2026-01-02", "manifest": "runs/2026-01-02/manifest.json"}
-    stale = tmp_path / "published" / "runs" / "2026-01-02" / "old" / "part-0000.parquet"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"x")
+    assert result["latest_moved"] is False  # a backfill of an older date moves its own pointer only
+    latest = pointer(published)
+    assert latest["run_date"] == "2026-01-02" and latest == pointer(published, "2026-01-02")
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", latest["attempt"])
+    assert latest["manifest"] == f"runs/2026-01-02/{latest['attempt']}/manifest.json"
+    assert pointer(published, "2026-01-01")["run_date"] == "2026-01-01"
+    assert (run_folder(published, "2026-01-01") / "recommendations" / "part-0000.parquet").is_file()
+    first = run_folder(published, "2026-01-02")
+
+    # the same date again: a new attempt, byte-identical (the attempt is named in the pointers only)
     ctx, local = fake_run(tmp_path, "2026-01-02")
-    upload_run.fn(settings, ctx, local, target)
-    assert not stale.exists()
+    again = upload_run.fn(settings, ctx, local, target)
+    second = run_folder(published)
+    assert again["latest_moved"] and second != first and second.parent == first.parent
+    assert (second / "manifest.json").read_bytes() == (first / "manifest.json").read_bytes()
+    assert first.is_dir() and again["removed_attempts"] == []  # kept for readers of the old pointer
+
+
+def test_superseded_attempts_go_after_the_retention_and_named_ones_stay(tmp_path: Path) -> None:
+    from tailor.config import StorageConfig
+    from tailor.storage import open_store
+    from tailor.tasks.publish import publish_attempt
+
+    store = open_store((tmp_path / "published").as_uri(), StorageConfig())
+    start = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    folders = {}
+    for hours, day in ((0, "2026-01-02"), (1, "2026-01-01"), (2, "2026-01-01"), (3, "2026-01-02")):
+        ctx, local = fake_run(tmp_path, day, seed=hours)
+        run = publish_attempt(store, local, ctx.run_date, keep_superseded_hours=24,
+                              now=start + timedelta(hours=hours))  # fmt: skip
+        folders[hours] = f"runs/{day}/{run['attempt']}"
+    # 23 hours after 2026-01-02's pointer moved: nothing goes yet; 24 hours after 2026-01-01's, its old one
+    ctx, local = fake_run(tmp_path, "2026-01-03", seed=9)
+    later = publish_attempt(store, local, ctx.run_date, now=start + timedelta(hours=26))
+    assert later["removed_attempts"] == [folders[1]]
+    ctx, local = fake_run(tmp_path, "2026-01-03", seed=10)
+    last = publish_attempt(store, local, ctx.run_date, now=start + timedelta(hours=27))
+    assert last["removed_attempts"] == [folders[0]]
+    # every pointer's attempt is there, nothing else of those dates, and no empty folder is left behind
+    for day, hours in (("2026-01-01", 2), ("2026-01-02", 3)):
+        assert sorted(p.name for p in (tmp_path / "published" / "runs" / day).iterdir()) == sorted(
+            ["latest.json", folders[hours].rsplit("/", 1)[1]]
+        )
+    verify_latest(store)
+    assert json.loads(store.get_bytes("latest.json"))["run_date"] == "2026-01-03"
+
+
+KILLED_UPLOAD = """
+import os, sys, threading, time
+from datetime import date
+from pathlib import Path
+from tailor.config import StorageConfig
+from tailor.storage import open_store
+from tailor.tasks.publish import publish_attempt
+
+target, local, day, endpoint, marker = sys.argv[1:6]
+store = open_store(target, StorageConfig(endpoint_url=endpoint or None))
+put_file, lock, started, finished = store.put_file, threading.Lock(), [0], [0]
+
+def put_some(path, key):
+    with lock:
+        started[0] += 1
+        stall = started[0] > 3
+    if not stall:
+        put_file(path, key)
+        with lock:
+            finished[0] += 1
+        return
+    while finished[0] < 3:
+        time.sleep(0.01)
+    Path(marker).touch()  # three files are in: the test kills this process with SIGKILL
+    time.sleep(600)
+
+store.put_file = put_some
+publish_attempt(store, Path(local), date.fromisoformat(day))
+"""
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_a_republish_killed_mid_upload_leaves_latest_on_a_complete_attempt(
+    kind: str, tmp_path: Path, request
+) -> None:
+    """The issue's acceptance test: latest.json names a complete attempt whatever happens to a republish."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from tailor.config import StorageConfig
+    from tailor.storage import open_store
+    from tailor.tasks.publish import publish_attempt
+    from tests.conftest import REPO, TEST_BUCKET
+
+    if kind == "s3":
+        endpoint = request.getfixturevalue("s3_server").endpoint_url
+        target = f"s3://{TEST_BUCKET}/killed-{uuid.uuid4().hex[:8]}"
+    else:
+        endpoint, target = "", (tmp_path / "published").as_uri()
+    store = open_store(target, StorageConfig(endpoint_url=endpoint or None, max_attempts=2))
+    day = "2026-01-02"
+    ctx, local = fake_run(tmp_path, day, n_files=12)
+    publish_attempt(store, local, ctx.run_date)
+    before = verify_latest(store)
+
+    # the same date with other rows (a rerun after a deletion request), killed after three files
+    _, changed = fake_run(tmp_path, day, n_files=12, seed=1)
+    marker = tmp_path / "stalled"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_UPLOAD, target, str(changed), day, endpoint, str(marker)], cwd=REPO
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the upload never stalled"
+            time.sleep(0.1)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    attempts = {key.split("/")[2] for key in store.list_keys(f"runs/{day}/") if key.count("/") >= 3}
+    assert len(attempts) == 2  # the killed one is there, partly written
+    assert verify_latest(store) == before
+    assert json.loads(store.get_bytes(f"runs/{day}/latest.json")) == before
+
+    # a complete republish moves the pointers; a later publish past the retention removes the others
+    after = publish_attempt(store, changed, ctx.run_date)
+    latest = verify_latest(store)
+    assert latest["attempt"] == after["attempt"] != before["attempt"]
+    assert json.loads(store.get_bytes(f"runs/{day}/latest.json")) == latest
+    ctx_next, local_next = fake_run(tmp_path, "2026-01-03")
+    cleaned = publish_attempt(store, local_next, ctx_next.run_date, now=datetime.now(UTC) + timedelta(hours=25))
+    assert len(cleaned["removed_attempts"]) == 2 and before["folder"] in cleaned["removed_attempts"]
+    assert {key.split("/")[2] for key in store.list_keys(f"runs/{day}/")} == {"latest.json", latest["attempt"]}
+    assert verify_latest(store, f"runs/{day}/latest.json") == latest
+
+
+def test_published_files_are_readable_by_others_whatever_the_umask(tmp_path: Path, trained_company) -> None:
+    import os
+    import stat
+
+    settings = trained_company[0]
+    published = tmp_path / "deep" / "published"
+    ctx, local = fake_run(tmp_path, "2026-01-02", n_files=3)
+    previous = os.umask(0o077)  # what a run sets for its private working files
+    try:
+        upload_run.fn(settings, ctx, local, published.as_uri())
+    finally:
+        os.umask(previous)
+    paths = [tmp_path / "deep", *(tmp_path / "deep").rglob("*")]
+    assert any(p.name == "latest.json" for p in paths) and len(paths) > 8
+    for path in paths:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
 
 
 def contract() -> dict[str, dict[str, str]]:
