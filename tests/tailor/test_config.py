@@ -252,3 +252,26 @@ def test_recommendation_exclusions_are_normalized_and_checked(tmp_path: Path) ->
     assert load_settings(write(tmp_path, minimal())).recommendations.exclude.rules() == [
         ("exclude_unavailable", "marked unavailable")
     ]
+
+
+@pytest.mark.parametrize(
+    "target", ["file:///", "file:///etc", "file:///usr/local/out", "file:///tmp/../etc/x", "file:///bin"]
+)
+def test_a_target_in_a_system_folder_is_refused(tmp_path: Path, target: str) -> None:
+    system = minimal() | {"publish": {"target": target, "published_user_id": "external"}}
+    with pytest.raises(ConfigError, match=r"key 'publish\.target': .*; publish to a folder of your own"):
+        load_settings(write(tmp_path, system))
+    with pytest.raises(ConfigError, match=r"publish\.target"):  # the same from the command line
+        load_settings(write(tmp_path, minimal()), {"publish.target": target})
+    # relative targets and those under the config's folder load, '..' included (the config is the owner's)
+    relative = minimal() | {"publish": {"target": "file://../published", "published_user_id": "external"}}
+    assert load_settings(write(tmp_path, relative)).publish.target == "file://../published"
+
+
+def test_a_relative_command_line_target_may_not_climb(tmp_path: Path, capsys) -> None:
+    from tailor.cli import main
+
+    config = write(tmp_path, minimal())
+    assert main(["run", "--config", str(config), "--target", "file://../../..", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "file://../../.." in error and "'..'" in error and error.count("\n") == 1
