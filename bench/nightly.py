@@ -212,12 +212,14 @@ def measure(
 ) -> dict[str, Any]:
     from tailor.config import load_settings
     from tailor.flows.nightly import nightly
+    from tailor.prefect_api import prefect_api
 
     config_path = bench_config(company, endpoint, f"nightly-{args.users}", args.memory_limit)
     sampler = Sampler()
     sampler.start()
     started = time.time()
-    state = nightly(config_path=str(config_path.resolve()), run_date=RUN_DATE, return_state=True)
+    with prefect_api():  # the server Tailor supervises, as `tailor run` does
+        state = nightly(config_path=str(config_path.resolve()), run_date=RUN_DATE, return_state=True)
     ended = time.time()
     sampler.running = False
     summary = state.result()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # Offline machines: Prefect's telemetry would only log connection errors.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -71,8 +71,15 @@ def _run_options(parser: argparse.ArgumentParser, force: bool) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line like every other expected failure, with where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tailor: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tailor",
         description="Tailor: the nightly batch that turns customer data into personalized marketing outputs.",
     )
