@@ -128,7 +128,10 @@ def start_server(timeout: float) -> tuple[subprocess.Popen[bytes], str]:
             next_note = started + 30
             while True:
                 if healthy(api_url):
-                    log.info("Prefect API: temporary server on %s (pid %s)", api_url, process.pid)
+                    log.info(
+                        "Prefect API: temporary server on %s (pid %s, ready in %.1fs, attempt %d)",
+                        api_url, process.pid, time.monotonic() - started, attempt,
+                    )  # fmt: skip
                     return process, api_url
                 waited = time.monotonic() - started
                 if process.poll() is not None:
