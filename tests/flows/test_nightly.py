@@ -44,11 +44,12 @@ def read_json(client, key: str) -> dict:
     return json.loads(client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read())
 
 
-def published_hashes(client, prefix: str, manifest: dict) -> dict[str, str]:
+def published_hashes(client, prefix: str, folder: str, manifest: dict) -> dict[str, str]:
+    """SHA-256 of every file the manifest lists, read from the attempt folder a pointer names."""
     hashes = {}
     for dataset in manifest["datasets"].values():
         for file in dataset["files"]:
-            key = f"{prefix}/runs/{manifest['run_date']}/{file['path']}"
+            key = f"{prefix}/{folder}/{file['path']}"
             hashes[file["path"]] = hashlib.sha256(
                 client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read()
             ).hexdigest()
@@ -63,7 +64,10 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
     client = s3(s3_server)
 
     latest = read_json(client, f"{prefix}/latest.json")
-    assert latest == {"run_date": RUN_DATE.isoformat(), "manifest": f"runs/{RUN_DATE}/manifest.json"}
+    assert latest["run_date"] == RUN_DATE.isoformat() and latest["folder"].startswith(f"runs/{RUN_DATE}/")
+    assert latest["manifest"] == f"{latest['folder']}/manifest.json"
+    assert read_json(client, f"{prefix}/runs/{RUN_DATE}/latest.json") == latest  # the date's own pointer
+    folder = f"{prefix}/{latest['folder']}"
     manifest = read_json(client, f"{prefix}/{latest['manifest']}")
     assert manifest["run_date"] == RUN_DATE.isoformat()
     assert manifest["config_sha256"] == load_settings(config_path).config_sha256
@@ -79,14 +83,14 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
         "raw": "data_docs/raw/index.html",
         "features": "data_docs/features/index.html",
     }
-    docs = client.get_object(Bucket=TEST_BUCKET, Key=f"{prefix}/runs/{RUN_DATE}/data_docs/raw/index.html")
+    docs = client.get_object(Bucket=TEST_BUCKET, Key=f"{folder}/data_docs/raw/index.html")
     assert b"<html" in docs["Body"].read().lower()
     # the experiment analysis ran before allocation and its results and report are published
     assert set(manifest["outputs"]["experiments"]) == {"weekly_digest", "app_nudge"}
     assert manifest["datasets"]["experiment_results"]["rows"] > 0
     assert manifest["datasets"]["allocation_decisions"]["rows"] == 7  # 3 + 2 variants and 2 holdouts
     assert manifest["report"] == "report.html"
-    report = client.get_object(Bucket=TEST_BUCKET, Key=f"{prefix}/runs/{RUN_DATE}/report.html")["Body"].read()
+    report = client.get_object(Bucket=TEST_BUCKET, Key=f"{folder}/report.html")["Body"].read()
     assert b"Campaign weekly_digest" in report and b"<svg" in report and b"<script" not in report
 
     settings = load_settings(config_path)
@@ -110,7 +114,7 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
         "ranking": manifest["models"]["ranking"]["version"]
     }
 
-    first = published_hashes(client, prefix, manifest)
+    first = published_hashes(client, prefix, latest["folder"], manifest)
     for dataset in manifest["datasets"].values():
         for file in dataset["files"]:
             assert first[file["path"]] == file["sha256"]
@@ -119,16 +123,18 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
     # published ids are pseudonyms, not the company's ids
     import polars as pl
 
-    key = f"{prefix}/runs/{RUN_DATE}/recommendations/part-0000.parquet"
+    key = f"{folder}/recommendations/part-0000.parquet"
     body = client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read()
     users = pl.read_parquet(body)["user_id"]
     assert users.str.contains(r"^[0-9a-f]{32}$").all()
     assert summary["published"]["latest_moved"] is True
 
-    # the same night again: same rows loaded, byte-identical files
+    # the same night again: same rows loaded, byte-identical files, in a new attempt the pointers moved to
     nightly(config_path=str(config_path), run_date=RUN_DATE)
-    again = read_json(client, f"{prefix}/runs/{RUN_DATE}/manifest.json")
-    assert published_hashes(client, prefix, again) == first
+    moved = read_json(client, f"{prefix}/runs/{RUN_DATE}/latest.json")
+    assert moved["attempt"] != latest["attempt"] and read_json(client, f"{prefix}/latest.json") == moved
+    again = read_json(client, f"{prefix}/{moved['manifest']}")
+    assert published_hashes(client, prefix, moved["folder"], again) == first
     assert again == manifest
     with connect(settings) as con:
         assert con.execute("select count(*) from raw.interactions").fetchall()[0][0] == raw_interactions
@@ -175,3 +181,31 @@ def test_a_bad_file_fails_once_without_pointless_retries(company: Path, prefect_
 
     with pytest.raises(ExtractError, match=r"items/2026-11-20\.csv: file is empty"):
         state.result()
+
+
+def test_a_target_that_cannot_take_the_output_fails_before_extract(
+    company: Path, s3_server, prefect_harness
+) -> None:
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    from tailor.storage import StorageError
+
+    config_path = company / "tailor.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["storage"] = {"endpoint_url": s3_server.endpoint_url}
+    config["publish"]["target"] = "s3://no-such-bucket/nightly"
+    config_path.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    state = nightly(config_path=str(config_path), run_date=RUN_DATE, return_state=True)
+    assert state.is_failed() and time.monotonic() - started < 60
+    with pytest.raises(StorageError) as error:
+        state.result()
+    assert str(error.value) == (
+        "publish target s3://no-such-bucket/nightly failed its write check: bucket 'no-such-bucket' does not exist"
+    )
+    with get_client(sync_client=True) as client:
+        names = [r.name for r in client.read_task_runs() if r.flow_run_id == state.state_details.flow_run_id]
+    assert any(name.startswith("check-target") for name in names)
+    assert not any(name.startswith("extract") for name in names)
