@@ -8,6 +8,19 @@ A source may map its files through SQL (`sources.<table>.sql`): Tailor's own `sq
 bare name, else a company's file relative to the config. The SQL reads the driving file as `$file` and
 each of the source's `inputs` as `$<name>`, the list of its files; a changed input reloads every driving
 file, because each driving file's rows were joined with the old input.
+
+A run's loads are provisional until its gates pass (see `gated_loads`): rows a load replaces (a rerun's
+earlier loads, a file re-delivered in place) move to the `recovery` schema instead of being deleted, and a
+rejected run puts them back. Why not one DuckDB transaction from extract to the gate: extract, erasure and
+the two gates are separate Prefect tasks, each on its own connection, and the features gate runs after the
+feature build; one transaction would have to span them all on one connection (and hold every replaced
+row in memory), and erasure, which must stick even when the gate fails, would be rolled back with it. Why
+not a copy of the warehouse file: it costs the whole warehouse every night to protect a few replaced files.
+The recovery rows cost only what was replaced, each source's moves and loads commit in one transaction
+with a marker naming the run (`recovery.pending`), and putting them back is one transaction too; erasure
+reaches `recovery` like every table with a `user_id`, so a rejected run never brings back an erased user.
+A run killed between extract and its gates (SIGKILL, power loss) leaves its marker, written by another
+process: the next extract finds it and rolls that run back before loading anything.
 """
 
 from __future__ import annotations
@@ -15,8 +28,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -56,6 +72,11 @@ FALSE_SPELLINGS = ("false", "f", "no", "n", "0")
 # A column whose values mostly fail to parse has changed type upstream: that is drift, not bad rows.
 DRIFT_SHARE = 0.5
 DRIFT_MIN_VALUES = 5  # fewer bad values than this are bad rows (quarantined), not a changed type
+RECOVERY = "recovery"
+PENDING = "recovery.pending"
+# Names the process whose loads a pending marker belongs to: a marker from another process is a run that
+# died before its gates (a pid alone could be reused, e.g. pid 1 in a restarted container).
+PROCESS = uuid.uuid4().hex
 
 
 class ExtractError(RuntimeError):
@@ -104,6 +125,7 @@ def ensure_meta(con: duckdb.DuckDBPyConnection) -> None:
             )
         for name, sql_type in LINEAGE_COLUMNS.items():
             con.execute(f"alter table raw.{table.name} add column if not exists {name} {sql_type}")
+    ensure_recovery(con)
 
 
 def reader_sql(source: SourceConfig) -> tuple[str, dict[str, object]]:
@@ -500,14 +522,13 @@ def extract_source(
     result.warnings += unread_inputs(sql, source.inputs, table_name)
     con.execute("begin transaction")
     try:
-        # a rerun of this date replaces what this date loaded
-        con.execute(
-            f"delete from raw.{table_name} where {LOADED_RUN_DATE} = $run_date", {"run_date": ctx.run_date}
-        )
-        con.execute(
-            "delete from meta.loaded_files where source = $source and loaded_run_date = $run_date",
-            {"source": table_name, "run_date": ctx.run_date},
-        )
+        # committed with this source's loads: until a gate accepts them, a failure (or the next run, if
+        # this one dies) puts back what they replaced
+        mark_pending(con, table_name, ctx.run_date)
+        # a rerun of this date replaces what this date loaded (kept in recovery until the gates pass)
+        stash(con, f"raw.{table_name}", f"{LOADED_RUN_DATE} = $run_date", {"run_date": ctx.run_date})
+        stash(con, "meta.loaded_files", "source = $source and loaded_run_date = $run_date",
+              {"source": table_name, "run_date": ctx.run_date})  # fmt: skip
         forget_quarantine(con, table_name, ctx.run_date)
         already = dict(
             con.execute(
@@ -561,27 +582,138 @@ def extract_source(
     return result
 
 
+def stash(con: duckdb.DuckDBPyConnection, table: str, where: str, params: dict[str, object]) -> None:
+    """Move the rows of `table` (schema.name) matching `where` to recovery.<schema>_<name>: deleted for
+    the run, restorable until its gates pass. Identifiers come from code; values are bound."""
+    kept = f"{RECOVERY}.{table.replace('.', '_')}"
+    # created from the table as it is now (recovery tables are dropped whenever nothing is pending)
+    con.execute(f"create table if not exists {kept} as from {table} limit 0")
+    con.execute(f"insert into {kept} by name select * from {table} where {where}", params)
+    con.execute(f"delete from {table} where {where}", params)
+
+
 def forget_file(con: duckdb.DuckDBPyConnection, table_name: str, uri: str) -> None:
-    con.execute(f"delete from raw.{table_name} where {SOURCE_FILE} = $uri", {"uri": uri})
+    stash(con, f"raw.{table_name}", f"{SOURCE_FILE} = $uri", {"uri": uri})
     if table_exists(con, f"quarantine.{table_name}"):
-        con.execute(f"delete from quarantine.{table_name} where source_file = $uri", {"uri": uri})
-    con.execute(
-        "delete from meta.loaded_files where source = $source and file_uri = $uri",
-        {"source": table_name, "uri": uri},
-    )
+        stash(con, f"quarantine.{table_name}", "source_file = $uri", {"uri": uri})
+    stash(con, "meta.loaded_files", "source = $source and file_uri = $uri", {"source": table_name, "uri": uri})
 
 
 def forget_quarantine(con: duckdb.DuckDBPyConnection, table: str, run_date: date) -> None:
     if table_exists(con, f"quarantine.{table}"):
-        con.execute(f"delete from quarantine.{table} where run_date = $run_date", {"run_date": run_date})
+        stash(con, f"quarantine.{table}", "run_date = $run_date", {"run_date": run_date})
 
 
-def unload_run(con: duckdb.DuckDBPyConnection, run_date: date) -> None:
-    """Forget everything a failed run loaded, so the next run loads (and checks) those files again."""
-    for table in TABLES:
-        con.execute(f"delete from raw.{table} where {LOADED_RUN_DATE} = $run_date", {"run_date": run_date})
-        forget_quarantine(con, table, run_date)
-    con.execute("delete from meta.loaded_files where loaded_run_date = $run_date", {"run_date": run_date})
+def ensure_recovery(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"create schema if not exists {RECOVERY}")
+    con.execute(
+        f"create table if not exists {PENDING} (run_date date, source varchar, process varchar, "
+        "marked_at timestamp)"
+    )
+
+
+def mark_pending(con: duckdb.DuckDBPyConnection, table_name: str, run_date: date) -> None:
+    con.execute(
+        f"insert into {PENDING} select $run_date, $source, $process, $now "
+        f"where not exists (select 1 from {PENDING} where run_date = $run_date and source = $source)",
+        {"run_date": run_date, "source": table_name, "process": PROCESS,
+         "now": datetime.now(UTC).replace(tzinfo=None)},
+    )  # fmt: skip
+
+
+def recovery_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The recovery schema's copies of replaced rows, as schema_table names (raw_users, loaded_files...)."""
+    rows = con.execute(
+        "select table_name from information_schema.tables where table_schema = $schema and "
+        "table_type = 'BASE TABLE' and table_name <> 'pending' order by 1",
+        {"schema": RECOVERY},
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def pending_sources(con: duckdb.DuckDBPyConnection, run_date: date) -> list[str]:
+    if not table_exists(con, PENDING):
+        return []
+    rows = con.execute(
+        f"select distinct source from {PENDING} where run_date = $d order by 1", {"d": run_date}
+    ).fetchall()
+    return [source for (source,) in rows]
+
+
+def _discard_recovery(con: duckdb.DuckDBPyConnection) -> None:
+    for name in recovery_tables(con):
+        con.execute(f"drop table {RECOVERY}.{name}")
+    con.execute(f"delete from {PENDING}")
+
+
+def unload_run(con: duckdb.DuckDBPyConnection, run_date: date) -> bool:
+    """Roll back a run that failed before its gates accepted its loads, in one transaction: forget every
+    row and file it loaded (so the next run loads and checks those files again) and put back the rows its
+    loads replaced. Only the sources it marked are touched; False when nothing was pending for that date
+    (its loads were accepted, or it loaded nothing)."""
+    sources = pending_sources(con, run_date)
+    if not sources:
+        return False
+    con.execute("begin transaction")
+    try:
+        for table in sources:
+            con.execute(f"delete from raw.{table} where {LOADED_RUN_DATE} = $d", {"d": run_date})
+            if table_exists(con, f"quarantine.{table}"):
+                con.execute(f"delete from quarantine.{table} where run_date = $d", {"d": run_date})
+            con.execute(
+                "delete from meta.loaded_files where source = $source and loaded_run_date = $d",
+                {"source": table, "d": run_date},
+            )
+        for name in recovery_tables(con):
+            schema, table = name.split("_", 1)
+            # the rows as they were before the run (erasure has reached them here too)
+            con.execute(f"insert into {schema}.{table} by name select * from {RECOVERY}.{name}")
+        _discard_recovery(con)
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    return True
+
+
+def accept_loads(con: duckdb.DuckDBPyConnection) -> None:
+    """Every gate passed: the rows the run's loads replaced are gone for good."""
+    if table_exists(con, PENDING):
+        con.execute("begin transaction")
+        _discard_recovery(con)
+        con.execute("commit")
+
+
+def resolve_pending(con: duckdb.DuckDBPyConnection) -> None:
+    """Before a run loads anything: roll back a run that died before its gates (its marker names another
+    process), or accept the loads of an earlier extract in this process that no gate judged (a tool or a
+    test calling the tasks one by one, which keeps its loads as it always did)."""
+    pending = con.execute(
+        f"select run_date, bool_or(process <> $me) from {PENDING} group by run_date order by run_date",
+        {"me": PROCESS},
+    ).fetchall()
+    for run_date, orphaned in pending:
+        if orphaned:
+            log.warning(
+                "the run for %s ended before its data-quality gates: its loads are rolled back and the rows "
+                "they replaced restored", run_date,
+            )  # fmt: skip
+            unload_run(con, run_date)
+    accept_loads(con)  # whatever is left is this process's, and recovery tables start from today's schemas
+
+
+@contextmanager
+def gated_loads(settings: Settings, ctx: RunContext) -> Iterator[None]:
+    """The stages from extract to the last gate: on any failure inside (a gate, or a task between them),
+    the run's loads are rolled back and the rows they replaced restored; past the block, they are kept."""
+    try:
+        yield
+    except BaseException:
+        with connect(settings) as con:
+            unload_run(con, ctx.run_date)
+        raise
+    with connect(settings) as con:
+        accept_loads(con)
 
 
 @task(
@@ -596,6 +728,7 @@ def extract_sources(settings: Settings, ctx: RunContext) -> dict[str, SourceLoad
     loads = {}
     with connect(settings) as con:
         ensure_meta(con)
+        resolve_pending(con)
         try:
             for table_name in settings.sources:
                 loads[table_name] = extract_source(con, settings, table_name, ctx)

@@ -2,7 +2,9 @@
 tonight's feature tables (features), from the suites in `config/quality/<stage>/<table>.yaml`.
 
 - A failed `critical` expectation stops the run before training and publishing; the run's loads are
-  forgotten so the next run checks those files again.
+  forgotten so the next run checks those files again, and the rows they replaced (a file re-delivered in
+  place, a rerun's earlier loads) are put back from `recovery` (tasks/extract.py: unload_run), so a
+  rejected file never removes rows that were there before it.
 - Rows failing a `quarantine: true` rule move from `raw.<table>` to `quarantine.<table>` with the run
   date, the source file, the failed rules and their original values; more than the suite's
   `quarantine_max_share` of a table's loaded rows in quarantine is critical.

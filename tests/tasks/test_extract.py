@@ -556,3 +556,43 @@ def test_a_warehouse_from_before_the_retail_columns_gains_them(tmp_path) -> None
     ensure_meta(con)
     columns = {row[0] for row in con.execute("describe raw.interactions").fetchall()}
     assert {"order_id", "quantity", "unit_price_cents", "channel", "_row_key"} <= columns
+
+
+def test_any_failure_before_the_gates_pass_puts_back_what_the_loads_replaced(tmp_path: Path) -> None:
+    import os
+
+    from tailor.tasks.extract import gated_loads
+
+    config = make_company(tmp_path, {"items": {"path": "sources/catalogue.csv"}})
+    snapshot = tmp_path / "sources" / "catalogue.csv"
+    snapshot.write_text(ITEMS + "i2,Desk,home,2025-12-02 00:00:00\n")
+    settings = load_settings(config)
+
+    def state() -> tuple:
+        with connect(settings) as con:
+            items = con.execute("select item_id, _row_key, _loaded_run_date from raw.items order by 1").fetchall()
+            files = con.execute("select * from meta.loaded_files order by source, file_uri").fetchall()
+        return items, files
+
+    with gated_loads(settings, run_context(settings, date(2026, 1, 3))):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    before = state()
+    snapshot.write_text(ITEMS)  # re-delivered in place with one row fewer
+    os.utime(snapshot, ns=(snapshot.stat().st_atime_ns, snapshot.stat().st_mtime_ns + 10**9))
+    for day in (date(2026, 1, 3), date(2026, 1, 4)):  # a rerun of the night, and the next night
+        ctx = run_context(settings, day)
+        with pytest.raises(RuntimeError, match="a task between extract and the gate"), gated_loads(settings, ctx):
+            extract_sources.fn(settings, ctx)
+            assert raw_count(settings, "items") == 1
+            raise RuntimeError("a task between extract and the gate failed")
+        assert state() == before
+    with connect(settings) as con:
+        assert con.execute("select count(*) from recovery.pending").fetchall()[0][0] == 0
+    # past the block the loads are kept, and the rows they replaced are gone for good
+    with gated_loads(settings, run_context(settings, date(2026, 1, 4))):
+        extract_sources.fn(settings, run_context(settings, date(2026, 1, 4)))
+    assert raw_count(settings, "items") == 1
+    with connect(settings) as con:
+        assert con.execute(
+            "select count(*) from information_schema.tables where table_schema = 'recovery'"
+        ).fetchall()[0][0] == 1  # only the (empty) list of pending runs

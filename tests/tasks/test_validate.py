@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -223,3 +223,106 @@ def test_the_gate_rows_know_returns_duplicates_across_orders_and_line_facts() ->
     assert rows["_return_follows_purchase"].to_list() == [None, None, None, True, False, False]
     assert rows["_purchase_value"].to_list() == [None, None, None, None, None, None]  # no values given
     assert rows["_abs_quantity"].to_list() == [2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
+
+
+# --- a rejected run leaves the warehouse as it was ------------------------------------------------------
+
+RUN_DAY = date(2026, 11, 21)
+
+
+def warehouse_state(settings) -> tuple:
+    """raw.users and meta.loaded_files, by row count and a checksum of every row."""
+    from tailor.warehouse import connect
+
+    with connect(settings) as con:
+        return tuple(
+            con.execute(
+                "select (select count(*) from raw.users), "
+                "(select md5(string_agg(cast(u as varchar), '|' order by _row_key)) from raw.users u), "
+                "(select count(*) from meta.loaded_files), "
+                "(select md5(string_agg(cast(f as varchar), '|' order by source, file_uri)) "
+                " from meta.loaded_files f)"
+            ).fetchall()[0]
+        )
+
+
+def night(settings, day: date) -> dict:
+    """Extract, erasure and the source gate, as a nightly run does them."""
+    from tailor.tasks.extract import extract_sources, gated_loads
+    from tailor.tasks.privacy import erase_deleted_users
+    from tailor.tasks.validate import validate_sources
+    from tailor.warehouse import run_context
+
+    ctx = run_context(settings, day)
+    with gated_loads(settings, ctx):
+        loads = extract_sources.fn(settings, ctx)
+        erase_deleted_users.fn(settings, ctx)
+        return validate_sources.fn(settings, ctx, loads)
+
+
+def halve(path: Path) -> bytes:
+    """Rewrite the file in place with half its rows; return what it held."""
+    original = path.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    path.write_text("".join(lines[: 1 + (len(lines) - 1) // 2]))
+    return original
+
+
+def test_a_half_snapshot_redelivered_in_place_fails_the_gate_and_keeps_the_old_rows(company: Path) -> None:
+    from tailor.config import load_settings
+    from tailor.tasks.validate import DataQualityError
+
+    settings = load_settings(company / "tailor.yaml")
+    assert night(settings, RUN_DAY)["success"]
+    before = warehouse_state(settings)
+    snapshot = company / "sources" / "users" / "2026-10-17.csv"  # the users known before the data starts
+    original = halve(snapshot)
+    # the same night again, then the next one: each replaces the file's rows, and its gate rejects them
+    for day in (RUN_DAY, RUN_DAY + timedelta(days=1)):
+        with pytest.raises(DataQualityError, match="nothing published"):
+            night(settings, day)
+        assert warehouse_state(settings) == before, day
+    snapshot.write_bytes(original)
+    assert night(settings, RUN_DAY)["success"]
+    assert warehouse_state(settings)[0] == before[0]
+
+
+def test_a_run_killed_between_extract_and_the_gate_is_rolled_back_by_the_next(company: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tailor.config import load_settings
+    from tailor.tasks.extract import resolve_pending
+    from tailor.warehouse import connect
+
+    settings = load_settings(company / "tailor.yaml")
+    assert night(settings, RUN_DAY)["success"]
+    before = warehouse_state(settings)
+    snapshot = company / "sources" / "users" / "2026-10-17.csv"
+    original = halve(snapshot)
+    # another process loads the half file and dies before its gate, as a SIGKILL leaves it
+    script = (
+        "import os, signal, sys\n"
+        "from datetime import date\n"
+        "from tailor.config import load_settings\n"
+        "from tailor.tasks.extract import extract_sources\n"
+        "from tailor.warehouse import run_context\n"
+        "settings = load_settings(sys.argv[1])\n"
+        "extract_sources.fn(settings, run_context(settings, date.fromisoformat(sys.argv[2])))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(company / "tailor.yaml"), (RUN_DAY + timedelta(days=1)).isoformat()],
+        env=os.environ.copy(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert warehouse_state(settings)[0] < before[0]  # the half file's rows replaced the old ones
+    snapshot.write_bytes(original)
+    # the next run finds the dead run's marker and puts the warehouse back before it loads anything
+    with connect(settings) as con:
+        resolve_pending(con)
+    assert warehouse_state(settings) == before
+    assert night(settings, RUN_DAY)["success"]
+    assert warehouse_state(settings)[0] == before[0]
