@@ -12,16 +12,16 @@ from prefect import flow
 
 from tailor.config import Settings, load_settings
 from tailor.tasks.experiments import analyse_experiments
-from tailor.tasks.extract import extract_sources
+from tailor.tasks.extract import extract_sources, gated_loads
 from tailor.tasks.features import build_staging
 from tailor.tasks.notify import notify_failure
-from tailor.tasks.privacy import erase_deleted_users
+from tailor.tasks.privacy import erase_deleted_users, register_key
 from tailor.tasks.publish import check_publish_target, upload_run, write_datasets
 from tailor.tasks.report import write_report
 from tailor.tasks.runs import run_lock
 from tailor.tasks.train import serving_models
 from tailor.tasks.validate import validate_sources
-from tailor.warehouse import RunContext, run_context
+from tailor.warehouse import RunContext, private_umask, run_context
 
 EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_decisions")
 
@@ -39,12 +39,15 @@ def experiments(config_path: str, run_date: date | None = None, target: str | No
     """Extract the newest sends, analyse them with the serving models, and publish the results. It shares
     the warehouse with the nightly run, so it takes the same run lock."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)
+    register_key(settings)  # erasure needs it in every mode: say so before anything runs
     ctx = run_context(settings, run_date)
-    with run_lock(settings, ctx.run_date):
+    # the warehouse and working files are the account's alone; published files set their own modes
+    with private_umask(), run_lock(settings, ctx.run_date):
         check_publish_target(settings)  # before extract: a bad target fails in seconds
-        loads = extract_sources(settings, ctx)
-        erase_deleted_users(settings, ctx)
-        quality = validate_sources(settings, ctx, loads)
+        with gated_loads(settings, ctx):  # a rejected file puts back the rows it replaced
+            loads = extract_sources(settings, ctx)
+            erase_deleted_users(settings, ctx)
+            quality = validate_sources(settings, ctx, loads)
         build_staging(settings, ctx)
         models = serving_models(settings, ctx)
         campaigns = experiment_analysis(settings, ctx, models)

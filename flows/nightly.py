@@ -11,18 +11,18 @@ from prefect import flow
 from tailor.config import Settings, load_settings
 from tailor.flows.experiments import experiment_analysis
 from tailor.flows.sharded import assign_variants, score_users
-from tailor.tasks.extract import extract_sources
+from tailor.tasks.extract import extract_sources, gated_loads
 from tailor.tasks.fairness import audit_fairness
 from tailor.tasks.features import build_features_cached
 from tailor.tasks.notify import notify_failure
-from tailor.tasks.privacy import erase_deleted_users
+from tailor.tasks.privacy import erase_deleted_users, register_key
 from tailor.tasks.publish import check_publish_target, upload_run, write_datasets
 from tailor.tasks.report import write_report
 from tailor.tasks.runs import run_lock, run_started, run_succeeded
 from tailor.tasks.segments import build_segments
 from tailor.tasks.train import train_models
 from tailor.tasks.validate import combine, validate_features, validate_sources
-from tailor.warehouse import RunContext, run_context
+from tailor.warehouse import RunContext, private_umask, run_context
 
 
 def _run_name() -> str:
@@ -39,8 +39,10 @@ def nightly(
     for one day. One run at a time: a second one is refused while this one holds the warehouse. A rerun of
     the night with nothing new reuses its features, unless `force`."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)
+    register_key(settings)  # erasure needs it in every mode: say so before anything runs
     ctx = run_context(settings, run_date)
-    with run_lock(settings, ctx.run_date):
+    # the warehouse, models and working files are the account's alone; published files set their own modes
+    with private_umask(), run_lock(settings, ctx.run_date):
         run_started(settings, ctx.run_date, "tailor-nightly")
         summary = run_stages(settings, ctx, force)
         run_succeeded(settings, ctx.run_date, "tailor-nightly")
@@ -49,11 +51,14 @@ def nightly(
 
 def run_stages(settings: Settings, ctx: RunContext, force: bool) -> dict[str, Any]:
     check_publish_target(settings)  # a target that cannot take the output fails now, not after the night
-    loads = extract_sources(settings, ctx)
-    erasure = erase_deleted_users(settings, ctx)
-    source_quality = validate_sources(settings, ctx, loads)
-    feature_rows = build_features_cached(settings, force)(settings, ctx)
-    quality = combine(source_quality, validate_features(settings, ctx))
+    # the night's loads are kept only once both gates pass: any failure up to there puts back the rows
+    # they replaced, so a rejected file never costs the warehouse the rows it had
+    with gated_loads(settings, ctx):
+        loads = extract_sources(settings, ctx)
+        erasure = erase_deleted_users(settings, ctx)
+        source_quality = validate_sources(settings, ctx, loads)
+        feature_rows = build_features_cached(settings, force)(settings, ctx)
+        quality = combine(source_quality, validate_features(settings, ctx))
     models = train_models(settings, ctx)
     experiments = experiment_analysis(settings, ctx, models)
     scored = score_users(settings, ctx, models)

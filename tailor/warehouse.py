@@ -1,7 +1,15 @@
-"""The DuckDB warehouse and the facts of one run (its date, its data cutoff, its working folder)."""
+"""The DuckDB warehouse and the facts of one run (its date, its data cutoff, its working folder).
+
+The warehouse, the run folders and everything in them hold personal data: they are the account's alone
+(files 0600, folders 0700) whatever the process umask. The warehouse file and the run folders get their
+modes here, explicitly; `private_umask` covers what the tasks and libraries create inside them (DuckDB's
+WAL, models, downloads, Data Docs) for the length of a flow run.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +21,9 @@ import duckdb
 
 from tailor.config import Settings
 
+log = logging.getLogger(__name__)
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 @dataclass(frozen=True)
 class RunContext:
@@ -35,9 +46,33 @@ def start_of_day_utc(day: date, zone: str) -> datetime:
     return local_midnight.astimezone(UTC).replace(tzinfo=None)
 
 
+def private_dir(path: Path, fix_existing: bool = True) -> Path:
+    """Create the folder (and any missing parent) as 0700; an existing one is made 0700 too unless
+    `fix_existing` is false (a folder the company chose, such as the one holding the warehouse)."""
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        os.chmod(folder, PRIVATE_DIR_MODE)  # mkdir's mode passes through the umask
+    if fix_existing and path not in missing:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Everything created inside the block is the account's alone (0600 files, 0700 folders). Process-wide
+    (one run per process); published files set their own modes (tailor/storage.py)."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def run_context(settings: Settings, run_date: date | None = None) -> RunContext:
     day = run_date or today_in(settings.timezone)
-    run_dir = settings.resolve(settings.warehouse.runs_dir) / day.isoformat()
+    runs_dir = private_dir(settings.resolve(settings.warehouse.runs_dir))
+    run_dir = private_dir(runs_dir / day.isoformat())
     return RunContext(
         run_date=day,
         cutoff=start_of_day_utc(day, settings.timezone),
@@ -46,16 +81,21 @@ def run_context(settings: Settings, run_date: date | None = None) -> RunContext:
     )
 
 
+def warehouse_path(settings: Settings) -> Path:
+    return settings.resolve(settings.warehouse.path)
+
+
 @contextmanager
 def connect(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
-    path = settings.resolve(settings.warehouse.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = warehouse_path(settings)
+    private_dir(path.parent, fix_existing=False)
     config: dict[str, str | int] = {}
     if settings.warehouse.threads:
         config["threads"] = settings.warehouse.threads
     if settings.warehouse.memory_limit:
         config["memory_limit"] = settings.warehouse.memory_limit
     con = duckdb.connect(str(path), config=config)
+    os.chmod(path, PRIVATE_FILE_MODE)  # DuckDB creates it through the umask
     # timestamps are UTC throughout; the host's zone must never shift a cast (set after connecting:
     # the setting needs the built-in ICU extension, which loads with the connection)
     con.execute("set TimeZone = 'UTC'")
@@ -63,3 +103,46 @@ def connect(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
     finally:
         con.close()
+
+
+def _fsync(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def compact(settings: Settings) -> bool:
+    """Rewrite the warehouse into a new file holding only live rows and swap it in, so no freed block of
+    the old file keeps a deleted value (DuckDB reuses freed blocks but never wipes them). Costs a full
+    copy: called after an erasure. Crash-safe: the old file stays in place until the new one is complete
+    and synced, and the swap is an atomic rename. False (with a warning) when it could not be done safely."""
+    path = warehouse_path(settings)
+    fresh = path.with_name(path.name + ".compact")
+    old_wal, fresh_wal = wal_path(path), wal_path(fresh)
+    for leftover in (fresh, fresh_wal):  # an earlier compaction that died halfway
+        leftover.unlink(missing_ok=True)
+    with connect(settings) as con:
+        con.execute("checkpoint")
+        current = con.execute("select current_database()").fetchall()[0][0]
+        # ATTACH takes no parameters: the path comes from the config, quoted as a literal
+        con.execute(f"attach '{str(fresh).replace(chr(39), chr(39) * 2)}' as tailor_compacted")
+        try:
+            con.execute(f'copy from database "{current.replace(chr(34), chr(34) * 2)}" to tailor_compacted')
+        finally:
+            con.execute("detach tailor_compacted")
+    if old_wal.exists() or fresh_wal.exists():
+        # a WAL left after a checkpointed close: swapping now could lose or replay its changes
+        log.warning("warehouse compaction skipped: a write-ahead log was left beside %s", path)
+        fresh.unlink(missing_ok=True)
+        return False
+    os.chmod(fresh, PRIVATE_FILE_MODE)
+    _fsync(fresh)
+    os.replace(fresh, path)
+    _fsync(path.parent)  # the rename itself
+    return True
+
+
+def wal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")

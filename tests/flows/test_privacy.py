@@ -110,9 +110,11 @@ def privacy_run(small_company: Path, tmp_path_factory, prefect_harness):
     logger.addHandler(handler)
     previous_level = logger.level
     logger.setLevel(logging.INFO)
+    previous_umask = os.umask(0o022)  # a scheduler's usual umask: the run's own files must still be private
     try:
         summary = nightly(config_path=str(root / "tailor.yaml"), run_date=RUN_DATE)
     finally:
+        os.umask(previous_umask)
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
     messages = [record.getMessage() for record in records]
@@ -132,6 +134,67 @@ def test_a_deleted_user_leaves_no_trace_in_any_table_or_file(privacy_run) -> Non
         registered = con.execute("select count(*) from meta.deletion_register").fetchall()[0][0]
     assert registered == len(set(deleted))
     assert summary["erasure"]["new_requests"] == len(set(deleted)) and summary["erasure"]["rows_removed"] > 0
+
+
+def emails_of(root: Path, users: list[str]) -> list[str]:
+    frame = pl.concat([pl.read_csv(p, infer_schema=False) for p in sorted((root / "sources" / "users").glob("*.csv"))])
+    return frame.filter(pl.col("user_id").is_in(users))["email"].drop_nulls().to_list()
+
+
+def warehouse_file_hits(settings, values: list[str]) -> list[str]:
+    """The values found in the raw bytes of the warehouse's own files (the database, its WAL if any),
+    freed blocks included. A plain substring search: DuckDB stores strings back to back, with nothing
+    between them that a word boundary could match."""
+    warehouse = settings.resolve(settings.warehouse.path)
+    files = [p for p in warehouse.parent.iterdir() if p.is_file() and p.name.startswith(warehouse.name)]
+    assert warehouse in files
+    contents = [p.read_bytes() for p in files]
+    return [value for value in values if any(value.encode() in data for data in contents)]
+
+
+def test_an_erasure_rewrites_the_warehouse_file_so_no_freed_block_holds_the_user(privacy_run) -> None:
+    root, settings, deleted, _, summary, _ = privacy_run
+    emails = emails_of(root, deleted)
+    assert emails, "the erased users have e-mail addresses in the sources"
+    assert summary["erasure"]["warehouse_compacted"]
+    assert warehouse_file_hits(settings, deleted + emails) == []
+    # the same bytes hold the others' addresses as text: the absence above is the erasure, not compression
+    users = pl.concat([pl.read_csv(p) for p in (root / "sources" / "users").glob("*.csv")])["user_id"]
+    assert warehouse_file_hits(settings, emails_of(root, sorted(set(users) - set(deleted))))
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_warehouse_and_the_run_folders_are_private_whatever_the_umask(privacy_run) -> None:
+    _, settings, _, _, _, _ = privacy_run
+    assert mode(settings.resolve(settings.warehouse.path)) == 0o600
+    runs = settings.resolve(settings.warehouse.runs_dir)
+    assert mode(runs) == 0o700
+    inside = list(runs.rglob("*"))
+    assert any(p.suffix == ".txt" and p.parent.name == "models" for p in inside)  # the saved models
+    assert [str(p) for p in inside if mode(p) != (0o700 if p.is_dir() else 0o600)] == []
+
+
+def test_the_deletion_register_is_keyed_with_the_secret_key(privacy_run) -> None:
+    import hashlib
+    import hmac
+
+    root, settings, deleted, _, _, _ = privacy_run
+    with connect(settings) as con:
+        register = con.execute("select user_hash, scheme from meta.deletion_register").fetchall()
+    key = os.environ["TAILOR_PSEUDONYM_KEY"].encode()
+    assert {h for h, _ in register} == {hmac.new(key, u.encode(), hashlib.sha256).hexdigest() for u in deleted}
+    assert {scheme for _, scheme in register} == {"hmac-sha256"}
+    # hashing every known id with the public salt, or none, recovers no one
+    users = pl.concat([pl.read_csv(p) for p in (root / "sources" / "users").glob("*.csv")])["user_id"]
+    guesses = {
+        hashlib.sha256((salt + user).encode()).hexdigest()
+        for user in users
+        for salt in ("tailor-deletion-register", "")
+    }
+    assert not guesses & {h for h, _ in register}
 
 
 def test_a_deleted_user_sent_again_by_the_source_is_dropped_on_load(privacy_run, tmp_path) -> None:
@@ -218,3 +281,55 @@ def test_an_erasure_also_clears_the_quarantine_and_data_quality_samples(privacy_
             "select count(*) from meta.data_quality_results where list_contains(unexpected_sample, 'someone-else')"
         ).fetchall()[0][0]
     assert kept == 0  # the sample is dropped as a whole, the check itself is kept
+
+
+def test_erasure_without_the_key_fails_in_one_line_naming_the_variable(company: Path, monkeypatch) -> None:
+    from tailor.config import ConfigError
+    from tailor.errors import USER_ERRORS
+    from tailor.tasks.privacy import erase_deleted_users
+    from tailor.warehouse import run_context
+
+    settings = load_settings(company / "tailor.yaml")  # external ids published: loads without the key
+    assert settings.publish.published_user_id == "external"
+    monkeypatch.delenv("TAILOR_PSEUDONYM_KEY")
+    with pytest.raises(ConfigError, match="TAILOR_PSEUDONYM_KEY") as error:
+        erase_deleted_users.fn(settings, run_context(settings, RUN_DATE))
+    assert isinstance(error.value, USER_ERRORS) and "\n" not in str(error.value)
+    assert not settings.resolve(settings.warehouse.path).exists()  # refused before touching anything
+
+
+def test_a_register_from_before_the_key_still_drops_its_users_and_is_keyed_as_they_return(company: Path) -> None:
+    import hashlib
+    import hmac
+
+    from tailor.tasks.extract import extract_sources
+    from tailor.tasks.privacy import erase_deleted_users
+    from tailor.warehouse import run_context
+
+    settings = load_settings(company / "tailor.yaml")
+    ctx = run_context(settings, RUN_DATE)
+    extract_sources.fn(settings, ctx)
+    with connect(settings) as con:
+        returning, absent = "u001", "someone-who-never-comes-back"
+        assert con.execute("select count(*) from raw.interactions where user_id = $u", {"u": returning}).fetchall()[0][0]
+        # the register as the old scheme wrote it with external ids: sha256 of a public salt and the id
+        con.execute(
+            "create table meta.deletion_register (user_hash varchar primary key, requested_at timestamp, "
+            "registered_on date)"
+        )
+        for user in (returning, absent):
+            con.execute(
+                "insert into meta.deletion_register values (sha256('tailor-deletion-register' || $u), "
+                "timestamp '2026-01-01', date '2026-01-02')",
+                {"u": user},
+            )
+    result = erase_deleted_users.fn(settings, ctx)
+    assert result["late_rows_dropped"] > 0
+    key = os.environ["TAILOR_PSEUDONYM_KEY"].encode()
+    with connect(settings) as con:
+        assert warehouse_hits(settings, id_pattern([returning])) == []
+        register = dict(con.execute("select user_hash, scheme from meta.deletion_register").fetchall())
+    assert register[hmac.new(key, returning.encode(), hashlib.sha256).hexdigest()] == "hmac-sha256"
+    assert hashlib.sha256(f"tailor-deletion-register{returning}".encode()).hexdigest() not in register
+    # an old entry whose id never comes back cannot be keyed without it: it stays, matched the old way
+    assert register[hashlib.sha256(f"tailor-deletion-register{absent}".encode()).hexdigest()] == "sha256-salted"
