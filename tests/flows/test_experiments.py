@@ -11,6 +11,7 @@ import yaml
 
 from tailor.flows.experiments import EXPERIMENT_DATASETS, experiments
 from tests.conftest import RUN_DATE
+from tests.published import pointer, run_folder
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +27,10 @@ def test_the_experiments_flow_publishes_under_its_own_prefix(company: Path, pref
 
     assert set(summary["experiments"]) == {"weekly_digest", "app_nudge"}
     latest = json.loads((published / "experiments" / "latest.json").read_text())
-    assert latest == {"run_date": RUN_DATE.isoformat(), "manifest": f"experiments/{RUN_DATE}/manifest.json"}
-    run = published / "experiments" / RUN_DATE.isoformat()
+    assert latest == pointer(published, RUN_DATE, root="experiments")  # the date's pointer names the same
+    assert latest["run_date"] == RUN_DATE.isoformat()
+    assert latest["manifest"] == f"experiments/{RUN_DATE}/{latest['attempt']}/manifest.json"
+    run = run_folder(published, RUN_DATE, root="experiments")
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["datasets"]) == set(EXPERIMENT_DATASETS)
     results = pl.read_parquet(run / "experiment_results" / "part-0000.parquet")

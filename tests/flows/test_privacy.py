@@ -17,6 +17,7 @@ from tailor.config import load_settings
 from tailor.flows.nightly import nightly
 from tailor.warehouse import connect
 from tests.conftest import DATA_END, RUN_DATE
+from tests.published import run_folder
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +225,7 @@ def test_a_deleted_user_sent_again_by_the_source_is_dropped_on_load(privacy_run,
 
 def test_a_user_who_withdrew_consent_yesterday_gets_nothing_today(privacy_run) -> None:
     root, _, _, withdrawn, _, _ = privacy_run
-    run = root / "published" / "runs" / RUN_DATE.isoformat()
+    run = run_folder(root / "published", RUN_DATE)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["user_id"] == "external"  # the generated config publishes raw ids: they can be searched
     hits = file_hits(run, id_pattern([withdrawn]))

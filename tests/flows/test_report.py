@@ -14,6 +14,7 @@ import yaml
 
 from tailor.flows.nightly import nightly
 from tests.conftest import RUN_DATE
+from tests.published import run_folder
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def test_the_report_draws_every_plot_in_headless_chromium(
     config_path.write_text(yaml.safe_dump(config))
     nightly(config_path=str(config_path), run_date=RUN_DATE)
 
-    report = (company / "published" / "runs" / RUN_DATE.isoformat() / "report.html").read_text()
+    report = (run_folder(company / "published", RUN_DATE) / "report.html").read_text()
     assert "<script" not in report
     for section in ("Run summary", "Models", "Segments and allocation", "Experiments", "Fairness audit",
                     "Allocation decisions"):  # fmt: skip

@@ -16,6 +16,7 @@ import yaml
 
 from tailor.flows.nightly import nightly
 from tests.conftest import RUN_DATE
+from tests.published import run_folder
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def configure(company: Path, compute: dict) -> Path:
 
 
 def dataset_files(company: Path, manifest: dict) -> dict[str, str]:
-    root = company / "published" / "runs" / RUN_DATE.isoformat()
+    root = run_folder(company / "published", RUN_DATE)
     return {
         file["path"]: hashlib.sha256((root / file["path"]).read_bytes()).hexdigest()
         for dataset in manifest["datasets"].values()
@@ -55,7 +56,7 @@ def test_the_nightly_flow_on_a_two_worker_dask_cluster_publishes_what_the_local_
 
     assert distributed["scored"] == local["scored"] | {"shards": 3}
     assert distributed["campaigns"] == local["campaigns"]
-    manifests = [json.loads((c / "published" / "runs" / str(RUN_DATE) / "manifest.json").read_text())
+    manifests = [json.loads((run_folder(c / "published", RUN_DATE) / "manifest.json").read_text())
                  for c in (company, on_dask)]  # fmt: skip
     assert manifests[0]["datasets"].keys() == manifests[1]["datasets"].keys()
     local_files, dask_files = dataset_files(company, manifests[0]), dataset_files(on_dask, manifests[1])

@@ -21,6 +21,7 @@ from tailor.generate import generate
 from tailor.init import EXAMPLE_COLUMNS, InitError, init_project, project_name, skeleton_sql
 from tailor.schema import TABLES
 from tests.conftest import DATA_END, REPO, RUN_DATE
+from tests.published import run_folder
 
 
 def test_init_writes_config_sql_campaign_and_data_that_load(tmp_path: Path) -> None:
@@ -269,7 +270,7 @@ def test_a_project_folder_outside_the_repository_runs_a_night_from_an_installed_
     files = [file["path"] for dataset in manifest["datasets"].values() for file in dataset["files"]]
     assert any(path.startswith("recommendations") for path in files)
     for path in files:
-        assert (published / "runs" / RUN_DATE.isoformat() / path).is_file(), path
+        assert (run_folder(published, RUN_DATE) / path).is_file(), path
     # the company's folder holds its own warehouse and nothing of Tailor's code
     assert (project / "var" / "tailor.duckdb").is_file()
     assert not any((project / name).exists() for name in ("tailor", "tasks", "flows"))
