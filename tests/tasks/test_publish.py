@@ -426,3 +426,32 @@ def test_only_the_datasets_config_names_carry_the_real_id(published, monkeypatch
     assert manifest["datasets"]["recommendations"]["user_id"] == "pseudonymous"
     assert all(uid.startswith("u") and len(uid) < 10 for uid in feed)
     assert all(len(uid) == 32 for uid in recommended)
+
+
+def test_the_readmes_duckdb_query_reads_the_latest_run_of_a_folder(tmp_path: Path) -> None:
+    """The documented query runs on the installed DuckDB against a published folder, following latest.json."""
+    import duckdb
+
+    from tailor.config import StorageConfig
+    from tailor.storage import open_store
+    from tailor.tasks.publish import publish_attempt
+    from tests.conftest import REPO
+
+    published = tmp_path / "published"
+    store = open_store(published.as_uri(), StorageConfig())
+    for day, title in (("2026-01-02", "newest"), ("2026-01-01", "older")):
+        local = tmp_path / day
+        (local / "recommendations").mkdir(parents=True)
+        rows = {"user_id": ["b", "a", "a"], "rank": [1, 2, 1], "item_title": [title] * 3, "reason_text": ["r"] * 3}
+        pq.write_table(pa.table(rows), local / "recommendations" / "part-0000.parquet")
+        (local / "manifest.json").write_text("{}")
+        publish_attempt(store, local, date.fromisoformat(day))
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    query = next(block for block in blocks if "/srv/tailor/published" in block)
+    con = duckdb.connect()
+    statements = [s for s in query.replace("/srv/tailor/published", str(published)).split(";") if s.strip()]
+    for statement in statements[:-1]:
+        con.execute(statement)
+    rows = con.execute(statements[-1]).fetchall()
+    assert rows == [("a", 1, "newest", "r"), ("a", 2, "newest", "r"), ("b", 1, "newest", "r")]
