@@ -318,7 +318,8 @@ _CONFIG = """# A Tailor project: written by `tailor init`. Paths are relative to
 #
 # Secrets are never written here: S3 credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID,
 # AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for an S3-compatible store), and the key that
-# pseudonymises published user ids from the variable named by publish.pseudonym_key_env.
+# pseudonymises published user ids and keys the deletion register from the variable named by
+# publish.pseudonym_key_env (every run needs it, whatever published_user_id says).
 {project_line}
 timezone: UTC                     # run dates are days in this zone; a run reads data up to its midnight
 seed: 42                          # drives every split, sample and model: same data, same outputs
