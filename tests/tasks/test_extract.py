@@ -596,3 +596,40 @@ def test_any_failure_before_the_gates_pass_puts_back_what_the_loads_replaced(tmp
         assert con.execute(
             "select count(*) from information_schema.tables where table_schema = 'recovery'"
         ).fetchall()[0][0] == 1  # only the (empty) list of pending runs
+
+
+def test_an_erasure_during_a_rejected_run_reaches_the_rows_it_puts_back(tmp_path: Path) -> None:
+    import os
+
+    from tailor.tasks.extract import gated_loads
+    from tailor.tasks.privacy import erase_deleted_users
+
+    config = make_company(
+        tmp_path,
+        {
+            "users": {"path": "sources/people.csv", "columns": {"user_id": "uid", "created_at": "signed_up"}},
+            "deletion_requests": {"path": "sources/deletion_requests/*.csv"},
+        },
+    )
+    people = tmp_path / "sources" / "people.csv"
+    people.write_text(USERS)
+    settings = load_settings(config)
+    first = run_context(settings, date(2026, 1, 3))
+    with gated_loads(settings, first):
+        extract_sources.fn(settings, first)
+    # the snapshot comes again without u1, and u2 asks to be erased; then the run fails before its gates
+    people.write_text("uid,signed_up,country\nu2,2026-01-02 11:00:00,FR\n")
+    os.utime(people, ns=(people.stat().st_atime_ns, people.stat().st_mtime_ns + 10**9))
+    requests = tmp_path / "sources" / "deletion_requests" / "2026-01-03.csv"
+    requests.parent.mkdir()
+    requests.write_text("user_id,requested_at\nu2,2026-01-03 08:00:00\n")
+    ctx = run_context(settings, date(2026, 1, 4))
+    with pytest.raises(RuntimeError, match="gate"), gated_loads(settings, ctx):
+        extract_sources.fn(settings, ctx)
+        assert erase_deleted_users.fn(settings, ctx)["new_requests"] == 1
+        raise RuntimeError("the gate failed")
+    with connect(settings) as con:
+        users = con.execute("select user_id from raw.users order by 1").fetchall()
+        registered = con.execute("select count(*) from meta.deletion_register").fetchall()[0][0]
+    assert users == [("u1",)]  # u1's old row is back; u2's is not, though it was there before the run
+    assert registered == 1  # an erasure is never rolled back
