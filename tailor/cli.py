@@ -261,10 +261,12 @@ def flow_session(
     """What every command that runs a flow needs, cheapest check first: the run log, the run lock (a refused
     run starts nothing), then the Prefect API (a temporary server when none is configured)."""
     from tailor.prefect_api import prefect_api
+    from tailor.tasks.privacy import register_key
     from tailor.tasks.runs import run_lock
     from tailor.terminal import attach_run_log
     from tailor.warehouse import today_in
 
+    register_key(settings)  # every run erases what it is asked to: without the key, say so in a second
     log_path = attach_run_log(settings.resolve(settings.warehouse.runs_dir) / "logs", command)
     args.log_path = log_path
     with run_lock(settings, run_date or today_in(settings.timezone)), prefect_api():
@@ -484,7 +486,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(*(f"  {path.relative_to(args.dir)}" for path in written), sep="\n")
     print(
         f"next: put your files under {args.dir / 'data'}, adapt {args.dir / 'sql'}/*.sql to their columns, set\n"
-        "  TAILOR_PSEUDONYM_KEY in the environment (the secret that pseudonymises published user ids), then\n"
+        "  TAILOR_PSEUDONYM_KEY in the environment (the secret that pseudonymises published user ids and keys the\n"
+        "  deletion register; every run needs it), then\n"
         f"  tailor check --config {args.dir / 'tailor.yaml'}"
     )
     return 0
