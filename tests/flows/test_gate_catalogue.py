@@ -25,6 +25,7 @@ from tailor.tasks.extract import ExtractError
 from tailor.tasks.validate import DataQualityError
 from tailor.warehouse import connect
 from tests.conftest import DATA_END, RUN_DATE
+from tests.published import run_folder
 
 pytestmark = pytest.mark.integration
 NEXT_RUN = RUN_DATE + timedelta(days=1)
@@ -252,7 +253,5 @@ def test_gate_catalogue(case: Case, baseline: Path, tmp_path: Path) -> None:
             {"keys": [row[3] for row in quarantined]},
         ).fetchall()[0][0]
     assert still_raw == 0  # quarantined rows left raw, so no feature or model ever sees them
-    manifest = json.loads(
-        (company / "published" / "runs" / NEXT_RUN.isoformat() / "manifest.json").read_text()
-    )
+    manifest = json.loads((run_folder(company / "published", NEXT_RUN) / "manifest.json").read_text())
     assert manifest["data_quality"]["quarantined_rows"][case.table] == len(quarantined)
