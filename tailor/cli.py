@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -263,14 +264,24 @@ def flow_session(
     from tailor.prefect_api import prefect_api
     from tailor.tasks.privacy import register_key
     from tailor.tasks.runs import run_lock
-    from tailor.terminal import attach_run_log
+    from tailor.terminal import attach_run_log, detach_run_log
     from tailor.warehouse import today_in
 
     register_key(settings)  # every run erases what it is asked to: without the key, say so in a second
-    log_path = attach_run_log(settings.resolve(settings.warehouse.runs_dir) / "logs", command)
-    args.log_path = log_path
-    with run_lock(settings, run_date or today_in(settings.timezone)), prefect_api():
-        yield
+    log_file = attach_run_log(settings.resolve(settings.warehouse.runs_dir) / "logs", command)
+    args.log_path = log_file.baseFilename
+    try:
+        with run_lock(settings, run_date or today_in(settings.timezone)), prefect_api():
+            yield
+    except BaseException:
+        # the traceback goes to the log file only: the terminal gets main's one line
+        log_file.handle(
+            logging.getLogger("tailor").makeRecord("tailor", logging.ERROR, __file__, 0, "%s failed", (command,),
+                                                   sys.exc_info())
+        )  # fmt: skip
+        raise
+    finally:
+        detach_run_log(log_file)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -565,7 +576,6 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     # a busy host starts even Prefect's own temporary server slowly (for code paths that start one)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    import logging
 
     from tailor.errors import USER_ERRORS
     from tailor.terminal import filter_expected_failures, quiet_console

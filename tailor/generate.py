@@ -8,6 +8,7 @@ sources, so tests can check that models find real signal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -475,10 +476,18 @@ def estimated_bytes(n_users: int, n_items: int) -> int:
 
 
 def physical_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """The memory this process may use: the machine's, or its container's limit when that is smaller."""
+    limits = []
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(cgroup).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means none
+            limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def check_fits_in_memory(n_users: int, n_items: int) -> None:

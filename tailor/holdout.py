@@ -31,7 +31,7 @@ from tailor.config import Settings, load_settings
 from tailor.schema import TABLES
 from tailor.tasks.extract import extract_sources, quote_identifier
 from tailor.tasks.features import build_features, build_staging_models
-from tailor.tasks.privacy import erase_deleted_users
+from tailor.tasks.privacy import erase_deleted_users, register_key
 from tailor.tasks.repeats import load as load_repeats
 from tailor.tasks.score import score_users
 from tailor.tasks.train import train_models
@@ -212,6 +212,7 @@ def measure(top: pl.DataFrame, truth: pl.DataFrame) -> dict[str, float]:
 def evaluate_company(config_path: Path, holdout_days: int, work_dir: Path) -> dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     everything = work_settings(config_path, work_dir, "everything")
+    register_key(everything)  # the night honours deletion requests: without the key, say so before loading
     load_everything(everything)
     purchases = all_purchases(everything)
     start = holdout_start(purchases, holdout_days)

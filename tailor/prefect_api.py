@@ -30,6 +30,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,21 @@ def healthy(api_url: str) -> bool:
         return False
 
 
-def die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM when the parent dies (Linux only)."""
-    # elsewhere the watchdog in the server process does the same, a second later
+def _find_prctl() -> Any:
+    # looked up here, in the parent: loading a library between fork and exec can deadlock a threaded process
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    return None
+
+
+_PRCTL = _find_prctl()
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM when the parent dies (Linux only; elsewhere
+    the watchdog in the server process does the same, a second later)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def server_command(port: int) -> list[str]:
@@ -151,11 +162,21 @@ def start_server(timeout: float) -> tuple[subprocess.Popen[bytes], str]:
     )
 
 
+def configured_api_url() -> str | None:
+    """The API the user configured: in the environment, or in Prefect's profile, .env or prefect.toml
+    (`prefect cloud login`, `prefect config set` write the profile)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
 @contextmanager
 def prefect_api() -> Iterator[str]:
     """For the block: PREFECT_API_URL, set in the environment (child processes such as Dask workers inherit
     it) and in Prefect's settings; a temporary server is stopped when the block ends, however it ends."""
-    configured = os.environ.get("PREFECT_API_URL")
+    configured = configured_api_url()
     if configured:
         yield configured
         return

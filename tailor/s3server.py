@@ -116,15 +116,29 @@ class SeaweedServer:
 
 
 def _buckets_ready(endpoint_url: str, buckets: tuple[str, ...]) -> bool:
-    """The S3 port answers (any HTTP status) and every pre-created bucket exists."""
-    for path in ("/", *(f"/{bucket}" for bucket in buckets)):
-        try:
-            urllib.request.urlopen(endpoint_url + path, timeout=1).close()
-        except urllib.error.HTTPError as error:
-            if path != "/" and error.code == 404:
-                return False
-        except (urllib.error.URLError, OSError):
-            return False
+    """The S3 port answers (any HTTP status) and every pre-created bucket exists, asked with credentials: an
+    anonymous request is refused (403) whether the bucket exists or not."""
+    try:
+        urllib.request.urlopen(endpoint_url + "/", timeout=1).close()
+    except urllib.error.HTTPError:
+        pass
+    except (urllib.error.URLError, OSError):
+        return False
+    if not buckets:
+        return True
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2),
+    )  # fmt: skip
+    try:
+        for bucket in buckets:
+            client.head_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError):
+        return False
     return True
 
 

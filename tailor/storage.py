@@ -118,7 +118,9 @@ class LocalStore:
 MAX_POOL_CONNECTIONS = 48
 
 
-def s3_client(storage: StorageConfig, max_attempts: int | None = None, connect_timeout: float = 10):
+def s3_client(
+    storage: StorageConfig, max_attempts: int | None = None, connect_timeout: float = 10, read_timeout: float = 60
+):
     import boto3
     from botocore.config import Config
 
@@ -130,7 +132,7 @@ def s3_client(storage: StorageConfig, max_attempts: int | None = None, connect_t
             retries={"max_attempts": max_attempts or storage.max_attempts, "mode": "standard"},
             signature_version="s3v4",
             connect_timeout=connect_timeout,
-            read_timeout=60,
+            read_timeout=read_timeout,
             # uploads run several files at once, each in several parts
             max_pool_connections=MAX_POOL_CONNECTIONS,
         ),
@@ -225,6 +227,7 @@ def open_store(target: str, storage: StorageConfig) -> ObjectStore:
 # made for uploads, spend minutes on an endpoint that does not answer). The task that calls it retries once.
 PROBE_ATTEMPTS = 2
 PROBE_CONNECT_TIMEOUT = 3
+PROBE_READ_TIMEOUT = 5  # an endpoint that accepts but never answers fails the check in seconds too
 
 
 def describe_s3_error(error: Exception, bucket: str, endpoint: str | None = None) -> str:
@@ -274,7 +277,9 @@ def check_target(target: str, storage: StorageConfig) -> None:
         raise StorageError(f"unsupported target {target!r}: use file:// or s3://")
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = s3_client(storage, max_attempts=PROBE_ATTEMPTS, connect_timeout=PROBE_CONNECT_TIMEOUT)
+    client = s3_client(
+        storage, max_attempts=PROBE_ATTEMPTS, connect_timeout=PROBE_CONNECT_TIMEOUT, read_timeout=PROBE_READ_TIMEOUT
+    )
     store = S3Store(parsed.netloc, parsed.path, storage, client=client)
     key = store._key(probe)
     try:

@@ -15,7 +15,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-LOGGERS = ("prefect", "tailor", "py.warnings")
+# the run log hangs on the root logger (everything that propagates: Prefect, libraries' warnings) and on
+# the loggers that do not propagate
+NON_PROPAGATING = ("tailor", "prefect.extra", "prefect._internal", "uvicorn", "fastapi")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -56,6 +58,8 @@ def quiet_console() -> None:
     """No log line on the terminal: the run's log file and the Prefect API still get them."""
     for logger, handler in console_handlers():
         logger.removeHandler(handler)
+    # without any handler the root logger would fall back to logging.lastResort, which prints to stderr
+    logging.getLogger().addHandler(logging.NullHandler())
     logging.captureWarnings(True)  # library warnings go to the log file, not the terminal
 
 
@@ -64,8 +68,9 @@ def filter_expected_failures(expected: tuple[type[BaseException], ...]) -> None:
         handler.addFilter(ExpectedFailureFilter(expected))
 
 
-def attach_run_log(folder: Path, command: str) -> Path:
-    """A private log file for this command: every log line of Tailor and Prefect, tracebacks included."""
+def attach_run_log(folder: Path, command: str) -> logging.FileHandler:
+    """A private log file for this command: every log line of Tailor and Prefect and every library warning,
+    tracebacks included. Detach it with `detach_run_log` when the command ends."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{stamp}-{command}-{os.getpid()}.log"
@@ -73,9 +78,18 @@ def attach_run_log(folder: Path, command: str) -> Path:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
-    for name in LOGGERS:
+    logging.getLogger().addHandler(handler)
+    for name in NON_PROPAGATING:
         logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
-            logger.setLevel(logging.INFO)
-    return path
+        if not logger.propagate:
+            logger.addHandler(handler)
+    logging.getLogger("tailor").setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    return handler
+
+
+def detach_run_log(handler: logging.FileHandler) -> None:
+    for logger in _all_loggers():
+        if handler in logger.handlers:
+            logger.removeHandler(handler)
+    handler.close()

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from tailor.config import Settings
+from tailor.storage import StorageError
 
 log = logging.getLogger(__name__)
 PRIVATE_DIR_MODE = 0o700
@@ -47,14 +48,14 @@ def start_of_day_utc(day: date, zone: str) -> datetime:
 
 
 def private_dir(path: Path, fix_existing: bool = True) -> Path:
-    """Create the folder (and any missing parent) as 0700; an existing one is made 0700 too unless
-    `fix_existing` is false (a folder the company chose, such as the one holding the warehouse)."""
-    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
-    for folder in reversed(missing):
-        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
-        os.chmod(folder, PRIVATE_DIR_MODE)  # mkdir's mode passes through the umask
-    if fix_existing and path not in missing:
-        os.chmod(path, PRIVATE_DIR_MODE)
+    """Create the folder as 0700; an existing one is made 0700 too unless `fix_existing` is false (a folder
+    the company chose, such as the one holding the warehouse). Missing parents get the usual modes: they
+    may also hold what is published (`var/` above both `var/runs` and a `var/published` target)."""
+    existed = path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    if fix_existing or not existed:
+        os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode passes through the umask
     return path
 
 
@@ -123,15 +124,24 @@ def compact(settings: Settings) -> bool:
     old_wal, fresh_wal = wal_path(path), wal_path(fresh)
     for leftover in (fresh, fresh_wal):  # an earlier compaction that died halfway
         leftover.unlink(missing_ok=True)
-    with connect(settings) as con:
-        con.execute("checkpoint")
-        current = con.execute("select current_database()").fetchall()[0][0]
-        # ATTACH takes no parameters: the path comes from the config, quoted as a literal
-        con.execute(f"attach '{str(fresh).replace(chr(39), chr(39) * 2)}' as tailor_compacted")
-        try:
-            con.execute(f'copy from database "{current.replace(chr(34), chr(34) * 2)}" to tailor_compacted')
-        finally:
-            con.execute("detach tailor_compacted")
+    try:
+        with connect(settings) as con:
+            con.execute("checkpoint")
+            current = con.execute("select current_database()").fetchall()[0][0]
+            # ATTACH takes no parameters: the path comes from the config, quoted as a literal
+            con.execute(f"attach '{str(fresh).replace(chr(39), chr(39) * 2)}' as tailor_compacted")
+            try:
+                con.execute(f'copy from database "{current.replace(chr(34), chr(34) * 2)}" to tailor_compacted')
+            finally:
+                con.execute("detach tailor_compacted")
+    except (duckdb.Error, OSError) as error:
+        # a full disk, most likely: the half copy holds personal data, so it goes; the old file is intact
+        for leftover in (fresh, fresh_wal):
+            leftover.unlink(missing_ok=True)
+        raise StorageError(
+            f"the warehouse {path} could not be rewritten after an erasure (it needs room for a second copy "
+            f"beside it): {' '.join(str(error).split())[:200]}"
+        ) from None
     if old_wal.exists() or fresh_wal.exists():
         # a WAL left after a checkpointed close: swapping now could lose or replay its changes
         log.warning("warehouse compaction skipped: a write-ahead log was left beside %s", path)
@@ -141,7 +151,15 @@ def compact(settings: Settings) -> bool:
     _fsync(fresh)
     os.replace(fresh, path)
     _fsync(path.parent)  # the rename itself
+    compaction_marker(settings).unlink(missing_ok=True)
     return True
+
+
+def compaction_marker(settings: Settings) -> Path:
+    """Present while erased values may still sit in the file's freed blocks: a compaction that failed or was
+    skipped is tried again by the next run, even one with nothing new to erase."""
+    path = warehouse_path(settings)
+    return path.with_name(path.name + ".compact-pending")
 
 
 def wal_path(path: Path) -> Path:

@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import ConfigError, Settings
 from tailor.schema import LOADED_RUN_DATE, TABLES, USER_ID
 from tailor.sql import bind
-from tailor.warehouse import RunContext, compact, connect
+from tailor.warehouse import RunContext, compact, compaction_marker, connect
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,10 @@ def erase_deleted_users(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     if late:
         log.info("erasure: %d newly loaded row(s) of erased users dropped", late)
     # the deleted rows (and the requests) are still in the file's freed blocks: rewrite it without them
-    compacted = bool(new_requests or late) and compact(settings)
+    marker = compaction_marker(settings)
+    if new_requests or late:
+        marker.touch(mode=0o600)
+    compacted = marker.exists() and compact(settings)
     if compacted:
         log.info("erasure: warehouse file rewritten without the freed blocks")
     return {"new_requests": int(new_requests), "rows_removed": int(removed), "late_rows_dropped": int(late),

@@ -1,15 +1,16 @@
 """One run at a time, and a ledger of runs: what the scheduler needs to avoid duplicates and catch up.
 
-- The run lock is a file beside the warehouse, created exclusively; it names the run date and the process
-  holding it. A second run (the same date or another: they share the warehouse) is refused with that name.
-  A lock left by a process that no longer exists on this host, or an empty or unreadable lock file older
-  than a few seconds (a run killed between creating and writing it), is taken over with a warning.
+- The run lock is an exclusive flock on a file beside the warehouse, which names the run date and the
+  process holding it. A second run (the same date or another: they share the warehouse) is refused with
+  that name. The kernel drops the lock with its process, so a run that was killed never blocks the next
+  one (which says, as a warning, that it took the lock over), and an empty file is no lock at all.
 - `meta.runs` records each run date's latest attempt: started, succeeded or failed, and when. The scheduled
   flow reads it to find the nights it missed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -37,86 +38,55 @@ def lock_path(settings: Settings) -> Path:
     return warehouse.with_name(warehouse.name + ".lock")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # locks this process holds: the CLI takes the lock before it starts Prefect, the flow inside takes it again
 _HELD: set[Path] = set()
-# a lock file is written right after it is created: empty or unreadable for longer than this, it is debris
-UNREADABLE_LOCK_GRACE_SECONDS = 30
 
 
-def _holder_of(path: Path) -> dict[str, object] | None:
-    """The holder the lock file names; None when the file is empty or not a lock's JSON."""
+def _holder_of(path: Path) -> dict[str, object]:
+    """The holder the lock file names ({} when it names none: empty, or left by a run that is gone)."""
     try:
         current = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    return current if isinstance(current, dict) and current.get("pid") else None
-
-
-def _stale(path: Path, current: dict[str, object] | None, host: str) -> str | None:
-    """Why the lock can be taken over, or None while it may still be held."""
-    if current is None:
-        try:
-            age = datetime.now(UTC).timestamp() - path.stat().st_mtime
-        except FileNotFoundError:
-            return "it is gone"
-        if age > UNREADABLE_LOCK_GRACE_SECONDS:
-            return f"it is empty or unreadable and {age:.0f}s old"
-        return None
-    if current.get("host") == host and not _alive(int(str(current.get("pid", 0)) or 0)):
-        return f"it was left by process {current.get('pid')}, which is gone"
-    return None
+        return {}
+    return current if isinstance(current, dict) else {}
 
 
 @contextmanager
 def run_lock(settings: Settings, run_date: date) -> Iterator[None]:
+    """An exclusive lock (flock) on a file beside the warehouse. The kernel releases it when its process
+    ends, however it ends, so a killed run never blocks the next one, and two runs can never both take over
+    a stale lock. The file stays (removing it would let a run lock a file another run is about to replace);
+    it names the current holder, for the message a refused run prints."""
     path = lock_path(settings)
     if path in _HELD:  # this process already holds it (the CLI around its flow)
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        current = _holder_of(path)
+        raise RunInProgress(
+            f"a run for {current.get('run_date', '?')} (process {current.get('pid', '?')} on "
+            f"{current.get('host', '?')}, since {current.get('since', '?')}) holds {path}; this run for "
+            f"{run_date} was not started"
+        ) from None
+    left = _holder_of(path)
+    if left.get("pid"):
+        log.warning("run lock %s was left by process %s, which is gone: taking it over", path, left["pid"])
     holder = {"run_date": run_date.isoformat(), "pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-    for _ in range(3):
-        try:
-            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            break
-        except FileExistsError:
-            current = _holder_of(path)
-            reason = _stale(path, current, str(holder["host"]))
-            if reason:
-                log.warning("run lock %s: %s; taking it over", path, reason)
-                path.unlink(missing_ok=True)
-                continue
-            if current is None:
-                raise RunInProgress(
-                    f"{path} is being created by another run (it is not yet readable); this run for {run_date} "
-                    "was not started"
-                ) from None
-            raise RunInProgress(
-                f"a run for {current.get('run_date', '?')} (process {current.get('pid', '?')} on "
-                f"{current.get('host', '?')}, since {current.get('since', '?')}) holds {path}; this run for "
-                f"{run_date} was not started"
-            ) from None
-    else:
-        raise RunInProgress(f"could not take the run lock {path}")
-    with os.fdopen(handle, "w") as file:
-        json.dump(holder, file)
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, json.dumps(holder).encode(), 0)
     _HELD.add(path)
     try:
         yield
     finally:
         _HELD.discard(path)
-        path.unlink(missing_ok=True)
+        os.ftruncate(handle, 0)  # released: the file names no one
+        os.close(handle)  # closing releases the flock
 
 
 def ensure_ledger(con) -> None:

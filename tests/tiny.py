@@ -3,6 +3,8 @@ creates them, rows written as dicts, and settings without files behind them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -55,3 +57,35 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]
         )
     finally:
         con.unregister("tiny_rows")
+
+
+# Another process holding the run lock as a run does: an flock on the file, which names it.
+LOCK_HOLDER = """
+import fcntl, json, os, socket, sys, time
+handle = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(handle, fcntl.LOCK_EX)
+os.ftruncate(handle, 0)
+os.pwrite(handle, json.dumps({"run_date": sys.argv[2], "pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+print("held", flush=True)
+time.sleep(300)
+"""
+# Prints whether the lock is held by someone else.
+LOCK_PROBE = """
+import fcntl, os, sys
+handle = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("free")
+except BlockingIOError:
+    print("held")
+"""
+
+
+def hold_run_lock(path: Path, run_date: str) -> subprocess.Popen[str]:
+    """A process that holds the run lock at `path` until it is killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(path), run_date], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import DATA_END, RUN_DATE
+from tests.tiny import hold_run_lock
 
 DATA_DAY = DATA_END.isoformat()
 
@@ -51,7 +53,9 @@ def edit_config(company: Path, change: Callable[[dict], None]) -> Path:
 
 
 def test_config_class_unknown_key(company: Path) -> None:
-    config = edit_config(company, lambda c: c.setdefault("recommendations", {}).update({"max_per_categroy": 3}))
+    config = edit_config(
+        company, lambda c: c.setdefault("recommendations", {}).update({"max_per_categroy": 3})
+    )
     result = tailor("run", "--config", str(config), "--quiet")
     assert result.returncode == 2
     assert "max_per_categroy" in one_line(result.stderr)
@@ -81,13 +85,8 @@ def test_generate_size_class(tmp_path: Path) -> None:
 
 
 def test_lock_class_a_run_in_progress_is_refused_before_anything_starts(company: Path) -> None:
-    import socket
-
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    holder = hold_run_lock(company / "var" / "tailor.duckdb.lock", DATA_DAY)
     try:
-        lock = company / "var" / "tailor.duckdb.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        lock.write_text(json.dumps({"run_date": DATA_DAY, "pid": holder.pid, "host": socket.gethostname()}))
         result = tailor("run", "--config", str(company / "tailor.yaml"), "--quiet")
     finally:
         holder.kill()
@@ -174,7 +173,6 @@ IN_RUN = [
 
 @pytest.mark.parametrize("case", IN_RUN, ids=[case.name for case in IN_RUN])
 def test_failures_during_a_run(case: InRun, company: Path, cli) -> None:
-    import re
 
     pattern = case.make(company)
     config = str(company / "tailor.yaml")
@@ -215,3 +213,21 @@ def test_consent_class(company: Path, cli, monkeypatch) -> None:
     assert "recommendations: 1 row" in line and "profiling" in line
     assert json.loads(out)["error_type"] == "ConsentViolation"
     assert not (company / "published" / "latest.json").exists()
+
+
+def test_without_quiet_the_terminal_shows_the_run_but_no_traceback(company: Path, tmp_path: Path) -> None:
+    """The real command with its own temporary server: Prefect's lines stay, the traceback goes to the log."""
+    pattern = truncated_file(company)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    result = subprocess.run(
+        [sys.executable, "-m", "tailor.cli", "run", "--config", str(company / "tailor.yaml"),
+         "--run-date", RUN_DATE.isoformat()],
+        capture_output=True, text=True, timeout=600, env={**environment, "PREFECT_HOME": str(tmp_path / "p")},
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert "Task run 'extract" in result.stderr and "Failed" in result.stderr  # the run was shown
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("tailor: error: ") and re.search(pattern, lines[-1])
+    log_file = Path(lines[-1].rsplit("(log: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log_file.read_text()

@@ -1,17 +1,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
-import time
 from datetime import date
 
 import pytest
 
 from tailor.config import load_settings
 from tailor.tasks.runs import (
-    UNREADABLE_LOCK_GRACE_SECONDS,
     RunInProgress,
     dates_to_run,
     ensure_ledger,
@@ -20,6 +19,7 @@ from tailor.tasks.runs import (
     run_lock,
 )
 from tailor.warehouse import connect
+from tests.tiny import LOCK_PROBE, hold_run_lock
 
 
 def settings_for(tmp_path, **schedule):
@@ -33,23 +33,10 @@ def settings_for(tmp_path, **schedule):
     return load_settings(config)
 
 
-def hold_lock_from(settings, pid: int, run_date: str = "2026-11-21") -> None:
-    """The lock file as another run on this host writes it."""
-    import socket
-
-    lock_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    lock_path(settings).write_text(
-        json.dumps(
-            {"run_date": run_date, "pid": pid, "host": socket.gethostname(), "since": "2026-11-21T01:00:00"}
-        )
-    )
-
-
 def test_a_second_run_is_refused_while_the_first_holds_the_warehouse(tmp_path) -> None:
     settings = settings_for(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = hold_run_lock(lock_path(settings), "2026-11-21")
     try:
-        hold_lock_from(settings, holder.pid)
         with (
             pytest.raises(RunInProgress, match=rf"a run for 2026-11-21 \(process {holder.pid}") as refused,
             run_lock(settings, date(2026, 11, 21)),
@@ -59,10 +46,10 @@ def test_a_second_run_is_refused_while_the_first_holds_the_warehouse(tmp_path) -
     finally:
         holder.kill()
         holder.wait()
-    # the holder is gone: the next run takes the lock, and releases it
+    # its process is gone, and with it the lock: the next run takes it, says so, and releases it
     with run_lock(settings, date(2026, 11, 22)):
         assert json.loads(lock_path(settings).read_text())["run_date"] == "2026-11-22"
-    assert not lock_path(settings).exists()
+    assert lock_path(settings).read_text() == ""  # released: the file names no one
 
 
 def test_the_process_that_holds_the_lock_can_take_it_again_and_keeps_it(tmp_path) -> None:
@@ -72,35 +59,30 @@ def test_the_process_that_holds_the_lock_can_take_it_again_and_keeps_it(tmp_path
         with run_lock(settings, date(2026, 11, 21)):
             pass
         assert json.loads(lock_path(settings).read_text())["pid"] == os.getpid()
-    assert not lock_path(settings).exists()
+        other = subprocess.run(
+            [sys.executable, "-c", LOCK_PROBE, str(lock_path(settings))], capture_output=True, text=True
+        )
+        assert other.stdout.strip() == "held"  # still held after the inner block
 
 
-def test_an_empty_lock_file_blocks_briefly_then_is_taken_over(tmp_path) -> None:
+def test_an_empty_or_leftover_lock_file_is_no_lock(tmp_path) -> None:
     settings = settings_for(tmp_path)
     lock_path(settings).parent.mkdir(parents=True, exist_ok=True)
     lock_path(settings).write_text("")
-    # just created: another run may be writing it
-    with pytest.raises(RunInProgress, match="not yet readable"), run_lock(settings, date(2026, 11, 21)):
-        pass
-    old = time.time() - UNREADABLE_LOCK_GRACE_SECONDS - 5
-    os.utime(lock_path(settings), (old, old))
     with run_lock(settings, date(2026, 11, 21)):
         assert json.loads(lock_path(settings).read_text())["run_date"] == "2026-11-21"
-
-
-def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path) -> None:
-    settings = settings_for(tmp_path)
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    import socket
-
-    lock_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    lock_path(settings).write_text(
-        json.dumps({"run_date": "2026-11-20", "pid": int(gone.stdout), "host": socket.gethostname()})
-    )
-    with run_lock(settings, date(2026, 11, 21)):
-        assert json.loads(lock_path(settings).read_text())["run_date"] == "2026-11-21"
+    # a file a killed run left, still naming it
+    lock_path(settings).write_text(json.dumps({"run_date": "2026-11-20", "pid": 999999, "host": "h"}))
+    warnings: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append  # type: ignore[method-assign]
+    logging.getLogger("tailor.tasks.runs").addHandler(handler)
+    try:
+        with run_lock(settings, date(2026, 11, 21)):
+            pass
+    finally:
+        logging.getLogger("tailor.tasks.runs").removeHandler(handler)
+    assert any("left by process 999999, which is gone" in w.getMessage() for w in warnings)
 
 
 def _ledger(settings, rows: list[tuple[date, str]]) -> None:
