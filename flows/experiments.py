@@ -21,7 +21,7 @@ from tailor.tasks.report import write_report
 from tailor.tasks.runs import run_lock
 from tailor.tasks.train import serving_models
 from tailor.tasks.validate import validate_sources
-from tailor.warehouse import RunContext, private_umask, run_context
+from tailor.warehouse import RunContext, private_run_folders, private_umask, run_context
 
 EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_decisions")
 
@@ -43,6 +43,7 @@ def experiments(config_path: str, run_date: date | None = None, target: str | No
     ctx = run_context(settings, run_date)
     # the warehouse and working files are the account's alone; published files set their own modes
     with private_umask(), run_lock(settings, ctx.run_date):
+        private_run_folders(settings, ctx)
         check_publish_target(settings)  # before extract: a bad target fails in seconds
         with gated_loads(settings, ctx):  # a rejected file puts back the rows it replaced
             loads = extract_sources(settings, ctx)

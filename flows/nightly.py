@@ -22,7 +22,7 @@ from tailor.tasks.runs import run_lock, run_started, run_succeeded
 from tailor.tasks.segments import build_segments
 from tailor.tasks.train import train_models
 from tailor.tasks.validate import combine, validate_features, validate_sources
-from tailor.warehouse import RunContext, private_umask, run_context
+from tailor.warehouse import RunContext, private_run_folders, private_umask, run_context
 
 
 def _run_name() -> str:
@@ -43,6 +43,7 @@ def nightly(
     ctx = run_context(settings, run_date)
     # the warehouse, models and working files are the account's alone; published files set their own modes
     with private_umask(), run_lock(settings, ctx.run_date):
+        private_run_folders(settings, ctx)
         run_started(settings, ctx.run_date, "tailor-nightly")
         summary = run_stages(settings, ctx, force)
         run_succeeded(settings, ctx.run_date, "tailor-nightly")

@@ -72,14 +72,20 @@ def private_umask() -> Iterator[None]:
 
 def run_context(settings: Settings, run_date: date | None = None) -> RunContext:
     day = run_date or today_in(settings.timezone)
-    runs_dir = private_dir(settings.resolve(settings.warehouse.runs_dir))
-    run_dir = private_dir(runs_dir / day.isoformat())
+    run_dir = settings.resolve(settings.warehouse.runs_dir) / day.isoformat()
     return RunContext(
         run_date=day,
         cutoff=start_of_day_utc(day, settings.timezone),
         run_dir=run_dir,
         seed=settings.seed,
     )
+
+
+def private_run_folders(settings: Settings, ctx: RunContext) -> None:
+    """The runs folder and this run's folder, the account's alone (a run creates them; reading a context,
+    as `tailor check` does, does not)."""
+    private_dir(settings.resolve(settings.warehouse.runs_dir))
+    private_dir(ctx.run_dir)
 
 
 def warehouse_path(settings: Settings) -> Path:
