@@ -138,6 +138,11 @@ class PublishConfig(StrictModel):
         description="how long a published attempt stays after a republish of its date replaced it, so a "
         "reader that followed the old pointer can finish; a later publish then removes it",
     )
+    tables: bool = Field(
+        True,
+        description="also write every dataset as a Delta Lake table partitioned by run date under "
+        "PREFIX/tables/<dataset>/, with its JSON schema and Athena/Trino DDL, for BI (docs/tables.md)",
+    )
 
     @field_validator("csv_datasets", "jsonl_datasets", "external_id_datasets")
     @classmethod

@@ -524,6 +524,8 @@ def write_datasets(
     report = ctx.run_dir / "report" / REPORT_FILE
     if report.exists():
         shutil.copy(report, out / REPORT_FILE)
+    from tailor.tasks.tables import manifest_tables  # tables.py reads DATASETS from this module
+
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "run_date": ctx.run_date.isoformat(),
@@ -537,6 +539,7 @@ def write_datasets(
         "data_docs": docs,
         "report": REPORT_FILE if report.exists() else None,
         "datasets": datasets,
+        "tables": manifest_tables(settings) if only is None else None,  # the nightly runs' BI tables
     }
     (out / "manifest.json").write_text(
         json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False, default=str) + "\n"
@@ -610,10 +613,12 @@ def publish_attempt(
     root: str = "runs",
     keep_superseded_hours: float = 24,
     now: datetime | None = None,
+    before_pointers: Callable[[str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Upload a run into a new attempt folder, then its manifest, then the date's pointer, then (when the
     date is not older than the one it names) the global `latest.json`; then remove attempts superseded for
-    longer than `keep_superseded_hours`. `now` fixes the clock (tests)."""
+    longer than `keep_superseded_hours`. `now` fixes the clock (tests). `before_pointers(attempt_folder)`
+    runs once the attempt is complete and before any pointer moves (the BI tables, tasks/tables.py)."""
     day = run_date.isoformat()
     attempt = new_attempt(now or datetime.now(UTC))
     folder = f"{root}/{day}/{attempt}"
@@ -626,6 +631,7 @@ def publish_attempt(
         list(pool.map(store.put_file, files, written))
     store.put_file(local_run / "manifest.json", manifest_key)
     written.append(manifest_key)
+    tables = before_pointers(folder) if before_pointers else None
 
     published_at = now or datetime.now(UTC)
     pointer = {
@@ -657,6 +663,7 @@ def publish_attempt(
         "date_latest": store.uri(date_pointer_key(root, day)),
         "latest_moved": moved,
         "removed_attempts": removed,
+        "tables": tables,
         "files": [
             store.uri(key)
             for key in written
@@ -715,7 +722,10 @@ def upload_run(
     `latest.json` only moves forward: publishing an older date (a backfill) leaves it on the newest run.
     The experiments flow run on its own publishes under `experiments/` with its own `latest.json`.
     """
+    from tailor.tasks.tables import tables_step  # tables.py reads DATASETS from this module
+
     store = open_store(target, settings.storage)
     return publish_attempt(
-        store, local_run, ctx.run_date, root, settings.publish.keep_superseded_attempts_hours
-    )
+        store, local_run, ctx.run_date, root, settings.publish.keep_superseded_attempts_hours,
+        before_pointers=tables_step(settings, store, target, local_run, ctx.run_date, root),
+    )  # fmt: skip
