@@ -143,6 +143,11 @@ class PublishConfig(StrictModel):
         description="also write every dataset as a Delta Lake table partitioned by run date under "
         "PREFIX/tables/<dataset>/, with its JSON schema and Athena/Trino DDL, for BI (docs/tables.md)",
     )
+    compression: Literal["none", "gzip"] = Field(
+        "none",
+        description="CSV and JSON lines files as they are, or gzip-compressed (.csv.gz, .jsonl.gz): campaign "
+        "systems take either, and gzip cuts upload time; Parquet compresses inside the file either way",
+    )
 
     @field_validator("csv_datasets", "jsonl_datasets", "external_id_datasets")
     @classmethod

@@ -21,16 +21,19 @@ independently of the filters upstream: a row for a user without the consent it n
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
+import io
 import json
 import logging
 import math
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
@@ -375,36 +378,60 @@ def jsonl_rows(table: pa.Table, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_jsonl(table: pa.Table, path: Path, name: str) -> None:
-    with path.open("w", encoding="utf-8") as handle:
+@contextmanager
+def output_file(path: Path, compression: str = "none") -> Iterator[Any]:
+    """A binary file to write, gzip-compressed when asked. The gzip header carries no name and a zero
+    mtime, so the same rows give the same bytes (and checksum) on every rerun."""
+    with path.open("wb") as raw:
+        if compression == "gzip":
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as packed:
+                yield packed
+        else:
+            yield raw
+
+
+def write_jsonl(table: pa.Table, path: Path, name: str, compression: str = "none") -> None:
+    with (
+        output_file(path, compression) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as handle,
+    ):
         for row in jsonl_rows(table, name):
             handle.write(json.dumps(json_safe(row), default=str, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_parts(
-    table: pa.Table, folder: Path, name: str, rows_per_file: int, formats: list[str]
+    table: pa.Table,
+    folder: Path,
+    name: str,
+    rows_per_file: int,
+    formats: list[str],
+    compression: str = "none",
 ) -> list[dict]:
-    """Split a dataset into part files; the same rows in the same order give the same bytes."""
+    """Split a dataset into part files; the same rows in the same order give the same bytes. CSV and JSON
+    lines are gzip-compressed (`.csv.gz`, `.jsonl.gz`) when `compression` says so; Parquet compresses inside."""
     files = []
     n_parts = max(1, -(-table.num_rows // rows_per_file))
     for part in range(n_parts):
         chunk = table.slice(part * rows_per_file, rows_per_file)
         for fmt in formats:
-            relative = f"{name}/part-{part:04d}.{fmt}"
+            packed = compression if fmt in ("csv", "jsonl") else "none"
+            relative = f"{name}/part-{part:04d}.{fmt}" + (".gz" if packed == "gzip" else "")
             path = folder / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "parquet":
                 pq.write_table(chunk, path, compression="zstd", row_group_size=256_000, use_dictionary=True)
             elif fmt == "jsonl":
-                write_jsonl(chunk, path, name)
+                write_jsonl(chunk, path, name, packed)
             else:
-                pa_csv.write_csv(text_columns(chunk), path)
+                with output_file(path, packed) as handle:
+                    pa_csv.write_csv(text_columns(chunk), handle)
             files.append(
                 {
                     "path": relative,
                     "format": fmt,
+                    **({"compression": packed} if fmt in ("csv", "jsonl") else {}),
                     "rows": chunk.num_rows,
-                    "bytes": path.stat().st_size,
+                    "bytes": path.stat().st_size,  # of the file as published: compressed, if it is
                     "sha256": sha256_file(path),
                 }
             )
@@ -498,7 +525,8 @@ def write_datasets(
                 *(["csv"] if dataset.name in settings.publish.csv_datasets else []),
                 *(["jsonl"] if dataset.name in settings.publish.jsonl_datasets else []),
             ]
-            files = write_parts(table, out, dataset.name, settings.publish.rows_per_file, formats)
+            rows, compression = settings.publish.rows_per_file, settings.publish.compression
+            files = write_parts(table, out, dataset.name, rows, formats, compression)
             datasets[dataset.name] = {
                 "description": dataset.description,
                 "rows": table.num_rows,
