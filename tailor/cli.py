@@ -563,6 +563,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"report: {published['report']}",
         f"latest.json: {published['latest']}"
         + ("" if published["latest_moved"] else " (kept on a newer run; this was a backfill)"),
+        *(
+            [f"BI tables (Delta Lake, docs/tables.md): {published['tables']['location']}/<dataset>"]
+            if published.get("tables")
+            else []
+        ),
     ]
     return "\n".join(lines)
 

@@ -138,7 +138,13 @@ def _types(data_type: pa.DataType) -> tuple[dict[str, Any], Any, str, str]:
         return {"type": "integer"}, "long", "bigint", "bigint"
     if pa.types.is_int32(data_type):
         return {"type": "integer"}, "integer", "int", "integer"
-    if pa.types.is_floating(data_type):
+    if pa.types.is_int16(data_type):
+        return {"type": "integer"}, "short", "smallint", "smallint"
+    if pa.types.is_int8(data_type):
+        return {"type": "integer"}, "byte", "tinyint", "tinyint"
+    if pa.types.is_float32(data_type):
+        return {"type": "number"}, "float", "float", "real"
+    if pa.types.is_float64(data_type):
         return {"type": "number"}, "double", "double", "double"
     if pa.types.is_boolean(data_type):
         return {"type": "boolean"}, "boolean", "boolean", "boolean"
@@ -159,7 +165,8 @@ def _types(data_type: pa.DataType) -> tuple[dict[str, Any], Any, str, str]:
             f"array<{item_athena}>",
             f"array({item_trino})",
         )
-    raise TableError(f"no table type for Arrow type {data_type}")
+    # unsigned integers, structs, maps, decimals: no published dataset has one; a new one needs a mapping here
+    raise TableError(f"no table type for Arrow type {data_type} (tasks/tables.py maps the published types)")
 
 
 def table_rows(rows: pa.Table, run_date: date) -> pa.Table:
@@ -344,6 +351,7 @@ def write_table(
     )
     if existing is not None:
         _check_types(name, existing, rows)
+    previous = last_run_date(existing) if existing is not None else None
     common: dict[str, Any] = {
         "partition_by": [PARTITION_COLUMN],
         "schema_mode": "merge",  # a column added to a dataset is added to its table (null on older nights)
@@ -352,6 +360,10 @@ def write_table(
         "writer_properties": WriterProperties(compression="ZSTD"),
         "commit_properties": CommitProperties(custom_metadata=metadata),
     }
+    if existing is None:
+        # no per-file min/max statistics in the log: they would copy user ids into commits that no rewrite
+        # of a partition reaches; the run_date partitions still let every engine skip the other nights
+        common["configuration"] = {"delta.dataSkippingNumIndexedCols": "0"}
     tonight = rows.filter(pc.equal(rows[PARTITION_COLUMN], pa.scalar(run_date, pa.date32())))
     backfilled: list[str] = []
     try:
@@ -383,7 +395,104 @@ def write_table(
         "rows": tonight.num_rows,
         "backfilled_run_dates": backfilled,
         "removed_files": len(stale),
+        "previous_run_date": previous.isoformat() if previous else None,
     }
+
+
+def last_run_date(table: Any) -> date | None:
+    """The run date of the table's newest write by a run (vacuums and erasures are not runs' writes)."""
+    for commit in table.history(50):
+        if (
+            commit.get("tailor.run_date")
+            and not commit.get("tailor.erasure")
+            and commit["operation"] == "WRITE"
+        ):
+            return date.fromisoformat(commit["tailor.run_date"])
+    return None
+
+
+def erased_pseudonyms(settings: Settings, since: date) -> set[str]:
+    """The pseudonyms of the users the deletion register took in from the run of `since` on. The register
+    holds HMAC-SHA256 of each id under the pseudonymisation key, and a published pseudonym is the first 32
+    hex characters of that same HMAC (tasks/privacy.py, tasks/publish.py): no id is needed to find them."""
+    from tailor.tasks.privacy import KEYED, REGISTER
+    from tailor.tasks.publish import PSEUDONYM_HEX_CHARS
+    from tailor.warehouse import connect
+
+    schema, name = REGISTER.split(".")
+    with connect(settings) as con:
+        found = con.execute(
+            "select count(*) from information_schema.tables where table_schema = $schema and table_name = $name",
+            {"schema": schema, "name": name},
+        ).fetchall()[0][0]
+        if not found:
+            return set()
+        rows = con.execute(
+            f"select user_hash from {REGISTER} where scheme = $scheme and registered_on >= $since",
+            {"scheme": KEYED, "since": since},
+        ).fetchall()
+    return {row[0][:PSEUDONYM_HEX_CHARS] for row in rows}
+
+
+def erase_from_table(
+    name: str,
+    location: str,
+    options: dict[str, str] | None,
+    columns: list[str],
+    lists: list[str],
+    pseudonyms: set[str],
+    metadata: dict[str, str],
+) -> list[str]:
+    """Rewrite every partition that holds one of the pseudonyms: without those users' rows (`columns`) and
+    without their ids in lists (`lists`). Returns the run dates rewritten; the replaced files go with the
+    next vacuum, as a rerun's do."""
+    import polars as pl
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from deltalake.exceptions import DeltaError
+
+    table = DeltaTable(location, storage_options=options)
+    present = {field.name for field in table.schema().fields}
+    columns = [column for column in columns if column in present]
+    lists = [column for column in lists if column in present]
+    if not pseudonyms or not (columns or lists):
+        return []
+    wanted = pa.array(sorted(pseudonyms), pa.string())
+    scan = table.to_pyarrow_dataset()
+    hit: set[date] = set()
+    for column in columns:  # only the id column is read, with the filter pushed down
+        found = scan.to_table(columns=[PARTITION_COLUMN], filter=pc.field(column).isin(wanted))
+        hit |= set(found[PARTITION_COLUMN].to_pylist())
+    for column in lists:
+        listed = scan.to_table(columns=[PARTITION_COLUMN, column])
+        values = listed[column].combine_chunks()
+        holding = pc.filter(pc.list_parent_indices(values), pc.is_in(pc.list_flatten(values), wanted))
+        hit |= set(pc.take(listed[PARTITION_COLUMN], holding).to_pylist())
+    ids = sorted(pseudonyms)
+    for day in sorted(hit):
+        part = scan.to_table(filter=pc.field(PARTITION_COLUMN) == pa.scalar(day, pa.date32()))
+        frame = pl.DataFrame(pl.from_arrow(part))
+        for column in columns:
+            frame = frame.filter(pl.col(column).is_null() | ~pl.col(column).is_in(ids))
+        for column in lists:
+            frame = frame.with_columns(
+                pl.col(column).list.eval(pl.element().filter(~pl.element().is_in(ids)))
+            )
+        try:
+            write_deltalake(
+                location,
+                frame.to_arrow().cast(part.schema),
+                mode="overwrite",
+                predicate=partition_predicate(day),
+                storage_options=options,
+                commit_properties=CommitProperties(
+                    custom_metadata={**metadata, "tailor.erasure": day.isoformat()}
+                ),
+            )
+        except DeltaError as error:
+            raise TableError(
+                f"table {name}: erasure in {day} failed: {str(error).splitlines()[0]}"
+            ) from error
+    return [day.isoformat() for day in sorted(hit)]
 
 
 def published_rows(local_run: Path, files: Iterable[dict[str, Any]]) -> pa.Table:
@@ -430,6 +539,7 @@ def write_tables(
     options = storage_options(target, settings.storage)
     root = local_root(target)
     written: dict[str, Any] = {}
+    metadata = {"tailor.run_date": run_date.isoformat(), "tailor.attempt": attempt_folder}
     for dataset in DATASETS:
         if dataset.name not in manifest["datasets"]:
             continue
@@ -439,8 +549,7 @@ def write_tables(
             make_folders(Path(location))
         try:
             result = write_table(
-                dataset.name, location, rows, run_date, dataset.history, options,
-                {"tailor.run_date": run_date.isoformat(), "tailor.attempt": attempt_folder},
+                dataset.name, location, rows, run_date, dataset.history, options, metadata,
                 settings.publish.keep_superseded_attempts_hours,
             )  # fmt: skip
         finally:
@@ -464,7 +573,50 @@ def write_tables(
             result["rows"],
             run_date,
         )
+    erase_in_tables(settings, target, options, manifest, written, metadata)
     return {"format": TABLE_FORMAT, "location": table_uri(target, "").rstrip("/"), "tables": written}
+
+
+# the columns of a published dataset that hold pseudonyms: user_id, Braze's EXTERNAL_ID (the same HMAC)
+USER_COLUMNS = ["user_id", "EXTERNAL_ID"]
+
+
+def erase_in_tables(
+    settings: Settings,
+    target: str,
+    options: dict[str, str] | None,
+    manifest: dict[str, Any],
+    written: dict[str, Any],
+    metadata: dict[str, str],
+) -> None:
+    """Carry erasures into the nights the tables already hold: tonight's rows are without the users the
+    register took in since each table's previous write, and so, after this, are the earlier nights. Only
+    pseudonyms can be found this way: a table of external ids keeps its earlier nights (docs/tables.md)."""
+    users = [
+        dataset
+        for dataset in DATASETS
+        if dataset.name in written
+        and written[dataset.name]["previous_run_date"]
+        and manifest["datasets"][dataset.name].get("user_id") == "pseudonymous"
+    ]
+    if not users or settings.pseudonym_key() is None:
+        return
+    since = min(date.fromisoformat(written[dataset.name]["previous_run_date"]) for dataset in users)
+    pseudonyms = erased_pseudonyms(settings, since)
+    root = local_root(target)
+    for dataset in users:
+        location = delta_location(target, dataset.name)
+        lists = list(getattr(dataset, "user_lists", ()))  # ids in lists: an audience's users
+        try:
+            erased = erase_from_table(
+                dataset.name, location, options, USER_COLUMNS, lists, pseudonyms, metadata
+            )
+        finally:
+            if root is not None:
+                make_readable(Path(location))
+        written[dataset.name]["erased_run_dates"] = erased
+        if erased:
+            log.info("tables: %s rewritten without erased users in %s", dataset.name, ", ".join(erased))
 
 
 def tables_step(
