@@ -51,6 +51,14 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import CHANNEL_CONSENT, Settings
 from tailor.sql import materialize, query
 from tailor.storage import ObjectStore, StorageError, check_target, is_connection_error, open_store
+from tailor.tasks.braze import (
+    BRAZE_DATASETS,
+    braze_id_kind,
+    braze_manifest,
+    build_braze_feeds,
+    record_published,
+    upload_braze_files,
+)
 from tailor.tasks.experiments import ensure_tables
 from tailor.tasks.fairness import ensure_audit_table
 from tailor.tasks.train import served_by_label
@@ -207,12 +215,32 @@ DATASETS = (
     Dataset(
         "user_updates",
         "marts.user_updates",
-        "user_id",
+        "external_id",
         None,
-        "Braze cloud-data-ingestion feed: EXTERNAL_ID, UPDATED_AT (moves only when PAYLOAD changed), PAYLOAD.",
+        "Braze cloud data ingestion, incrementally: EXTERNAL_ID, UPDATED_AT (this publication's, UTC) and "
+        "PAYLOAD of the users whose payload changed since the last published night.",
         consent=user_feed_purposes,
-        drop_columns=("run_date", "payload_md5", "channels", "campaign_purposes", "needs_profiling"),
-        rename=(("user_id", "EXTERNAL_ID"), ("updated_at", "UPDATED_AT"), ("payload", "PAYLOAD")),
+        # external_id is computed with the same pseudonymisation as every dataset (tasks/braze.py)
+        drop_columns=(
+            "run_date",
+            "user_id",
+            "payload_md5",
+            "channels",
+            "campaign_purposes",
+            "needs_profiling",
+        ),
+        rename=(("external_id", "EXTERNAL_ID"), ("updated_at", "UPDATED_AT"), ("payload", "PAYLOAD")),
+    ),
+    Dataset(
+        "user_deletes",
+        "marts.user_deletes",
+        "external_id",
+        None,
+        "Braze's delete sync: EXTERNAL_ID and UPDATED_AT of every user Braze holds who has no payload tonight "
+        "(erased, consent withdrawn, no longer reachable).",
+        consent=no_user,  # a delete carries nothing but the id, and a withdrawal is what asks for it
+        drop_columns=("run_date",),
+        rename=(("external_id", "EXTERNAL_ID"), ("updated_at", "UPDATED_AT")),
     ),
     Dataset(
         "experiment_results",
@@ -462,27 +490,15 @@ def model_summary(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_feeds(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> None:
-    """The derived shapes: Personalize's batch output, and the incremental user feed with its history."""
+    """The derived shapes: Personalize's batch output (Braze's feeds: tasks/braze.py)."""
     materialize(con, "marts/personalize_batch", {"run_date": ctx.run_date})
-    materialize(con, "marts/user_update_payloads")
-    con.execute(
-        "create table if not exists meta.user_update_history "
-        "(run_date date, user_id varchar, payload_md5 varchar, updated_at timestamp)"
-    )
-    materialize(con, "marts/user_updates", {"run_date": ctx.run_date, "updated_at": ctx.cutoff})
-    # a rerun of the night replaces its own history, so UPDATED_AT is the same however often it runs
-    con.execute("delete from meta.user_update_history where run_date = $run_date", {"run_date": ctx.run_date})
-    con.execute(
-        "insert into meta.user_update_history select run_date, user_id, payload_md5, updated_at "
-        "from marts.user_updates"
-    )
 
 
 def publishable(frame: pl.DataFrame, dataset: Dataset, key: bytes | None) -> pa.Table:
     order = [column.strip() for column in dataset.order_by.split(",")]
     frame = pseudonymize(frame.drop(dataset.drop_columns), key, [c for c in order if c in frame.columns])
-    if dataset.name == "user_updates":  # Braze reads UPDATED_AT as text in UTC
-        frame = frame.with_columns(pl.col("updated_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if dataset.name in BRAZE_DATASETS:  # a UTC timestamp (Parquet TIMESTAMP adjusted to UTC), as Braze asks
+        frame = frame.with_columns(pl.col("updated_at").dt.replace_time_zone("UTC"))
     return plain_types(frame.rename(dict(dataset.rename)).to_arrow())
 
 
@@ -505,8 +521,10 @@ def write_datasets(
     with connect(settings) as con:
         ensure_tables(con)
         ensure_audit_table(con)
+        braze_updated_at = None
         if only is None:
             build_feeds(con, ctx)
+            braze_updated_at = build_braze_feeds(con, settings, ctx)
         output_checks: list[Check] = []
         for dataset in DATASETS:
             if only is not None and dataset.name not in only:
@@ -569,6 +587,8 @@ def write_datasets(
         "datasets": datasets,
         "tables": manifest_tables(settings) if only is None else None,  # the nightly runs' BI tables
     }
+    if braze_updated_at is not None:  # the Braze copies of user_updates and user_deletes
+        manifest["braze"] = braze_manifest(datasets, ctx.run_date, braze_updated_at, braze_id_kind(settings))
     (out / "manifest.json").write_text(
         json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False, default=str) + "\n"
     )
@@ -753,7 +773,13 @@ def upload_run(
     from tailor.tasks.tables import tables_step  # tables.py reads DATASETS from this module
 
     store = open_store(target, settings.storage)
-    return publish_attempt(
+    # Braze's files before the manifest names them; what Braze holds moves only once the pointers have
+    braze_files = upload_braze_files(store, local_run) if root == "runs" else []
+    published = publish_attempt(
         store, local_run, ctx.run_date, root, settings.publish.keep_superseded_attempts_hours,
         before_pointers=tables_step(settings, store, target, local_run, ctx.run_date, root),
     )  # fmt: skip
+    if root == "runs":
+        published["braze"] = record_published(settings, ctx, local_run, datetime.now(UTC))
+        published["braze_files"] = [store.uri(key) for key in braze_files]
+    return published

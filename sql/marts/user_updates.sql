@@ -1,63 +1,44 @@
--- The incremental user feed: every user's payload with UPDATED_AT, which moves to this run's cutoff only
--- when the payload differs from the one the last earlier run published (meta.user_update_history), so a
--- campaign system that syncs "rows updated since last time" receives only changed users. A user who was
--- in the last feed but is not tonight (consent withdrawn) gets one erasure payload, every attribute empty,
--- so the campaign system drops what it holds; the night after, they are gone from the feed.
+-- Braze's user feed, incrementally: only the users whose payload differs from what Braze holds (see
+-- features/braze_held_payloads), each with this publication's UPDATED_AT ($updated_at, later than anything
+-- published before). `braze_ids` maps tonight's users to the id Braze knows them by (the published
+-- EXTERNAL_ID: the pseudonym, or the id itself when user_updates is published with external ids). A night
+-- with nothing changed has no rows. Users who leave go to marts.user_deletes, not here.
 with tonight as (
-    select user_id, payload, md5(payload) as payload_md5, channels, campaign_purposes, needs_profiling
-    from marts.user_update_payloads
+    select
+        payloads.user_id,
+        ids.external_id,
+        payloads.payload,
+        md5(payloads.payload) as payload_md5,
+        payloads.channels,
+        payloads.campaign_purposes,
+        payloads.needs_profiling
+    from marts.user_update_payloads as payloads
+    inner join braze_ids as ids using (user_id)
 ),
 
-erasure as (
-    select to_json(struct_pack(
-        recommended_item_ids := []::varchar[],
-        rfm_segment := null::varchar,
-        propensity_decile := null::bigint,
-        campaign_variants := map()::map(varchar, varchar)
-    )) as payload
-),
-
-previous as (
-    select user_id, payload_md5, updated_at
-    from meta.user_update_history
-    where run_date < $run_date
-    qualify row_number() over (partition by user_id order by run_date desc) = 1
-),
-
-gone as (
-    -- erasure rows need no consent: they carry nothing but the id
-    select previous.user_id, erasure.payload, md5(erasure.payload) as payload_md5,
-        null::varchar as channels, '' as campaign_purposes, false as needs_profiling
-    from previous
-    cross join erasure
-    anti join tonight using (user_id)
-    where previous.payload_md5 <> md5(erasure.payload)
-),
-
-feed as (
-    select * from tonight
-    union all
-    select * from gone
+changed as (
+    select tonight.*
+    from tonight
+    left join braze_held as held using (external_id)
+    where held.now_md5 is distinct from tonight.payload_md5
+        or held.before_md5 is distinct from tonight.payload_md5
 ),
 
 final as (
     select
         -- keys
-        $run_date as run_date,
-        feed.user_id,
+        $run_date::date as run_date,
+        user_id,
+        external_id,
         -- feed
-        case
-            when previous.payload_md5 = feed.payload_md5 then previous.updated_at
-            else $updated_at
-        end as updated_at,
-        feed.payload,
-        feed.payload_md5,
+        $updated_at::timestamp as updated_at,
+        payload,
+        payload_md5,
         -- consent context (not published)
-        feed.channels,
-        feed.campaign_purposes,
-        feed.needs_profiling
-    from feed
-    left join previous using (user_id)
+        channels,
+        campaign_purposes,
+        needs_profiling
+    from changed
 )
 
 select * from final

@@ -342,63 +342,86 @@ def test_personalize_batch_lines_have_personalizes_shape(published) -> None:
     assert len(lines) == recommendations["user_id"].n_unique()
 
 
-def test_user_updates_move_only_for_changed_payloads_and_erase_users_who_leave(published) -> None:
+def test_braze_gets_only_changed_users_each_night_later_each_time(published, tmp_path: Path) -> None:
+    """The issue's done-when: one user's inputs change between two published nights; the second night's
+    Braze file holds exactly that user, with an UPDATED_AT later than the first night's, and a rerun of the
+    second night gets a later one still. A user who leaves is in user_deletes; a quiet night publishes empty
+    files; every publication is a new file under braze/, and none is rewritten."""
     from dataclasses import replace
-    from datetime import timedelta
 
     from tailor.tasks.publish import write_datasets
+    from tailor.tasks.score import score_users
+    from tailor.tasks.segments import build_segments
+    from tailor.tasks.variants import assign_variants
 
-    settings, ctx, models, quality, local = published
-    first = pl.read_parquet(local / "user_updates" / "part-0000.parquet")
-    assert first.columns == ["EXTERNAL_ID", "UPDATED_AT", "PAYLOAD"]
-    assert (first["UPDATED_AT"] == ctx.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")).all()
-    payload = json.loads(first["PAYLOAD"][0])
-    assert set(payload) == {"recommended_item_ids", "rfm_segment", "propensity_decile", "campaign_variants"}
+    settings, ctx, models, quality, _ = published
+    root = tmp_path / "published"
 
-    tomorrow = replace(ctx, run_date=ctx.run_date + timedelta(days=1), cutoff=ctx.cutoff + timedelta(days=1),
-                       run_dir=ctx.run_dir.parent / "tomorrow")  # fmt: skip
-    stamp = tomorrow.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
-    with connect(settings) as con:
-        # the raw ids behind two published rows (the feed's ids may be pseudonyms)
-        changed, leaving = (
-            row[0]
-            for row in con.execute(
-                "select user_id from marts.user_updates order by user_id limit 2"
-            ).fetchall()
-        )
-        saved = con.execute("select * from marts.recommendations where user_id in ($a, $b)",
-                            {"a": changed, "b": leaving}).fetchall()  # fmt: skip
-        con.execute("update marts.recommendations set item_id = 'changed' where user_id = $u and rank = 1",
-                    {"u": changed})  # fmt: skip
-        for table in ("recommendations", "content", "segments", "user_scores"):
-            con.execute(f"delete from marts.{table} where user_id = $u", {"u": leaving})
+    def publish(night: RunContext) -> dict:
+        local = write_datasets.fn(settings, night, models, quality, {})
+        upload_run.fn(settings, night, local, root.as_uri())
+        return json.loads((local / "manifest.json").read_text())["braze"]
+
+    def braze_file(entry: dict, name: str) -> pa.Table:
+        [file] = entry[name]
+        path = root / file["path"]
+        assert path.parent == root / "braze" / name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == file["sha256"]
+        return pq.read_table(path)
+
+    def day(n: int) -> RunContext:
+        return replace(ctx, run_date=ctx.run_date + timedelta(days=n), cutoff=ctx.cutoff + timedelta(days=n),
+                       run_dir=ctx.run_dir.parent / f"braze-{n}")  # fmt: skip
+
     try:
-        for _ in range(2):  # the same night twice: the same answer
-            out = write_datasets.fn(settings, tomorrow, models, quality, {})
-            second = pl.read_parquet(out / "user_updates" / "part-0000.parquet")
-            moved = second.join(first, on="EXTERNAL_ID").filter(
-                pl.col("UPDATED_AT") != pl.col("UPDATED_AT_right")
-            )
-            assert sorted(moved["EXTERNAL_ID"].to_list()) == sorted(
-                published_id(settings, user) for user in (changed, leaving)
-            )
-            assert (moved["UPDATED_AT"] == stamp).all() and second.height == first.height
-            erased = json.loads(
-                moved.filter(pl.col("EXTERNAL_ID") == published_id(settings, leaving))["PAYLOAD"][0]
-            )
-            assert erased == {"recommended_item_ids": [], "rfm_segment": None, "propensity_decile": None,
-                              "campaign_variants": {}}  # fmt: skip
+        first = publish(day(0))  # a folder of its own: the module's `published` run stays as it is
+        updates = braze_file(first, "user_updates")
+        assert updates.column_names == ["EXTERNAL_ID", "UPDATED_AT", "PAYLOAD"]
+        assert updates.schema.field("UPDATED_AT").type == pa.timestamp("us", tz="UTC")
+        assert "isAdjustedToUTC=true" in str(
+            pq.ParquetFile(root / first["user_updates"][0]["path"]).schema.column(1).logical_type
+        )
+        attributes = {"recommended_item_ids", "rfm_segment", "propensity_decile", "campaign_variants"}
+        assert set(json.loads(updates["PAYLOAD"][0].as_py())) == attributes
+        with connect(settings) as con:
+            everyone = con.execute("select count(*) from marts.user_update_payloads").fetchall()[0][0]
+            changed, leaving = (row[0] for row in con.execute(
+                "select user_id from marts.user_update_payloads order by user_id limit 2").fetchall())  # fmt: skip
+            con.execute("update marts.recommendations set item_id = 'changed' where user_id = $u and rank = 1",
+                        {"u": changed})  # fmt: skip
+            for table in ("recommendations", "content", "segments", "user_scores"):
+                con.execute(f"delete from marts.{table} where user_id = $u", {"u": leaving})
+        assert updates.num_rows == everyone  # the first night Braze holds nothing: everyone is new
+
+        second = publish(day(1))
+        moved = braze_file(second, "user_updates")
+        assert moved["EXTERNAL_ID"].to_pylist() == [published_id(settings, changed)]
+        assert moved["UPDATED_AT"][0].as_py() > max(updates["UPDATED_AT"].to_pylist())
+        deletes = braze_file(second, "user_deletes")
+        assert deletes.column_names == ["EXTERNAL_ID", "UPDATED_AT"]
+        assert deletes.to_pylist() == [{"EXTERNAL_ID": published_id(settings, leaving),
+                                        "UPDATED_AT": moved["UPDATED_AT"][0].as_py()}]  # fmt: skip
+
+        rerun = publish(day(1))  # the same rows, in new files, later still
+        again = braze_file(rerun, "user_updates")
+        assert again["EXTERNAL_ID"] == moved["EXTERNAL_ID"] and again["PAYLOAD"] == moved["PAYLOAD"]
+        assert again["UPDATED_AT"][0].as_py() > moved["UPDATED_AT"][0].as_py()
+        assert braze_file(rerun, "user_deletes")["EXTERNAL_ID"] == deletes["EXTERNAL_ID"]
+        assert braze_file(second, "user_updates") == moved  # the earlier file is still there, unchanged
+
+        quiet = publish(day(2))
+        assert [braze_file(quiet, name).num_rows for name in ("user_updates", "user_deletes")] == [0, 0]
+        assert len(list((root / "braze" / "user_updates").iterdir())) == 4
+        with connect(settings) as con:
+            logged = con.execute("select count(*), count(distinct UPDATED_AT) from marts.braze_user_updates")
+            assert logged.fetchall() == [(everyone + 2, 3)]
     finally:
         with connect(settings) as con:
-            con.execute("delete from meta.user_update_history where run_date > $d", {"d": ctx.run_date})
-        from tailor.tasks.score import score_users
-        from tailor.tasks.segments import build_segments
-        from tailor.tasks.variants import assign_variants
-
+            for table in ("user_state", "publishes", "user_update_log", "user_delete_log"):
+                con.execute(f"delete from meta.braze_{table}")
         score_users(settings, ctx, models)
         build_segments.fn(settings, ctx, models)
         assign_variants(settings, ctx, models)
-    assert saved
 
 
 def published_id(settings, user_id: str) -> str:

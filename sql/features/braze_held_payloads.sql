@@ -1,0 +1,33 @@
+-- What Braze holds for every id ever published to it, from meta.braze_user_state (each id's newest published
+-- row and its newest from another night; a delete is a row without a payload hash): the payload hash it holds
+-- now, and the one it held before this run date was first published. A night's feed is compared with both:
+-- against "before", a rerun of the night resends the same users (the files differ only in UPDATED_AT);
+-- against "now", it also corrects what an earlier run of the night sent if the payload has changed since.
+with state as (
+    select external_id, run_date, updated_at, payload_md5
+    from meta.braze_user_state
+),
+
+held_now as (
+    select external_id, payload_md5
+    from state
+    qualify row_number() over (partition by external_id order by updated_at desc) = 1
+),
+
+held_before as (
+    select external_id, payload_md5
+    from state
+    where run_date <> $run_date
+    qualify row_number() over (partition by external_id order by updated_at desc) = 1
+),
+
+final as (
+    select
+        held_now.external_id,
+        held_now.payload_md5 as now_md5,  -- null: Braze deleted the user
+        held_before.payload_md5 as before_md5  -- null: deleted, or unknown before this night
+    from held_now
+    left join held_before using (external_id)
+)
+
+select * from final
