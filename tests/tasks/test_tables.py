@@ -190,20 +190,24 @@ def test_a_history_table_switched_on_later_fills_in_the_nights_it_lacks(tmp_path
     }
 
 
-def test_a_snapshot_with_rows_of_another_night_or_a_changed_type_fails_the_upload(tmp_path: Path) -> None:
+def test_a_snapshot_is_stored_as_the_runs_night_and_a_changed_type_fails_the_upload(
+    tmp_path: Path, caplog
+) -> None:
     published = tmp_path / "published"
     target = published.as_uri()
     settings = tiny.settings(publish={"target": target})
-    with pytest.raises(TableError, match="recommendations: a snapshot dataset with rows for 2026-11-21"):
-        publish(settings, target, D2, {"recommendations": recommendations(D1, ["a"])}, tmp_path)
-    assert not (published / "latest.json").exists()  # the pointers did not move
+    # rows a mart kept from an earlier night are what the run published: they are the run's night
+    publish(settings, target, D2, {"recommendations": recommendations(D1, ["x"])}, tmp_path)
+    assert per_night(str(published / "tables" / "recommendations")) == {"2026-11-22": 1}
+    assert "recommendations rows carry run_date 2026-11-21; stored as the run's 2026-11-22" in caplog.text
 
-    publish(settings, target, D1, {"recommendations": recommendations(D1, ["a"])}, tmp_path)
+    pointer = (published / "latest.json").read_text()
     changed = recommendations(D2, ["a"])
     changed = changed.set_column(2, "rank", pa.array(["1"]))
     with pytest.raises(TableError, match="rank is long in the table, string tonight"):
         publish(settings, target, D2, {"recommendations": changed}, tmp_path)
-    assert json.loads((published / "latest.json").read_text())["run_date"] == D1.isoformat()
+    assert (published / "latest.json").read_text() == pointer  # the pointers did not move
+    assert (published / "runs" / "2026-11-22" / "latest.json").read_text() == pointer
 
 
 def test_tables_on_a_file_target_are_readable_by_others_whatever_the_umask(tmp_path: Path) -> None:
