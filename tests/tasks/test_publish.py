@@ -355,6 +355,8 @@ def test_braze_gets_only_changed_users_each_night_later_each_time(published, tmp
     from tailor.tasks.variants import assign_variants
 
     settings, ctx, models, quality, _ = published
+    # the nights after the first reuse the first night's marts (its run_date): no BI tables, which refuse them
+    settings = settings.model_copy(update={"publish": settings.publish.model_copy(update={"tables": False})})
     root = tmp_path / "published"
 
     def publish(night: RunContext) -> dict:
