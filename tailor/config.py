@@ -119,7 +119,7 @@ class PublishConfig(StrictModel):
         description="datasets also written as CSV for campaign systems",
     )
     jsonl_datasets: list[str] = Field(
-        default_factory=lambda: ["content", "personalize_batch", "user_updates"],
+        default_factory=lambda: ["content", "personalize_batch", "personalize_segments", "user_updates"],
         description="datasets also written as JSON lines",
     )
     published_user_id: Literal["pseudonymous", "external"] = Field(

@@ -26,8 +26,8 @@ CHANNELS = ("email", "push", "web")
 # the published datasets, in the order the manifest lists them (docs/outputs.md is their contract)
 DATASET_NAMES = (
     "recommendations", "user_scores", "segments", "segment_profiles", "item_audiences", "content",
-    "personalize_batch", "user_updates", "user_deletes", "experiment_results", "uplift_evaluation",
-    "allocation_decisions", "fairness_audit", "data_quality",
+    "personalize_batch", "personalize_segments", "user_updates", "user_deletes", "experiment_results",
+    "uplift_evaluation", "allocation_decisions", "fairness_audit", "data_quality",
 )  # fmt: skip
 
 

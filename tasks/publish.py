@@ -61,6 +61,7 @@ from tailor.tasks.braze import (
 )
 from tailor.tasks.experiments import ensure_tables
 from tailor.tasks.fairness import ensure_audit_table
+from tailor.tasks.personalize import LINE_SHAPES
 from tailor.tasks.train import served_by_label
 from tailor.tasks.validate import Check, store_results
 from tailor.warehouse import RunContext, connect
@@ -136,6 +137,12 @@ def profiling(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
     return [profiling_where(frame, pl.lit(True))]
 
 
+def listed_users_profiling(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
+    """Every user an audience lists is there for their profile."""
+    users = frame.select(pl.col("recommended_users").explode().alias("user_id")).drop_nulls()
+    return [profiling_where(users, pl.lit(True))]
+
+
 def no_user(frame: pl.DataFrame, settings: Settings) -> list[pl.DataFrame]:
     """Aggregates: no row is about a user."""
     return []
@@ -153,6 +160,7 @@ class Dataset:
     history: bool = False  # the table keeps history; publish every run's rows up to this one
     drop_columns: tuple[str, ...] = ()  # needed for the consent check, but must not leave the warehouse
     rename: tuple[tuple[str, str], ...] = ()  # published names where a consumer fixes them
+    user_lists: tuple[str, ...] = ()  # list columns of user ids: consent-checked and pseudonymised id by id
 
 
 DATASETS = (
@@ -211,6 +219,16 @@ DATASETS = (
         "ranking",
         "Recommendations in Amazon Personalize's batch output shape (JSON lines: input.userId, output).",
         consent=channels_and_personalization,
+    ),
+    Dataset(
+        "personalize_segments",
+        "marts.personalize_segments",
+        "audience_type, audience_id",
+        "engagement",
+        "Item audiences in Amazon Personalize's batch segment output shape (JSON lines: input.itemId or "
+        "itemAttributes, output.recommendedUsers).",
+        consent=listed_users_profiling,
+        user_lists=("recommended_users",),
     ),
     Dataset(
         "user_updates",
@@ -309,7 +327,7 @@ def check_consent(
     con: duckdb.DuckDBPyConnection, dataset: Dataset, frame: pl.DataFrame, settings: Settings
 ) -> Check | None:
     """Refuse the dataset if a row's user lacks the consent it needs; the passed check, if it has users."""
-    if "user_id" not in frame.columns:
+    if "user_id" not in frame.columns and not dataset.user_lists:
         return None
     if dataset.consent is no_user:
         raise ConsentViolation(
@@ -336,21 +354,37 @@ def check_consent(
                  "user_id", "critical", True, 0, required.height)  # fmt: skip
 
 
-def pseudonymize(frame: pl.DataFrame, key: bytes | None, order_by: list[str] | None = None) -> pl.DataFrame:
-    """Replace user_id by its keyed hash (HMAC-SHA256), or keep it when config publishes external ids.
+def pseudonym(key: bytes, user_id: str) -> str:
+    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX_CHARS]
+
+
+def pseudonymize(
+    frame: pl.DataFrame, key: bytes | None, order_by: list[str] | None = None, lists: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """Replace user_id by its keyed hash (HMAC-SHA256), or keep it when config publishes external ids;
+    the same for every id in the list columns `lists` (an audience's users): one raw id left in a list
+    would undo the pseudonym everywhere else.
 
     Rows are then sorted by `order_by` (pseudonym included): an order inherited from the raw ids would
     let anyone line pseudonyms up with sequential ids."""
-    if key is None or "user_id" not in frame.columns:
+    lists = tuple(column for column in lists if column in frame.columns)
+    if key is None or ("user_id" not in frame.columns and not lists):
         return frame
-    ids = frame["user_id"].unique().sort()
-    hashed = [hmac.new(key, uid.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX_CHARS] for uid in ids]
-    mapping = pl.DataFrame({"user_id": ids, "_pseudonym": hashed})
-    hashed_frame = (
-        frame.join(mapping, on="user_id", how="left", maintain_order="left")
-        .with_columns(pl.col("_pseudonym").alias("user_id"))
-        .drop("_pseudonym")
-    )
+    hashed_frame = frame
+    if "user_id" in frame.columns:
+        ids = frame["user_id"].unique().sort()
+        mapping = pl.DataFrame({"user_id": ids, "_pseudonym": [pseudonym(key, uid) for uid in ids]})
+        hashed_frame = (
+            frame.join(mapping, on="user_id", how="left", maintain_order="left")
+            .with_columns(pl.col("_pseudonym").alias("user_id"))
+            .drop("_pseudonym")
+        )
+    for column in lists:
+        # id by id, keeping each list's order (most likely first)
+        listed = {uid: pseudonym(key, uid) for uid in hashed_frame[column].explode().drop_nulls().unique()}
+        hashed_frame = hashed_frame.with_columns(
+            pl.col(column).list.eval(pl.element().replace_strict(listed, return_dtype=pl.Utf8))
+        )
     return hashed_frame.sort(order_by, maintain_order=True) if order_by else hashed_frame
 
 
@@ -395,14 +429,8 @@ def text_columns(table: pa.Table) -> pa.Table:
 
 def jsonl_rows(table: pa.Table, name: str) -> list[dict[str, Any]]:
     rows = table.to_pylist()
-    if name == "personalize_batch":  # the exact shape Amazon Personalize's batch jobs write
-        return [
-            {
-                "input": {"userId": row["user_id"]},
-                "output": {"recommendedItems": row["recommended_items"], "scores": row["scores"]},
-            }
-            for row in rows
-        ]
+    if name in LINE_SHAPES:  # the exact shapes Amazon Personalize's batch jobs write
+        return [LINE_SHAPES[name](row) for row in rows]
     return rows
 
 
@@ -492,11 +520,14 @@ def model_summary(model: dict[str, Any]) -> dict[str, Any]:
 def build_feeds(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> None:
     """The derived shapes: Personalize's batch output (Braze's feeds: tasks/braze.py)."""
     materialize(con, "marts/personalize_batch", {"run_date": ctx.run_date})
+    materialize(con, "marts/personalize_segments", {"run_date": ctx.run_date})
 
 
 def publishable(frame: pl.DataFrame, dataset: Dataset, key: bytes | None) -> pa.Table:
     order = [column.strip() for column in dataset.order_by.split(",")]
-    frame = pseudonymize(frame.drop(dataset.drop_columns), key, [c for c in order if c in frame.columns])
+    frame = pseudonymize(
+        frame.drop(dataset.drop_columns), key, [c for c in order if c in frame.columns], dataset.user_lists
+    )
     if dataset.name in BRAZE_DATASETS:  # a UTC timestamp (Parquet TIMESTAMP adjusted to UTC), as Braze asks
         frame = frame.with_columns(pl.col("updated_at").dt.replace_time_zone("UTC"))
     return plain_types(frame.rename(dict(dataset.rename)).to_arrow())
@@ -558,7 +589,7 @@ def write_datasets(
                 if dataset.model in models
                 else None,
                 "user_id": None
-                if "user_id" not in frame.columns
+                if "user_id" not in frame.columns and not dataset.user_lists
                 else ("external" if external or key is None else "pseudonymous"),
                 "files": files,
             }
