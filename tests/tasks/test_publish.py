@@ -92,6 +92,16 @@ def test_consent_check_refuses_rows_for_unconsented_users(trained_company) -> No
             check_consent(
                 con, datasets["content"], content.with_columns(user_id=pl.lit(unemailable)), settings
             )
+        # an audience's listed users need profiling, though the dataset has no user_id column
+        segment = pl.DataFrame({"audience_type": ["item"], "recommended_users": [[profiled]]})
+        assert check_consent(con, datasets["personalize_segments"], segment, settings) is not None
+        with pytest.raises(ConsentViolation, match=r"personalize_segments: 1 row.*profiling"):
+            check_consent(
+                con,
+                datasets["personalize_segments"],
+                segment.with_columns(recommended_users=pl.lit([profiled, unprofiled])),
+                settings,
+            )
 
 
 def fake_run(tmp_path: Path, day: str, n_files: int = 1, seed: int = 0) -> tuple[RunContext, Path]:
@@ -330,16 +340,107 @@ def test_published_datasets_match_the_contract_in_docs(published) -> None:
         assert dataset["columns"] == actual
 
 
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_personalize_batch_lines_have_personalizes_shape(published) -> None:
+    """Every line is the documented batch inference shape, `error` included, with scores in Personalize's
+    sense on one scale for personalized and fallback users; the Parquet file holds the same lists."""
+    from tests.personalize_shapes import BATCH_INFERENCE_LINE, check_scores, validate
+
     *_, local = published
-    lines = (local / "personalize_batch" / "part-0000.jsonl").read_text().splitlines()
+    lines = jsonl(local / "personalize_batch" / "part-0000.jsonl")
+    batch = pl.read_parquet(local / "personalize_batch" / "part-0000.parquet")
     recommendations = pl.read_parquet(local / "recommendations" / "part-0000.parquet")
-    first = json.loads(lines[0])
-    assert set(first) == {"input", "output"} and set(first["input"]) == {"userId"}
-    assert set(first["output"]) == {"recommendedItems", "scores"}
-    expected = recommendations.filter(pl.col("user_id") == first["input"]["userId"]).sort("rank")
-    assert first["output"]["recommendedItems"] == expected["item_id"].to_list()
-    assert len(lines) == recommendations["user_id"].n_unique()
+    for line in lines:
+        validate(line, BATCH_INFERENCE_LINE)
+    check_scores(lines)
+    assert len(lines) == batch.height == recommendations["user_id"].n_unique()
+
+    # the JSON lines and the Parquet rows agree, items in the recommendations' order, channels kept
+    ranked = recommendations.sort("user_id", "rank").group_by("user_id", maintain_order=True)
+    expected = {
+        row["user_id"]: row for row in ranked.agg("item_id", pl.first("channels")).iter_rows(named=True)
+    }
+    rows = {row["user_id"]: row for row in batch.iter_rows(named=True)}
+    for line in lines:
+        user, output = line["input"]["userId"], line["output"]
+        assert output == {"recommendedItems": rows[user]["recommended_items"], "scores": rows[user]["scores"]}
+        assert output["recommendedItems"] == expected[user]["item_id"]
+        assert rows[user]["channels"] == expected[user]["channels"]
+
+    # one scale: every user's list shares 1, its first score between 1/K and 1, personalized or not
+    summary = batch.select(
+        "is_personalized",
+        pl.col("scores").list.sum().alias("total"),
+        pl.col("scores").list.first().alias("top"),
+        (pl.col("scores").list.first() * pl.col("scores").list.len()).alias("top_times_k"),
+        pl.col("scores").list.min().alias("low"),
+        pl.col("scores").list.max().alias("high"),
+    )
+    assert set(summary["is_personalized"]) == {True, False}  # both kinds were published
+    assert ((summary["total"] - 1).abs() < 1e-9).all() and (summary["top_times_k"] >= 1 - 1e-9).all()
+    by_kind = summary.group_by("is_personalized").agg(pl.col("low").min(), pl.col("high").max())
+    assert (by_kind["low"] > 0).all() and (by_kind["high"] <= 1).all()
+    # and the two kinds' first scores overlap (raw, ranker scores ran -0.5..0.5 and popularity 0.25..1)
+    tops = summary.group_by("is_personalized").agg(
+        pl.col("top").min().alias("least"), pl.col("top").max().alias("most")
+    )
+    assert tops["least"].max() <= tops["most"].min()
+
+
+def test_personalize_segments_lines_have_personalizes_segment_shape(published) -> None:
+    """One line per item audience, in the documented Item-Affinity or Item-Attribute-Affinity shape, its
+    users those of item_audiences, most likely first."""
+    from tests.personalize_shapes import BATCH_SEGMENT_LINE, validate
+
+    *_, local = published
+    lines = jsonl(local / "personalize_segments" / "part-0000.jsonl")
+    audiences = pl.read_parquet(local / "item_audiences" / "part-0000.parquet").sort("rank")
+    expected = {
+        (row["audience_type"], row["audience_id"]): row["user_id"]
+        for row in audiences.group_by("audience_type", "audience_id", maintain_order=True)
+        .agg("user_id")
+        .iter_rows(named=True)
+    }
+    assert {kind for kind, _ in expected} == {"category"} and len(lines) == len(expected) > 0
+    for line in lines:
+        validate(line, BATCH_SEGMENT_LINE)
+        if "input" in line:
+            key = ("item", line["input"]["itemId"])
+        else:
+            key = ("category", re.fullmatch(r'ITEMS\.category = "(.*)"', line["itemAttributes"]).group(1))
+        assert line["output"]["recommendedUsers"] == expected[key]
+
+
+def test_ids_in_personalize_segments_are_pseudonymised(published, monkeypatch) -> None:
+    """Published pseudonymously, every user id inside the lists is the pseudonym of the raw id in the same
+    place; the manifest says so."""
+    from dataclasses import replace
+
+    from tailor.tasks.publish import write_datasets
+
+    settings, ctx, models, quality, _ = published
+    monkeypatch.setenv(settings.publish.pseudonym_key_env, "a-key")
+    publish = settings.publish.model_copy(update={"published_user_id": "pseudonymous"})
+    pseudonymous = settings.model_copy(update={"publish": publish})
+    out = write_datasets.fn(pseudonymous, replace(ctx, run_dir=ctx.run_dir.parent / "pseudonymous"), models,
+                            quality, {})  # fmt: skip
+    with connect(settings) as con:
+        raw = con.sql(
+            "select audience_id, list(user_id order by rank) as users from marts.item_audiences group by all"
+        ).pl()
+    lines = jsonl(out / "personalize_segments" / "part-0000.jsonl")
+    published_lists = {line["itemAttributes"]: line["output"]["recommendedUsers"] for line in lines}
+    for audience_id, users in raw.iter_rows():
+        listed = published_lists[f'ITEMS.category = "{audience_id}"']
+        assert listed == [published_id(pseudonymous, user) for user in users]
+        assert all(re.fullmatch(r"[0-9a-f]{32}", user) for user in listed)
+    parquet = pl.read_parquet(out / "personalize_segments" / "part-0000.parquet")
+    assert parquet["recommended_users"].to_list() == [published_lists[q] for q in parquet["item_attributes"]]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["datasets"]["personalize_segments"]["user_id"] == "pseudonymous"
 
 
 def test_braze_gets_only_changed_users_each_night_later_each_time(published, tmp_path: Path) -> None:
