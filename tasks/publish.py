@@ -6,6 +6,7 @@ Layout, identical for `file://` and `s3://` targets:
     PREFIX/runs/RUN_DATE/ATTEMPT/manifest.json     (file paths relative to the attempt folder)
     PREFIX/runs/RUN_DATE/latest.json               that date's current attempt
     PREFIX/latest.json                             the newest date's current attempt
+    PREFIX/tables/<dataset>/                       the BI tables (Delta Lake; tasks/tables.py), before the pointers
 A pointer is {"run_date", "attempt", "folder": "runs/RUN_DATE/ATTEMPT", "manifest":
 "runs/RUN_DATE/ATTEMPT/manifest.json", "published_at"}. ATTEMPT is the UTC publish time and a random suffix
 (`20261201T023512Z-3f9a1c`): every publish writes a folder of its own and never touches a published one, so
