@@ -11,8 +11,9 @@ Braze's two kinds of source read these differently (docs/outputs.md cites the pa
   `marts.braze_user_deletes` (views of `meta.braze_user_update_log`/`meta.braze_user_delete_log`).
 
 What Braze holds is `meta.braze_user_state`: per published id, the hash of the payload last published (none
-for a delete). It moves only once a night is published (`record_published`, after the pointers moved), so a
-night that fails after writing its files changes nothing and the next run sends its changes. A night is
+for a delete). Braze's files go up only once the night is published (after the tables and pointers), and the
+state moves right after them (`record_published`), so a night that fails before that sends Braze nothing and
+the next run sends its changes. A night is
 compared both with what Braze held before the night was first published (so a rerun resends the same users,
 and its files differ only in UPDATED_AT) and with what Braze holds now (so a rerun on changed inputs also
 corrects what the first run sent).
@@ -177,6 +178,28 @@ def upload_braze_files(store: ObjectStore, local_run: Path) -> list[str]:
 
 class BrazeStateError(RuntimeError):
     """The warehouse's Braze feed is not the one the run's files were written from."""
+
+
+def check_feed_current(settings: Settings, ctx: RunContext, local_run: Path) -> None:
+    """Before anything is uploaded: the warehouse still holds the feed this run wrote (no other night was
+    written since), so Braze never gets a night whose state could not then be recorded."""
+    entry = braze_entry(local_run)
+    if entry is None:
+        return
+    updated_at = datetime.fromisoformat(entry["updated_at"]).astimezone(UTC).replace(tzinfo=None)
+    params = {"run_date": ctx.run_date, "updated_at": updated_at}
+    with connect(settings) as con:
+        ensure_braze_tables(con)
+        for table in ("marts.user_updates", "marts.user_deletes"):
+            other = con.execute(
+                f"select count(*) from {table} where run_date <> $run_date or updated_at <> $updated_at",
+                params,
+            ).fetchall()[0][0]
+            if other:
+                raise BrazeStateError(
+                    f"{table} no longer holds the feed this run published (another night was written since): "
+                    "rerun the night to bring Braze's state up to date"
+                )
 
 
 def record_published(

@@ -57,6 +57,7 @@ from tailor.tasks.braze import (
     braze_id_kind,
     braze_manifest,
     build_braze_feeds,
+    check_feed_current,
     record_published,
     upload_braze_files,
 )
@@ -589,7 +590,10 @@ def write_datasets(
                 "served_by": served_by_label(models[dataset.model], dataset.model)
                 if dataset.model in models
                 else None,
-                "user_id": None
+                # Braze's feeds name users by EXTERNAL_ID, published as user_updates' ids are
+                "user_id": braze_id_kind(settings)
+                if dataset.name in BRAZE_DATASETS
+                else None
                 if "user_id" not in frame.columns and not dataset.user_lists
                 else ("external" if external or key is None else "pseudonymous"),
                 "files": files,
@@ -805,13 +809,16 @@ def upload_run(
     from tailor.tasks.tables import tables_step  # tables.py reads DATASETS from this module
 
     store = open_store(target, settings.storage)
-    # Braze's files before the manifest names them; what Braze holds moves only once the pointers have
-    braze_files = upload_braze_files(store, local_run) if root == "runs" else []
+    if root == "runs":
+        check_feed_current(settings, ctx, local_run)
     published = publish_attempt(
         store, local_run, ctx.run_date, root, settings.publish.keep_superseded_attempts_hours,
         before_pointers=tables_step(settings, store, target, local_run, ctx.run_date, root),
     )  # fmt: skip
     if root == "runs":
+        # Braze loads every new file under braze/ as it lands: they go up only once the night is published,
+        # and what Braze holds is recorded right after them (a retry skips the files already there)
+        braze_files = upload_braze_files(store, local_run)
         published["braze"] = record_published(settings, ctx, local_run, datetime.now(UTC))
         published["braze_files"] = [store.uri(key) for key in braze_files]
     return published
