@@ -546,11 +546,23 @@ def write_tables(
     root = local_root(target)
     written: dict[str, Any] = {}
     metadata = {"tailor.run_date": run_date.isoformat(), "tailor.attempt": attempt_folder}
+    tonight = {
+        dataset.name: table_rows(published_rows(local_run, manifest["datasets"][dataset.name]["files"]), run_date)
+        for dataset in DATASETS
+        if dataset.name in manifest["datasets"]
+    }
+    # every table is checked before any is written: a refused one must not leave the others a night ahead
+    from deltalake import DeltaTable
+
+    for name, rows in tonight.items():
+        location = delta_location(target, name)
+        if DeltaTable.is_deltatable(location, options):
+            _check_types(name, DeltaTable(location, storage_options=options), rows)
     for dataset in DATASETS:
-        if dataset.name not in manifest["datasets"]:
+        if dataset.name not in tonight:
             continue
         location = delta_location(target, dataset.name)
-        rows = table_rows(published_rows(local_run, manifest["datasets"][dataset.name]["files"]), run_date)
+        rows = tonight[dataset.name]
         if root is not None:
             make_folders(Path(location))
         try:
