@@ -11,14 +11,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tailor.config import Settings
-from tailor.prefect_api import TIMEOUT_ENV, PrefectServerError, die_with_parent, start_timeout
+from tailor.prefect_api import TIMEOUT_ENV, PrefectServerError, die_with_parent, healthy, start_timeout
 
 
 def deployments(settings: Settings, config_path: Path) -> list[Any]:
@@ -44,19 +43,11 @@ def deployments(settings: Settings, config_path: Path) -> list[Any]:
     ]
 
 
-def _healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @contextmanager
 def local_server(port: int) -> Iterator[str]:
     """A Prefect server on 127.0.0.1:port for as long as the block runs; its API URL."""
     api_url = f"http://127.0.0.1:{port}/api"
-    if _healthy(api_url):  # one is already there (an earlier `tailor serve`, a developer's server)
+    if healthy(api_url):  # one is already there (an earlier `tailor serve`, a developer's server)
         yield api_url
         return
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
@@ -71,7 +62,7 @@ def local_server(port: int) -> Iterator[str]:
     try:
         timeout = start_timeout()
         deadline = time.monotonic() + timeout
-        while not _healthy(api_url):
+        while not healthy(api_url):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise PrefectServerError(
                     f"the local Prefect server on port {port} did not start within {timeout:g}s (is the port "
