@@ -375,7 +375,9 @@ def pseudonymize(
     hashed_frame = frame
     if "user_id" in frame.columns:
         ids = frame["user_id"].unique().sort()
-        mapping = pl.DataFrame({"user_id": ids, "_pseudonym": [pseudonym(key, uid) for uid in ids]})
+        # typed: an empty list would be polars' Null type, published as an Arrow `null` column
+        hashes = pl.Series("_pseudonym", [pseudonym(key, uid) for uid in ids], dtype=pl.Utf8)
+        mapping = pl.DataFrame({"user_id": ids, "_pseudonym": hashes})
         hashed_frame = (
             frame.join(mapping, on="user_id", how="left", maintain_order="left")
             .with_columns(pl.col("_pseudonym").alias("user_id"))

@@ -555,6 +555,11 @@ def write_tables(
     from deltalake import DeltaTable
 
     for name, rows in tonight.items():
+        for field in rows.schema:
+            try:
+                _types(field.type)
+            except TableError as error:
+                raise TableError(f"table {name}, column {field.name}: {error}") from None
         location = delta_location(target, name)
         if DeltaTable.is_deltatable(location, options):
             _check_types(name, DeltaTable(location, storage_options=options), rows)

@@ -34,6 +34,12 @@ def test_pseudonyms_are_keyed_stable_and_not_the_id() -> None:
     assert ordered["user_id"].is_sorted()  # sorted by pseudonym, so row order says nothing of the raw ids
 
 
+def test_a_dataset_with_no_rows_keeps_its_user_id_a_string() -> None:
+    # an empty night (no audience, no recommendation) must publish the contract's types, not Arrow `null`
+    empty = pl.DataFrame({"user_id": pl.Series([], dtype=pl.Utf8), "x": pl.Series([], dtype=pl.Int64)})
+    assert pseudonymize(empty, b"k", ["user_id"]).schema == empty.schema
+
+
 def test_manifest_values_are_strict_json() -> None:
     from tailor.tasks.publish import json_safe
 
