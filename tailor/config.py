@@ -111,6 +111,28 @@ class StorageConfig(StrictModel):
     max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts per request")
 
 
+class BrazeFeedConfig(StrictModel):
+    """When a user's payload has changed enough to be sent to Braze again. Every night retrains the models,
+    so most recommendation lists and many deciles move a little; sending each small move resends nearly
+    everyone (Braze bills each changed attribute). Tonight's payload is compared with the one Braze holds,
+    so small moves never add up to a large drift."""
+
+    recommendations_changed_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="resend a user's recommended items when more than this share of the list Braze holds is "
+        "gone from tonight's (0: on any change of the items; a new order alone is never sent). A held item that "
+        "can no longer be recommended (bought, no longer live, out of the user's candidates) always resends",
+    )
+    decile_min_move: int = Field(
+        2,
+        ge=1,
+        le=9,
+        description="resend a user's propensity decile when it moved by at least this much (1: on any move)",
+    )
+
+
 class PublishConfig(StrictModel):
     target: str = Field(description="file://DIR or s3://BUCKET/PREFIX")
     rows_per_file: int = Field(1_000_000, ge=1000)
@@ -142,6 +164,10 @@ class PublishConfig(StrictModel):
         True,
         description="also write every dataset as a Delta Lake table partitioned by run date under "
         "PREFIX/tables/<dataset>/, with its JSON schema and Athena/Trino DDL, for BI (docs/tables.md)",
+    )
+    braze: BrazeFeedConfig = Field(
+        default_factory=BrazeFeedConfig,
+        description="how much a user's payload must change to be sent to Braze again (user_updates)",
     )
     compression: Literal["none", "gzip"] = Field(
         "none",

@@ -1,5 +1,6 @@
-"""Braze Cloud Data Ingestion, incrementally: `user_updates` holds only the users whose payload changed since
-the last published night, `user_deletes` the users Braze must delete, both under a prefix of their own.
+"""Braze Cloud Data Ingestion, incrementally: `user_updates` holds only the users whose payload changed enough
+(`publish.braze`, sql/marts/user_updates.sql) since what Braze was last sent, `user_deletes` the users Braze
+must delete, both under a prefix of their own.
 
 Braze's two kinds of source read these differently (docs/outputs.md cites the pages):
 - its S3 file source ingests every new file under the sync's folder whole, whatever UPDATED_AT says; so
@@ -113,7 +114,13 @@ def build_braze_feeds(
     users = con.sql("select user_id from marts.user_update_payloads order by user_id").pl()["user_id"]
     con.register("braze_ids", published_ids(users, settings).to_arrow())
     try:
-        params = {"run_date": ctx.run_date, "updated_at": updated_at}
+        params = {
+            "run_date": ctx.run_date,
+            "updated_at": updated_at,
+            "cutoff": ctx.cutoff,
+            "changed_share": settings.publish.braze.recommendations_changed_share,
+            "decile_min_move": settings.publish.braze.decile_min_move,
+        }
         materialize_temp(con, "features/braze_held_payloads", params, "braze_held", ("external_id",))
         materialize(con, "marts/user_updates", params)
         materialize(con, "marts/user_deletes", params)

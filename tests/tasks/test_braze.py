@@ -16,6 +16,7 @@ from tests import tiny
 
 USERS = ("u1", "u2", "u3")
 START = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+CUTOFFS = [tiny.CUTOFF + timedelta(days=n) for n in range(4)]  # the nights' cutoffs
 
 
 @pytest.fixture
@@ -34,6 +35,9 @@ def shop(tmp_path: Path):
         )
         con.execute("create table marts.segments (user_id varchar, rfm_segment varchar)")
         con.execute("create table marts.user_scores (user_id varchar, propensity_decile bigint)")
+        # what each user may be recommended tonight: the items above and i9, for every user
+        con.execute("create schema features")
+        con.execute("create table features.candidates (cutoff timestamp, user_id varchar, item_id varchar)")
         for user in USERS:
             con.execute(
                 "insert into marts.recommendations values ($u, 'i1', 1, true, 'email'), ($u, 'i2', 2, true, 'email')",
@@ -44,6 +48,11 @@ def shop(tmp_path: Path):
             )
             con.execute("insert into marts.segments values ($u, 'loyal')", {"u": user})
             con.execute("insert into marts.user_scores values ($u, 3)", {"u": user})
+            for item in ("i1", "i2", "i3", "i4", "i9"):
+                con.execute(
+                    "insert into features.candidates select cutoff, $u, $i from (select unnest($cutoffs) as cutoff)",
+                    {"u": user, "i": item, "cutoffs": CUTOFFS},
+                )
     return settings, tiny.context(tmp_path)
 
 
@@ -71,7 +80,10 @@ def change(settings, sql: str, user: str) -> None:
 
 def next_day(ctx: RunContext, days: int = 1) -> RunContext:
     return replace(
-        ctx, run_date=ctx.run_date + timedelta(days=days), run_dir=ctx.run_dir.parent / f"run{days}"
+        ctx,
+        run_date=ctx.run_date + timedelta(days=days),
+        cutoff=ctx.cutoff + timedelta(days=days),
+        run_dir=ctx.run_dir.parent / f"run{days}",
     )
 
 
@@ -177,3 +189,44 @@ def test_a_night_with_no_payload_at_all_deletes_everyone_braze_holds(shop) -> No
             con.execute(f"delete from marts.{table}")
     empty = night(settings, next_day(ctx), START + timedelta(days=1))
     assert empty["updates"] == {} and sorted(empty["deletes"]) == list(USERS)
+
+
+def test_small_moves_are_not_sent_and_never_add_up(shop) -> None:
+    settings, ctx = shop
+    change(settings, "insert into marts.recommendations values ($u, 'i3', 3, true, 'email'), "
+           "($u, 'i4', 4, true, 'email')", "u1")  # fmt: skip
+    night(settings, ctx, START)
+    # a new order, one item of four replaced by another (25%, under publish.braze's 30%), the decile one up
+    change(settings, "update marts.recommendations set rank = 3 - rank where user_id = $u and rank <= 2", "u1")
+    change(settings, "update marts.recommendations set item_id = 'i9' where user_id = $u and rank = 4", "u1")
+    change(settings, "update marts.user_scores set propensity_decile = 4 where user_id = $u", "u1")
+    assert night(settings, next_day(ctx), START + timedelta(days=1))["updates"] == {}
+    # one more up: two from what Braze holds, though one from last night's
+    change(settings, "update marts.user_scores set propensity_decile = 5 where user_id = $u", "u1")
+    assert list(night(settings, next_day(ctx, 2), START + timedelta(days=2))["updates"]) == ["u1"]
+
+
+def test_a_held_item_that_can_no_longer_be_recommended_is_replaced_at_once(shop) -> None:
+    settings, ctx = shop
+    change(settings, "insert into marts.recommendations values ($u, 'i3', 3, true, 'email'), "
+           "($u, 'i4', 4, true, 'email')", "u1")  # fmt: skip
+    night(settings, ctx, START)
+    # u1 bought i4 (or it went out of stock): no longer a candidate, so a quarter of the list is enough
+    with connect(settings) as con:
+        con.execute("delete from features.candidates where user_id = 'u1' and item_id = 'i4'")
+    change(settings, "update marts.recommendations set item_id = 'i9' where user_id = $u and rank = 4", "u1")
+    assert list(night(settings, next_day(ctx), START + timedelta(days=1))["updates"]) == ["u1"]
+
+
+def test_exact_settings_send_every_change(shop) -> None:
+    settings, ctx = shop
+    braze = settings.publish.braze.model_copy(update={"recommendations_changed_share": 0, "decile_min_move": 1})
+    settings = settings.model_copy(
+        update={"publish": settings.publish.model_copy(update={"braze": braze})}
+    )
+    night(settings, ctx, START)
+    change(settings, "update marts.user_scores set propensity_decile = 4 where user_id = $u", "u1")
+    change(settings, "update marts.recommendations set item_id = 'i3' where user_id = $u and rank = 2", "u3")
+    change(settings, "update marts.recommendations set rank = 3 - rank where user_id = $u", "u2")
+    # the decile and the items are sent; a new order alone is not
+    assert sorted(night(settings, next_day(ctx), START + timedelta(days=1))["updates"]) == ["u1", "u3"]

@@ -494,10 +494,12 @@ def test_braze_gets_only_changed_users_each_night_later_each_time(published, tmp
         assert set(json.loads(updates["PAYLOAD"][0].as_py())) == attributes
         with connect(settings) as con:
             everyone = con.execute("select count(*) from marts.user_update_payloads").fetchall()[0][0]
-            changed, leaving = (row[0] for row in con.execute(
-                "select user_id from marts.user_update_payloads order by user_id limit 2").fetchall())  # fmt: skip
-            con.execute("update marts.recommendations set item_id = 'changed' where user_id = $u and rank = 1",
-                        {"u": changed})  # fmt: skip
+            changed, leaving, reordered = (row[0] for row in con.execute(
+                "select user_id from marts.user_update_payloads order by user_id limit 3").fetchall())  # fmt: skip
+            # the user moved segment; a small move of someone else's list is not sent (publish.braze)
+            con.execute("update marts.segments set rfm_segment = 'changed' where user_id = $u", {"u": changed})
+            con.execute("update marts.recommendations set rank = 3 - rank where user_id = $u and rank <= 2",
+                        {"u": reordered})  # fmt: skip
             for table in ("recommendations", "content", "segments", "user_scores"):
                 con.execute(f"delete from marts.{table} where user_id = $u", {"u": leaving})
         assert updates.num_rows == everyone  # the first night Braze holds nothing: everyone is new

@@ -363,6 +363,27 @@ def add_next_day_of_events(company: Path) -> None:
     (company / "sources" / "interactions" / f"{new}.csv").write_text("\n".join(shifted) + "\n")
 
 
+def withdraw_profiling(company: Path, user_id: str) -> None:
+    """`user_id` withdraws profiling consent on NIGHT1's day: one user's inputs change for the second night."""
+    (company / "sources" / "consents" / f"{NIGHT1.isoformat()}.csv").write_text(
+        f"user_id,purpose,is_granted,updated_at\n{user_id},profiling,false,{NIGHT1.isoformat()} 09:30:00\n"
+    )
+
+
+def payloads_by_published_id(config_path: Path) -> dict[str, str]:
+    """The warehouse's payloads of the last night, keyed by the id Braze knows each user by."""
+    from tailor.config import load_settings
+    from tailor.tasks.braze import published_ids
+    from tailor.warehouse import connect
+
+    settings = load_settings(config_path)
+    with connect(settings) as con:
+        payloads = con.sql("select user_id, payload from marts.user_update_payloads").pl()
+    ids = published_ids(payloads["user_id"], settings)
+    joined = payloads.join(ids, on="user_id")
+    return dict(zip(joined["external_id"], joined["payload"], strict=True))
+
+
 def read_json(client, key: str) -> dict[str, Any]:
     from tests.conftest import TEST_BUCKET
 
@@ -409,19 +430,30 @@ def two_nights(small_company: Path, s3_server, prefect_harness, tmp_path_factory
     names = sorted(first["published"]["tables"]["tables"])
     after_first = per_night_of_every_table(target, names, options)
     add_next_day_of_events(company)
+    # the user who withdraws: the first (by id) whose payload needed profiling on the first night
+    from tailor.config import load_settings
+    from tailor.warehouse import connect
+
+    with connect(load_settings(config_path)) as con:
+        [(withdrawn,)] = con.execute(
+            "select min(user_id) from marts.user_update_payloads where needs_profiling"
+        ).fetchall()
+    withdraw_profiling(company, withdrawn)
     second = nightly(config_path=str(config_path), run_date=NIGHT2)
     after_second = per_night_of_every_table(target, names, options)
-    manifests = {
-        night: read_json(
-            client, f"{prefix}/{read_json(client, f'{prefix}/runs/{night}/latest.json')['manifest']}"
-        )
-        for night in (NIGHT1, NIGHT2)
-    }
+    payloads_second = payloads_by_published_id(config_path)
+
+    def manifest_of(night: date) -> dict[str, Any]:
+        return read_json(client, f"{prefix}/{read_json(client, f'{prefix}/runs/{night}/latest.json')['manifest']}")
+
+    manifests = {night: manifest_of(night) for night in (NIGHT1, NIGHT2)}
     rerun = nightly(config_path=str(config_path), run_date=NIGHT2)
     return {
         "target": target, "prefix": prefix, "options": options, "client": client, "endpoint": s3_server.endpoint_url,
         "summaries": (first, second, rerun), "names": names, "after_first": after_first,
-        "after_second": after_second, "manifests": manifests,
+        "after_second": after_second, "manifests": manifests, "rerun_manifest": manifest_of(NIGHT2),
+        "withdrawn": withdrawn, "payloads_second": payloads_second,
+        "settings": load_settings(config_path),
     }  # fmt: skip
 
 
@@ -551,3 +583,74 @@ def test_the_documented_polars_and_duckdb_queries_run_on_the_published_tables(tw
     )
     assert all(users > 0 for _, users, _ in namespace["users_per_night"])
     assert {str(row[0]) for row in namespace["conversion_lift"]} == {str(NIGHT1), str(NIGHT2)}
+
+
+def braze_rows(two_nights: dict[str, Any], manifest: dict[str, Any], name: str) -> pl.DataFrame:
+    """A night's Braze file, read from the bucket where Braze's S3 sync reads it (PREFIX/braze/<name>/)."""
+    from tests.conftest import TEST_BUCKET
+
+    [file] = manifest["braze"][name]
+    assert file["path"].startswith(f"braze/{name}/")
+    body = two_nights["client"].get_object(Bucket=TEST_BUCKET, Key=f"{two_nights['prefix']}/{file['path']}")
+    return pl.read_parquet(body["Body"].read())
+
+
+def is_close(held: dict[str, Any], tonight: dict[str, Any], changed_share: float, decile_move: int) -> bool:
+    """publish.braze's rule, restated: what Braze holds is close enough to tonight's payload."""
+    held_items, items = held["recommended_item_ids"], tonight["recommended_item_ids"]
+    gone = [item for item in held_items if item not in items]
+    deciles = (held["propensity_decile"], tonight["propensity_decile"])
+    return (
+        held["rfm_segment"] == tonight["rfm_segment"]
+        and held["campaign_variants"] == tonight["campaign_variants"]
+        and (deciles[0] == deciles[1] or (None not in deciles and abs(deciles[0] - deciles[1]) < decile_move))
+        and len(items) <= len(held_items)
+        and len(gone) <= changed_share * len(held_items)
+    )
+
+
+@pytest.mark.integration
+def test_braze_gets_the_users_whose_payload_changed_enough_between_two_real_nights(two_nights) -> None:
+    """The issue's done-when on the real flow: one user withdraws profiling consent between two nights, and
+    a normal day of events arrives for everyone (so the models retrain and most lists move a little). The
+    second night's Braze files hold that user, no user whose payload is unchanged or close to what Braze
+    holds (publish.braze), later than the first night's; a rerun sends the same rows later still. With
+    nothing else changed, the file holds that one user alone (tests/tasks/test_publish.py)."""
+    from tailor.tasks.braze import published_ids
+
+    first_manifest, second_manifest = (two_nights["manifests"][night] for night in (NIGHT1, NIGHT2))
+    first = braze_rows(two_nights, first_manifest, "user_updates")
+    held = dict(zip(first["EXTERNAL_ID"], first["PAYLOAD"], strict=True))  # the first night: everyone
+    tonight = two_nights["payloads_second"]
+    updates = braze_rows(two_nights, second_manifest, "user_updates")
+    deletes = braze_rows(two_nights, second_manifest, "user_deletes")
+    sent = dict(zip(updates["EXTERNAL_ID"], updates["PAYLOAD"], strict=True))
+    assert updates.height == len(sent) and all(sent[user] == tonight[user] for user in sent)
+    assert set(deletes["EXTERNAL_ID"]) == set(held) - set(tonight)
+    rule = two_nights["settings"].publish.braze
+    for user, payload in tonight.items():
+        if user not in held:
+            assert user in sent
+        elif held[user] == payload or user not in sent:
+            # never resent unchanged; left unsent only when close (it may be sent when close if a held
+            # item is no longer among its candidates)
+            assert user not in sent or held[user] != payload
+            assert is_close(json.loads(held[user]), json.loads(payload), rule.recommendations_changed_share,
+                            rule.decile_min_move), user  # fmt: skip
+    [withdrawn] = published_ids(pl.Series([two_nights["withdrawn"]]), two_nights["settings"])["external_id"]
+    assert withdrawn in held and withdrawn in set(sent) | set(deletes["EXTERNAL_ID"])
+    if withdrawn in tonight:  # still reachable: nothing in the payload needs profiling any more
+        payload = json.loads(tonight[withdrawn])
+        assert payload["rfm_segment"] is None and payload["propensity_decile"] is None
+    moved = sum(held.get(user) != payload for user, payload in tonight.items())
+    print(f"braze: {len(sent)} of {len(tonight)} users sent, {moved} payloads moved")  # for docs/outputs.md
+    assert 0 < len(sent) < moved  # close payloads are not sent again
+
+    stamps = [
+        braze_rows(two_nights, manifest, "user_updates")["UPDATED_AT"].unique().to_list()
+        for manifest in (first_manifest, second_manifest, two_nights["rerun_manifest"])
+    ]
+    assert all(len(stamp) == 1 for stamp in stamps) and stamps[0][0] < stamps[1][0] < stamps[2][0]
+    assert str(updates.schema["UPDATED_AT"]) == "Datetime(time_unit='us', time_zone='UTC')"
+    again = braze_rows(two_nights, two_nights["rerun_manifest"], "user_updates")
+    assert again.drop("UPDATED_AT").sort("EXTERNAL_ID").equals(updates.drop("UPDATED_AT").sort("EXTERNAL_ID"))
