@@ -41,9 +41,12 @@ demo: s3-start demo-data
 demo-stop:
 	$(BIN)/python -m tailor.s3server stop --pidfile var/s3.pid
 
+# the suite on TEST_WORKERS processes (a test file stays on one, with its fixtures): most tests wait on a
+# server or a subprocess, so 2 workers on 2 cores take about 15 minutes where one takes over 20
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # the nightly flow end to end at three sizes (about an hour in all on 2 cores), then the gate on its own
 bench: install

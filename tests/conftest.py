@@ -17,6 +17,12 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "tailor-test-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("TAILOR_PSEUDONYM_KEY", "test-pseudonym-key")
 
+# Under pytest-xdist every worker gets a Prefect home of its own: the temporary servers of two workers' runs
+# on one SQLite database would lock each other out.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    os.environ["PREFECT_HOME"] = str(_home / "workers" / os.environ["PYTEST_XDIST_WORKER"])
+
 from tailor.s3server import SeaweedServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,12 +4,7 @@ deployments served by `tailor serve` on a local Prefect server."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -144,80 +139,3 @@ def test_prefect_yaml_deploys_flows_that_exist_with_their_parameters() -> None:
         assert (REPO / deployment["parameters"]["config_path"]).exists()
     nightly_schedule = next(d for d in spec["deployments"] if d["name"] == "nightly")["schedules"][0]
     assert nightly_schedule["cron"] == load_settings(REPO / "config" / "demo.yaml").schedule.cron
-
-
-def test_tailor_serve_runs_a_triggered_deployment_to_completion(company: Path, tmp_path: Path) -> None:
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    config_path = configure(company)
-    port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
-    env.pop("PREFECT_API_URL")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "tailor.cli", "serve", "--config", str(config_path), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        with temporary_settings({PREFECT_API_URL: api}):
-            deadline = time.monotonic() + 120
-            run = None
-            while run is None:
-                try:
-                    run = run_deployment(
-                        "tailor-backfill/backfill",
-                        parameters={"config_path": str(config_path), "start": RUN_DATE.isoformat(),
-                                    "end": RUN_DATE.isoformat()},
-                        timeout=300,
-                    )  # fmt: skip
-                except Exception:
-                    if time.monotonic() > deadline or serve.poll() is not None:
-                        raise
-                    time.sleep(2)  # the server or the deployment is not up yet
-        assert run.state.is_completed(), run.state
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-    latest = json.loads((company / "published" / "latest.json").read_text())
-    assert latest["run_date"] == RUN_DATE.isoformat()
-
-
-def build_features_state(flow_state) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        TaskRunFilter,
-        TaskRunFilterName,
-    )
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="build-features")),
-        )
-    assert len(runs) == 1
-    return runs[0].state.name
-
-
-def test_a_rerun_of_the_night_reuses_its_features_and_force_rebuilds_them(
-    company: Path, prefect_harness
-) -> None:
-    config_path = str(configure(company))
-    first = nightly(config_path=config_path, run_date=RUN_DATE, return_state=True)
-    again = nightly(config_path=config_path, run_date=RUN_DATE, return_state=True)
-    forced = nightly(config_path=config_path, run_date=RUN_DATE, force=True, return_state=True)
-    assert [build_features_state(s) for s in (first, again, forced)] == ["Completed", "Cached", "Completed"]
-    # the reused features give the same outputs
-    assert again.result()["feature_rows"] == first.result()["feature_rows"] == forced.result()["feature_rows"]
-    # a new file for the night is new data: no reuse
-    source = next((company / "sources" / "interactions").glob("*.csv"))
-    (source.parent / f"{(RUN_DATE - timedelta(days=1)).isoformat()}-late.csv").write_text(
-        "\n".join(source.read_text().splitlines()[:2]) + "\n"  # one event, delivered again
-    )
-    later = nightly(config_path=config_path, run_date=RUN_DATE, return_state=True)
-    assert build_features_state(later) == "Completed"
