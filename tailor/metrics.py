@@ -42,14 +42,14 @@ def roc_points(labels: np.ndarray, scores: np.ndarray, points: int = 51) -> dict
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the precision-recall curve, as the mean precision at each positive (PR AUC)."""
+    """Area under the precision-recall curve (scikit-learn's average precision). Tied scores form one
+    threshold, so a model that scores everyone alike gets the positive rate, whatever the rows' order."""
+    from sklearn.metrics import average_precision_score
+
     labels = np.asarray(labels, dtype=bool)
     if not labels.any():
         return float("nan")
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    hits = labels[order]
-    precision_at = np.cumsum(hits) / np.arange(1, hits.size + 1)
-    return float(precision_at[hits].mean())
+    return float(average_precision_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
 def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-15) -> float:

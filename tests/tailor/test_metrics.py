@@ -78,6 +78,20 @@ def test_probability_metrics() -> None:
     assert metrics.average_precision(np.array([0, 1]), np.array([0.9, 0.1])) == pytest.approx(0.5)
 
 
+def test_average_precision_is_tie_aware_like_sklearn() -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.random(400) < 0.15
+    constant = np.full(400, 0.2)
+    # a constant model: the positive rate, in any row order (the row-order version gave 1.0 or 0.08)
+    assert metrics.average_precision(labels, constant) == pytest.approx(labels.mean())
+    order = np.argsort(~labels)
+    assert metrics.average_precision(labels[order], constant) == pytest.approx(labels.mean())
+    tied = np.round(rng.random(400) + 0.3 * labels, 1)
+    assert metrics.average_precision(labels, tied) == pytest.approx(average_precision_score(labels, tied))
+
+
 def test_roc_points_follow_sklearns_curve_and_enclose_the_auc() -> None:
     from sklearn.metrics import roc_curve
 
