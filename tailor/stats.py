@@ -14,6 +14,9 @@ campaign in the analysis window); `diff` is treatment minus control.
   confidence sequence of Howard et al. 2021 that GrowthBook uses). Its interval and p-value stay valid
   however often they are looked at; the mixture is tuned to be tightest at `tuning_units` units.
 - Sample-ratio mismatch: a chi-squared goodness-of-fit test of the arms' unit counts against their shares.
+- Power (normal approximation, two-sided, fixed horizon): the minimum detectable effect at today's sizes, the
+  power to detect a given effect, and the units and days a decision on it needs. One per-unit standard
+  deviation serves both arms (the control's: a rate's is sqrt(p (1 - p))), as in GrowthBook's power calculator.
 """
 
 from __future__ import annotations
@@ -72,8 +75,18 @@ def _relative(control: Sample, treatment: Sample, alpha: float) -> tuple[float, 
     return lift, lift - half, lift + half
 
 
+def _untested(control: Sample, treatment: Sample) -> Comparison:
+    """The difference and lift without statistics: an arm too small to have a variance."""
+    diff = treatment.mean - control.mean
+    lift = treatment.mean / control.mean - 1 if control.mean else math.nan
+    return Comparison(diff, math.nan, math.nan, math.nan, math.nan, lift, math.nan, math.nan)
+
+
 def welch(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:
-    """Welch's unequal-variance t-test and its interval for the difference of means."""
+    """Welch's unequal-variance t-test and its interval for the difference of means; NaN statistics when
+    an arm has fewer than two units (no variance, no degrees of freedom)."""
+    if min(control.n, treatment.n) < 2:
+        return _untested(control, treatment)
     a, b = control.var / control.n, treatment.var / treatment.n
     se = math.sqrt(a + b)
     diff = treatment.mean - control.mean
@@ -90,6 +103,8 @@ def welch(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison
 
 def two_proportions(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:
     """The two-proportion z-test (pooled variance under the null) with a Wald interval for the difference."""
+    if min(control.n, treatment.n) < 1:
+        return _untested(control, treatment)
     p_c, p_t, n_c, n_t = control.mean, treatment.mean, control.n, treatment.n
     diff = p_t - p_c
     pooled = (p_c * n_c + p_t * n_t) / (n_c + n_t)
@@ -195,3 +210,75 @@ def sample_ratio(observed: dict[str, int], shares: dict[str, float]) -> SampleRa
     p = 1.0 if len(arms) < 2 or counts.sum() == 0 else float(sps.chisquare(counts, expected).pvalue)
     return SampleRatio(p, {arm: int(c) for arm, c in zip(arms, counts, strict=True)},
                        {arm: shares[arm] / total_share for arm in arms})  # fmt: skip
+
+
+# Power. The test is two-sided at level alpha; the far tail (rejecting in the wrong direction) adds under
+# 1e-4 to the power at the effects these functions solve for (alpha up to 0.1), so the closed forms leave
+# it out; power_at keeps it, as statsmodels does.
+
+DEFAULT_POWER = 0.8
+
+
+def _diff_se(sd: float, n_control: float, n_treatment: float) -> float:
+    """Standard error of the difference of two means when both arms have per-unit deviation `sd`."""
+    if min(n_control, n_treatment) <= 0 or not sd > 0:
+        return math.nan
+    return sd * math.sqrt(1 / n_control + 1 / n_treatment)
+
+
+def rate_sd(rate: float) -> float:
+    """A rate's per-unit standard deviation, sqrt(p (1 - p)) (the binomial variance of one unit)."""
+    return math.sqrt(rate * (1 - rate)) if 0 <= rate <= 1 else math.nan
+
+
+def minimum_detectable_effect(
+    sd: float, n_control: int, n_treatment: int, alpha: float = 0.05, power: float = DEFAULT_POWER
+) -> float:
+    """The smallest absolute difference a two-sided test at `alpha` detects with probability `power` at
+    these arm sizes: (z_{1-alpha/2} + z_{power}) * sd * sqrt(1/n_c + 1/n_t). NaN when sd is 0 or unknown."""
+    se = _diff_se(sd, n_control, n_treatment)
+    return float((sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * se)
+
+
+def power_at(effect: float, sd: float, n_control: int, n_treatment: int, alpha: float = 0.05) -> float:
+    """The chance a two-sided test at `alpha` rejects when the true difference is `effect` (both tails, as
+    statsmodels' NormalIndPower). NaN when sd is 0 or unknown or the effect is undefined."""
+    se = _diff_se(sd, n_control, n_treatment)
+    if not math.isfinite(se) or not math.isfinite(effect):
+        return math.nan
+    z_alpha, shift = sps.norm.ppf(1 - alpha / 2), abs(effect) / se
+    return float(sps.norm.sf(z_alpha - shift) + sps.norm.cdf(-z_alpha - shift))
+
+
+def units_needed(
+    effect: float, sd: float, control_share: float, alpha: float = 0.05, power: float = DEFAULT_POWER
+) -> float:
+    """Units of both arms together that detect `effect` with probability `power`, the control holding
+    `control_share` of them: n = (z_{1-alpha/2} + z_{power})^2 sd^2 / (effect^2 s (1 - s)). NaN when the
+    effect is 0 or undefined (no sample detects it) or sd is 0 or unknown."""
+    if not (math.isfinite(effect) and effect != 0 and sd > 0 and 0 < control_share < 1):
+        return math.nan
+    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    return float(z**2 * sd**2 / (effect**2 * control_share * (1 - control_share)))
+
+
+def days_to_decision(
+    effect: float,
+    sd: float,
+    n_control: int,
+    n_treatment: int,
+    elapsed_days: float,
+    alpha: float = 0.05,
+    power: float = DEFAULT_POWER,
+) -> float:
+    """Whole days until the two arms together reach the units that detect `effect` with `power`, enrolling
+    at today's rate (their units over `elapsed_days`) in today's proportions: 0 when they already have
+    them, NaN when the effect is 0 or undefined or no time has passed."""
+    current = n_control + n_treatment
+    if current <= 0 or not elapsed_days > 0:
+        return math.nan
+    needed = units_needed(effect, sd, n_control / current, alpha, power)
+    if not math.isfinite(needed):
+        return math.nan
+    # rounded before the ceiling, so float noise (30.000000001) does not add a day
+    return float(max(0, math.ceil(round(elapsed_days * (needed / current - 1), 6))))

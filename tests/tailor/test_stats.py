@@ -210,3 +210,90 @@ def test_relative_lift_interval_covers_the_true_lift() -> None:
     ]
     # the delta method is an approximation: within a point of 95% at these sizes
     assert abs(np.mean(covered) - 0.95) < 0.01 + _band(0.95, runs)
+
+
+def test_welch_of_a_one_unit_arm_gives_nan_statistics_instead_of_an_error() -> None:
+    rng = np.random.default_rng(10)
+    many = stats.Sample.of(rng.normal(5, 1, 200))
+    for control, treatment in (
+        (stats.Sample.of(np.array([4.0])), many),
+        (many, stats.Sample.of(np.array([7.0]))),
+    ):
+        result = stats.welch(control, treatment)
+        assert result.diff == pytest.approx(treatment.mean - control.mean)
+        assert all(math.isnan(v) for v in (result.se, result.ci_low, result.ci_high, result.p_value))
+    empty = stats.welch(stats.Sample.of(np.array([])), many)
+    assert math.isnan(empty.p_value) and math.isnan(empty.diff)
+    assert math.isnan(
+        stats.two_proportions(stats.Sample.of_counts(0, 0), stats.Sample.of_counts(5, 50)).p_value
+    )
+
+
+POWER_CASES = [
+    # (per-unit sd, control units, treatment units, alpha)
+    (1.0, 500, 500, 0.05),
+    (stats.rate_sd(0.08), 1_000, 9_000, 0.05),
+    (1090.0, 2_000, 4_500, 0.1),
+    (stats.rate_sd(0.3), 250, 120, 0.01),
+]
+
+
+@pytest.mark.parametrize(("sd", "n_c", "n_t", "alpha"), POWER_CASES)
+def test_minimum_detectable_effect_and_power_match_statsmodels(
+    sd: float, n_c: int, n_t: int, alpha: float
+) -> None:
+    from statsmodels.stats.power import NormalIndPower, zt_ind_solve_power
+
+    ratio = n_c / n_t  # statsmodels: nobs2 = nobs1 * ratio
+    standardized = zt_ind_solve_power(effect_size=None, nobs1=n_t, alpha=alpha, power=0.8, ratio=ratio)
+    mde = stats.minimum_detectable_effect(sd, n_c, n_t, alpha)
+    # the closed form leaves out the far tail, which statsmodels' solver keeps: under 1e-4 of power
+    assert mde == pytest.approx(standardized * sd, rel=1e-4)
+    assert stats.power_at(mde, sd, n_c, n_t, alpha) == pytest.approx(0.8, abs=1e-4)
+    for effect in (0.0, 0.3 * mde, -mde, 2.5 * mde):
+        expected = NormalIndPower().power(effect / sd, nobs1=n_t, alpha=alpha, ratio=ratio)
+        assert stats.power_at(effect, sd, n_c, n_t, alpha) == pytest.approx(expected, abs=1e-12)
+    # the units that detect half the mde in the same proportions: four times today's, as statsmodels solves
+    nobs1 = zt_ind_solve_power(effect_size=0.5 * mde / sd, nobs1=None, alpha=alpha, power=0.8, ratio=ratio)
+    needed = stats.units_needed(0.5 * mde, sd, n_c / (n_c + n_t), alpha)
+    assert needed == pytest.approx(nobs1 * (1 + ratio), rel=1e-4)
+    assert needed == pytest.approx(4 * (n_c + n_t), rel=1e-12)
+
+
+def test_power_is_the_rejection_rate_of_welchs_test_at_the_minimum_detectable_effect() -> None:
+    rng = np.random.default_rng(12)
+    runs, n_c, n_t, alpha = 2000, 400, 600, 0.05
+    mde = stats.minimum_detectable_effect(1.0, n_c, n_t, alpha)
+    rejected = [
+        stats.welch(stats.Sample.of(rng.normal(0, 1, n_c)), stats.Sample.of(rng.normal(mde, 1, n_t))).p_value
+        < alpha
+        for _ in range(runs)
+    ]
+    assert abs(np.mean(rejected) - 0.8) < _band(0.8, runs)
+
+
+def test_days_to_decision_at_todays_enrollment() -> None:
+    sd, n_c, n_t, elapsed = 1.0, 300, 700, 10.0
+    mde = stats.minimum_detectable_effect(sd, n_c, n_t)
+    # half the detectable effect needs four times the units: 30 more days at 100 units a day
+    assert stats.days_to_decision(0.5 * mde, sd, n_c, n_t, elapsed) == 30
+    assert stats.days_to_decision(-0.5 * mde, sd, n_c, n_t, elapsed) == 30
+    # a third needs nine times: 80 more days; partial days round up
+    assert stats.days_to_decision(mde / 3, sd, n_c, n_t, elapsed) == 80
+    assert stats.days_to_decision(0.99 * mde, sd, n_c, n_t, elapsed) == 1
+    # a difference today's sample already detects needs no more days
+    assert stats.days_to_decision(2 * mde, sd, n_c, n_t, elapsed) == 0
+    # no difference, an unknown one, no spread or no time: undefined
+    for effect, deviation, days in (
+        (0.0, sd, elapsed),
+        (math.nan, sd, elapsed),
+        (mde, 0.0, elapsed),
+        (mde, sd, 0.0),
+    ):
+        assert math.isnan(stats.days_to_decision(effect, deviation, n_c, n_t, days))
+
+
+def test_rate_sd_is_the_binomial_deviation() -> None:
+    assert stats.rate_sd(0.2) == pytest.approx(0.4)
+    assert stats.rate_sd(0.0) == 0.0 and math.isnan(stats.rate_sd(math.nan))
+    assert math.isnan(stats.minimum_detectable_effect(stats.rate_sd(0.0), 100, 100))
