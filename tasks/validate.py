@@ -32,6 +32,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
+from tailor.datadocs import localize_assets
 from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
 from tailor.schema import ORIGINAL_VALUES, PERSONAL_COLUMNS, ROW_KEY, SOURCE_FILE, TABLES
 from tailor.sql import materialize_temp, query, scalar
@@ -278,6 +279,7 @@ class Gate:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(site, folder)
         shutil.rmtree(site, ignore_errors=True)
+        localize_assets(folder)  # the pages load their scripts and styles from the folder, not from CDNs
         return folder / "index.html"
 
 

@@ -1,0 +1,229 @@
+"""Great Expectations Data Docs that open offline: every script, stylesheet and image their pages load from a
+public CDN is pointed at a copy Tailor bundles (tailor/assets/datadocs/, fetched once from the npm registry at
+the exact versions GX names) and copied into the docs folder.
+
+Why: GX 1.x writes pages that load bootstrap, jQuery, bootstrap-table, Font Awesome and vega from CDNs. Opened
+from a published run on a machine without internet (or where the company's policy blocks CDNs), they are
+unstyled and their results table stays empty, and opened with internet they tell third parties who reads them.
+With relative links to files inside the folder, the same folder works from file:// and from S3 alike.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import shutil
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, urlsplit
+
+log = logging.getLogger(__name__)
+
+BUNDLE = Path(__file__).parent / "assets" / "datadocs"
+# inside a docs folder, beside GX's own static/images, static/fonts and static/styles
+VENDOR = PurePosixPath("static/vendor")
+
+# Every URL GX 1.x's site templates load (render/view/templates: page.j2, page_minimal.j2, index_page.j2,
+# js_script_imports.j2), keyed by host and path (scheme and query do not matter), to the same file in the
+# bundle: `<npm package>-<version>/<path inside the npm package>`. Where GX names a major version only
+# (vega@5, vega-lite@5, vega-embed@6) the bundle holds the newest release of that major when it was made,
+# the file the CDN serves for it (the package's `jsdelivr` entry).
+VENDORED: dict[str, str] = {
+    "maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap-4.3.1/dist/css/bootstrap.min.css",
+    "stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap-4.3.1/dist/js/bootstrap.min.js",
+    "unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css": "bootstrap-table-1.19.1/dist/bootstrap-table.min.css",
+    "unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js": "bootstrap-table-1.19.1/dist/bootstrap-table.min.js",
+    "unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js": (
+        "bootstrap-table-1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js"
+    ),
+    "unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css": (
+        "bootstrap-table-1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css"
+    ),
+    "unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css": (
+        "bootstrap-table-1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css"
+    ),
+    "cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css": (
+        "bootstrap-datepicker-1.9.0/dist/css/bootstrap-datepicker.min.css"
+    ),
+    "cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js": (
+        "bootstrap-datepicker-1.9.0/dist/js/bootstrap-datepicker.min.js"
+    ),
+    # GX names the unminified build (883 kB); the package's minified build of the same release is 153 kB
+    "cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css": (
+        "forevolve-bootstrap-dark-1.1.0/dist/css/bootstrap-prefers-dark.min.css"
+    ),
+    # GX's pages use solid icons only (fas: check, times, warning, comment, question): the bundle carries that
+    # one web font; the stylesheet's other faces (regular, brands, v4 shims) and the .ttf fallbacks are left out
+    "cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": (
+        "fortawesome-fontawesome-free-6.6.0/css/all.min.css"
+    ),
+    "code.jquery.com/jquery-3.7.1.min.js": "jquery-3.7.1/dist/jquery.min.js",
+    "cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.js-1.12.9/dist/umd/popper.min.js",
+    "cdn.jsdelivr.net/npm/vega@5": "vega-5.33.1/build/vega.min.js",
+    "cdn.jsdelivr.net/npm/vega-lite@5": "vega-lite-5.23.0/build/vega-lite.min.js",
+    "cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed-6.29.0/build/vega-embed.min.js",
+}
+
+# Images GX loads from its own web-assets bucket, of which the docs folder already holds a copy (GX copies its
+# static/ folder into every site); the path is relative to the docs folder.
+SITE_FILES: dict[str, str] = {
+    "great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png": "static/images/logo-long.png",
+}
+
+# Known references with no local copy, left out on purpose (no warning): why.
+LEFT_OUT: dict[str, str] = {
+    "great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png": (
+        "the navbar logo in dark mode only; GX ships no copy of it"
+    ),
+}
+
+_EXTERNAL_SCHEMES = {"", "http", "https"}
+# elements that load something when the page opens; <a href> only navigates when clicked and stays as it is
+_ELEMENT = re.compile(r"<script\b[^>]*>\s*</script\s*>|<(?:link|img|source)\b[^>]*>", re.IGNORECASE)
+_ATTRIBUTE = re.compile(r"""(\s(src|href|srcset)\s*=\s*)("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
+# a pinned hash or a CORS request cannot be checked for a file:// page: both go with the CDN
+_PINNING = re.compile(
+    r"""\s(?:integrity|crossorigin)\b(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'>]+))?""", re.IGNORECASE
+)
+_STYLE = re.compile(r"(<style\b[^>]*>)(.*?)(</style\s*>)", re.IGNORECASE | re.DOTALL)
+_CSS_URL = re.compile(r"""url\(\s*(['"]?)([^'")]*)\1\s*\)""", re.IGNORECASE)
+_CSS_IMPORT = re.compile(r"""@import\s+(['"])([^'"]*)\1[^;]*;""", re.IGNORECASE)
+
+
+def is_external(url: str) -> bool:
+    """True for a URL a browser fetches from another host: http(s)://... or protocol-relative //..."""
+    parts = urlsplit(url.strip())
+    return bool(parts.netloc) and parts.scheme.lower() in _EXTERNAL_SCHEMES
+
+
+def _key(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return parts.netloc.lower() + parts.path
+
+
+def localize_assets(folder: Path) -> list[str]:
+    """Point every external script, stylesheet and image of the Data Docs in `folder` at a local copy, copy
+    the bundled files those pages use (with their licences) into `folder/static/vendor/`, and return the
+    external URLs that had no local copy: those are left out of the pages (logged as a warning), never
+    fetched. Running it again on the same folder changes nothing."""
+    folder = Path(folder)
+    used: set[str] = set()
+    unknown: set[str] = set()
+    for page in sorted(folder.rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        rewritten = _rewrite_page(text, page, folder, used, unknown)
+        if rewritten != text:
+            page.write_text(rewritten, encoding="utf-8")
+    _copy_bundle(used, folder / VENDOR)
+    if unknown:
+        log.warning(
+            "Data Docs in %s: left out %d reference(s) to files Tailor bundles no copy of (the pages would "
+            "have fetched them from the internet): %s",
+            folder, len(unknown), ", ".join(sorted(unknown)),
+        )  # fmt: skip
+    return sorted(unknown)
+
+
+def _local(url: str, page: Path, folder: Path, used: set[str]) -> str | None:
+    """The relative link from `page` to the local copy of an external `url`, or None when there is none."""
+    key = _key(html.unescape(url))
+    if key in VENDORED:
+        used.add(VENDORED[key])
+        target = folder / VENDOR / VENDORED[key]
+    elif key in SITE_FILES and (folder / SITE_FILES[key]).is_file():
+        target = folder / SITE_FILES[key]
+    else:
+        return None
+    return quote(Path(os.path.relpath(target, page.parent)).as_posix())
+
+
+def _rewrite_page(text: str, page: Path, folder: Path, used: set[str], unknown: set[str]) -> str:
+    def leave_out(url: str) -> None:
+        if _key(html.unescape(url)) not in LEFT_OUT:
+            unknown.add(html.unescape(url))
+
+    def element(match: re.Match[str]) -> str:
+        tag = match.group(0)
+        changed = False
+        for attribute in list(_ATTRIBUTE.finditer(tag)):
+            name, value = attribute.group(2).lower(), attribute.group(3).strip("\"'")
+            if name == "srcset":
+                external = [c.split()[0] for c in value.split(",") if c.split() and is_external(c.split()[0])]
+                if external:
+                    for url in external:
+                        leave_out(url)
+                    tag = tag.replace(attribute.group(0), "")
+                continue
+            if not is_external(value):
+                continue
+            local = _local(value, page, folder, used)
+            if local is None:
+                leave_out(value)
+                return ""  # the whole element: a script or stylesheet that cannot load is no use
+            tag = tag.replace(attribute.group(0), f'{attribute.group(1)}"{local}"')
+            changed = True
+        return _PINNING.sub("", tag) if changed else tag
+
+    def css_url(match: re.Match[str]) -> str:
+        url = match.group(2)
+        if not is_external(url):
+            return match.group(0)
+        local = _local(url, page, folder, used)
+        if local is None:
+            leave_out(url)
+            return "none"
+        return f"url('{local}')"
+
+    def css_import(match: re.Match[str]) -> str:
+        url = match.group(2)
+        if not is_external(url):
+            return match.group(0)
+        local = _local(url, page, folder, used)
+        if local is None:
+            leave_out(url)
+            return ""
+        return f"@import url('{local}');"
+
+    def style(match: re.Match[str]) -> str:
+        css = _CSS_URL.sub(css_url, _CSS_IMPORT.sub(css_import, match.group(2)))
+        return match.group(1) + css + match.group(3)
+
+    return _ELEMENT.sub(element, _STYLE.sub(style, text))
+
+
+def _copy_bundle(used: set[str], vendor: Path) -> None:
+    """Copy the bundled files the pages link, the files their stylesheets link in turn (fonts), and each
+    package's licence file, keeping the bundle's layout so relative links between them still work."""
+    wanted: set[str] = set()
+    for path in used:
+        wanted.add(path)
+        package = path.split("/", 1)[0]
+        wanted.update(
+            f"{package}/{f.name}"
+            for f in (BUNDLE / package).iterdir()
+            if f.name.upper().startswith("LICENSE")
+        )
+        if path.endswith(".css"):
+            wanted.update(_stylesheet_files(path))
+    for path in sorted(wanted):
+        target = vendor / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(BUNDLE / path, target)
+
+
+def _stylesheet_files(path: str) -> set[str]:
+    """The bundled files a bundled stylesheet links by relative URL; a linked file the bundle leaves out on
+    purpose (a font face the pages never use) stays out."""
+    files = set()
+    base = PurePosixPath(path).parent
+    for match in _CSS_URL.finditer((BUNDLE / path).read_text(encoding="utf-8")):
+        url = match.group(2).strip()
+        if not url or is_external(url) or ":" in url.split("/", 1)[0] or url.startswith("#"):
+            continue  # data: URIs, fragments; the bundle's stylesheets link nothing external
+        relative = os.path.normpath(base / urlsplit(url).path).replace(os.sep, "/")
+        if (BUNDLE / relative).is_file():
+            files.add(relative)
+        else:
+            log.debug("%s links %s, which the bundle leaves out", path, relative)
+    return files
