@@ -32,6 +32,7 @@ import math
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ from tailor.tasks.braze import (
 from tailor.tasks.experiments import ensure_tables
 from tailor.tasks.fairness import ensure_audit_table
 from tailor.tasks.personalize import LINE_SHAPES
+from tailor.tasks.report import REPORT_FILE, published_report
 from tailor.tasks.train import served_by_label
 from tailor.tasks.validate import Check, store_results
 from tailor.warehouse import RunContext, connect
@@ -73,7 +75,6 @@ log = logging.getLogger(__name__)
 MANIFEST_VERSION = 2
 UPLOAD_THREADS = 4
 PSEUDONYM_HEX_CHARS = 32  # 128 bits of HMAC-SHA256
-REPORT_FILE = "report.html"
 
 
 class ConsentViolation(RuntimeError):
@@ -810,12 +811,24 @@ def upload_run(
     """
     from tailor.tasks.tables import tables_step  # tables.py reads DATASETS from this module
 
+    started = time.monotonic()
     store = open_store(target, settings.storage)
     if root == "runs":
         check_feed_current(settings, ctx, local_run)
+    tables = tables_step(settings, store, target, local_run, ctx.run_date, root)
+    previous = pointer_folder(read_pointer(store, global_pointer_key(root)))
+
+    def before_pointers(attempt_folder: str) -> dict[str, Any] | None:
+        written = tables(attempt_folder) if tables else None
+        if (local_run / REPORT_FILE).exists():
+            # rendered again now that the files are up: it times the upload and links what was published
+            report = published_report(settings, ctx, local_run, attempt_folder, previous, started)
+            store.put_bytes(report, f"{attempt_folder}/{REPORT_FILE}")
+        return written
+
     published = publish_attempt(
         store, local_run, ctx.run_date, root, settings.publish.keep_superseded_attempts_hours,
-        before_pointers=tables_step(settings, store, target, local_run, ctx.run_date, root),
+        before_pointers=before_pointers,
     )  # fmt: skip
     if root == "runs":
         # Braze loads every new file under braze/ as it lands: they go up only once the night is published,

@@ -1,385 +1,113 @@
-"""The run report: one self-contained HTML page (inline SVG plots, no script) published beside the run's
-outputs as report.html: the experiments (each campaign's lift with its intervals, the posterior of each arm,
-the uplift model's Qini curves), the allocation decisions, the fairness audit and the features each model
-used."""
+"""The run report: one self-contained HTML page (static SVG charts drawn by Vega-Lite through Altair and
+vl-convert, no script, no request) published beside the run's outputs as report.html.
+
+It answers, in order: did the night work (checks, rows against the previous run, every stage timed with a
+total), are the models worth serving (each beside its baselines, a warning when one does not beat them or
+predicts a constant), what do the experiments say (a verdict per variant, relative lift in % with its
+interval, chance to beat control and expected loss, the sample-ratio check, power and the days to a
+decision, the effect and the exposure over time), is anyone treated unfairly (the flagged groups by name),
+and what was allocated. The page is tasks/templates/report.html.j2; this module gathers its facts.
+
+The report is rendered twice: by the `report` task (so a failed publish still leaves one in the run folder)
+and again while the run is published, once its files are up, so that it times the publish and the upload
+too and links the published datasets, the Data Docs, the manifest and the previous report.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from html import escape
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import jinja2
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor import plots
-from tailor.config import Settings
+from tailor import charts
+from tailor.config import CampaignConfig, Settings
 from tailor.sql import ensure_table, replace_run_rows, table_exists
-from tailor.tasks.experiments import METRICS, ensure_tables
+from tailor.tasks.experiments import ensure_tables, intended_shares
 from tailor.tasks.fairness import ensure_audit_table
 from tailor.warehouse import RunContext, connect
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
-th:first-child, td:first-child, td.text { text-align: left; }
-.wide { overflow-x: auto; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
-.plot text { font-size: 11px; } .plot .plot-title { font-size: 13px; font-weight: 600; }
-.flag { color: #b00; font-weight: 600; } .ok { color: #070; } .empty { color: #888; }
-.warning { border-left: 4px solid #b60; background: #fff6e8; padding: .2em 1em; }
-"""
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+REPORT_FILE = "report.html"
 
 
-def _number(value: Any, digits: int = 4) -> str:
+@dataclass
+class PageContext:
+    """What only the publish knows: where things are published, and how long it took."""
+
+    links: list[tuple[str, str]] = field(default_factory=list)  # (label, relative href)
+    datasets: list[tuple[str, str, int]] = field(default_factory=list)  # (name, href, rows)
+    previous_report: str | None = None
+    extra_timings: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = number
+    env.filters["pct"] = percent
+    return env
+
+
+def number(value: Any, digits: int = 3) -> str:
+    """Numbers as people read them: thousands separated, floats to `digits` significant digits, never
+    scientific notation for the sizes a report shows."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:.{digits}g}" if isinstance(value, float) else escape(str(value))
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-4):
+            return f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.2e}"
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
-def table(frame: pl.DataFrame, text_columns: tuple[str, ...] = ()) -> str:
-    head = "".join(f"<th>{escape(column)}</th>" for column in frame.columns)
-    rows = []
-    for row in frame.iter_rows(named=True):
-        cells = "".join(
-            f'<td class="text">{escape(str(value))}</td>'
-            if column in text_columns
-            else f"<td>{_number(value)}</td>"
-            for column, value in row.items()
-        )
-        rows.append(f"<tr>{cells}</tr>")
-    return (
-        f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
-    )
+def percent(value: Any, digits: int = 1) -> str:
+    """A ratio as a percentage with its sign (0.208 -> +20.8%)."""
+    if value is None or not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    return f"{100 * value:+.{digits}f}%"
 
 
 def read(con: duckdb.DuckDBPyConnection, sql: str, ctx: RunContext) -> pl.DataFrame:
     return con.sql(sql, params={"run_date": ctx.run_date}).pl()
 
 
-def campaign_section(
-    campaign_id: str, results: pl.DataFrame, curves: pl.DataFrame, uplift: pl.DataFrame
-) -> str:
-    mine = results.filter(pl.col("campaign_id") == campaign_id)
-    first = mine.row(0, named=True)
-    trust = (
-        f'<span class="ok">sample ratio as intended (p = {first["srm_p_value"]:.3g})</span>'
-        if first["is_trusted"]
-        else f'<span class="flag">sample-ratio mismatch (p = {first["srm_p_value"]:.3g}): results not trusted</span>'
-    )
-    parts = [f"<h2>Campaign {escape(campaign_id)}</h2>",
-             f"<p>Control: <b>{escape(first['control_variant_id'])}</b>; sends from {first['window_start']} "
-             f"({first['correction']} correction, alpha {first['alpha']}). {trust}</p>"]  # fmt: skip
-    lift_plots, posterior_plots = [], []
-    for metric in METRICS:
-        rows = mine.filter(pl.col("metric") == metric.name).sort("variant_id")
-        scale, unit = (100.0, " pt") if metric.is_rate else (1.0, "")
-        tested = rows.filter(~pl.col("is_control"))
-        intervals = []
-        for row in tested.iter_rows(named=True):
-            estimate = row["cuped_diff"] if row["cuped_diff"] is not None else row["diff"]
-            for label, low, high, est in (
-                ("fixed", row["ci_low"], row["ci_high"], row["diff"]),
-                ("CUPED", row["cuped_ci_low"], row["cuped_ci_high"], estimate),
-                ("sequential", row["sequential_ci_low"], row["sequential_ci_high"], estimate),
-            ):
-                if low is not None:
-                    intervals.append(
-                        (f"{row['variant_id']} ({label})", est * scale, low * scale, high * scale)
-                    )
-                elif label == "fixed":
-                    intervals.append((f"{row['variant_id']}", math.nan, math.nan, math.nan))
-        lift_plots.append(plots.interval_chart(f"{metric.name}: difference against control", intervals, unit))
-        densities = {
-            row["variant_id"]: plots.normal_density(
-                row["posterior_mean"] * scale, row["posterior_sd"] * scale
-            )
-            for row in rows.iter_rows(named=True)
-            if row["posterior_sd"] is not None
-        }
-        posterior_plots.append(
-            plots.line_chart(
-                f"{metric.name}: posterior of each arm",
-                densities,
-                metric.name + (" (%)" if metric.is_rate else ""),
-                "density",
-            )
-        )
-        parts.append(f"<h3>{escape(metric.name)}</h3>")
-        parts.append(
-            table(
-                rows.select(
-                    "variant_id",
-                    "units",
-                    "mean",
-                    "diff",
-                    "ci_low",
-                    "ci_high",
-                    "lift",
-                    "p_value",
-                    "cuped_diff",
-                    "cuped_interval_narrowing",
-                    "sequential_ci_low",
-                    "sequential_ci_high",
-                    "p_value_adjusted",
-                    "is_significant",
-                    "chance_to_beat_control",
-                    "expected_loss",
-                ),
-                ("variant_id",),
-            )
-        )
-    parts.append('<div class="plots">' + "".join(lift_plots) + "</div>")
-    parts.append('<div class="plots">' + "".join(posterior_plots) + "</div>")
-    evaluation = uplift.filter(pl.col("campaign_id") == campaign_id)
-    if evaluation.height:
-        parts.append("<h3>Uplift model (two-model learner) on the last two weeks' sends</h3>")
-        parts.append(
-            table(
-                evaluation.drop("run_date", "campaign_id"),
-                ("variant_id", "variant_model_version", "no_contact_model_version"),
-            )
-        )
-        mine_curves = curves.filter(pl.col("campaign_id") == campaign_id).sort("variant_id", "share_targeted")
-        series: dict[str, tuple[list[float], list[float]]] = {}
-        for (variant_id,), curve in mine_curves.partition_by(
-            "variant_id", as_dict=True, maintain_order=True
-        ).items():
-            share = curve["share_targeted"].to_list()
-            series[f"{variant_id} model"] = (share, curve["incremental_per_unit"].to_list())
-            series[f"{variant_id} random"] = (share, curve["random_per_unit"].to_list())
-        parts.append(
-            '<div class="plots">'
-            + plots.line_chart(
-                "Qini curves",
-                series,
-                "share of sends targeted",
-                "incremental conversions per send",
-                dashed=tuple(label for label in series if label.endswith("random")),
-            )
-            + "</div>"
-        )
-    return "\n".join(parts)
+# ---- the run -------------------------------------------------------------------------------------------
 
 
-def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> str:
-    ensure_audit_table(con)
-    audit = read(con, "select * from meta.fairness_audit where run_date = $run_date", ctx)
-    parts = ["<h2>Fairness audit</h2>"]
-    if audit.height == 0:
-        return parts[0] + '<p class="empty">No audit in this run.</p>'
-    threshold = settings.fairness.min_ratio
-    flagged = audit.filter(pl.col("is_flagged"))
-    parts.append(
-        f'<p class="flag">{flagged.height} disparate-impact ratio(s) under {threshold}</p>'
-        if flagged.height
-        else f'<p class="ok">No disparate-impact ratio under {threshold} (groups of at least '
-        f"{settings.fairness.min_group_users} users, Holm-adjusted).</p>"
-    )
-    unknown = (
-        audit.filter(pl.col("is_unknown_group").fill_null(False))
-        .group_by("attribute")
-        .agg(pl.col("users").max())
-        .sort("attribute")
-    )
-    if unknown.height:
-        listed = ", ".join(
-            f"{escape(r['attribute'])}: {r['users']:,} users" for r in unknown.iter_rows(named=True)
-        )
-        parts.append(
-            f"<p>Group unknown (missing, blank or 'unknown'), reported apart and never flagged: {listed}.</p>"
-        )
-    # per attribute and subject, the worst known group's ratio, on the same scale as the threshold
-    worst = (
-        audit.filter(
-            ~pl.col("is_small_group")
-            & ~pl.col("is_unknown_group").fill_null(False)
-            & pl.col("disparate_impact_ratio").is_not_null()
-        )
-        .sort("disparate_impact_ratio")
-        .group_by("attribute", "subject", "subject_id", maintain_order=True)
-        .first()
-        .sort("disparate_impact_ratio")
-        .head(25)
-    )
-    bars = [
-        (f"{r['attribute']}={r['group_value']}: {r['subject_id']}", r["disparate_impact_ratio"])
-        for r in worst.iter_rows(named=True)
-    ]
-    parts.append(
-        '<div class="plots">'
-        + plots.bar_chart(f"Lowest disparate-impact ratios (line: {threshold})", bars, reference=threshold)
-        + "</div>"
-    )
-    columns = ("attribute", "group_value", "subject", "subject_id", "metric", "users", "value",
-               "reference_group", "disparate_impact_ratio", "p_value_adjusted", "is_flagged")  # fmt: skip
-    shown = flagged if flagged.height else worst
-    parts.append(
-        table(
-            shown.select(columns),
-            ("attribute", "group_value", "subject", "subject_id", "metric", "reference_group"),
-        )
-    )
-    return "\n".join(parts)
-
-
-def exclusions_section(con: duckdb.DuckDBPyConnection, settings: Settings) -> str:
-    """recommendations.exclude: each rule in force and how many of tonight's catalogue items it keeps out
-    of recommendations (an item meeting several rules counts under the first)."""
-    rules = settings.recommendations.exclude.rules()
-    parts = ["<h2>Items never recommended</h2>"]
-    if not rules:
-        return parts[0] + '<p class="empty">No exclusion rule: every live item may be recommended.</p>'
-    counts: dict[str, int] = {}
-    total = None
-    if table_exists(con, "staging.stg_items"):
-        counts = dict(
-            con.execute(
-                "select excluded_by, count(*) from staging.stg_items where is_latest and is_excluded group by 1"
-            ).fetchall()
-        )
-        total = int(con.execute("select count(*) from staging.stg_items where is_latest").fetchall()[0][0])
-    frame = pl.DataFrame(
-        [{"rule": name, "setting": setting, "items": counts.get(name, 0)} for name, setting in rules],
-        schema={"rule": pl.Utf8, "setting": pl.Utf8, "items": pl.Int64},
-    )
-    excluded = sum(counts.values())
-    parts.append(
-        f"<p>{excluded:,} of {total:,} catalogue items excluded (<code>recommendations.exclude</code>; an item "
-        "meeting several rules counts under the first).</p>"
-        if total is not None
-        else '<p class="empty">No catalogue staged in this run.</p>'
-    )
-    parts.append(table(frame, ("rule", "setting")))
-    return "\n".join(parts)
-
-
-def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
-    """Each model's gate metric against its baseline, the champion decision, its features, and the
-    propensity model's ROC and calibration and the ranker against popularity as plots."""
-    if not table_exists(con, "meta.models"):
-        return ""
-    models = read(
+def quality_summary(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dict[str, Any] | None:
+    if not table_exists(con, "meta.data_quality_results"):
+        return None
+    checks = read(
         con,
-        "select model_name, model_version, is_promoted, decision, metrics, array_to_string(features, ', ') as features "
-        "from meta.models where run_date = $run_date order by model_name",
+        "select stage, table_name, rule, severity, is_success, unexpected_count, rows_checked "
+        "from meta.data_quality_results where run_date = $run_date order by stage, table_name, rule",
         ctx,
     )
-    if models.height == 0:
-        return ""
-    rows, plots_html, warnings = [], [], []
-    for row in models.iter_rows(named=True):
-        metrics = json.loads(row["metrics"])
-        ranking = "ndcg_at_10" in metrics
-        metric = "ndcg_at_10" if ranking else "roc_auc"
-        baseline = best_baseline(metrics, metric, ranking)
-        if is_warning(row["decision"]):
-            warnings.append(f"{row['model_name']}: {row['decision']}")
-        rows.append({"model": row["model_name"], "version": row["model_version"], "serving": row["is_promoted"],
-                     "metric": metric, "value": metrics.get(metric), "baseline": baseline,
-                     "decision": row["decision"], "features": row["features"]})  # fmt: skip
-        if row["model_name"] == "propensity":
-            roc = metrics.get("roc_curve") or {"fpr": [], "tpr": []}
-            plots_html.append(plots.line_chart(
-                f"Propensity ROC (AUC {metrics['roc_auc']:.3f})",
-                {"model": (roc["fpr"], roc["tpr"]), "random": ([0.0, 1.0], [0.0, 1.0])},
-                "false positive rate", "true positive rate", dashed=("random",),
-            ))  # fmt: skip
-            table_rows = metrics.get("calibration_table", [])
-            predicted = [r["mean_predicted"] for r in table_rows]
-            top = max([*predicted, *(r["observed_rate"] for r in table_rows), 1e-9])
-            plots_html.append(plots.line_chart(
-                "Propensity calibration (by decile)",
-                {"observed": (predicted, [r["observed_rate"] for r in table_rows]), "perfect": ([0.0, top], [0.0, top])},
-                "mean predicted probability", "observed rate", dashed=("perfect",),
-            ))  # fmt: skip
-        if row["model_name"] in ("ranking", "discovery"):
-            baselines = metrics.get("baselines") or {metrics["baseline"].get("name", "popularity"): metrics["baseline"]}
-            bars = []
-            for name in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr"):
-                bars += [(f"{name} {row['model_name']}", metrics[name])]
-                bars += [(f"{name} {baseline}", values[name]) for baseline, values in baselines.items()]
-            plots_html.append(plots.bar_chart(
-                f"{row['model_name'].capitalize()} on the holdout: the model against its baselines", bars
-            ))  # fmt: skip
-    table_html = table(pl.DataFrame(rows), ("model", "version", "metric", "decision", "features"))
-    warning_html = (
-        '<div class="warning"><p><strong>Not served tonight:</strong></p><ul>'
-        + "".join(f"<li>{escape(line)}</li>" for line in warnings)
-        + "</ul></div>"
-        if warnings
-        else ""
-    )
-    return (
-        "<h2>Models</h2>" + warning_html + repeats_html(con, ctx) + table_html
-        + '<div class="plots">' + "".join(plots_html) + "</div>"
-    )  # fmt: skip
-
-
-def repeats_html(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
-    """What the run chose about recommending what customers bought before, and why."""
-    if not table_exists(con, "meta.repeat_decisions"):
-        return ""
-    rows = con.execute(
-        "select reason from meta.repeat_decisions where run_date = $run_date", {"run_date": ctx.run_date}
-    ).fetchall()
-    return f"<p>Repeat purchases (<code>ranking.repeat_purchases</code>): {escape(rows[0][0])}.</p>" if rows else ""
-
-
-def best_baseline(metrics: dict[str, Any], metric: str, ranking: bool) -> float | None:
-    """The baseline a model had to beat: the best of the ranker's or the propensity model's, else the
-    constant score (ROC AUC 0.5)."""
-    if ranking:
-        return metrics["baseline"].get(metric)
-    baselines = metrics.get("baselines")
-    if baselines:
-        return max(values[metric] for values in baselines.values())
-    return 0.5
-
-
-def is_warning(decision: str | None) -> bool:
-    """A decision that kept a model from serving because a baseline beat it or it learned nothing."""
-    return bool(decision) and ("serves instead" in decision or "not served" in decision)
-
-
-def run_summary_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
-    """Did last night work? The data-quality gate, rows per stage against the previous run, timings."""
-    parts = ["<h2>Run summary</h2>"]
-    if table_exists(con, "meta.data_quality_results"):
-        checks = read(
-            con,
-            "select stage, table_name, rule, severity, is_success, unexpected_count, rows_checked "
-            "from meta.data_quality_results where run_date = $run_date order by stage, table_name, rule",
-            ctx,
-        )
-        failed = checks.filter(~pl.col("is_success"))
-        critical = failed.filter(pl.col("severity") == "critical").height
-        status = "flag" if critical else "ok"
-        parts.append(
-            f'<p class="{status}">Data quality: {checks.height - failed.height} of {checks.height} checks passed, '
-            f"{critical} critical and {failed.height - critical} warning failure(s).</p>"
-        )
-        if failed.height:
-            parts.append(table(failed, ("stage", "table_name", "rule", "severity")))
-    counts = row_counts(con, ctx)
-    if counts.height:
-        parts.append("<h3>Rows per stage, against the previous run</h3>")
-        parts.append(table(counts, ("stage", "table_name")))
-    timings = stage_timings()
-    if timings:
-        parts.append(
-            '<div class="plots">' + plots.bar_chart("Stage timings (seconds)", timings, " s") + "</div>"
-        )
-    return "\n".join(parts)
+    failed = checks.filter(~pl.col("is_success"))
+    return {
+        "total": checks.height,
+        "passed": checks.height - failed.height,
+        "critical": failed.filter(pl.col("severity") == "critical").height,
+        "failed": failed.to_dicts(),
+    }
 
 
 # (stage, label, the table the count reads, SQL counting this run's rows with $run_date and $cutoff)
@@ -393,7 +121,6 @@ COUNTS = (
     *(("outputs", f"marts.{name}", f"marts.{name}", f"select count(*) from marts.{name}")
       for name in ("recommendations", "user_scores", "segments", "item_audiences", "content")),
 )  # fmt: skip
-
 
 COUNT_COLUMNS = {"run_date": "date", "stage": "varchar", "table_name": "varchar", "row_count": "bigint"}
 
@@ -426,56 +153,403 @@ def row_counts(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> pl.DataFrame:
     ).pl()
 
 
-def stage_timings() -> list[tuple[str, float]]:
-    """The finished task runs of the current flow run, with their durations, from the Prefect API."""
+def stage_timings() -> tuple[list[tuple[str, float]], float | None]:
+    """The finished task runs of the current flow run with their durations, and the seconds since the flow
+    run started (None outside a flow run), from the Prefect API."""
     try:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
         from prefect.runtime import flow_run
 
         if not flow_run.id:
-            return []
+            return [], None
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
             )
+            started = client.read_flow_run(flow_run.id).start_time
     except Exception:  # outside a flow run, or the API is not reachable: the report goes without timings
+        return [], None
+    finished = sorted((run for run in runs if run.start_time and run.end_time), key=lambda run: run.start_time)
+    timings = [(run.name.rsplit("-", 1)[0], (run.end_time - run.start_time).total_seconds()) for run in finished]
+    if started is None:
+        return timings, None
+    from datetime import UTC, datetime
+
+    return timings, (datetime.now(UTC) - started).total_seconds()
+
+
+def run_section(con: duckdb.DuckDBPyConnection, ctx: RunContext, page: PageContext) -> dict[str, Any]:
+    timings, wall = stage_timings()
+    timings = timings + page.extra_timings
+    frame = pl.DataFrame(
+        [{"stage": name, "seconds": round(seconds, 2)} for name, seconds in timings],
+        schema={"stage": pl.Utf8, "seconds": pl.Float64},
+    )
+    return {
+        "quality": quality_summary(con, ctx),
+        "counts": row_counts(con, ctx).to_dicts(),
+        "timings": frame.to_dicts(),
+        "total_seconds": wall,
+        "stage_seconds": float(frame["seconds"].sum()) if frame.height else None,
+        "timing_chart": charts.bar_chart(
+            frame, "stage", "seconds", "Time per stage", "seconds", "stage"
+        )
+        if frame.height
+        else "",
+    }
+
+
+# ---- models --------------------------------------------------------------------------------------------
+
+
+def best_baseline(metrics: dict[str, Any], metric: str, ranking: bool) -> tuple[str, float | None]:
+    """The baseline a model had to beat and its score: the best of the ranker's or the propensity model's
+    baselines, else a constant score (ROC AUC 0.5)."""
+    if ranking:
+        baselines = metrics.get("baselines") or {metrics["baseline"].get("name", "popularity"): metrics["baseline"]}
+        name, values = max(baselines.items(), key=lambda item: item[1].get(metric) or -math.inf)
+        return name, values.get(metric)
+    baselines = metrics.get("baselines")
+    if baselines:
+        name, values = max(baselines.items(), key=lambda item: item[1][metric])
+        return name, values[metric]
+    return "constant score", 0.5
+
+
+def predicts_a_constant(metrics: dict[str, Any]) -> bool:
+    """A binary model whose scores are all alike: its ROC curve is the diagonal's two ends and its
+    calibration one value, whatever the labels."""
+    if metrics.get("is_constant"):
+        return True
+    roc = metrics.get("roc_curve") or {}
+    calibration = {round(row["mean_predicted"], 9) for row in metrics.get("calibration_table") or []}
+    return (len(roc.get("fpr") or []) == 2 and "roc_auc" in metrics) or len(calibration) == 1
+
+
+def feature_importance(path: str | None, top: int = 15) -> pl.DataFrame:
+    """The model's features by share of total gain (LightGBM), the largest first."""
+    import lightgbm as lgb
+
+    if not path or not Path(path).is_file():
+        return pl.DataFrame(schema={"feature": pl.Utf8, "gain_share": pl.Float64})
+    booster = lgb.Booster(model_file=path)
+    gains = booster.feature_importance(importance_type="gain")
+    total = float(gains.sum()) or 1.0
+    frame = pl.DataFrame({"feature": booster.feature_name(), "gain_share": [float(g) / total for g in gains]})
+    return frame.sort("gain_share", descending=True).head(top)
+
+
+def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dict[str, Any] | None:
+    if not table_exists(con, "meta.models"):
+        return None
+    models = read(
+        con,
+        "select model_name, model_version, is_promoted, decision, metrics, features, path "
+        "from meta.models where run_date = $run_date order by model_name",
+        ctx,
+    )
+    if models.height == 0:
+        return None
+    rows, chart_html = [], []
+    for row in models.iter_rows(named=True):
+        metrics = json.loads(row["metrics"])
+        ranking = "ndcg_at_10" in metrics
+        metric = "ndcg_at_10" if ranking else "roc_auc"
+        baseline_name, baseline = best_baseline(metrics, metric, ranking)
+        value = metrics.get(metric)
+        warnings = []
+        if predicts_a_constant(metrics):
+            warnings.append("predicts the same score for everyone: it has learned nothing")
+        if value is not None and baseline is not None and value <= baseline:
+            warnings.append(f"does not beat {baseline_name} ({metric} {number(value)} against {number(baseline)})")
+        importance = feature_importance(row["path"])
+        rows.append({
+            "name": row["model_name"], "version": row["model_version"], "serving": bool(row["is_promoted"]),
+            "metric": metric, "value": value, "baseline_name": baseline_name, "baseline": baseline,
+            "decision": row["decision"] or "", "warnings": warnings, "features": list(row["features"] or []),
+            "importance": charts.bar_chart(
+                importance, "feature", "gain_share", f"{row['model_name']}: feature importance",
+                "share of total gain", "feature", percent=True,
+            ) if importance.height else "",
+        })  # fmt: skip
+        if row["model_name"] == "propensity":
+            chart_html += propensity_charts(metrics)
+        if ranking and row["model_name"] in ("ranking", "discovery"):
+            chart_html.append(ranking_chart(row["model_name"], metrics))
+    return {"models": rows, "charts": chart_html, "repeats": repeats_reason(con, ctx)}
+
+
+def propensity_charts(metrics: dict[str, Any]) -> list[str]:
+    roc = metrics.get("roc_curve") or {"fpr": [], "tpr": []}
+    curve = pl.concat([
+        pl.DataFrame({"fpr": roc["fpr"], "tpr": roc["tpr"], "line": "model"},
+                     schema={"fpr": pl.Float64, "tpr": pl.Float64, "line": pl.Utf8}),
+        pl.DataFrame({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0], "line": "random"}),
+    ])  # fmt: skip
+    calibration = metrics.get("calibration_table") or []
+    top = max([*(r["mean_predicted"] for r in calibration), *(r["observed_rate"] for r in calibration), 1e-9])
+    observed = pl.concat([
+        pl.DataFrame({"predicted": [r["mean_predicted"] for r in calibration],
+                      "observed": [r["observed_rate"] for r in calibration], "line": "model"},
+                     schema={"predicted": pl.Float64, "observed": pl.Float64, "line": pl.Utf8}),
+        pl.DataFrame({"predicted": [0.0, top], "observed": [0.0, top], "line": "perfect"}),
+    ])  # fmt: skip
+    return [
+        charts.line_chart(curve, "fpr", "tpr", f"Propensity ROC (AUC {number(metrics.get('roc_auc'))})",
+                          "false positive rate", "true positive rate", dash="line", dash_title="line"),
+        charts.line_chart(observed, "predicted", "observed", "Propensity calibration (by decile)",
+                          "mean predicted probability", "observed conversion rate", dash="line", dash_title="line"),
+    ]  # fmt: skip
+
+
+def ranking_chart(name: str, metrics: dict[str, Any]) -> str:
+    baselines = metrics.get("baselines") or {metrics["baseline"].get("name", "popularity"): metrics["baseline"]}
+    rows = []
+    for measure in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr"):
+        rows.append({"measure": measure, "model": name, "value": metrics.get(measure)})
+        rows += [{"measure": measure, "model": b, "value": v.get(measure)} for b, v in baselines.items()]
+    frame = pl.DataFrame(rows, schema={"measure": pl.Utf8, "model": pl.Utf8, "value": pl.Float64})
+    frame = frame.with_columns((pl.col("measure") + " · " + pl.col("model")).alias("bar"))
+    return charts.bar_chart(
+        frame, "bar", "value", f"{name.capitalize()} on the holdout against its baselines", "score (0 to 1)",
+        "measure · model", color="model", color_title="model",
+    )
+
+
+def repeats_reason(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str | None:
+    if not table_exists(con, "meta.repeat_decisions"):
+        return None
+    rows = con.execute(
+        "select reason from meta.repeat_decisions where run_date = $run_date", {"run_date": ctx.run_date}
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+# ---- experiments ---------------------------------------------------------------------------------------
+
+# what each metric measures, the unit its values carry, and the direction that is good
+METRIC_UNITS = {"conversion_rate": "share of users", "click_rate": "share of users", "revenue_per_user": "currency"}
+
+
+def outcome(row: dict[str, Any]) -> str:
+    if not row.get("is_significant"):
+        return "not significant"
+    good = (row.get("lift") or 0) > 0
+    return "better" if good == bool(row.get("higher_is_better", True)) else "worse"
+
+
+def arm_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One verdict per variant (from the results' own verdict when the analysis gave one)."""
+    verdicts: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["is_control"] or row["variant_id"] in verdicts:
+            continue
+        if row.get("verdict"):
+            verdicts[row["variant_id"]] = {"variant_id": row["variant_id"], "verdict": row["verdict"],
+                                           "reason": row.get("verdict_reason") or ""}  # fmt: skip
+    return sorted(verdicts.values(), key=lambda v: v["variant_id"])
+
+
+def srm_table(campaign: CampaignConfig | None, units_by_arm: dict[str, int]) -> list[dict[str, Any]]:
+    """Observed units per arm against the counts the intended shares expect."""
+    if campaign is None or not units_by_arm:
         return []
-    finished = [run for run in runs if run.start_time and run.end_time]
-    finished.sort(key=lambda run: run.start_time)
-    return [(run.name.rsplit("-", 1)[0], (run.end_time - run.start_time).total_seconds()) for run in finished]
+    shares = intended_shares(campaign)
+    total = sum(units_by_arm.values())
+    if "contacted" in shares:
+        observed = {"holdout": units_by_arm.get("holdout", 0),
+                    "contacted": sum(n for arm, n in units_by_arm.items() if arm != "holdout")}  # fmt: skip
+    else:
+        observed = {arm: units_by_arm.get(arm, 0) for arm in shares}
+    return [
+        {"arm": arm, "observed": observed[arm], "expected": round(total * share), "share": share}
+        for arm, share in shares.items()
+        if share > 0 or observed.get(arm)
+    ]
 
 
-def segments_and_allocation_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
+def campaign_section(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, campaign_id: str,
+    results: pl.DataFrame, curves: pl.DataFrame, uplift: pl.DataFrame,
+) -> dict[str, Any]:  # fmt: skip
+    mine = results.filter(pl.col("campaign_id") == campaign_id).sort("metric", "variant_id")
+    rows = mine.to_dicts()
+    first = rows[0]
+    campaign = next((c for c in settings.campaigns if c.campaign_id == campaign_id), None)
+    units_by_arm = {
+        r["variant_id"]: r["units"] for r in rows if r["metric"] == rows[0]["metric"] and r["units"] is not None
+    }
+    tested = [r for r in rows if not r["is_control"]]
+    lift_rows = pl.DataFrame(
+        [{"label": f"{r['variant_id']} · {r['metric']}",
+          "lift_pct": None if r.get("lift") is None else 100 * r["lift"],
+          "low_pct": None if r.get("lift_ci_low") is None else 100 * r["lift_ci_low"],
+          "high_pct": None if r.get("lift_ci_high") is None else 100 * r["lift_ci_high"],
+          "outcome": outcome(r)} for r in tested],
+        schema={"label": pl.Utf8, "lift_pct": pl.Float64, "low_pct": pl.Float64, "high_pct": pl.Float64,
+                "outcome": pl.Utf8},
+    )  # fmt: skip
+    primary = next((r.get("metric") for r in rows if r.get("metric_role") == "primary"), "conversion_rate")
+    return {
+        "campaign_id": campaign_id,
+        "control": first["control_variant_id"],
+        "window_start": first["window_start"],
+        "trusted": bool(first["is_trusted"]),
+        "srm_p_value": first["srm_p_value"],
+        "srm": srm_table(campaign, units_by_arm),
+        "alpha": first["alpha"],
+        "correction": first["correction"],
+        "verdicts": arm_verdicts(rows),
+        "rows": [r | {"outcome": outcome(r), "unit": METRIC_UNITS.get(r["metric"], "")} for r in tested],
+        "lift_chart": charts.lift_chart(lift_rows, f"{campaign_id}: relative lift against {first['control_variant_id']}"),
+        "history": history_charts(con, campaign_id, primary, ctx),
+        "uplift": uplift.filter(pl.col("campaign_id") == campaign_id).drop("run_date", "campaign_id").to_dicts(),
+        "qini": qini_chart(campaign_id, curves),
+    }
+
+
+def history_charts(con: duckdb.DuckDBPyConnection, campaign_id: str, metric: str, ctx: RunContext) -> list[str]:
+    """The primary metric's lift and each arm's exposure, night by night, from the published history."""
+    history = con.sql(
+        "select run_date, variant_id, is_control, units, lift, lift_ci_low, lift_ci_high "
+        "from meta.experiment_results where campaign_id = $c and metric = $m and run_date <= $d order by all",
+        params={"c": campaign_id, "m": metric, "d": ctx.run_date},
+    ).pl()
+    if history.select("run_date").n_unique() < 2:
+        return []
+    effect = history.filter(~pl.col("is_control") & pl.col("lift").is_not_null()).select(
+        pl.col("run_date").cast(pl.Utf8), "variant_id", (pl.col("lift") * 100).alias("lift_pct"),
+        (pl.col("lift_ci_low") * 100).alias("low_pct"), (pl.col("lift_ci_high") * 100).alias("high_pct"),
+    )  # fmt: skip
+    exposure = history.select(pl.col("run_date").cast(pl.Utf8), "variant_id", "units")
+    return [
+        charts.line_chart(effect, "run_date", "lift_pct", f"{metric}: lift over time", "run date",
+                          "relative lift against control (%)", series="variant_id", series_title="variant",
+                          x_type="O", band=("low_pct", "high_pct")),
+        charts.line_chart(exposure, "run_date", "units", "Exposure over time", "run date", "users in the arm",
+                          series="variant_id", series_title="arm", x_type="O"),
+    ]  # fmt: skip
+
+
+def qini_chart(campaign_id: str, curves: pl.DataFrame) -> str:
+    mine = curves.filter(pl.col("campaign_id") == campaign_id)
+    if mine.height == 0:
+        return ""
+    frame = pl.concat([
+        mine.select("variant_id", (pl.col("share_targeted") * 100).alias("targeted_pct"),
+                    pl.col("incremental_per_unit").alias("incremental"), pl.lit("model").alias("targeting")),
+        mine.select("variant_id", (pl.col("share_targeted") * 100).alias("targeted_pct"),
+                    pl.col("random_per_unit").alias("incremental"), pl.lit("random").alias("targeting")),
+    ])  # fmt: skip
+    return charts.line_chart(
+        frame, "targeted_pct", "incremental", "Qini curves: targeting by the uplift model against random",
+        "share of sends targeted (%)", "incremental conversions per send", series="variant_id",
+        series_title="variant", dash="targeting", dash_title="targeting",
+    )
+
+
+# ---- fairness, segments, allocation, exclusions --------------------------------------------------------
+
+
+def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> dict[str, Any]:
+    ensure_audit_table(con)
+    audit = read(con, "select * from meta.fairness_audit where run_date = $run_date", ctx)
+    threshold = settings.fairness.min_ratio
+    if audit.height == 0:
+        return {"audited": False, "threshold": threshold}
+    unknown_group = pl.col("is_unknown_group").fill_null(False)
+    flagged = audit.filter(pl.col("is_flagged")).sort("disparate_impact_ratio")
+    judged = audit.filter(~pl.col("is_small_group") & ~unknown_group & pl.col("disparate_impact_ratio").is_not_null())
+    # per attribute and subject, the worst judged group's ratio, on the threshold's scale
+    worst = (
+        judged.sort("disparate_impact_ratio")
+        .group_by("attribute", "subject", "subject_id", maintain_order=True)
+        .first()
+        .sort("disparate_impact_ratio")
+        .head(25)
+        .with_columns(
+            (pl.col("attribute") + "=" + pl.col("group_value") + " · " + pl.col("subject_id")).alias("group"),
+            pl.when(pl.col("is_flagged")).then(pl.lit("flagged"))
+            .when(pl.col("disparate_impact_ratio") < threshold).then(pl.lit(f"under {threshold}, not significant"))
+            .otherwise(pl.lit(f"{threshold} or more")).alias("status"),
+        )
+    )  # fmt: skip
+    scale = charts.alt.Scale(
+        domain=["flagged", f"under {threshold}, not significant", f"{threshold} or more"],
+        range=[charts.BAD, "#E69F00", charts.NEUTRAL],
+    )
+    apart = audit.filter(pl.col("is_small_group") | unknown_group).select(
+        "attribute", "group_value", "subject_id", "users",
+        pl.when(unknown_group).then(pl.lit("unknown group")).otherwise(pl.lit("too small to judge")).alias("why"),
+    ).unique().sort("attribute", "group_value", "subject_id")  # fmt: skip
+    return {
+        "audited": True,
+        "threshold": threshold,
+        "min_group_users": settings.fairness.min_group_users,
+        "flagged": flagged.select("attribute", "group_value", "subject", "subject_id", "metric", "users",
+                                  "value", "reference_group", "disparate_impact_ratio",
+                                  "p_value_adjusted").to_dicts(),
+        "under_not_flagged": judged.filter(
+            ~pl.col("is_flagged") & (pl.col("disparate_impact_ratio") < threshold)
+        ).height,
+        "apart": apart.to_dicts(),
+        "chart": charts.bar_chart(
+            worst, "group", "disparate_impact_ratio", f"Lowest disparate-impact ratio per subject (line: {threshold})",
+            "disparate-impact ratio (group rate / reference rate)", "group · subject", color="status",
+            color_title="status", color_scale=scale, reference=threshold,
+        ) if worst.height else "",
+    }
+
+
+def segments_and_allocation(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> list[str]:
     parts = []
     if table_exists(con, "marts.segment_profiles"):
         profiles = con.sql(
-            "select segment_type, segment_name, users from marts.segment_profiles order by segment_type, users desc"
+            "select segment_type || ': ' || segment_name as segment, users from marts.segment_profiles "
+            "order by segment_type, users desc"
         ).pl()
         if profiles.height:
-            bars = [
-                (f"{r['segment_type']}: {r['segment_name']}", float(r["users"]))
-                for r in profiles.iter_rows(named=True)
-            ]
-            parts.append(plots.bar_chart("Segment sizes (users)", bars))
+            parts.append(charts.bar_chart(profiles, "segment", "users", "Segment sizes", "users", "segment"))
     decisions = read(
         con,
-        "select campaign_id, variant_id, share from meta.allocation_decisions where run_date = $run_date order by all",
+        "select campaign_id || ': ' || variant_id as arm, share from meta.allocation_decisions "
+        "where run_date = $run_date order by all",
         ctx,
     )
     if decisions.height:
-        bars = [
-            (f"{r['campaign_id']}: {r['variant_id']}", r["share"]) for r in decisions.iter_rows(named=True)
-        ]
-        parts.append(plots.bar_chart("Variant allocation tonight (share)", bars))
-    return (
-        "<h2>Segments and allocation</h2>" + '<div class="plots">' + "".join(parts) + "</div>"
-        if parts
-        else ""
-    )
+        parts.append(charts.bar_chart(decisions, "arm", "share", "Variant allocation tonight", "share of the "
+                                      "campaign's users", "campaign: arm", percent=True))  # fmt: skip
+    return parts
 
 
-def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> str:
+def exclusions(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
+    """recommendations.exclude: each rule in force and how many of tonight's catalogue items it keeps out
+    of recommendations (an item meeting several rules counts under the first)."""
+    rules = settings.recommendations.exclude.rules()
+    counts: dict[str, int] = {}
+    total = None
+    if rules and table_exists(con, "staging.stg_items"):
+        counts = dict(
+            con.execute(
+                "select excluded_by, count(*) from staging.stg_items where is_latest and is_excluded group by 1"
+            ).fetchall()
+        )
+        total = int(con.execute("select count(*) from staging.stg_items where is_latest").fetchall()[0][0])
+    return {
+        "rules": [{"rule": name, "setting": setting, "items": counts.get(name, 0)} for name, setting in rules],
+        "excluded": sum(counts.values()),
+        "total": total,
+    }
+
+
+# ---- the page ------------------------------------------------------------------------------------------
+
+
+def render(
+    con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext, page: PageContext | None = None
+) -> str:
+    page = page or PageContext()
     ensure_tables(con)
     results = read(con, "select * from meta.experiment_results where run_date = $run_date", ctx)
     curves = read(con, "select * from meta.qini_curves where run_date = $run_date", ctx)
@@ -486,33 +560,29 @@ def render(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) 
         "from meta.allocation_decisions where run_date = $run_date order by campaign_id, variant_id",
         ctx,
     )
-    body = [f"<h1>Tailor run {ctx.run_date.isoformat()} ({escape(settings.project)})</h1>",
-            f"<p>Data up to {ctx.cutoff.isoformat()} UTC.</p>", run_summary_section(con, ctx),
-            exclusions_section(con, settings), models_section(con, ctx), segments_and_allocation_section(con, ctx),
-            "<h2>Experiments</h2>"]  # fmt: skip
-    if results.height == 0:
-        body.append('<p class="empty">No campaign sends to analyse.</p>')
-    for campaign_id in sorted(set(results["campaign_id"].to_list())):
-        body.append(campaign_section(campaign_id, results, curves, uplift))
-    body.append(fairness_section(con, settings, ctx))
-    body.append("<h2>Allocation decisions</h2>")
-    body.append(table(decisions, ("campaign_id", "variant_id", "policy", "reason")) if decisions.height
-                else '<p class="empty">No campaign was allocated in this run.</p>')  # fmt: skip
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Tailor run {ctx.run_date.isoformat()}</title><style>{STYLE}</style></head>"
-        f"<body>{''.join(body)}</body></html>\n"
+    campaigns = [
+        campaign_section(con, settings, ctx, campaign_id, results, curves, uplift)
+        for campaign_id in sorted(set(results["campaign_id"].to_list()))
+    ]
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        project=settings.project,
+        run_date=ctx.run_date.isoformat(),
+        cutoff=ctx.cutoff.isoformat(),
+        page=page,
+        run=run_section(con, ctx, page),
+        exclusions=exclusions(con, settings),
+        models=models_section(con, ctx),
+        segments=segments_and_allocation(con, ctx),
+        campaigns=campaigns,
+        fairness=fairness_section(con, settings, ctx),
+        decisions=decisions.to_dicts(),
     )
 
 
 def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     """The report's headline as a Prefect artifact: tables in markdown, for the Prefect UI."""
-    lines = [
-        f"# Tailor run {ctx.run_date.isoformat()}",
-        "",
-        "report.html is published beside the outputs.",
-        "",
-    ]
+    lines = [f"# Tailor run {ctx.run_date.isoformat()}", "", "report.html is published beside the outputs.", ""]
     if table_exists(con, "meta.data_quality_results"):
         passed, total = con.execute(
             "select count(*) filter (where is_success), count(*) from meta.data_quality_results where run_date = $d",
@@ -528,28 +598,30 @@ def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
             lines.append(f"| {name} | {'yes' if promoted else 'no'} | {decision} |")
         lines.append("")
     significant = con.execute(
-        "select campaign_id, variant_id, metric, diff from meta.experiment_results where run_date = $d and "
+        "select campaign_id, variant_id, metric, lift from meta.experiment_results where run_date = $d and "
         "is_significant order by all",
         {"d": ctx.run_date},
     ).fetchall()
-    lines += ["| campaign | variant | metric | difference |", "|---|---|---|---|"]
-    lines += [f"| {c} | {v} | {m} | {d:+.4g} |" for c, v, m, d in significant] or ["| - | - | - | - |"]
+    lines += ["| campaign | variant | metric | lift |", "|---|---|---|---|"]
+    lines += [f"| {c} | {v} | {m} | {percent(lift)} |" for c, v, m, lift in significant] or ["| - | - | - | - |"]
     ensure_audit_table(con)
     flagged = con.execute(
-        "select count(*) from meta.fairness_audit where run_date = $d and is_flagged", {"d": ctx.run_date}
-    ).fetchall()[0][0]
-    lines += ["", f"Fairness audit: {flagged} flagged ratio(s)."]
+        "select attribute || '=' || group_value || ' (' || subject_id || ')' from meta.fairness_audit "
+        "where run_date = $d and is_flagged order by 1",
+        {"d": ctx.run_date},
+    ).fetchall()
+    lines += ["", "Fairness audit: " + (", ".join(f[0] for f in flagged) + " flagged" if flagged else "none flagged")]
     return "\n".join(lines)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def write_report(settings: Settings, ctx: RunContext) -> Path:
-    """Render the run report into the run folder (publishing copies it beside the outputs) and attach its
-    headline to the flow run as a Prefect artifact."""
+    """Render the run report into the run folder and attach its headline to the flow run as a Prefect
+    artifact. Publishing renders it again with the publish's timings and links (`published_report`)."""
     from prefect.artifacts import create_markdown_artifact
     from prefect.context import FlowRunContext
 
-    path = ctx.run_dir / "report" / "report.html"
+    path = ctx.run_dir / "report" / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with connect(settings) as con:
         path.write_text(render(con, settings, ctx), encoding="utf-8")
@@ -559,3 +631,38 @@ def write_report(settings: Settings, ctx: RunContext) -> Path:
             markdown=markdown, key="tailor-run-report", description=f"Tailor run {ctx.run_date}"
         )
     return path
+
+
+def relative_href(from_folder: str, to_key: str) -> str:
+    """A link from a page in `from_folder` to `to_key`, both relative to the target's root."""
+    up = len([part for part in from_folder.split("/") if part])
+    return "../" * up + to_key
+
+
+def published_report(
+    settings: Settings,
+    ctx: RunContext,
+    local_run: Path,
+    attempt_folder: str,
+    previous_folder: str | None,
+    publish_started: float,
+) -> bytes:
+    """The report as published: timed to this point of the upload, linked to what the attempt holds and
+    to the previous run's report."""
+    manifest = json.loads((local_run / "manifest.json").read_text())
+    links = [("manifest", "manifest.json")]
+    links += [(f"Data Docs: {stage}", href) for stage, href in sorted((manifest.get("data_docs") or {}).items())]
+    datasets = []
+    for name, entry in manifest.get("datasets", {}).items():
+        first = next(iter(entry.get("files") or []), None)
+        if first is not None:
+            datasets.append((name, first["path"], int(entry.get("rows") or 0)))
+    page = PageContext(
+        links=links,
+        datasets=datasets,
+        previous_report=relative_href(attempt_folder, f"{previous_folder}/{REPORT_FILE}") if previous_folder else None,
+        extra_timings=[("publish and upload", time.monotonic() - publish_started)],
+    )
+    with connect(settings) as con:
+        return render(con, settings, ctx, page).encode("utf-8")
+

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from tailor.tasks.features import build_staging_models
-from tailor.tasks.report import exclusions_section, fairness_section
+from tailor.tasks.report import exclusions, fairness_section, models_section, render
 from tests import tiny
 
 
@@ -22,20 +22,17 @@ def test_the_report_lists_each_exclusion_rule_with_the_items_it_excludes() -> No
         {"item_id": "gift-50", "title": "Gift card", "category": "Cards", "price_cents": 5000, "published_at": published},
     ])  # fmt: skip
     build_staging_models(con, tiny.context(), settings)
-    html = exclusions_section(con, settings)
-    assert "3 of 4 catalogue items excluded" in html
-    rows = {
-        cells[0]: cells[1:]
-        for cells in (
-            [cell.split(">", 1)[1] for cell in row.split("</td>")[:-1]] for row in html.split("<tr>")[2:]
-        )
+    facts = exclusions(con, settings)
+    assert (facts["excluded"], facts["total"]) == (3, 4)
+    assert {rule["rule"]: (rule["setting"], rule["items"]) for rule in facts["rules"]} == {
+        "categories": ("fuel", 2),
+        "item_id_patterns": ("GIFT%", 1),
+        "max_price_cents": ("price above 10,000 cents", 0),
+        "exclude_unavailable": ("marked unavailable", 0),
     }
-    assert rows == {
-        "categories": ["fuel", "2"],
-        "item_id_patterns": ["GIFT%", "1"],
-        "max_price_cents": ["price above 10,000 cents", "0"],
-        "exclude_unavailable": ["marked unavailable", "0"],
-    }
+    html = render(con, settings, tiny.context())
+    assert "3 of 4 catalogue items excluded" in html and "<td>fuel</td>" not in html  # settings are text cells
+    assert '<td class="text">GIFT%</td><td>1</td>' in html
 
 
 def test_the_report_shows_unknown_groups_apart_from_the_compared_ones() -> None:
@@ -53,7 +50,70 @@ def test_the_report_shows_unknown_groups_apart_from_the_compared_ones() -> None:
         base | {"group_value": "m", "users": 1000, "value": 0.45, "disparate_impact_ratio": 0.9, "is_unknown_group": False},
         base | {"group_value": "unknown", "users": 1234, "value": 0.05, "disparate_impact_ratio": 0.1, "is_unknown_group": True},
     ], ctx.run_date)  # fmt: skip
-    html = fairness_section(con, settings, ctx)
-    assert "never flagged: gender: 1,234 users" in html
-    assert "gender=unknown" not in html  # not among the lowest ratios of the compared groups
-    assert "gender=m" in html
+    facts = fairness_section(con, settings, ctx)
+    assert [(row["group_value"], row["why"]) for row in facts["apart"]] == [("unknown", "unknown group")]
+    assert "gender=unknown" not in facts["chart"]  # not among the lowest ratios of the judged groups
+    assert "gender=m" in facts["chart"]
+
+
+def audit_rows(ctx, flagged: list[tuple[str, float]], under: list[tuple[str, float]]) -> list[dict]:
+    base = {"run_date": ctx.run_date, "attribute": "age_band", "subject": "campaign", "subject_id": "weekly",
+            "metric": "selected_share", "reference_group": "35-44", "reference_value": 0.5,
+            "is_small_group": False, "is_unknown_group": False, "users": 900, "p_value": 0.001}  # fmt: skip
+    rows = [base | {"group_value": "35-44", "value": 0.5, "disparate_impact_ratio": 1.0, "is_flagged": False}]
+    rows += [base | {"group_value": g, "value": 0.5 * r, "disparate_impact_ratio": r, "is_flagged": True,
+                     "p_value_adjusted": 0.001} for g, r in flagged]  # fmt: skip
+    rows += [base | {"group_value": g, "value": 0.5 * r, "disparate_impact_ratio": r, "is_flagged": False,
+                     "p_value_adjusted": 0.4} for g, r in under]  # fmt: skip
+    return rows
+
+
+def test_the_fairness_headline_names_every_flagged_group_and_marks_the_bars_under_the_line() -> None:
+    from tailor.sql import replace_run_rows
+    from tailor.tasks.fairness import AUDIT_COLUMNS, ensure_audit_table
+
+    settings, ctx = tiny.settings(), tiny.context()
+    con = tiny.warehouse()
+    ensure_audit_table(con)
+    replace_run_rows(con, "meta.fairness_audit", AUDIT_COLUMNS,
+                     audit_rows(ctx, [("18-24", 0.69), ("65+", 0.72)], [("55-64", 0.79)]), ctx.run_date)  # fmt: skip
+    html = render(con, settings, ctx)
+    headline = html.split('id="fairness"', 1)[1].split("</p>", 1)[0]
+    assert "Flagged (2)" in headline
+    assert "age_band=18-24 in campaign weekly" in headline and "age_band=65+ in campaign weekly" in headline
+    assert "55-64" not in headline  # under the line but not significant: not flagged, but highlighted
+    chart = fairness_section(con, settings, ctx)["chart"]
+    assert "under 0.8, not significant" in chart and "flagged" in chart
+
+    replace_run_rows(con, "meta.fairness_audit", AUDIT_COLUMNS, audit_rows(ctx, [], [("55-64", 0.79)]),
+                     ctx.run_date)  # fmt: skip
+    calm = render(con, settings, ctx).split('id="fairness"', 1)[1].split("</p>", 1)[0]
+    assert "No group flagged" in calm and "1 ratio(s) are under 0.8 without being significant" in calm
+
+
+def test_a_model_that_predicts_a_constant_or_loses_to_its_baseline_is_warned_about() -> None:
+    import json
+
+    from tailor.tasks.train import ensure_registry
+
+    settings, ctx = tiny.settings(), tiny.context()
+    con = tiny.warehouse()
+    ensure_registry(con)
+    constant = {"roc_auc": 0.5, "pr_auc": 0.125, "roc_curve": {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]},
+                "calibration_table": [{"mean_predicted": 0.125, "observed_rate": 0.125}]}  # fmt: skip
+    learned = {"roc_auc": 0.71, "roc_curve": {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.5, 1.0]},
+               "calibration_table": [{"mean_predicted": 0.1, "observed_rate": 0.1},
+                                     {"mean_predicted": 0.3, "observed_rate": 0.28}],
+               "baselines": {"recency": {"roc_auc": 0.74}}}  # fmt: skip
+    for name, metrics in (("conversion__weekly__a", constant), ("propensity", learned)):
+        con.execute(
+            "insert into meta.models (run_date, model_name, model_version, metrics, features, is_promoted, "
+            "decision) values ($d, $n, 'v1', $m, ['recency_days'], true, 'promoted')",
+            {"d": ctx.run_date, "n": name, "m": json.dumps(metrics)},
+        )
+    warnings = {m["name"]: m["warnings"] for m in models_section(con, ctx)["models"]}
+    assert any("same score for everyone" in w for w in warnings["conversion__weekly__a"])
+    assert warnings["propensity"] == ["does not beat recency (roc_auc 0.71 against 0.74)"]
+    html = render(con, settings, ctx)
+    assert html.count('class="warning"') == 2 and "It serves tonight anyway" in html
+    assert "<details><summary>propensity v1: 1 features" in html  # the feature list is folded
