@@ -42,6 +42,21 @@ class ObjectStore(Protocol):
     def delete_keys(self, keys: list[str]) -> None: ...
 
 
+def content_type(key: str) -> dict[str, str]:
+    """The object's Content-Type from its name: S3 serves an object without one as binary data, so a
+    browser would download report.html and the Data Docs instead of showing them, and skip their styles."""
+    import mimetypes
+
+    if key.endswith(".gz"):
+        return {"ContentType": "application/gzip"}
+    if key.endswith(".jsonl"):
+        return {"ContentType": "application/jsonl"}
+    if key.endswith(".parquet"):
+        return {"ContentType": "application/vnd.apache.parquet"}
+    guessed, _ = mimetypes.guess_type(key)
+    return {"ContentType": guessed} if guessed else {}
+
+
 # Published files are for other accounts (BI, campaign systems) to read, whatever the umask of the process
 # that writes them (a run may set 077 for its private working files): modes are set explicitly.
 PUBLISHED_FILE_MODE = 0o644
@@ -167,14 +182,16 @@ class S3Store:
         self._call(
             "upload to",
             key,
-            lambda: self._client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer),
+            lambda: self._client.upload_file(
+                str(local), self.bucket, self._key(key), Config=self._transfer, ExtraArgs=content_type(key)
+            ),
         )
 
     def put_bytes(self, data: bytes, key: str) -> None:
         self._call(
             "upload to",
             key,
-            lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
+            lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **content_type(key)),
         )
 
     def get_bytes(self, key: str) -> bytes | None:

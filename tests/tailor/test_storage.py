@@ -27,6 +27,28 @@ def test_s3_store_round_trip_on_seaweedfs(s3_server, tmp_path: Path) -> None:
     assert store.list_keys("runs/") == []
 
 
+def test_s3_objects_carry_the_content_type_a_browser_needs(s3_server, tmp_path: Path) -> None:
+    import boto3
+
+    store = open_store(f"s3://{TEST_BUCKET}/types-test", StorageConfig(endpoint_url=s3_server.endpoint_url))
+    page = tmp_path / "report.html"
+    page.write_text("<!doctype html><p>hi</p>")
+    store.put_file(page, "run/report.html")  # the report and the Data Docs: shown, not downloaded
+    store.put_bytes(b"body {}", "run/data_docs/raw/static/vendor/bootstrap.min.css")
+    store.put_bytes(b"PAR1", "run/recommendations/part-0000.parquet")
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    types = {
+        key: client.head_object(Bucket=TEST_BUCKET, Key=f"types-test/{key}")["ContentType"]
+        for key in ("run/report.html", "run/data_docs/raw/static/vendor/bootstrap.min.css",
+                    "run/recommendations/part-0000.parquet")
+    }  # fmt: skip
+    assert types == {
+        "run/report.html": "text/html",
+        "run/data_docs/raw/static/vendor/bootstrap.min.css": "text/css",
+        "run/recommendations/part-0000.parquet": "application/vnd.apache.parquet",
+    }
+
+
 def test_s3_errors_name_the_uri(s3_server, monkeypatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     storage = StorageConfig(endpoint_url=s3_server.endpoint_url, max_attempts=1)
