@@ -14,7 +14,7 @@ from typing import Any
 import altair as alt
 import polars as pl
 
-WIDTH = 520  # px of the plotting area: two charts side by side fit a 1280 px window
+WIDTH = 480  # px of the plotting area: with 300 px of labels and a legend, a chart fits half of 1280 px
 BAR_HEIGHT = 18
 FONT = "system-ui, sans-serif"
 # a colour-blind-safe pair (Okabe-Ito) for good and bad, and grey for "nothing to say"
@@ -28,7 +28,13 @@ def render(chart: alt.TopLevelMixin, description: str) -> str:
     """The chart as inline SVG with a <title> for screen readers and a class the report's CSS and tests use."""
     import vl_convert
 
-    spec = chart.configure(font=FONT).configure_view(stroke=None).to_dict()
+    spec = (
+        chart.configure(font=FONT)
+        .configure_view(stroke=None)
+        .configure_legend(labelLimit=220, titleLimit=220)
+        .configure_axis(labelLimit=300, titlePadding=12)
+        .to_dict()
+    )
     svg = vl_convert.vegalite_to_svg(spec)
     title = description.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     svg = svg.replace('class="marks"', 'class="chart marks" role="img"', 1)
@@ -46,7 +52,7 @@ def lift_chart(rows: pl.DataFrame, title: str) -> str:
     if tested.height == 0:
         return _empty(f"{title}: nothing tested yet.")
     base = alt.Chart(tested).encode(
-        y=alt.Y("label:N", title="variant and metric", sort=None, axis=alt.Axis(labelLimit=260))
+        y=alt.Y("label:N", title="variant and metric", sort=None, axis=alt.Axis(labelLimit=300))
     )
     x = alt.X("lift_pct:Q", title="relative lift against control (%)")
     interval = base.mark_rule(strokeWidth=2).encode(
@@ -85,7 +91,7 @@ def bar_chart(
     if frame.height == 0:
         return _empty(f"{title}: nothing to show.")
     encoding: dict[str, Any] = {
-        "y": alt.Y(f"{label}:N", title=label_title, sort=None, axis=alt.Axis(labelLimit=280)),
+        "y": alt.Y(f"{label}:N", title=label_title, sort=None, axis=alt.Axis(labelLimit=300)),
         "x": alt.X(f"{value}:Q", title=value_title, axis=alt.Axis(format="%") if percent else alt.Undefined),
         "tooltip": [label, value],
     }

@@ -72,8 +72,10 @@ def number(value: Any, digits: int = 3) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-4):
-            return f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.2e}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if value != 0 and abs(value) < 1e-4:
+            return f"{value:.2e}"
         return f"{value:.{digits}g}"
     return str(value)
 
