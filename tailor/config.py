@@ -461,6 +461,12 @@ class AllocationConfig(StrictModel):
     min_uplift: float = Field(0.0, ge=-1, le=1, description="personalized: see skip_without_uplift")
 
 
+# The metrics experiments measure (tasks/experiments.py METRICS says how; a test keeps the two in step), and
+# those of them only a user who was sent the message can move: they are not tested against the holdout.
+EXPERIMENT_METRICS = ("conversion_rate", "click_rate", "revenue_per_user")
+MESSAGE_METRICS = ("click_rate",)
+
+
 class CampaignConfig(StrictModel):
     campaign_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     channel: Literal["email", "push", "web"]
@@ -472,6 +478,11 @@ class CampaignConfig(StrictModel):
     active_until: date | None = None
     control_variant: str | None = Field(
         None, description="the variant experiments measure the others against; default: the holdout"
+    )
+    primary_metric: str = Field(
+        "conversion_rate",
+        description="the experiment metric a variant ships on; the other metrics are guardrails it must not "
+        "significantly worsen (one of " + ", ".join(EXPERIMENT_METRICS) + ")",
     )
     variants: list[VariantConfig] = Field(min_length=1)
     # filled in by load_settings: the file the campaign came from
@@ -489,8 +500,21 @@ class CampaignConfig(StrictModel):
     def approved_variants(self) -> list[VariantConfig]:
         return [variant for variant in self.variants if variant.status == "approved"]
 
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, name: str) -> str:
+        if name not in EXPERIMENT_METRICS:
+            raise ValueError(f"primary_metric {name!r} is not one of {', '.join(EXPERIMENT_METRICS)}")
+        return name
+
     @model_validator(mode="after")
     def _checks(self) -> CampaignConfig:
+        if self.control_variant is None and self.primary_metric in MESSAGE_METRICS:
+            # the holdout gets no message, so the comparison the decision would rest on is never tested
+            raise ValueError(
+                f"primary_metric {self.primary_metric!r} cannot be measured against the holdout (it gets no "
+                "message): set control_variant or choose another primary_metric"
+            )
         purpose = self.audience.consent_purpose
         if purpose is not None and purpose not in CONSENT_PURPOSES:
             raise ValueError(f"audience.consent_purpose must be one of {', '.join(CONSENT_PURPOSES)}")
@@ -557,6 +581,12 @@ class ExperimentsConfig(StrictModel):
         "the control is significantly negative",
     )
     min_units: int = Field(100, ge=2, description="arms with fewer units are reported but not tested")
+    max_days_to_decision: int = Field(
+        60,
+        ge=1,
+        description="a variant whose primary metric would need longer than this (at today's enrollment) to "
+        "detect the observed difference at 80% power gets the verdict stop: no detectable effect",
+    )
 
 
 USER_ATTRIBUTES = ("country", "language", "age_band", "gender")

@@ -6,6 +6,11 @@ and per metric every variant is compared with the control (the holdout unless th
 `control_variant`) by the methods of tailor/stats.py. A failed sample-ratio check marks the whole
 campaign's results as not trusted: they are published, flagged, and steer nothing.
 
+The campaign's `primary_metric` decides; the other metrics are guardrails a variant must not significantly
+worsen. A metric an arm cannot move by design (a click, for the holdout that gets no message) is not tested.
+Each row carries the power of today's sample (minimum detectable effect, power at the observed difference,
+days to a decision) and each variant a verdict in words: ship, keep running or stop.
+
 Tables (warehouse):
     meta.experiment_results   one row per run date, campaign, variant and metric (published as
                               experiment_results); a rerun of a date replaces its rows
@@ -30,7 +35,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor import stats, uplift
-from tailor.config import CampaignConfig, Settings
+from tailor.config import CampaignConfig, ExperimentsConfig, Settings
 from tailor.sql import ensure_table, query, read_partition, replace_run_rows, table_exists
 from tailor.tasks.train import (
     CONVERSION_HOLDOUT_DAYS,
@@ -48,20 +53,27 @@ UPLIFT_SHARES = (0.1, 0.2, 0.3)
 
 @dataclass(frozen=True)
 class Metric:
-    name: str
+    name: str  # tailor.config.EXPERIMENT_METRICS lists the names a campaign may choose as primary
     column: str  # per unit, in experiment_units
     covariate: str  # the same behaviour before the send (CUPED)
     is_rate: bool
+    higher_is_better: bool
+    # only a user who was sent the message can move it (tailor.config.MESSAGE_METRICS): against the holdout
+    # it is zero by construction, so that comparison is not tested
+    needs_message: bool = False
+    unit: str = "points"  # how a difference reads: a rate in percentage points, a mean in its own unit
 
 
 # How active a user was before the send (all events) correlates more with each outcome than the same
 # behaviour's own history (few users have past purchases or clicks): on generated data 0.15 against 0.10
 # for conversion, 0.08 against 0.04 for revenue.
 METRICS = (
-    Metric("conversion_rate", "is_converted", "events_before", True),
-    Metric("click_rate", "is_clicked", "events_before", True),
-    Metric("revenue_per_user", "revenue_cents", "events_before", False),
-)
+    Metric("conversion_rate", "is_converted", "events_before", is_rate=True, higher_is_better=True),
+    Metric("click_rate", "is_clicked", "events_before", is_rate=True, higher_is_better=True, needs_message=True),
+    Metric("revenue_per_user", "revenue_cents", "events_before", is_rate=False, higher_is_better=True,
+           unit="cents"),
+)  # fmt: skip
+VERDICTS = ("ship", "keep running", "stop")
 
 RESULT_COLUMNS: dict[str, str] = {
     "run_date": "date",
@@ -103,6 +115,17 @@ RESULT_COLUMNS: dict[str, str] = {
     "is_trusted": "boolean",
     "alpha": "double",
     "correction": "varchar",
+    # added for issue #18: new columns go last, as a table made before them gains them at its end (inserts
+    # are positional)
+    "metric_role": "varchar",
+    "higher_is_better": "boolean",
+    "untested_reason": "varchar",
+    "mde": "double",
+    "mde_relative": "double",
+    "power_at_observed": "double",
+    "days_to_decision": "double",
+    "verdict": "varchar",
+    "verdict_reason": "varchar",
 }
 POSTERIOR_COLUMNS = {
     "run_date": "date", "campaign_id": "varchar", "variant_id": "varchar", "sends": "bigint",
@@ -133,6 +156,17 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         ("meta.allocation_decisions", DECISION_COLUMNS),
     ):
         ensure_table(con, table, columns)
+    # a warehouse made by an earlier version lacks the newer result columns: add them (at the end, in order)
+    present = {
+        name
+        for (name,) in con.execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = 'meta' and table_name = 'experiment_results'"
+        ).fetchall()
+    }
+    for name, sql_type in RESULT_COLUMNS.items():
+        if name not in present:
+            con.execute(f"alter table meta.experiment_results add column {name} {sql_type}")
 
 
 def window_start(campaign: CampaignConfig, settings: Settings, ctx: RunContext) -> datetime:
@@ -246,10 +280,49 @@ def arm_posterior(frame: pl.DataFrame, metric: Metric) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
 
 
+def power_columns(
+    control: pl.DataFrame, treatment: pl.DataFrame, metric: Metric, alpha: float, elapsed_days: float
+) -> dict[str, Any]:
+    """What today's sample can detect, for one variant against the control on one metric: the minimum
+    detectable difference, the power at the observed one and the days until it would be detected (80%
+    power, two-sided at alpha). The per-unit deviation is the control's on the unadjusted metric (a rate's
+    binomial one): CUPED would narrow it, so these are on the safe side; they are fixed-horizon figures
+    (the sequential interval, when on, needs somewhat more units)."""
+    y_c = control[metric.column].to_numpy().astype(float)
+    y_t = treatment[metric.column].to_numpy().astype(float)
+    control_mean = float(y_c.mean())
+    effect = float(y_t.mean()) - control_mean
+    sd = stats.rate_sd(control_mean) if metric.is_rate else math.sqrt(float(y_c.var(ddof=1)))
+    n_c, n_t = y_c.size, y_t.size
+    mde = stats.minimum_detectable_effect(sd, n_c, n_t, alpha)
+    return {
+        "mde": mde,
+        "mde_relative": mde / control_mean if control_mean else math.nan,
+        "power_at_observed": stats.power_at(effect, sd, n_c, n_t, alpha),
+        "days_to_decision": stats.days_to_decision(effect, sd, n_c, n_t, elapsed_days, alpha),
+    }
+
+
+def untested_reason(
+    metric: Metric, arm: str, control_arm: str, units: int, control_units: int, min_units: int
+) -> str | None:
+    """Why a variant's comparison on a metric is not tested, or None when it is."""
+    if metric.needs_message and HOLDOUT in (arm, control_arm):
+        # the holdout's value is zero by construction: a "difference" would be the variant's own rate
+        return f"the holdout gets no message, so its {metric.name} is zero by design"
+    if control_units == 0:
+        return f"the control arm {control_arm} has no units"
+    if min(units, control_units) < min_units:
+        return (
+            f"fewer than experiments.min_units ({min_units}) units: {units} in {arm}, "
+            f"{control_units} in {control_arm}"
+        )
+    return None
+
+
 def analyse_campaign(
     con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, settings: Settings, ctx: RunContext
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    config = settings.experiments
     start = window_start(campaign, settings, ctx)
     units = query(
         con,
@@ -259,9 +332,17 @@ def analyse_campaign(
             "window_start": start,
             "cutoff": ctx.cutoff,
             "cutoff_day": ctx.run_date,
-            "covariate_days": config.covariate_days,
+            "covariate_days": settings.experiments.covariate_days,
         },
     ).pl()
+    return analyse_units(units, campaign, settings, ctx, start)
+
+
+def analyse_units(
+    units: pl.DataFrame, campaign: CampaignConfig, settings: Settings, ctx: RunContext, start: datetime
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One campaign's result rows and summary from its units (sql/marts/experiment_units.sql's rows)."""
+    config = settings.experiments
     arms = {arm: frame for (arm,), frame in units.partition_by("variant_id", as_dict=True).items()}
     units_by_arm = {arm: frame.height for arm, frame in sorted(arms.items())}
     control_arm = campaign.control_variant or HOLDOUT
@@ -277,26 +358,33 @@ def analyse_campaign(
         "window_start": start, "srm_p_value": srm.p_value, "is_srm": is_srm, "is_trusted": not is_srm,
         "alpha": config.alpha, "correction": config.correction,
     }  # fmt: skip
+    # enrollment so far: the window's units arrived over these days
+    elapsed_days = (ctx.cutoff - start).total_seconds() / 86400
     control = arms.get(control_arm)
+    control_units = control.height if control is not None else 0
     rows: list[dict[str, Any]] = []
     for metric in METRICS:
         metric_rows = []
         for arm, frame in sorted(arms.items()):
             mean, sd = arm_posterior(frame, metric)
+            is_control = arm == control_arm
             row = base | {
-                "variant_id": arm, "metric": metric.name, "is_control": arm == control_arm,
+                "variant_id": arm, "metric": metric.name, "is_control": is_control,
                 "units": frame.height, "mean": mean, "posterior_mean": mean, "posterior_sd": sd,
-                "control_units": control.height if control is not None else 0,
+                "control_units": control_units,
                 "control_mean": arm_posterior(control, metric)[0] if control is not None else None,
+                "metric_role": "primary" if metric.name == campaign.primary_metric else "guardrail",
+                "higher_is_better": metric.higher_is_better,
+                "untested_reason": None if is_control else untested_reason(
+                    metric, arm, control_arm, frame.height, control_units, config.min_units
+                ),
             }  # fmt: skip
-            testable = (
-                arm != control_arm
-                and control is not None
-                and min(frame.height, control.height) >= config.min_units
-            )
-            if testable:
+            if not is_control and row["untested_reason"] is None and control is not None:
                 row |= compare(control, frame, metric, settings)
+                row |= power_columns(control, frame, metric, config.alpha, elapsed_days)
             metric_rows.append(row)
+        # only tested rows enter the correction: an untested one is no comparison, and counting it would
+        # only make the others' adjusted p-values larger
         tested = [row for row in metric_rows if "decision_p_value" in row]
         p_values = [row["decision_p_value"] for row in tested]
         adjusted = (
@@ -308,6 +396,9 @@ def analyse_campaign(
             # significant only if the interval the decision rests on agrees (it does for one comparison)
             row["is_significant"] = bool(p_adjusted < config.alpha and (low > 0 or high < 0))
         rows += metric_rows
+    verdicts = variant_verdicts(rows, campaign, config, srm.p_value, is_srm)
+    for row in rows:
+        row["verdict"], row["verdict_reason"] = verdicts.get(row["variant_id"], (None, None))
     summary = {
         "window_start": start.isoformat(),
         "units_by_arm": units_by_arm,
@@ -317,10 +408,95 @@ def analyse_campaign(
         "significant": sorted(
             f"{row['variant_id']}:{row['metric']}" for row in rows if row.get("is_significant")
         ),
+        "verdicts": {arm: verdict for arm, (verdict, _reason) in sorted(verdicts.items())},
     }
     return [
         {k: _nan_to_none(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows
     ], summary
+
+
+def variant_verdicts(
+    rows: list[dict[str, Any]],
+    campaign: CampaignConfig,
+    config: ExperimentsConfig,
+    srm_p_value: float,
+    is_srm: bool,
+) -> dict[str, tuple[str, str]]:
+    """variant -> (verdict, reason) for every variant arm; the control and the holdout get none."""
+    by_arm: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        if not row["is_control"] and row["variant_id"] != HOLDOUT:
+            by_arm.setdefault(row["variant_id"], {})[row["metric"]] = row
+    return {
+        arm: verdict(metric_rows, campaign.primary_metric, config.max_days_to_decision, srm_p_value, is_srm)
+        for arm, metric_rows in by_arm.items()
+    }  # fmt: skip
+
+
+def _direction(row: dict[str, Any]) -> int:
+    """+1 when the row is significantly better than the control, -1 when significantly worse, else 0."""
+    if not row.get("is_significant"):
+        return 0
+    # the estimate the decision rests on, as harmful_variants reads it
+    estimate = row["cuped_diff"] if row.get("cuped_diff") is not None else row["diff"]
+    sign = 1 if estimate > 0 else -1
+    return sign if row["higher_is_better"] else -sign
+
+
+def _effect(row: dict[str, Any]) -> str:
+    """A row's difference in words: the metric, the decision's estimate in its unit, the relative lift and
+    the adjusted p-value, e.g. 'conversion_rate +1.20 points (+15.0%) against holdout, adjusted p 0.003'."""
+    metric = next(m for m in METRICS if m.name == row["metric"])
+    estimate = row["cuped_diff"] if row.get("cuped_diff") is not None else row["diff"]
+    amount = f"{estimate * 100:+.2f} points" if metric.is_rate else f"{estimate:+,.1f} {metric.unit}"
+    lift = row.get("lift")
+    relative = f" ({lift:+.1%})" if lift is not None and math.isfinite(lift) else ""
+    return (
+        f"{row['metric']} {amount}{relative} against {row['control_variant_id']}, "
+        f"adjusted p {row['p_value_adjusted']:.2g}"
+    )
+
+
+def verdict(
+    metric_rows: dict[str, dict[str, Any]], primary: str, max_days: int, srm_p_value: float, is_srm: bool
+) -> tuple[str, str]:
+    """GrowthBook-style decision on one variant from its rows (metric -> row), with the numbers behind it.
+
+    Not trusted (sample-ratio mismatch): stop. Primary significantly worse, or any tested guardrail: stop,
+    naming it. Primary significantly better: ship. Otherwise keep running, unless detecting the primary's
+    observed difference at 80% power would take more than `max_days` days: stop."""
+    if is_srm:
+        return "stop", (
+            f"sample-ratio mismatch: fix the assignment before reading results (the arms' units against their "
+            f"intended shares: p = {srm_p_value:.2g})"
+        )
+    main = metric_rows[primary]
+    if main["untested_reason"] is not None:
+        return "keep running", f"{primary} is not tested yet: {main['untested_reason']}"
+    if _direction(main) < 0:
+        return "stop", f"the primary metric is significantly worse: {_effect(main)}"
+    harmed = [row for name, row in metric_rows.items() if name != primary and _direction(row) < 0]
+    if harmed:
+        names = ", ".join(row["metric"] for row in harmed)
+        return "stop", f"guardrail {names} significantly worse: " + "; ".join(_effect(row) for row in harmed)
+    if _direction(main) > 0:
+        return "ship", f"{_effect(main)}; no tested guardrail is significantly worse"
+    days = main.get("days_to_decision")
+    if days is None or not math.isfinite(days):
+        return "keep running", f"no difference observed yet: {_effect(main)}"
+    if days > max_days:
+        return "stop", (
+            f"no detectable effect within {max_days} days: {_effect(main)}, which would take about "
+            f"{days:,.0f} more days to detect at 80% power (power today {main['power_at_observed']:.0%})"
+        )
+    if days == 0:
+        return "keep running", (
+            f"not significant yet, though the sample has {main['power_at_observed']:.0%} power for the "
+            f"observed difference: {_effect(main)}"
+        )
+    return "keep running", (
+        f"not significant yet: {_effect(main)}; about {days:,.0f} more days to detect it at 80% power"
+    )
 
 
 def variant_evidence(

@@ -62,8 +62,22 @@ def test_every_campaign_variant_and_metric_has_a_row_and_the_allocation_is_trust
         assert set(mine["variant_id"]) == arms and set(mine["metric"]) == {m.name for m in ex.METRICS}
         # the generator randomises sends as configured: no sample-ratio mismatch
         assert mine["is_trusted"].all() and mine["srm_p_value"].min() > settings.experiments.srm_p_value
-        tested = mine.filter(~pl.col("is_control"))
+        tested = mine.filter(~pl.col("is_control") & pl.col("untested_reason").is_null())
         assert tested["p_value_adjusted"].is_not_null().all()
+        assert tested["mde"].is_not_null().all() and tested["power_at_observed"].is_not_null().all()
+        # the holdout gets no message: click_rate against it is not tested, and says why
+        clicks = mine.filter(
+            (pl.col("metric") == "click_rate") & ~pl.col("is_control")
+            & ((pl.col("variant_id") == "holdout") | (pl.col("control_variant_id") == "holdout"))
+        )  # fmt: skip
+        assert clicks.height > 0 and clicks["untested_reason"].str.contains("no message").all()
+        assert clicks["p_value"].is_null().all() and clicks["p_value_adjusted"].is_null().all()
+        # every variant has one verdict on all its rows; the holdout (the control here) none
+        variants = mine.filter(pl.col("variant_id") != "holdout")
+        assert set(variants["verdict"]) <= set(ex.VERDICTS) and variants["verdict_reason"].is_not_null().all()
+        assert variants.group_by("variant_id").agg(pl.col("verdict").n_unique())["verdict"].max() == 1
+        assert mine.filter(pl.col("variant_id") == "holdout")["verdict"].is_null().all()
+        assert set(mine.filter(pl.col("metric_role") == "primary")["metric"]) == {campaign.primary_metric}
         assert (tested["p_value_adjusted"] >= tested["decision_p_value"] - 1e-12).all()
         assert tested["sequential_ci_low"].le(tested["cuped_ci_low"]).all()
 
@@ -297,3 +311,199 @@ def test_stored_results_are_replaced_when_a_night_is_rerun(analysed) -> None:
 
 def test_sample_ratio_of_an_empty_campaign_is_not_a_failure() -> None:
     assert stats.sample_ratio({}, {"holdout": 0.1, "contacted": 0.9}).p_value == 1.0
+
+
+# Planted experiments: units made by hand, analysed by the same code as the warehouse's.
+
+DAY = date(2026, 11, 20)
+
+
+def planted_units(seed: int, arms: dict[str, tuple[int, float, float, float]]) -> pl.DataFrame:
+    """experiment_units rows: arm -> (units, conversion rate, click rate, revenue in cents per conversion)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for arm, (n, converts, clicks, revenue) in arms.items():
+        converted = rng.random(n) < converts
+        frames.append(
+            pl.DataFrame({
+                "variant_id": arm, "user_id": [f"{arm}-{i}" for i in range(n)],
+                "is_converted": converted.astype(int), "is_clicked": (rng.random(n) < clicks).astype(int),
+                "revenue_cents": np.where(converted, revenue, 0), "events_before": rng.poisson(3, n).astype(float),
+            })
+        )  # fmt: skip
+    return pl.concat(frames)
+
+
+def analyse_planted(tmp_path, units: pl.DataFrame, **campaign_update) -> tuple[list[dict], dict]:
+    settings = load_settings_for(tmp_path)
+    campaign = settings.campaigns[0].model_copy(update=campaign_update)
+    ctx = run_context(settings, DAY)
+    return ex.analyse_units(units, campaign, settings, ctx, ctx.cutoff - timedelta(days=14))
+
+
+def rows_of(rows: list[dict], variant: str) -> dict[str, dict]:
+    return {row["metric"]: row for row in rows if row["variant_id"] == variant}
+
+
+def test_click_rate_against_the_holdout_is_not_tested_nor_counted_in_the_correction(tmp_path) -> None:
+    # variants click a lot, the holdout never (it gets no message): a naive test would call it significant
+    units = planted_units(1, {"holdout": (1000, 0.05, 0.0, 5000), "a": (4500, 0.05, 0.3, 5000),
+                              "b": (4500, 0.05, 0.2, 5000)})  # fmt: skip
+    rows, summary = analyse_planted(tmp_path, units)
+    for variant in ("a", "b"):
+        click = rows_of(rows, variant)["click_rate"]
+        assert "holdout gets no message" in click["untested_reason"]
+        for column in ("diff", "p_value", "p_value_adjusted", "is_significant", "mde", "days_to_decision"):
+            assert click.get(column) is None, column
+        assert rows_of(rows, variant)["conversion_rate"]["untested_reason"] is None
+    assert not any(name.endswith(":click_rate") for name in summary["significant"])
+
+    # against variant a, the holdout's click row is untested and b's is the only one Holm corrects: its
+    # adjusted p-value is its own (counting the holdout's would double it)
+    rows, _ = analyse_planted(tmp_path, units, control_variant="a")
+    assert "no message" in rows_of(rows, "holdout")["click_rate"]["untested_reason"]
+    b_click = rows_of(rows, "b")["click_rate"]
+    assert b_click["untested_reason"] is None and b_click["decision_p_value"] > 0
+    assert b_click["p_value_adjusted"] == pytest.approx(b_click["decision_p_value"], rel=1e-12)
+    conversions = [rows_of(rows, arm)["conversion_rate"] for arm in ("holdout", "b")]
+    adjusted = stats.adjust_p_values([row["decision_p_value"] for row in conversions], "holm")
+    assert [row["p_value_adjusted"] for row in conversions] == pytest.approx(adjusted)
+
+
+def test_a_strong_effect_ships_and_the_power_columns_agree_with_stats(tmp_path) -> None:
+    units = planted_units(2, {"holdout": (2000, 0.05, 0.0, 5000), "a": (9000, 0.15, 0.3, 5000),
+                              "b": (9000, 0.05, 0.3, 5000)})  # fmt: skip
+    rows, summary = analyse_planted(tmp_path, units)
+    a = rows_of(rows, "a")
+    assert {row["verdict"] for row in a.values()} == {"ship"}
+    assert a["conversion_rate"]["verdict_reason"].startswith("conversion_rate +10.")
+    assert "against holdout" in a["conversion_rate"]["verdict_reason"]
+    assert summary["verdicts"]["a"] == "ship" and summary["verdicts"]["b"] != "ship"
+    assert (
+        a["conversion_rate"]["metric_role"] == "primary"
+        and a["revenue_per_user"]["metric_role"] == "guardrail"
+    )
+    assert all(row["higher_is_better"] for row in rows)
+    conversion = a["conversion_rate"]
+    sd = stats.rate_sd(conversion["control_mean"])
+    mde = stats.minimum_detectable_effect(sd, 2000, 9000, 0.05)
+    assert conversion["mde"] == pytest.approx(mde)
+    assert conversion["mde_relative"] == pytest.approx(mde / conversion["control_mean"])
+    assert conversion["power_at_observed"] > 0.999 and conversion["days_to_decision"] == 0
+    # b's difference is noise: it would take longer than the cap to detect, or it is not there at all
+    b = rows_of(rows, "b")["conversion_rate"]
+    assert b["verdict"] in {"keep running", "stop"} and b["power_at_observed"] < 0.8
+    assert rows_of(rows, "holdout")["conversion_rate"]["verdict"] is None
+
+
+def test_a_harmed_guardrail_stops_the_variant_and_is_named(tmp_path) -> None:
+    # a converts three times as often, but each conversion brings a tenth of the revenue
+    units = planted_units(3, {"holdout": (2000, 0.05, 0.0, 5000), "a": (9000, 0.15, 0.3, 500),
+                              "b": (9000, 0.05, 0.3, 5000)})  # fmt: skip
+    rows, summary = analyse_planted(tmp_path, units)
+    a = rows_of(rows, "a")
+    assert a["conversion_rate"]["is_significant"] and a["revenue_per_user"]["is_significant"]
+    assert summary["verdicts"]["a"] == "stop"
+    reason = a["conversion_rate"]["verdict_reason"]
+    assert reason.startswith("guardrail revenue_per_user significantly worse") and "cents" in reason
+    # with revenue as the primary metric the same variant is stopped for its primary
+    rows, _ = analyse_planted(tmp_path, units, primary_metric="revenue_per_user")
+    a = rows_of(rows, "a")
+    assert (
+        a["revenue_per_user"]["metric_role"] == "primary"
+        and a["conversion_rate"]["metric_role"] == "guardrail"
+    )
+    assert a["revenue_per_user"]["verdict"] == "stop"
+    assert a["revenue_per_user"]["verdict_reason"].startswith("the primary metric is significantly worse")
+
+
+def test_a_sample_ratio_mismatch_stops_every_variant(tmp_path) -> None:
+    # the holdout has a quarter of the units where the campaign holds out a tenth
+    units = planted_units(4, {"holdout": (3000, 0.05, 0.0, 5000), "a": (4500, 0.15, 0.3, 5000),
+                              "b": (4500, 0.05, 0.3, 5000)})  # fmt: skip
+    rows, summary = analyse_planted(tmp_path, units)
+    assert not summary["is_trusted"] and summary["verdicts"] == {"a": "stop", "b": "stop"}
+    for row in rows:
+        if row["variant_id"] != "holdout":
+            assert row["verdict_reason"].startswith(
+                "sample-ratio mismatch: fix the assignment before reading results"
+            )
+
+
+def _hand_row(
+    metric: str,
+    diff: float,
+    significant: bool,
+    days: float | None = None,
+    role: str = "guardrail",
+    reason: str | None = None,
+) -> dict:
+    return {"metric": metric, "diff": diff, "cuped_diff": None, "lift": 0.1, "is_significant": significant,
+            "higher_is_better": True, "control_variant_id": "holdout", "p_value_adjusted": 0.2,
+            "days_to_decision": days, "power_at_observed": 0.3, "metric_role": role, "untested_reason": reason}  # fmt: skip
+
+
+def test_the_verdict_waits_for_a_decision_only_up_to_the_configured_days() -> None:
+    def decide(days: float | None, max_days: int = 60, **primary) -> tuple[str, str]:
+        rows = {
+            "conversion_rate": _hand_row("conversion_rate", 0.004, False, days, "primary") | primary,
+            "click_rate": _hand_row("click_rate", 0.0, False, reason="the holdout gets no message"),
+            "revenue_per_user": _hand_row("revenue_per_user", -3.0, False, 12),
+        }
+        return ex.verdict(rows, "conversion_rate", max_days, 0.5, False)
+
+    assert decide(12) == ("keep running", decide(12)[1]) and "about 12 more days" in decide(12)[1]
+    assert decide(61)[0] == "stop" and decide(61)[1].startswith("no detectable effect within 60 days")
+    assert decide(61, max_days=90)[0] == "keep running"
+    assert decide(None)[0] == "keep running" and "no difference observed yet" in decide(None)[1]
+    assert decide(0)[0] == "keep running" and "not significant yet, though" in decide(0)[1]
+    # lower is better: a significant drop ships, a significant rise stops
+    assert decide(0, is_significant=True, higher_is_better=False, diff=-0.01)[0] == "ship"
+    assert decide(0, is_significant=True, higher_is_better=False, diff=0.01)[0] == "stop"
+    # too few units in the primary's comparison: keep running, saying so
+    small = decide(
+        None, untested_reason="fewer than experiments.min_units (100) units: 40 in a, 12 in holdout"
+    )
+    assert small[0] == "keep running" and "40 in a" in small[1]
+
+
+def test_primary_metric_is_validated_and_the_metric_lists_agree(tmp_path) -> None:
+    from tailor.config import EXPERIMENT_METRICS, MESSAGE_METRICS, ConfigError
+
+    assert tuple(metric.name for metric in ex.METRICS) == EXPERIMENT_METRICS
+    assert tuple(metric.name for metric in ex.METRICS if metric.needs_message) == MESSAGE_METRICS
+    settings = load_settings_for(tmp_path)
+    assert settings.campaigns[0].primary_metric == "conversion_rate"
+    assert settings.experiments.max_days_to_decision == 60
+    config = tmp_path / "tailor.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("    variants:", "    primary_metric: opens\n    variants:"))
+    with pytest.raises(
+        ConfigError, match=r"key 'campaigns\.0\.primary_metric'.*'opens' is not one of"
+    ) as error:
+        load_settings(config)
+    assert "\n" not in str(error.value)
+    # click_rate cannot be decided against the holdout, which gets no message
+    config.write_text(text.replace("    variants:", "    primary_metric: click_rate\n    variants:"))
+    with pytest.raises(
+        ConfigError, match="primary_metric 'click_rate' cannot be measured against the holdout"
+    ):
+        load_settings(config)
+    config.write_text(
+        text.replace("    variants:", "    primary_metric: click_rate\n    control_variant: a\n    variants:")
+    )
+    assert load_settings(config).campaigns[0].primary_metric == "click_rate"
+
+
+def test_a_results_table_from_before_the_new_columns_gains_them(tmp_path) -> None:
+    settings = load_settings_for(tmp_path)
+    old = dict(list(ex.RESULT_COLUMNS.items())[: list(ex.RESULT_COLUMNS).index("metric_role")])
+    with connect(settings) as con:
+        con.execute("create schema meta")
+        con.execute(f"create table meta.experiment_results ({', '.join(f'{n} {t}' for n, t in old.items())})")
+        ex.ensure_tables(con)
+        row = _result(DAY, "a", 0.01, True) | {"verdict": "ship", "days_to_decision": 0.0}
+        replace_run_rows(con, "meta.experiment_results", ex.RESULT_COLUMNS, [row], DAY)
+        stored = con.sql("select * from meta.experiment_results").pl()
+    assert stored.columns == list(ex.RESULT_COLUMNS)
+    assert stored["verdict"].to_list() == ["ship"] and stored["diff"].to_list() == [0.01]
