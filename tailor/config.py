@@ -691,6 +691,12 @@ class Settings(StrictModel):
     project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     timezone: str = Field("UTC", description="run dates are days in this zone")
     seed: int = Field(42, description="drives every split, sample and model")
+    currency: str = Field(
+        "USD",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code of the data's money (price_cents and revenue_cents are its hundredths): "
+        "the report shows money in it",
+    )
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     sources: dict[str, SourceConfig]

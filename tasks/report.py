@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor import charts
 from tailor.config import CampaignConfig, Settings
 from tailor.sql import ensure_table, replace_run_rows, table_exists
-from tailor.tasks.experiments import ensure_tables, intended_shares
+from tailor.tasks.experiments import METRICS, ensure_tables, intended_shares
 from tailor.tasks.fairness import ensure_audit_table
 from tailor.warehouse import RunContext, connect
 
@@ -330,8 +330,23 @@ def repeats_reason(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str | Non
 
 # ---- experiments ---------------------------------------------------------------------------------------
 
-# what each metric measures, the unit its values carry, and the direction that is good
-METRIC_UNITS = {"conversion_rate": "share of users", "click_rate": "share of users", "revenue_per_user": "currency"}
+def in_units(row: dict[str, Any], currency: str) -> dict[str, str]:
+    """The row's means and expected loss as people read them: rates in %, money in the data's currency
+    (the results hold cents)."""
+    metric = next((m for m in METRICS if m.name == row["metric"]), None)
+
+    def shown(value: Any) -> str:
+        if value is None or not isinstance(value, int | float) or not math.isfinite(value):
+            return "-"
+        if metric is not None and metric.is_rate:
+            return f"{100 * value:.2f}%"
+        return f"{value / 100:,.2f} {currency}"
+
+    return {
+        "control_shown": shown(row.get("control_mean")),
+        "mean_shown": shown(row.get("mean")),
+        "loss_shown": shown(row.get("expected_loss")),
+    }
 
 
 def outcome(row: dict[str, Any]) -> str:
@@ -403,7 +418,7 @@ def campaign_section(
         "alpha": first["alpha"],
         "correction": first["correction"],
         "verdicts": arm_verdicts(rows),
-        "rows": [r | {"outcome": outcome(r), "unit": METRIC_UNITS.get(r["metric"], "")} for r in tested],
+        "rows": [r | {"outcome": outcome(r)} | in_units(r, settings.currency) for r in tested],
         "lift_chart": charts.lift_chart(lift_rows, f"{campaign_id}: relative lift against {first['control_variant_id']}"),
         "history": history_charts(con, campaign_id, primary, ctx),
         "uplift": uplift.filter(pl.col("campaign_id") == campaign_id).drop("run_date", "campaign_id").to_dicts(),
@@ -569,6 +584,7 @@ def render(
     template = _environment().get_template("report.html.j2")
     return template.render(
         project=settings.project,
+        currency=settings.currency,
         run_date=ctx.run_date.isoformat(),
         cutoff=ctx.cutoff.isoformat(),
         page=page,
