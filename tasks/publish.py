@@ -821,9 +821,15 @@ def upload_run(
     def before_pointers(attempt_folder: str) -> dict[str, Any] | None:
         written = tables(attempt_folder) if tables else None
         if (local_run / REPORT_FILE).exists():
-            # rendered again now that the files are up: it times the upload and links what was published
-            report = published_report(settings, ctx, local_run, attempt_folder, previous, started)
-            store.put_bytes(report, f"{attempt_folder}/{REPORT_FILE}")
+            # rendered again now that the files are up: it times the upload and links what was published;
+            # the report rendered before the publish is already in the attempt, so a failure here costs
+            # only the timings and links, never the night
+            try:
+                report = published_report(settings, ctx, local_run, attempt_folder, previous, started)
+            except Exception as error:
+                log.warning("publish: the report keeps its first rendering (%s: %s)", type(error).__name__, error)
+            else:
+                store.put_bytes(report, f"{attempt_folder}/{REPORT_FILE}")
         return written
 
     published = publish_attempt(
