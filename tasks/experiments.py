@@ -445,10 +445,10 @@ def _direction(row: dict[str, Any]) -> int:
 
 def _effect(row: dict[str, Any]) -> str:
     """A row's difference in words: the metric, the decision's estimate in its unit, the relative lift and
-    the adjusted p-value, e.g. 'conversion_rate +1.20 points (+15.0%) against holdout, adjusted p 0.003'."""
+    the adjusted p-value, e.g. 'conversion_rate +1.20 percentage points (+15.0%) against holdout, adjusted p 0.003'."""
     metric = next(m for m in METRICS if m.name == row["metric"])
     estimate = row["cuped_diff"] if row.get("cuped_diff") is not None else row["diff"]
-    amount = f"{estimate * 100:+.2f} points" if metric.is_rate else f"{estimate:+,.1f} {metric.unit}"
+    amount = f"{estimate * 100:+.2f} percentage points" if metric.is_rate else f"{estimate:+,.1f} {metric.unit}"
     lift = row.get("lift")
     relative = f" ({lift:+.1%})" if lift is not None and math.isfinite(lift) else ""
     return (
