@@ -165,28 +165,20 @@ def _rewrite_page(text: str, page: Path, folder: Path, used: set[str], unknown: 
             changed = True
         return _PINNING.sub("", tag) if changed else tag
 
-    def css_url(match: re.Match[str]) -> str:
+    def css_reference(match: re.Match[str], written: str, missing: str) -> str:
+        """A url() or @import of a stylesheet: `written` with the local copy in place of {}, or `missing`."""
         url = match.group(2)
         if not is_external(url):
             return match.group(0)
         local = _local(url, page, folder, used)
         if local is None:
             leave_out(url)
-            return "none"
-        return f"url('{local}')"
-
-    def css_import(match: re.Match[str]) -> str:
-        url = match.group(2)
-        if not is_external(url):
-            return match.group(0)
-        local = _local(url, page, folder, used)
-        if local is None:
-            leave_out(url)
-            return ""
-        return f"@import url('{local}');"
+            return missing
+        return written.format(local)
 
     def style(match: re.Match[str]) -> str:
-        css = _CSS_URL.sub(css_url, _CSS_IMPORT.sub(css_import, match.group(2)))
+        css = _CSS_IMPORT.sub(lambda m: css_reference(m, "@import url('{}');", ""), match.group(2))
+        css = _CSS_URL.sub(lambda m: css_reference(m, "url('{}')", "none"), css)
         return match.group(1) + css + match.group(3)
 
     return _ELEMENT.sub(element, _STYLE.sub(style, text))

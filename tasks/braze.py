@@ -187,6 +187,19 @@ class BrazeStateError(RuntimeError):
     """The warehouse's Braze feed is not the one the run's files were written from."""
 
 
+def require_feed(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
+    """The warehouse's Braze feed is the one of `params` (run_date, updated_at), or BrazeStateError."""
+    for table in ("marts.user_updates", "marts.user_deletes"):
+        other = con.execute(
+            f"select count(*) from {table} where run_date <> $run_date or updated_at <> $updated_at", params
+        ).fetchall()[0][0]
+        if other:
+            raise BrazeStateError(
+                f"{table} no longer holds the feed this run published (another night was written since): "
+                "rerun the night to bring Braze's state up to date"
+            )
+
+
 def check_feed_current(settings: Settings, ctx: RunContext, local_run: Path) -> None:
     """Before anything is uploaded: the warehouse still holds the feed this run wrote (no other night was
     written since), so Braze never gets a night whose state could not then be recorded."""
@@ -197,16 +210,7 @@ def check_feed_current(settings: Settings, ctx: RunContext, local_run: Path) -> 
     params = {"run_date": ctx.run_date, "updated_at": updated_at}
     with connect(settings) as con:
         ensure_braze_tables(con)
-        for table in ("marts.user_updates", "marts.user_deletes"):
-            other = con.execute(
-                f"select count(*) from {table} where run_date <> $run_date or updated_at <> $updated_at",
-                params,
-            ).fetchall()[0][0]
-            if other:
-                raise BrazeStateError(
-                    f"{table} no longer holds the feed this run published (another night was written since): "
-                    "rerun the night to bring Braze's state up to date"
-                )
+        require_feed(con, params)
 
 
 def record_published(
@@ -227,16 +231,7 @@ def record_published(
         ).fetchall()[0][0]
         if done:
             return {"updated_at": entry["updated_at"], "recorded": False}
-        for table in ("marts.user_updates", "marts.user_deletes"):
-            other = con.execute(
-                f"select count(*) from {table} where run_date <> $run_date or updated_at <> $updated_at",
-                params,
-            ).fetchall()[0][0]
-            if other:
-                raise BrazeStateError(
-                    f"{table} no longer holds the feed this run published (another night was written since): "
-                    "rerun the night to bring Braze's state up to date"
-                )
+        require_feed(con, params)
         counts = {
             name: con.execute(f"select count(*) from marts.{name}").fetchall()[0][0]
             for name in BRAZE_DATASETS

@@ -131,32 +131,26 @@ def partition_predicate(day: date) -> str:
 
 # Arrow type -> (JSON Schema, Delta, Athena, Trino). Naive timestamps are UTC by the contract and become
 # Delta's `timestamp` (UTC): `timestamp_ntz` needs reader version 3, which not every engine reads.
+_SCALAR_TYPES: tuple[tuple[Callable[[pa.DataType], bool], tuple[dict[str, str], str, str, str]], ...] = (
+    (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+     ({"type": "string"}, "string", "string", "varchar")),
+    (pa.types.is_int64, ({"type": "integer"}, "long", "bigint", "bigint")),
+    (pa.types.is_int32, ({"type": "integer"}, "integer", "int", "integer")),
+    (pa.types.is_int16, ({"type": "integer"}, "short", "smallint", "smallint")),
+    (pa.types.is_int8, ({"type": "integer"}, "byte", "tinyint", "tinyint")),
+    (pa.types.is_float32, ({"type": "number"}, "float", "float", "real")),
+    (pa.types.is_float64, ({"type": "number"}, "double", "double", "double")),
+    (pa.types.is_boolean, ({"type": "boolean"}, "boolean", "boolean", "boolean")),
+    (pa.types.is_date32, ({"type": "string", "format": "date"}, "date", "date", "date")),
+    (pa.types.is_timestamp,
+     ({"type": "string", "format": "date-time"}, "timestamp", "timestamp", "timestamp(3) with time zone")),
+)  # fmt: skip
+
+
 def _types(data_type: pa.DataType) -> tuple[dict[str, Any], Any, str, str]:
-    if pa.types.is_string(data_type) or pa.types.is_large_string(data_type):
-        return {"type": "string"}, "string", "string", "varchar"
-    if pa.types.is_int64(data_type):
-        return {"type": "integer"}, "long", "bigint", "bigint"
-    if pa.types.is_int32(data_type):
-        return {"type": "integer"}, "integer", "int", "integer"
-    if pa.types.is_int16(data_type):
-        return {"type": "integer"}, "short", "smallint", "smallint"
-    if pa.types.is_int8(data_type):
-        return {"type": "integer"}, "byte", "tinyint", "tinyint"
-    if pa.types.is_float32(data_type):
-        return {"type": "number"}, "float", "float", "real"
-    if pa.types.is_float64(data_type):
-        return {"type": "number"}, "double", "double", "double"
-    if pa.types.is_boolean(data_type):
-        return {"type": "boolean"}, "boolean", "boolean", "boolean"
-    if pa.types.is_date32(data_type):
-        return {"type": "string", "format": "date"}, "date", "date", "date"
-    if pa.types.is_timestamp(data_type):
-        return (
-            {"type": "string", "format": "date-time"},
-            "timestamp",
-            "timestamp",
-            "timestamp(3) with time zone",
-        )
+    for matches, (as_json, as_delta, as_athena, as_trino) in _SCALAR_TYPES:
+        if matches(data_type):
+            return dict(as_json), as_delta, as_athena, as_trino
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
         item_json, item_delta, item_athena, item_trino = _types(data_type.value_type)
         return (

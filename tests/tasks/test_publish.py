@@ -498,8 +498,9 @@ def test_braze_gets_only_changed_users_each_night_later_each_time(published, tmp
                 "select user_id from marts.user_update_payloads order by user_id limit 3").fetchall())  # fmt: skip
             # the user moved segment; a small move of someone else's list is not sent (publish.braze)
             con.execute("update marts.segments set rfm_segment = 'changed' where user_id = $u", {"u": changed})
-            con.execute("update marts.recommendations set rank = 3 - rank where user_id = $u and rank <= 2",
-                        {"u": reordered})  # fmt: skip
+            swapped = con.execute("update marts.recommendations set rank = 3 - rank where user_id = $u and rank <= 2",
+                                  {"u": reordered}).fetchall()  # fmt: skip
+            assert swapped == [(2,)]  # the reorder happened: its absence below is the rule, not a no-op
             for table in ("recommendations", "content", "segments", "user_scores"):
                 con.execute(f"delete from marts.{table} where user_id = $u", {"u": leaving})
         assert updates.num_rows == everyone  # the first night Braze holds nothing: everyone is new
