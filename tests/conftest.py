@@ -22,6 +22,7 @@ os.environ.setdefault("TAILOR_PSEUDONYM_KEY", "test-pseudonym-key")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
     os.environ["PREFECT_HOME"] = str(_home / "workers" / os.environ["PYTEST_XDIST_WORKER"])
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes the last folder only
 
 from tailor.s3server import SeaweedServer, free_port
 

@@ -198,6 +198,9 @@ PROBE = """
 <script>
 window.addEventListener("load", async () => {
   await document.fonts.ready;
+  // bootstrap-table may fill its rows after the load event on a busy machine: give it up to 3 s
+  const filled = () => document.querySelectorAll(".bootstrap-table tbody tr td:not(:empty)").length > 0;
+  for (let wait = 0; wait < 30 && !filled(); wait++) await new Promise(done => setTimeout(done, 100));
   const style = (selector, property) => {
     const element = document.querySelector(selector);
     return element ? getComputedStyle(element)[property] : null;
