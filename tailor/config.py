@@ -590,6 +590,61 @@ class ExperimentsConfig(StrictModel):
 
 
 USER_ATTRIBUTES = ("country", "language", "age_band", "gender")
+# names user_features.sql already gives its columns: a declared attribute may not take one
+_TAKEN_FEATURE_NAMES = ("cutoff", "days_since_signup", "known_on", "is_latest", "variant_id", "campaign_id")
+
+
+class UserFeaturesConfig(StrictModel):
+    """What the company knows about its customers beyond Tailor's behavioural features: columns of the users
+    source and per-user features computed by its own SQL. Both become features of the propensity,
+    conversion and uplift models (a sensitive one only when privacy.sensitive_features names it)."""
+
+    attributes: dict[str, Literal["categorical", "numeric"]] = Field(
+        default_factory=dict,
+        description="columns of the users source (after `sources.users.columns` mapping) -> categorical or "
+        "numeric, e.g. past_year_spend: numeric, acquisition_channel: categorical",
+    )
+    sql: str | None = Field(
+        None,
+        description="a .sql file (relative to the config file) returning one row per user_id with the "
+        "columns of sql_columns, as of $cutoff: it reads Tailor's staging tables (staging.stg_interactions, "
+        "staging.stg_users...) and only events before $cutoff, rows known before $cutoff_day",
+    )
+    sql_columns: dict[str, Literal["categorical", "numeric"]] = Field(
+        default_factory=dict, description="the columns the sql file returns besides user_id -> their kind"
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, attributes: dict[str, str]) -> dict[str, str]:
+        for name in attributes:
+            if not _PARAMETER_NAME.match(name):
+                raise ValueError(f"attribute {name!r} must be a lowercase identifier such as past_year_spend")
+            if name in {"user_id", "created_at", "email", *USER_ATTRIBUTES, *_TAKEN_FEATURE_NAMES}:
+                raise ValueError(
+                    f"attribute {name!r} is already a users column or feature of Tailor's; declare only the "
+                    "company's own columns"
+                )
+        return attributes
+
+    @model_validator(mode="after")
+    def _sql_declares_columns(self) -> UserFeaturesConfig:
+        if bool(self.sql) != bool(self.sql_columns):
+            raise ValueError("sql and sql_columns go together: the file, and the columns it returns")
+        self._attribute_names(self.sql_columns)
+        clash = sorted(set(self.sql_columns) & set(self.attributes))
+        if clash:
+            raise ValueError(f"sql_columns: {', '.join(clash)} already declared in attributes")
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return (*self.attributes, *self.sql_columns)
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        kinds = self.attributes | self.sql_columns
+        return tuple(name for name, kind in kinds.items() if kind == "categorical")
 
 
 class PrivacyConfig(StrictModel):
@@ -604,11 +659,6 @@ class PrivacyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _checks(self) -> PrivacyConfig:
-        unknown = [name for name in self.sensitive_attributes if name not in USER_ATTRIBUTES]
-        if unknown:
-            raise ValueError(
-                f"sensitive_attributes: {', '.join(unknown)} not a users column ({', '.join(USER_ATTRIBUTES)})"
-            )
         stray = [name for name in self.sensitive_features if name not in self.sensitive_attributes]
         if stray:
             raise ValueError(f"sensitive_features: {', '.join(stray)} not in sensitive_attributes")
@@ -723,6 +773,7 @@ class Settings(StrictModel):
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    user_features: UserFeaturesConfig = Field(default_factory=UserFeaturesConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""
     config_sha256: Annotated[str, Field(exclude=True)] = ""
@@ -755,12 +806,32 @@ class Settings(StrictModel):
                 raise ValueError(f"unknown source {name!r}; the tables are {', '.join(TABLES)}")
             table = TABLES[name]
             for canonical in source.columns:
-                if canonical not in table.column_names:
+                # the users source may also map the company's declared attributes (checked with them)
+                if canonical not in table.column_names and name != "users":
                     raise ValueError(f"{name}.columns: {canonical!r} is not a column of {name}")
         missing = [name for name in REQUIRED_SOURCES if name not in sources]
         if missing:
             raise ValueError(f"missing required source(s): {', '.join(missing)}")
         return sources
+
+    @model_validator(mode="after")
+    def _sensitive_are_users_columns(self) -> Settings:
+        # a declared attribute may be sensitive too (an ethnicity, a health flag): it is then kept out of
+        # the models like age_band and gender
+        known = (*USER_ATTRIBUTES, *self.user_features.feature_names)
+        for canonical in self.sources["users"].columns:
+            if canonical not in (*TABLES["users"].column_names, *self.user_features.attributes):
+                raise ValueError(
+                    f"sources.users.columns: {canonical!r} is not a column of users nor an attribute declared "
+                    "in user_features.attributes"
+                )
+        unknown = [name for name in self.privacy.sensitive_attributes if name not in known]
+        if unknown:
+            raise ValueError(
+                f"privacy.sensitive_attributes: {', '.join(unknown)} not a users column "
+                f"({', '.join(known)}; declare a company column in user_features.attributes)"
+            )
+        return self
 
     @property
     def base_dir(self) -> Path:

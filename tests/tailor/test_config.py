@@ -275,3 +275,35 @@ def test_a_relative_command_line_target_may_not_climb(tmp_path: Path, capsys) ->
     assert main(["run", "--config", str(config), "--target", "file://../../..", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert "file://../../.." in error and "'..'" in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("user_features", "sources_users", "message"),
+    [
+        ({"attributes": {"Past Spend": "numeric"}}, {}, "lowercase identifier"),
+        ({"attributes": {"country": "categorical"}}, {}, "already a users column"),
+        ({"attributes": {"spend": "money"}}, {}, "attributes.spend"),
+        ({"sql": "features.sql"}, {}, "sql and sql_columns go together"),
+        ({"sql": "f.sql", "sql_columns": {"spend": "numeric"}, "attributes": {"spend": "numeric"}}, {},
+         "already declared in attributes"),
+        ({}, {"columns": {"spend": "PastSpend"}}, "not a column of users nor an attribute"),
+    ],
+)  # fmt: skip
+def test_user_features_config_names_the_key_that_is_wrong(
+    user_features: dict, sources_users: dict, message: str
+) -> None:
+    from tests import tiny
+
+    sources = {name: {"path": f"{name}.csv"} for name in ("users", "consents", "items", "interactions")}
+    sources["users"] |= sources_users
+    with pytest.raises(ValueError, match=message):
+        tiny.settings(user_features=user_features, sources=sources)
+
+
+def test_a_declared_attribute_may_be_mapped_from_the_file() -> None:
+    from tests import tiny
+
+    sources = {name: {"path": f"{name}.csv"} for name in ("users", "consents", "items", "interactions")}
+    sources["users"]["columns"] = {"past_year_spend": "PastYearSpend"}
+    settings = tiny.settings(user_features={"attributes": {"past_year_spend": "numeric"}}, sources=sources)
+    assert settings.user_features.feature_names == ("past_year_spend",)
