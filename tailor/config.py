@@ -553,6 +553,54 @@ class DraftingConfig(StrictModel):
     candidates: int = Field(3, ge=1, le=20, description="subjects and headlines proposed per segment")
 
 
+UPLIFT_LEARNERS = ("two_model", "x_learner", "transformed_outcome")
+
+
+class UpliftConfig(StrictModel):
+    """The uplift evaluation in the experiments (tasks/experiments.py evaluate_uplift) and the gate it sets for
+    the personalized policy: a model drives the policy only when its margin over random targeting and its
+    Qini coefficient both have bootstrap intervals above zero on the test split."""
+
+    enabled: bool = True
+    split: Literal["random", "time"] = Field(
+        "random", description="random: users drawn (seeded) into train/validation/test; time: the last days"
+    )
+    train_share: float = Field(0.6, gt=0, lt=1, description="random split: share of users to train on")
+    validation_share: float = Field(0.2, gt=0, lt=1, description="random split: users that choose the learner")
+    test_share: float = Field(0.2, gt=0, lt=1, description="random split: users the chosen learner is measured on")
+    test_days: int = Field(14, ge=1, description="time split: the last days before the cutoff are the test")
+    validation_days: int = Field(14, ge=1, description="time split: the days before the test choose the learner")
+    learners: list[Literal["two_model", "x_learner", "transformed_outcome"]] = Field(
+        default_factory=lambda: list(UPLIFT_LEARNERS),
+        min_length=1,
+        description="fitted on the training units; the best validation Qini is evaluated on the test units",
+    )
+    bootstrap_samples: int = Field(
+        200, ge=20, description="resamples (each arm drawn separately) behind every interval"
+    )
+    target_share: float = Field(
+        0.3, gt=0, le=1, description="the k of uplift@k that the gate and the report read: share of each arm"
+    )
+    min_units: int = Field(
+        200, ge=10, description="fewer treated or control units in any part of the split: not evaluated"
+    )
+    n_estimators: int = Field(600, ge=1, description="upper bound per booster; early stopping picks the number")
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(7, ge=2)
+    min_data_in_leaf: int = Field(100, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    early_stopping_share: float = Field(
+        0.2, gt=0, lt=1, description="a seeded share of each booster's training rows that stops it"
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> UpliftConfig:
+        total = self.train_share + self.validation_share + self.test_share
+        if abs(total - 1) > 1e-9:
+            raise ValueError(f"uplift: train, validation and test shares must sum to 1, not {total:g}")
+        return self
+
+
 class ExperimentsConfig(StrictModel):
     """How every campaign's variants are measured each night (flows/experiments.py)."""
 
@@ -587,6 +635,7 @@ class ExperimentsConfig(StrictModel):
         description="a variant whose primary metric would need longer than this (at today's enrollment) to "
         "detect the observed difference at 80% power gets the verdict stop: no detectable effect",
     )
+    uplift: UpliftConfig = Field(default_factory=UpliftConfig)
 
 
 USER_ATTRIBUTES = ("country", "language", "age_band", "gender")
