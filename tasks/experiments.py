@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import duckdb
@@ -612,7 +612,7 @@ def evaluate_uplift(
     config = settings.experiments.uplift
     if not config.enabled:
         return [], [], []
-    examples = uplift_examples(con, campaign, settings, ctx)
+    examples = uplift_examples(con, campaign, ctx, window_start(campaign, settings, ctx))
     parts = split_parts(examples, settings, ctx)
     control = examples["variant_id"] == HOLDOUT
     evaluations, curves, models = [], [], []
@@ -639,19 +639,19 @@ def evaluate_uplift(
 def uplift_examples(
     con: duckdb.DuckDBPyConnection,
     campaign: CampaignConfig,
-    settings: Settings,
     ctx: RunContext,
+    start: datetime,
     mode: str = "experiment",
 ) -> pl.DataFrame:
-    """The campaign's units (mode 'experiment') or every profiled user at the cutoff (mode 'score'), with the
-    uplift models' features (sql/features/uplift_examples.sql)."""
+    """The campaign's units sent from `start` (mode 'experiment') or every profiled user at the cutoff (mode
+    'score'), with the uplift models' features (sql/features/uplift_examples.sql)."""
     return query(
         con,
         "features/uplift_examples",
         {
             "mode": mode,
             "campaign_id": campaign.campaign_id,
-            "window_start": window_start(campaign, settings, ctx),
+            "window_start": start,
             "cutoff": ctx.cutoff,
             "cutoff_day": ctx.run_date,
         },
@@ -858,6 +858,84 @@ def best_single_variant(posteriors: dict[str, tuple[float, float]]) -> str | Non
     if not posteriors:
         return None
     return max(sorted(posteriors), key=lambda v: posteriors[v][0] / (posteriors[v][0] + posteriors[v][1]))
+
+
+@dataclass(frozen=True)
+class UpliftGate:
+    """What the latest uplift evaluation up to tonight lets the personalized policy do with one campaign."""
+
+    run_date: date | None  # the evaluation read (None: none yet)
+    models: dict[
+        str, dict[str, Any]
+    ]  # variant -> its model row (meta.uplift_models), where it drives the policy
+    average_effect: dict[
+        str, float
+    ]  # variant -> its measured average effect over no contact, every evaluated one
+    reasons: dict[str, str]  # variant -> the evaluation's policy_reason
+
+
+def uplift_gate(con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext) -> UpliftGate:
+    """The campaign's latest uplift evaluation up to the run date, with the models that may drive the policy."""
+    ensure_tables(con)
+    key = {"campaign_id": campaign.campaign_id, "run_date": ctx.run_date}
+    rows = con.execute(
+        """
+        with latest as (
+            select max(run_date) as run_date from meta.uplift_evaluation
+            where campaign_id = $campaign_id and run_date <= $run_date
+        )
+        select evaluation.run_date, evaluation.variant_id, evaluation.drives_policy, evaluation.random_uplift,
+            evaluation.policy_reason, models.learner, models.propensity, models.features, models.categories,
+            models.paths
+        from meta.uplift_evaluation as evaluation
+        semi join latest using (run_date)
+        left join meta.uplift_models as models using (run_date, campaign_id, variant_id)
+        where evaluation.campaign_id = $campaign_id
+        order by evaluation.variant_id
+        """,
+        key,
+    ).fetchall()
+    models, average, reasons = {}, {}, {}
+    for (
+        _day,
+        variant,
+        drives,
+        random_uplift,
+        reason,
+        learner,
+        propensity,
+        features,
+        categories,
+        paths,
+    ) in rows:
+        reasons[variant] = reason
+        if random_uplift is not None:
+            average[variant] = float(random_uplift)
+        if drives and learner is not None:
+            models[variant] = {
+                "learner": learner, "propensity": propensity, "features": tuple(json.loads(features)),
+                "categories": json.loads(categories), "paths": json.loads(paths),
+            }  # fmt: skip
+    return UpliftGate(rows[0][0] if rows else None, models, average, reasons)
+
+
+def predicted_uplift(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    users: pl.DataFrame,
+    gate: UpliftGate,
+    ctx: RunContext,
+) -> dict[str, np.ndarray]:
+    """Each gated variant's predicted uplift for `users` (in their order), from the features at the cutoff
+    computed as the evaluation computed them at each send (sql/features/uplift_examples.sql, mode 'score').
+    A user the features do not know (created after the cutoff) has missing features, as LightGBM allows."""
+    scored = uplift_examples(con, campaign, ctx, ctx.cutoff, mode="score")
+    frame = users.select("user_id").join(scored, on="user_id", how="left", maintain_order="left")
+    out = {}
+    for variant, model in gate.models.items():
+        learner = uplift.load_learner(model["learner"], model["paths"], model["propensity"])
+        out[variant] = learner.predict(feature_matrix(frame, model["features"], model["categories"]))
+    return out
 
 
 def predict_with(frame: pl.DataFrame, model: dict[str, Any]) -> np.ndarray:

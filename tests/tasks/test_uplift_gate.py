@@ -130,3 +130,104 @@ def test_too_few_units_are_not_evaluated_and_say_so(evaluated) -> None:
     )
     assert curves == [] and models == [] and row.get("qini_coefficient") is None
 
+
+# ---- the gate in the personalized allocation -------------------------------------------------------------------
+
+
+def two_variant_campaign(**allocation) -> CampaignConfig:
+    return campaign(**allocation).model_copy(
+        update={"variants": [VariantConfig(variant_id="a"), VariantConfig(variant_id="b")]}
+    )
+
+
+def store(con, ctx, rows: list[dict], models: list[dict], extra: list[dict] = ()) -> None:
+    """The evaluation as the experiments store it, and optionally rows of other variants."""
+    ex.ensure_tables(con)
+    replace_run_rows(con, "meta.uplift_evaluation", ex.UPLIFT_COLUMNS, [*rows, *extra], ctx.run_date)
+    replace_run_rows(con, "meta.uplift_models", ex.UPLIFT_MODEL_COLUMNS, models, ctx.run_date)
+
+
+def audience(gold: dict[str, bool]) -> pl.DataFrame:
+    """Every user, as marts/campaign_audience gives them: seeded draws, the last without profiling consent."""
+    users = sorted(gold)
+    rng = np.random.default_rng(3)
+    return pl.DataFrame({
+        "user_id": users, "allows_profiling": [u != users[-1] for u in users],
+        "variant_draw": rng.random(len(users)), "explore_draw": rng.random(len(users)),
+    })  # fmt: skip
+
+
+def unproven_b(ctx, average: float) -> dict:
+    return {"run_date": ctx.run_date, "campaign_id": "c", "variant_id": "b", "random_uplift": average,
+            "drives_policy": False, "policy_reason": "b: does not clear random targeting"}  # fmt: skip
+
+
+def test_a_proven_model_gives_each_user_the_variant_of_highest_predicted_uplift(evaluated) -> None:
+    from tailor.tasks.variants import allocate_personalized, by_share
+
+    con, ctx, gold, rows, _, models = evaluated[True]
+    # b was evaluated and not proven: it counts at its average effect, 0.12, for everyone
+    store(con, ctx, rows, models, [unproven_b(ctx, 0.12)])
+    chosen_campaign = two_variant_campaign(skip_without_uplift=True, min_uplift=0.04)
+    users = audience(gold)
+    split = by_share(users["variant_draw"].to_numpy(), ["a", "b"], [1.0, 1.0])
+    feedback = ex.Feedback({"a": (10.0, 90.0), "b": (30.0, 70.0)}, {}, None)
+    allocation = allocate_personalized(con, chosen_campaign, users, ["a", "b"], split, ctx, feedback)
+    frame = users.with_columns(
+        variant_id=pl.Series(allocation.variant_id.tolist()), reason=pl.Series(allocation.reason.tolist()),
+        gold=pl.Series([gold[u] for u in users["user_id"]]), uplift=pl.Series(allocation.expected_uplift),
+    )  # fmt: skip
+    by_model = frame.filter(pl.col("reason") == "model_best")
+    # gold customers (a gains 0.25 for them) get a; the others, for whom a gains nothing, get b
+    assert by_model.filter(pl.col("gold"))["variant_id"].eq("a").mean() > 0.9
+    assert by_model.filter(~pl.col("gold"))["variant_id"].eq("b").mean() > 0.9
+    # the best candidate's uplift: a's prediction or b's flat 0.12, never below the threshold once kept
+    assert by_model["uplift"].min() > 0.04
+    assert set(by_model.filter(pl.col("variant_id") == "b")["uplift"].round(12)) == {0.12}
+    explorers = frame.filter(pl.col("reason") == "exploration").height / (USERS - 1)
+    assert explorers == pytest.approx(0.1, abs=0.015)
+    assert frame["reason"][-1] == "no_profiling_consent" and frame["variant_id"][-1] == split[-1]
+    assert allocation.detail["uplift_learners"] == {"a": rows[0]["learner"]}
+    assert "clears random targeting" in allocation.detail["uplift_gate"]["a"]
+
+
+def test_without_a_proven_model_the_best_single_variant_serves_and_the_decision_says_why(evaluated) -> None:
+    from tailor.tasks.variants import allocate_personalized, by_share, explain
+
+    con, ctx, gold, rows, _, models = evaluated[False]
+    store(con, ctx, rows, models)
+    users = audience(gold)
+    split = by_share(users["variant_draw"].to_numpy(), ["a", "b"], [1.0, 1.0])
+    # b converts more often by its posterior (mean 0.3 against 0.1): it is the best single variant
+    feedback = ex.Feedback({"a": (10.0, 90.0), "b": (30.0, 70.0)}, {}, None)
+    chosen_campaign = two_variant_campaign(skip_without_uplift=True, min_uplift=0.04)
+    allocation = allocate_personalized(con, chosen_campaign, users, ["a", "b"], split, ctx, feedback)
+    reason, variant = allocation.reason, allocation.variant_id
+    not_proven = reason == "uplift_not_proven"
+    assert set(reason) == {"uplift_not_proven", "exploration", "no_profiling_consent"}
+    assert (variant[not_proven] == "b").all() and not_proven.sum() > 0.85 * USERS
+    assert allocation.expected_conversion[not_proven] == pytest.approx(np.full(not_proven.sum(), 0.3))
+    assert np.isnan(allocation.expected_uplift).all() and not allocation.is_personalized.any()
+    assert allocation.detail["best_single_variant"] == "b"
+    logged = explain(
+        chosen_campaign, allocation, "b",
+        pl.DataFrame({"variant_id": variant.tolist(), "allocation_reason": reason.tolist()}),
+    )  # fmt: skip
+    assert "uplift not proven" in logged and "does not clear random targeting" in logged
+    assert allocation.detail["uplift_gate"]["b"] == "no uplift evaluation yet"
+
+
+def test_before_any_evaluation_the_best_single_variant_serves(tmp_path) -> None:
+    from tailor.tasks.variants import allocate_personalized, by_share
+
+    con, ctx, gold = sent_warehouse(8, False, tmp_path)
+    users = audience(gold)
+    split = by_share(users["variant_draw"].to_numpy(), ["a", "b"], [1.0, 1.0])
+    feedback = ex.Feedback({"a": (50.0, 50.0)}, {}, None)  # b has no posterior yet: its prior, mean 0.5
+    allocation = allocate_personalized(con, two_variant_campaign(), users, ["a", "b"], split, ctx, feedback)
+    assert allocation.detail["uplift_gate"] == {
+        "a": "no uplift evaluation yet",
+        "b": "no uplift evaluation yet",
+    }
+    not_proven = allocation.reason == "uplift_not_proven"
+    assert not_proven.any() and (allocation.variant_id[not_proven] == "a").all()  # a tie at 0.5: the first
