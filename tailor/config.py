@@ -233,15 +233,22 @@ class RankingConfig(StrictModel):
         "repeat_share_threshold of recent purchases are repeats (groceries, supplies), no otherwise",
     )
     repeat_share_threshold: float = Field(
-        0.2, ge=0, le=1, description="auto: the share of purchases that are repeats from which repeats are allowed"
+        0.2,
+        ge=0,
+        le=1,
+        description="auto: the share of purchases that are repeats from which repeats are allowed",
     )
     buy_again_candidates: int = Field(
-        30, ge=0, description="the user's most often bought items offered as candidates (when repeats allowed)"
+        30,
+        ge=0,
+        description="the user's most often bought items offered as candidates (when repeats allowed)",
     )
     repeat_history_days: int = Field(
         365, ge=1, description="window for a user's purchase history of an item and repurchase intervals"
     )
-    recent_days: int = Field(30, ge=1, description="items the user interacted with this recently are candidates")
+    recent_days: int = Field(
+        30, ge=1, description="items the user interacted with this recently are candidates"
+    )
     popularity_days: int = Field(14, ge=1, description="window for item popularity")
     affinity_half_life_days: float = Field(14.0, gt=0)
     max_training_users: int = Field(10_000, ge=100, description="users sampled for a training window")
@@ -566,10 +573,16 @@ class UpliftConfig(StrictModel):
         "random", description="random: users drawn (seeded) into train/validation/test; time: the last days"
     )
     train_share: float = Field(0.6, gt=0, lt=1, description="random split: share of users to train on")
-    validation_share: float = Field(0.2, gt=0, lt=1, description="random split: users that choose the learner")
-    test_share: float = Field(0.2, gt=0, lt=1, description="random split: users the chosen learner is measured on")
+    validation_share: float = Field(
+        0.2, gt=0, lt=1, description="random split: users that choose the learner"
+    )
+    test_share: float = Field(
+        0.2, gt=0, lt=1, description="random split: users the chosen learner is measured on"
+    )
     test_days: int = Field(14, ge=1, description="time split: the last days before the cutoff are the test")
-    validation_days: int = Field(14, ge=1, description="time split: the days before the test choose the learner")
+    validation_days: int = Field(
+        14, ge=1, description="time split: the days before the test choose the learner"
+    )
     learners: list[Literal["two_model", "x_learner", "transformed_outcome"]] = Field(
         default_factory=lambda: list(UPLIFT_LEARNERS),
         min_length=1,
@@ -584,7 +597,9 @@ class UpliftConfig(StrictModel):
     min_units: int = Field(
         200, ge=10, description="fewer treated or control units in any part of the split: not evaluated"
     )
-    n_estimators: int = Field(600, ge=1, description="upper bound per booster; early stopping picks the number")
+    n_estimators: int = Field(
+        600, ge=1, description="upper bound per booster; early stopping picks the number"
+    )
     learning_rate: float = Field(0.05, gt=0, le=1)
     num_leaves: int = Field(7, ge=2)
     min_data_in_leaf: int = Field(100, ge=1)
@@ -873,7 +888,19 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 
 # Folders a publish target may never be (the run writes and, after a retention period, deletes there).
-SYSTEM_FOLDERS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/proc", "/sys", "/dev")
+SYSTEM_FOLDERS = (
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+)
 
 
 def refuse_climbing_target(target: str) -> None:

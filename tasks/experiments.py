@@ -15,8 +15,12 @@ Tables (warehouse):
     meta.experiment_results   one row per run date, campaign, variant and metric (published as
                               experiment_results); a rerun of a date replaces its rows
     meta.variant_posteriors   each variant's Beta posterior of converting, from the bandit's evidence
-    meta.uplift_evaluation    per campaign and variant: Qini coefficient and uplift at 10/20/30%
-    meta.qini_curves          the Qini curves behind them, for the report
+    meta.uplift_evaluation    per campaign and variant: the uplift model fitted on sends and outcomes alone
+                              (sql/features/uplift_examples.sql), chosen on validation, measured on test:
+                              Qini, AUUC, uplift@k per group and the margin over random targeting, with
+                              bootstrap intervals, and whether it drives the personalized policy
+    meta.uplift_models        the chosen learners' files, features and categories, for the allocation
+    meta.qini_curves          the test Qini curves behind them, for the report
 """
 
 from __future__ import annotations
@@ -778,8 +782,9 @@ def evaluate_variant(
     scores = learner.predict(x[is_test])
     shares = tuple(sorted({*UPLIFT_SHARES, config.target_share}))
     result = uplift.evaluate(
-        scores, treated[is_test], y[is_test], shares, config.bootstrap_samples, settings.seed
-    )
+        scores, treated[is_test], y[is_test], shares, config.bootstrap_samples, settings.seed,
+        level=1 - settings.experiments.alpha,
+    )  # fmt: skip
     drives, reason = policy_reason(chosen, result, config.target_share, best_single)
     version, paths = save_learner(learner, ctx, name)
     curve = uplift.qini_curve(scores, treated[is_test], y[is_test])

@@ -231,3 +231,23 @@ def test_before_any_evaluation_the_best_single_variant_serves(tmp_path) -> None:
     }
     not_proven = allocation.reason == "uplift_not_proven"
     assert not_proven.any() and (allocation.variant_id[not_proven] == "a").all()  # a tie at 0.5: the first
+
+
+def test_users_the_proven_model_expects_nothing_from_are_not_contacted(evaluated) -> None:
+    from tailor.tasks.variants import allocate_personalized, by_share
+
+    con, ctx, gold, rows, _, models = evaluated[True]
+    store(con, ctx, rows, models)
+    users = audience(gold)
+    split = by_share(users["variant_draw"].to_numpy(), ["a"], [1.0])
+    feedback = ex.Feedback({"a": (10.0, 90.0)}, {}, None)
+    skipping = campaign(skip_without_uplift=True, min_uplift=0.1)
+    allocation = allocate_personalized(con, skipping, users, ["a"], split, ctx, feedback)
+    is_gold = np.array([gold[u] for u in users["user_id"]])
+    skipped, kept = allocation.reason == "no_expected_uplift", allocation.reason == "model_best"
+    assert allocation.detail["not_contacted_no_uplift"] == skipped.sum() > 0
+    # a gains 0.25 for gold customers and nothing for the others: the others are not contacted
+    assert is_gold[kept].mean() > 0.9 and (~is_gold[skipped]).mean() > 0.9
+    assert (allocation.expected_uplift[kept] > 0.1).all() and (
+        allocation.expected_uplift[skipped] <= 0.1
+    ).all()
