@@ -251,3 +251,36 @@ def test_users_the_proven_model_expects_nothing_from_are_not_contacted(evaluated
     assert (allocation.expected_uplift[kept] > 0.1).all() and (
         allocation.expected_uplift[skipped] <= 0.1
     ).all()
+
+
+def test_an_uplift_table_from_before_the_new_columns_gains_them() -> None:
+    old = dict(list(ex.UPLIFT_COLUMNS.items())[: list(ex.UPLIFT_COLUMNS).index("learner")])
+    con = tiny.warehouse()
+    con.execute("create schema if not exists meta")
+    con.execute(f"create table meta.uplift_evaluation ({', '.join(f'{n} {t}' for n, t in old.items())})")
+    ex.ensure_tables(con)
+    row = {"run_date": tiny.RUN_DATE, "campaign_id": "c", "variant_id": "a", "qini_coefficient": 0.01,
+           "learner": "x_learner", "drives_policy": True}  # fmt: skip
+    replace_run_rows(con, "meta.uplift_evaluation", ex.UPLIFT_COLUMNS, [row], tiny.RUN_DATE)
+    stored = con.sql("select * from meta.uplift_evaluation").pl()
+    assert stored.columns == list(ex.UPLIFT_COLUMNS)
+    assert stored.select("qini_coefficient", "learner", "drives_policy").rows() == [(0.01, "x_learner", True)]
+
+
+def test_the_report_shows_each_variants_learner_intervals_random_margin_and_gate(evaluated) -> None:
+    from tailor.tasks.report import uplift_rows
+
+    _, _, _, rows, _, _ = evaluated[True]
+    _, _, _, flat, _, _ = evaluated[False]
+    frame = pl.DataFrame([rows[0], flat[0] | {"variant_id": "b"}])
+    shown = uplift_rows(frame)
+    assert [row["variant_id"] for row in shown] == ["a", "b"]
+    a, b = shown
+    r = rows[0]
+    assert a["learner"] == r["learner"] and a["drives the policy"] is True and b["drives the policy"] is False
+    assert a["qini"] == f"{r['qini_coefficient']:.3f} ({r['qini_ci_low']:.3f} to {r['qini_ci_high']:.3f})"
+    assert a["uplift@30%"].startswith(f"{r['uplift_at_target']:.3f} (")
+    assert a["random"].startswith(f"{r['random_uplift']:.3f} (") and a["margin"].startswith(
+        f"{r['margin_at_target']:.3f} ("
+    )
+    assert a["why"] == r["policy_reason"] and "does not clear random targeting" in b["why"]
