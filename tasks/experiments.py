@@ -731,6 +731,12 @@ def too_few_units(treated: np.ndarray, parts: np.ndarray, min_units: int) -> str
     return None
 
 
+def serves_sentence(best_single: str | None) -> str:
+    return (
+        f"the best single variant ({best_single}) serves" if best_single else "the best single variant serves"
+    )
+
+
 def evaluate_variant(
     units: pl.DataFrame,
     parts: np.ndarray,
@@ -754,57 +760,32 @@ def evaluate_variant(
     }  # fmt: skip
     shortage = too_few_units(treated, parts, config.min_units)
     if shortage is not None:
-        serves = (
-            f"the best single variant ({best_single}) serves"
-            if best_single
-            else "the best single variant serves"
-        )
-        return (
-            base | {"drives_policy": False, "policy_reason": f"not evaluated: {shortage}; {serves}"},
-            [],
-            None,
-        )
+        reason = f"not evaluated: {shortage}; {serves_sentence(best_single)}"
+        return base | {"drives_policy": False, "policy_reason": reason}, [], None
     name = f"uplift_{campaign.campaign_id}{VARIANT_SEPARATOR}{variant_id}"
     train = units.filter(pl.Series(parts == uplift.TRAIN))
     features = uplift_features(train, settings, name)
     categories = string_vocabulary(train, features)
     y = units[UPLIFT_OUTCOME].cast(pl.Float64).to_numpy()
     x, categorical = uplift_matrix(units, features, categories)
-    boosting = uplift_boosting(settings)
-    is_train, is_valid, is_test = (parts == part for part in (uplift.TRAIN, uplift.VALIDATION, uplift.TEST))
-    fitted, validation_qini = {}, {}
-    for kind in config.learners:
-        fitted[kind] = uplift.FIT[kind](x[is_train], treated[is_train], y[is_train], categorical, boosting)
-        scores = fitted[kind].predict(x[is_valid])
-        validation_qini[kind] = uplift.qini_curve(scores, treated[is_valid], y[is_valid]).coefficient
-    chosen = max(config.learners, key=lambda kind: validation_qini[kind])
-    learner = fitted[chosen]
+    learner, validation_qini = chosen_learner(x, treated, y, categorical, parts, settings)
+    is_test = parts == uplift.TEST
     scores = learner.predict(x[is_test])
     shares = tuple(sorted({*UPLIFT_SHARES, config.target_share}))
     result = uplift.evaluate(
         scores, treated[is_test], y[is_test], shares, config.bootstrap_samples, settings.seed,
         level=1 - settings.experiments.alpha,
     )  # fmt: skip
-    drives, reason = policy_reason(chosen, result, config.target_share, best_single)
+    drives, reason = policy_reason(learner.kind, result, config.target_share, best_single)
     version, paths = save_learner(learner, ctx, name)
     curve = uplift.qini_curve(scores, treated[is_test], y[is_test])
-    target, margin = result.uplift_at[config.target_share], result.margin[config.target_share]
-    row = base | {
-        "sends": result.treated_units, "holdout_sends": result.control_units,
-        "qini_coefficient": result.qini.value,
-        **{f"uplift_at_{round(share * 100)}": _nan_to_none(result.uplift_at[share].value) for share in UPLIFT_SHARES},
+    row = base | evaluation_columns(result, config.target_share) | {
         "incremental_conversions_per_send": float(curve.incremental[-1]), "variant_model_version": version,
-        "learner": chosen, "qini_ci_low": result.qini.low, "qini_ci_high": result.qini.high,
-        "auuc": result.auuc.value, "auuc_ci_low": result.auuc.low, "auuc_ci_high": result.auuc.high,
-        "uplift_at_target": target.value, "uplift_at_target_ci_low": target.low,
-        "uplift_at_target_ci_high": target.high, "random_uplift": result.random.value,
-        "random_uplift_ci_low": result.random.low, "random_uplift_ci_high": result.random.high,
-        "margin_at_target": margin.value, "margin_ci_low": margin.low, "margin_ci_high": margin.high,
-        "validation_qini": json.dumps(validation_qini, sort_keys=True), "drives_policy": drives,
-        "policy_reason": reason,
+        "learner": learner.kind, "validation_qini": json.dumps(validation_qini, sort_keys=True),
+        "drives_policy": drives, "policy_reason": reason,
     }  # fmt: skip
     model = key | {
-        "learner": chosen, "version": version, "propensity": learner.propensity,
+        "learner": learner.kind, "version": version, "propensity": learner.propensity,
         "features": json.dumps(list(features)), "categories": json.dumps(categories, sort_keys=True),
         "paths": json.dumps(paths, sort_keys=True),
     }  # fmt: skip
@@ -813,11 +794,43 @@ def evaluate_variant(
         key | {"share_targeted": float(s), "incremental_per_unit": float(q), "random_per_unit": float(r)}
         for s, q, r in zip(small.share, small.incremental, small.random, strict=True)
     ]
-    return (
-        {name: _nan_to_none(value) if isinstance(value, float) else value for name, value in row.items()},
-        curves,
-        model,
-    )
+    return {n: _nan_to_none(v) if isinstance(v, float) else v for n, v in row.items()}, curves, model
+
+
+def chosen_learner(
+    x: np.ndarray,
+    treated: np.ndarray,
+    y: np.ndarray,
+    categorical: list[int],
+    parts: np.ndarray,
+    settings: Settings,
+) -> tuple[uplift.FittedLearner, dict[str, float]]:
+    """Every configured learner fitted on the training units; the one with the highest Qini coefficient on the
+    validation units (ties: the first configured), and each learner's validation Qini."""
+    boosting = uplift_boosting(settings)
+    is_train, is_valid = parts == uplift.TRAIN, parts == uplift.VALIDATION
+    fitted, validation_qini = {}, {}
+    for kind in settings.experiments.uplift.learners:
+        fitted[kind] = uplift.FIT[kind](x[is_train], treated[is_train], y[is_train], categorical, boosting)
+        scores = fitted[kind].predict(x[is_valid])
+        validation_qini[kind] = uplift.qini_curve(scores, treated[is_valid], y[is_valid]).coefficient
+    best = max(settings.experiments.uplift.learners, key=lambda kind: validation_qini[kind])
+    return fitted[best], validation_qini
+
+
+def evaluation_columns(result: uplift.UpliftScores, target_share: float) -> dict[str, Any]:
+    """The evaluation's figures as meta.uplift_evaluation columns."""
+    target, margin = result.uplift_at[target_share], result.margin[target_share]
+    return {
+        "sends": result.treated_units, "holdout_sends": result.control_units,
+        "qini_coefficient": result.qini.value, "qini_ci_low": result.qini.low, "qini_ci_high": result.qini.high,
+        **{f"uplift_at_{round(share * 100)}": result.uplift_at[share].value for share in UPLIFT_SHARES},
+        "auuc": result.auuc.value, "auuc_ci_low": result.auuc.low, "auuc_ci_high": result.auuc.high,
+        "uplift_at_target": target.value, "uplift_at_target_ci_low": target.low,
+        "uplift_at_target_ci_high": target.high, "random_uplift": result.random.value,
+        "random_uplift_ci_low": result.random.low, "random_uplift_ci_high": result.random.high,
+        "margin_at_target": margin.value, "margin_ci_low": margin.low, "margin_ci_high": margin.high,
+    }  # fmt: skip
 
 
 def _interval(estimate: uplift.Estimate) -> str:
@@ -839,9 +852,7 @@ def policy_reason(
     unclear = [
         name for name, estimate in (("margin", margin), ("Qini", result.qini)) if not estimate.clears_zero
     ]
-    serves = (
-        f"the best single variant ({best_single}) serves" if best_single else "the best single variant serves"
-    )
+    serves = serves_sentence(best_single)
     return False, (
         f"{figures}: does not clear random targeting (the {' and '.join(unclear)} "
         f"{'interval does' if len(unclear) == 1 else 'intervals do'} not lie above 0): {serves}"
@@ -877,6 +888,16 @@ class UpliftGate:
         str, float
     ]  # variant -> its measured average effect over no contact, every evaluated one
     reasons: dict[str, str]  # variant -> the evaluation's policy_reason
+
+    def only(self, variant_ids: list[str]) -> UpliftGate:
+        """The gate restricted to these variants (tonight's live ones)."""
+        keep = set(variant_ids)
+        return UpliftGate(
+            self.run_date,
+            {v: model for v, model in self.models.items() if v in keep},
+            {v: effect for v, effect in self.average_effect.items() if v in keep},
+            {v: reason for v, reason in self.reasons.items() if v in keep},
+        )
 
 
 def uplift_gate(con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext) -> UpliftGate:

@@ -189,14 +189,7 @@ def allocate_personalized(
     allows = users["allows_profiling"].to_numpy()
     exploring = users["explore_draw"].to_numpy() < campaign.allocation.exploration_share
     scored_rows = np.flatnonzero(allows)
-    gate = uplift_gate(con, campaign, ctx)
-    live = set(variant_ids)
-    gate = UpliftGate(
-        gate.run_date,
-        {v: m for v, m in gate.models.items() if v in live},
-        {v: e for v, e in gate.average_effect.items() if v in live},
-        {v: r for v, r in gate.reasons.items() if v in live},
-    )
+    gate = uplift_gate(con, campaign, ctx).only(variant_ids)
     prior = (campaign.allocation.prior_successes, campaign.allocation.prior_failures)
     posteriors = {v: feedback.posteriors.get(v, prior) for v in variant_ids}
     conversion = {v: a / (a + b) for v, (a, b) in posteriors.items()}
