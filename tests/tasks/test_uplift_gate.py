@@ -284,3 +284,33 @@ def test_the_report_shows_each_variants_learner_intervals_random_margin_and_gate
         f"{r['margin_at_target']:.3f} ("
     )
     assert a["why"] == r["policy_reason"] and "does not clear random targeting" in b["why"]
+
+
+def test_the_time_split_measures_on_the_last_days_of_sends(evaluated) -> None:
+    con, ctx, _, _, _, _ = evaluated[True]
+    # sends run from February 1 to 21 and the cutoff is March 2: the last 13 days hold February 17 to 21
+    config = settings(split="time", test_days=13, validation_days=4)
+    (row,), _, _ = ex.evaluate_uplift(con, config.campaigns[0], config, ctx)
+    units = ex.uplift_examples(con, config.campaigns[0], ctx, datetime(2026, 1, 1))
+    test_from, validation_from = datetime(2026, 2, 17), datetime(2026, 2, 13)
+    assert row["split"] == "time" and row["test_units"] == units.filter(pl.col("sent_at") >= test_from).height
+    assert (
+        row["validation_units"]
+        == units.filter(pl.col("sent_at").is_between(validation_from, test_from, "left")).height
+    )
+    assert row["train_units"] == units.filter(pl.col("sent_at") < validation_from).height
+    assert row["drives_policy"], row["policy_reason"]
+
+
+def test_a_sensitive_attribute_is_a_feature_only_when_config_names_it(evaluated) -> None:
+    con, ctx, *_ = evaluated[True]
+    units = ex.uplift_examples(con, campaign(), ctx, datetime(2026, 1, 1))
+    default = ex.uplift_features(units, tiny.settings(), "uplift_c__a")
+    allowed = ex.uplift_features(
+        units, tiny.settings(privacy={"sensitive_features": ["age_band"]}), "uplift_c__a"
+    )
+    assert {"country", "language", "loyalty_tier"} <= set(default) and not {"age_band", "gender"} & set(
+        default
+    )
+    assert "age_band" in allowed and "gender" not in allowed
+    assert set(ex.UPLIFT_BASE_FEATURES) <= set(default)
