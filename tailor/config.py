@@ -233,15 +233,22 @@ class RankingConfig(StrictModel):
         "repeat_share_threshold of recent purchases are repeats (groceries, supplies), no otherwise",
     )
     repeat_share_threshold: float = Field(
-        0.2, ge=0, le=1, description="auto: the share of purchases that are repeats from which repeats are allowed"
+        0.2,
+        ge=0,
+        le=1,
+        description="auto: the share of purchases that are repeats from which repeats are allowed",
     )
     buy_again_candidates: int = Field(
-        30, ge=0, description="the user's most often bought items offered as candidates (when repeats allowed)"
+        30,
+        ge=0,
+        description="the user's most often bought items offered as candidates (when repeats allowed)",
     )
     repeat_history_days: int = Field(
         365, ge=1, description="window for a user's purchase history of an item and repurchase intervals"
     )
-    recent_days: int = Field(30, ge=1, description="items the user interacted with this recently are candidates")
+    recent_days: int = Field(
+        30, ge=1, description="items the user interacted with this recently are candidates"
+    )
     popularity_days: int = Field(14, ge=1, description="window for item popularity")
     affinity_half_life_days: float = Field(14.0, gt=0)
     max_training_users: int = Field(10_000, ge=100, description="users sampled for a training window")
@@ -553,6 +560,62 @@ class DraftingConfig(StrictModel):
     candidates: int = Field(3, ge=1, le=20, description="subjects and headlines proposed per segment")
 
 
+UPLIFT_LEARNERS = ("two_model", "x_learner", "transformed_outcome")
+
+
+class UpliftConfig(StrictModel):
+    """The uplift evaluation in the experiments (tasks/experiments.py evaluate_uplift) and the gate it sets for
+    the personalized policy: a model drives the policy only when its margin over random targeting and its
+    Qini coefficient both have bootstrap intervals above zero on the test split."""
+
+    enabled: bool = True
+    split: Literal["random", "time"] = Field(
+        "random", description="random: users drawn (seeded) into train/validation/test; time: the last days"
+    )
+    train_share: float = Field(0.6, gt=0, lt=1, description="random split: share of users to train on")
+    validation_share: float = Field(
+        0.2, gt=0, lt=1, description="random split: users that choose the learner"
+    )
+    test_share: float = Field(
+        0.2, gt=0, lt=1, description="random split: users the chosen learner is measured on"
+    )
+    test_days: int = Field(14, ge=1, description="time split: the last days before the cutoff are the test")
+    validation_days: int = Field(
+        14, ge=1, description="time split: the days before the test choose the learner"
+    )
+    learners: list[Literal["two_model", "x_learner", "transformed_outcome"]] = Field(
+        default_factory=lambda: list(UPLIFT_LEARNERS),
+        min_length=1,
+        description="fitted on the training units; the best validation Qini is evaluated on the test units",
+    )
+    bootstrap_samples: int = Field(
+        200, ge=20, description="resamples (each arm drawn separately) behind every interval"
+    )
+    target_share: float = Field(
+        0.3, gt=0, le=1, description="the k of uplift@k that the gate and the report read: share of each arm"
+    )
+    min_units: int = Field(
+        200, ge=10, description="fewer treated or control units in any part of the split: not evaluated"
+    )
+    n_estimators: int = Field(
+        600, ge=1, description="upper bound per booster; early stopping picks the number"
+    )
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(7, ge=2)
+    min_data_in_leaf: int = Field(100, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    early_stopping_share: float = Field(
+        0.2, gt=0, lt=1, description="a seeded share of each booster's training rows that stops it"
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> UpliftConfig:
+        total = self.train_share + self.validation_share + self.test_share
+        if abs(total - 1) > 1e-9:
+            raise ValueError(f"uplift: train, validation and test shares must sum to 1, not {total:g}")
+        return self
+
+
 class ExperimentsConfig(StrictModel):
     """How every campaign's variants are measured each night (flows/experiments.py)."""
 
@@ -587,6 +650,7 @@ class ExperimentsConfig(StrictModel):
         description="a variant whose primary metric would need longer than this (at today's enrollment) to "
         "detect the observed difference at 80% power gets the verdict stop: no detectable effect",
     )
+    uplift: UpliftConfig = Field(default_factory=UpliftConfig)
 
 
 USER_ATTRIBUTES = ("country", "language", "age_band", "gender")
@@ -895,7 +959,19 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 
 # Folders a publish target may never be (the run writes and, after a retention period, deletes there).
-SYSTEM_FOLDERS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/proc", "/sys", "/dev")
+SYSTEM_FOLDERS = (
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+)
 
 
 def refuse_climbing_target(target: str) -> None:
