@@ -340,10 +340,12 @@ def evaluate(
     samples: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> UpliftScores:
     """Qini, AUUC, uplift@k per group, random targeting's value and the margin over it, with percentile
     intervals from `samples` bootstrap resamples that draw treated and control units separately (each arm
-    keeps its size, as the experiment fixed it)."""
+    keeps its size, as the experiment fixed it). With `groups` (a user per unit, when a user has several
+    sends) whole users are drawn instead, so a user's correlated sends never count as independent evidence."""
     scores = np.asarray(scores, dtype=float)
     is_treated = np.asarray(treated, dtype=bool)
     y = np.asarray(converted, dtype=float)
@@ -351,8 +353,14 @@ def evaluate(
     rng = np.random.default_rng(seed)
     t_index, c_index = np.flatnonzero(is_treated), np.flatnonzero(~is_treated)
     draws = np.empty((samples, point.size))
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else None
     for b in range(samples):
-        index = np.concatenate([rng.choice(t_index, t_index.size), rng.choice(c_index, c_index.size)])
+        if codes is not None:
+            # each unit repeated as often as its user was drawn
+            drawn = np.bincount(rng.integers(0, codes.max() + 1, codes.max() + 1), minlength=codes.max() + 1)
+            index = np.repeat(np.arange(y.size), drawn[codes])
+        else:
+            index = np.concatenate([rng.choice(t_index, t_index.size), rng.choice(c_index, c_index.size)])
         draws[b] = _figures(scores[index], is_treated[index], y[index], shares)
     tail = (1 - level) / 2 * 100
     with np.errstate(invalid="ignore"):

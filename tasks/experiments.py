@@ -43,6 +43,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor import stats, uplift
 from tailor.config import CampaignConfig, ExperimentsConfig, Settings
 from tailor.sql import ensure_table, query, replace_run_rows
+from tailor.tasks.features import stage_user_sql_features
 from tailor.tasks.train import (
     VARIANT_SEPARATOR,
     check_features,
@@ -616,7 +617,7 @@ def evaluate_uplift(
     config = settings.experiments.uplift
     if not config.enabled:
         return [], [], []
-    examples = uplift_examples(con, campaign, ctx, window_start(campaign, settings, ctx))
+    examples = uplift_examples(con, campaign, settings, ctx, window_start(campaign, settings, ctx))
     parts = split_parts(examples, settings, ctx)
     control = examples["variant_id"] == HOLDOUT
     evaluations, curves, models = [], [], []
@@ -643,13 +644,15 @@ def evaluate_uplift(
 def uplift_examples(
     con: duckdb.DuckDBPyConnection,
     campaign: CampaignConfig,
+    settings: Settings | None,
     ctx: RunContext,
     start: datetime,
     mode: str = "experiment",
 ) -> pl.DataFrame:
     """The campaign's units sent from `start` (mode 'experiment') or every profiled user at the cutoff (mode
-    'score'), with the uplift models' features (sql/features/uplift_examples.sql)."""
-    return query(
+    'score'), with the uplift models' features (sql/features/uplift_examples.sql) and the company's own SQL
+    features (user_features.sql) as of each unit's day."""
+    examples = query(
         con,
         "features/uplift_examples",
         {
@@ -660,6 +663,25 @@ def uplift_examples(
             "cutoff_day": ctx.run_date,
         },
     ).pl()
+    return with_company_features(con, settings, examples)
+
+
+def with_company_features(
+    con: duckdb.DuckDBPyConnection, settings: Settings | None, examples: pl.DataFrame
+) -> pl.DataFrame:
+    """The company's SQL features joined to each unit as of the start of its send's day: run once per day
+    with sends (the SQL reads only what happened before that cutoff), so a unit never sees its own future."""
+    if settings is None or settings.user_features.sql is None or examples.height == 0:
+        return examples
+    anchored = examples.with_columns(pl.col("sent_at").dt.truncate("1d").alias("_anchor_day"))
+    parts = []
+    for day in anchored["_anchor_day"].unique().sort().to_list():
+        stage_user_sql_features(con, settings, day, day.date())
+        parts.append(con.sql("select * from user_sql_features").pl().with_columns(_anchor_day=pl.lit(day)))
+    company = pl.concat(parts).with_columns(pl.col("_anchor_day").cast(anchored.schema["_anchor_day"]))
+    return anchored.join(company, on=["user_id", "_anchor_day"], how="left", maintain_order="left").drop(
+        "_anchor_day"
+    )
 
 
 def uplift_features(examples: pl.DataFrame, settings: Settings, model_name: str) -> tuple[str, ...]:
@@ -671,6 +693,11 @@ def uplift_features(examples: pl.DataFrame, settings: Settings, model_name: str)
         if name not in UPLIFT_UNIT_COLUMNS and name not in UPLIFT_BASE_FEATURES
     )
     features = user_model_features((*UPLIFT_BASE_FEATURES, *attributes), settings)
+    absent = [name for name in features if name not in examples.columns]
+    if absent:
+        # declared, yet staging was built without them (a tool staging outside a run): learn without them
+        log.warning("%s: declared feature(s) %s not in the uplift examples", model_name, ", ".join(absent))
+        features = tuple(name for name in features if name in examples.columns)
     check_features(model_name, features, settings)
     return features
 
@@ -774,7 +801,7 @@ def evaluate_variant(
     shares = tuple(sorted({*UPLIFT_SHARES, config.target_share}))
     result = uplift.evaluate(
         scores, treated[is_test], y[is_test], shares, config.bootstrap_samples, settings.seed,
-        level=1 - settings.experiments.alpha,
+        level=1 - settings.experiments.alpha, groups=units["user_id"].to_numpy()[is_test],
     )  # fmt: skip
     drives, reason = policy_reason(learner.kind, result, config.target_share, best_single)
     version, paths = save_learner(learner, ctx, name)
@@ -951,11 +978,12 @@ def predicted_uplift(
     users: pl.DataFrame,
     gate: UpliftGate,
     ctx: RunContext,
+    settings: Settings | None = None,
 ) -> dict[str, np.ndarray]:
     """Each gated variant's predicted uplift for `users` (in their order), from the features at the cutoff
     computed as the evaluation computed them at each send (sql/features/uplift_examples.sql, mode 'score').
     A user the features do not know (created after the cutoff) has missing features, as LightGBM allows."""
-    scored = uplift_examples(con, campaign, ctx, ctx.cutoff, mode="score")
+    scored = uplift_examples(con, campaign, settings, ctx, ctx.cutoff, mode="score")
     frame = users.select("user_id").join(scored, on="user_id", how="left", maintain_order="left")
     out = {}
     for variant, model in gate.models.items():

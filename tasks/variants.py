@@ -163,7 +163,7 @@ def allocate(
                           {v: s / total for v, s in zip(variant_ids, shares, strict=True)},
                           detail | {"evidence": {v: feedback.evidence.get(v, (0, 0)) for v in variant_ids},
                                     "posterior_date": feedback.posterior_date})  # fmt: skip
-    return allocate_personalized(con, campaign, users, variant_ids, split, ctx, feedback)
+    return allocate_personalized(con, campaign, users, variant_ids, split, ctx, feedback, settings)
 
 
 def allocate_personalized(
@@ -174,6 +174,7 @@ def allocate_personalized(
     split: np.ndarray,
     ctx: RunContext,
     feedback: Feedback,
+    settings: Settings | None = None,
 ) -> Allocation:
     """The uplift gate: where the latest uplift evaluation proved a variant's model (its margin over random
     targeting and its Qini clear zero), each profiled user gets the variant of highest predicted uplift (a
@@ -198,7 +199,7 @@ def allocate_personalized(
         "uplift_gate": {v: gate.reasons.get(v, "no uplift evaluation yet") for v in variant_ids},
         "uplift_learners": {v: m["learner"] for v, m in gate.models.items()},
     }
-    predicted = _gated_uplift(con, campaign, users[scored_rows], gate, ctx)
+    predicted = _gated_uplift(con, campaign, users[scored_rows], gate, ctx, settings)
     if predicted:
         candidates = list(predicted)
         matrix = np.column_stack([predicted[v] for v in candidates])
@@ -234,7 +235,7 @@ def allocate_personalized(
 
 def _gated_uplift(
     con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, profiled: pl.DataFrame, gate: UpliftGate,
-    ctx: RunContext,
+    ctx: RunContext, settings: Settings | None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Per candidate variant, each profiled user's predicted uplift: the proven models' predictions, and the
     measured average effect of a variant evaluated but not proven. Empty when no model is proven (or its
@@ -242,7 +243,7 @@ def _gated_uplift(
     if not gate.models or profiled.height == 0:
         return {}
     try:
-        predicted = predicted_uplift(con, campaign, profiled, gate, ctx)
+        predicted = predicted_uplift(con, campaign, profiled, gate, ctx, settings)
     except (OSError, lgb.basic.LightGBMError) as error:
         log.warning("campaign %s: the uplift models of %s cannot be loaded (%s); the best single variant serves",
                     campaign.campaign_id, gate.run_date, error)  # fmt: skip

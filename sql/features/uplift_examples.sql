@@ -1,7 +1,9 @@
 -- The uplift models' units, from staging tables alone (no nightly feature table: the experiments run without
 -- the features stage). One file serves both uses, chosen by $mode:
---   'experiment'  campaign $campaign_id's experiment: each user's first send from $window_start to $cutoff (as
---                 experiment_units counts them), anchored at its sent_at, with its arm and outcomes;
+--   'experiment'  campaign $campaign_id's sends from $window_start to $cutoff, each anchored at its sent_at,
+--                 with its arm and outcomes: every send, not only a user's first (experiment_units counts one
+--                 per user for the A/B tests), as a user's later sends are randomised too and the models need
+--                 them; the split keeps a user's sends in one part and the bootstrap resamples users;
 --   'score'       every user known at $cutoff, anchored at $cutoff, no arm and no outcome: the audience the
 --                 allocation scores with the same features.
 -- Only users whose latest consent grants profiling enter. Features are known before the anchor: behaviour
@@ -24,12 +26,6 @@ sends as (
     qualify row_number() over (partition by campaign_id, user_id, sent_at order by known_on desc) = 1
 ),
 
-first_sends as (
-    select *
-    from sends
-    qualify row_number() over (partition by user_id order by sent_at, variant_id) = 1
-),
-
 audience as (
     select distinct user_id
     from staging.stg_users
@@ -44,7 +40,7 @@ anchors as (
         cast(converted_at is not null and converted_at < $cutoff as integer) as is_converted,
         cast(clicked_at is not null and clicked_at < $cutoff as integer) as is_clicked,
         case when converted_at < $cutoff then revenue_cents else 0 end as revenue_cents
-    from first_sends
+    from sends
     semi join profiled using (user_id)
     union all
     select
@@ -77,6 +73,7 @@ events as (
 behaviour as (
     select
         user_id,
+        anchor_at,
         count(*) filter (where occurred_at >= anchor_at - interval 7 day) as n_events_7d,
         count(*) filter (where occurred_at >= anchor_at - interval 30 day) as n_events_30d,
         count(*) filter (where occurred_at >= anchor_at - interval 90 day) as n_events_90d,
@@ -106,33 +103,36 @@ behaviour as (
         coalesce(sum(value) filter (
             where event_type in ('purchase', 'return') and occurred_at >= anchor_at - interval 365 day
         ), 0) as spend_cents_365d,
-        date_diff('second', max(occurred_at), max(anchor_at)) / 86400.0 as days_since_last_event,
-        date_diff('second', max(occurred_at) filter (where event_type = 'purchase'), max(anchor_at)) / 86400.0
+        date_diff('second', max(occurred_at), anchor_at) / 86400.0 as days_since_last_event,
+        date_diff('second', max(occurred_at) filter (where event_type = 'purchase'), anchor_at) / 86400.0
             as days_since_last_purchase
     from events
-    group by user_id
+    group by user_id, anchor_at
 ),
 
 campaign_history as (
     -- sends of any campaign before the anchor, as reported before its day
-    select anchors.user_id, count(distinct (exposures.campaign_id, exposures.sent_at)) as n_campaign_sends_before
+    select
+        anchors.user_id,
+        anchors.anchor_at,
+        count(distinct (exposures.campaign_id, exposures.sent_at)) as n_campaign_sends_before
     from anchors
     inner join staging.stg_campaign_exposures as exposures
         on exposures.user_id = anchors.user_id
         and exposures.sent_at < anchors.anchor_at
         and exposures.known_on < cast(anchors.anchor_at as date)
         and not exposures.is_holdout
-    group by anchors.user_id
+    group by anchors.user_id, anchors.anchor_at
 ),
 
 users as (
     -- each unit's user as known before the anchor's day: the newest such version
-    select profile.*
+    select anchors.anchor_at, profile.*
     from anchors
     inner join staging.stg_users as profile
         on profile.user_id = anchors.user_id
         and profile.known_on < cast(anchors.anchor_at as date)
-    qualify row_number() over (partition by anchors.user_id order by profile.known_on desc) = 1
+    qualify row_number() over (partition by anchors.user_id, anchors.anchor_at order by profile.known_on desc) = 1
 ),
 
 final as (
@@ -165,12 +165,12 @@ final as (
         behaviour.days_since_last_purchase,
         coalesce(campaign_history.n_campaign_sends_before, 0) as n_campaign_sends_before,
         -- the user's attributes: every column staging.stg_users carries (a company's declared ones too)
-        users.* exclude (user_id, created_at, known_on, is_latest)
+        users.* exclude (user_id, anchor_at, created_at, known_on, is_latest)
     from anchors
-    left join behaviour using (user_id)
-    left join campaign_history using (user_id)
-    left join users using (user_id)
+    left join behaviour using (user_id, anchor_at)
+    left join campaign_history using (user_id, anchor_at)
+    left join users using (user_id, anchor_at)
 )
 
 select * from final
-order by variant_id, user_id
+order by variant_id, user_id, sent_at
