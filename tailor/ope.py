@@ -61,8 +61,8 @@ def _estimate(name: str, terms: np.ndarray, value: float, weights: np.ndarray, a
 
 
 def ipw(rewards: np.ndarray, target_prob: np.ndarray, logging_prob: np.ndarray, alpha: float = 0.05) -> Estimate:
-    (reward,) = _arrays(rewards)
-    weights = importance_weights(target_prob, logging_prob)
+    reward, target, logging = _arrays(rewards, target_prob, logging_prob)
+    weights = importance_weights(target, logging)
     terms = reward * weights
     return _estimate("ipw", terms, terms.mean(), weights, alpha)
 
@@ -70,8 +70,8 @@ def ipw(rewards: np.ndarray, target_prob: np.ndarray, logging_prob: np.ndarray, 
 def snipw(
     rewards: np.ndarray, target_prob: np.ndarray, logging_prob: np.ndarray, alpha: float = 0.05
 ) -> Estimate:
-    (reward,) = _arrays(rewards)
-    weights = importance_weights(target_prob, logging_prob)
+    reward, target, logging = _arrays(rewards, target_prob, logging_prob)
+    weights = importance_weights(target, logging)
     mean_weight = weights.mean()
     if mean_weight == 0:
         raise OffPolicyError("the target policy never takes a logged action: nothing to weight")
@@ -91,7 +91,9 @@ def doubly_robust(
 ) -> Estimate:
     """`predicted_logged`: the reward model's prediction for the logged action; `predicted_under_target`:
     its expected reward under the target policy in the row's context (sum over actions of target x model)."""
-    reward, q_logged, q_target = _arrays(rewards, predicted_logged, predicted_under_target)
-    weights = importance_weights(target_prob, logging_prob)
+    reward, target, logging, q_logged, q_target = _arrays(
+        rewards, target_prob, logging_prob, predicted_logged, predicted_under_target
+    )
+    weights = importance_weights(target, logging)
     terms = q_target + weights * (reward - q_logged)
     return _estimate("dr", terms, terms.mean(), weights, alpha)
