@@ -2,26 +2,38 @@
 
 Each logged impression carries the action shown, its reward and the logging policy's probability of showing
 it (`logging_prob`, the propensity); the target policy gives its own probability of that action in that
-context (`target_prob`). Three estimators, each with a normal-approximation interval:
-- IPW (inverse propensity weighting): the mean of reward x target/logging; unbiased when every action the
-  target takes had a non-zero logging probability, with a variance that grows with the weights.
-- SNIPW (self-normalised IPW): the same weights divided by their mean; slightly biased, far less variable.
-- DR (doubly robust): a reward model's prediction under the target policy, corrected by IPW on the model's
-  error; unbiased if either the propensities or the reward model are right.
-Reference: Saito et al., "Open Bandit Dataset and Pipeline" (arXiv:2008.07146), section 3.
+context (`target_prob`). Three estimators:
+- IPW (inverse propensity weighting, Horvitz & Thompson 1952): the mean of reward x target/logging; unbiased
+  when every action the target takes had a non-zero logging probability, with a variance that grows with
+  the weights.
+- SNIPW (self-normalised IPW, Swaminathan & Joachims 2015): the same weights divided by their mean; slightly
+  biased, far less variable.
+- DR (doubly robust, Dudik, Langford & Li 2011): a reward model's prediction under the target policy,
+  corrected by IPW on the model's error; unbiased if either the propensities or the reward model are right.
+
+Each estimate has two intervals: a normal approximation (the delta method for SNIPW) and a seeded bootstrap
+percentile interval that resamples the logged rows (the reward model is not refitted per resample). Too few
+rows, or a row without a positive propensity, gives an Estimate whose `reason` says "not enough data"
+rather than an exception. Reference: Saito et al., "Open Bandit Dataset and Pipeline" (arXiv:2008.07146).
+docs/ope.md says what the estimates assume.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as scipy_stats
 
+ESTIMATORS = ("ipw", "snipw", "dr")
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_CHUNK = 100  # resamples drawn at once: bounds the memory of (chunk x rows) indices
+
 
 class OffPolicyError(ValueError):
-    """The logs cannot support the estimate (a zero or missing propensity, mismatched lengths)."""
+    """Arrays that do not describe one set of logs (mismatched lengths): a caller's mistake, not the data's."""
 
 
 @dataclass(frozen=True)
@@ -29,56 +41,123 @@ class Estimate:
     estimator: str
     value: float
     se: float
-    ci_low: float
+    ci_low: float  # normal approximation
     ci_high: float
     effective_sample_size: float  # (sum w)^2 / sum w^2: how many logged rows the estimate is worth
+    logged_rows: int
+    boot_low: float = math.nan  # bootstrap percentile interval over resampled logged rows
+    boot_high: float = math.nan
+    reason: str | None = None  # why there is no estimate ("not enough data: ..."); None when there is one
+
+    @property
+    def is_estimated(self) -> bool:
+        return self.reason is None
+
+
+def not_enough_data(estimator: str, logged_rows: int, why: str) -> Estimate:
+    nan = math.nan
+    return Estimate(estimator, nan, nan, nan, nan, 0.0, logged_rows, reason=f"not enough data: {why}")
 
 
 def _arrays(*arrays: np.ndarray) -> list[np.ndarray]:
     converted = [np.asarray(a, dtype=np.float64) for a in arrays]
     if len({a.shape for a in converted}) != 1 or converted[0].ndim != 1:
         raise OffPolicyError(f"the arrays differ in shape: {[a.shape for a in converted]}")
-    if converted[0].size == 0:
-        raise OffPolicyError("no logged rows to estimate from")
     return converted
 
 
+def refusal(target: np.ndarray, logging: np.ndarray) -> str | None:
+    """Why these logs cannot support an estimate, or None when they can."""
+    n = logging.size
+    if n < 2:
+        return f"{n} logged row{'s' if n != 1 else ''}; an interval needs at least 2"
+    invalid = int(np.sum(~np.isfinite(logging) | (logging <= 0) | (logging > 1)))
+    if invalid:
+        return f"{invalid} of {n} logged rows have no propensity in (0, 1], so they cannot be weighted"
+    if np.any(~np.isfinite(target) | (target < 0) | (target > 1)):
+        return "target probabilities must be in [0, 1]"
+    return None
+
+
 def importance_weights(target_prob: np.ndarray, logging_prob: np.ndarray) -> np.ndarray:
+    """target / logging per row; call only on logs `refusal` accepted (every propensity positive)."""
     target, logging = _arrays(target_prob, logging_prob)
-    if not np.all(np.isfinite(logging)) or np.any(logging <= 0) or np.any(logging > 1):
-        raise OffPolicyError("every logged propensity must be in (0, 1]: the logs cannot weight a row without one")
-    if np.any(target < 0) or np.any(target > 1):
-        raise OffPolicyError("target probabilities must be in [0, 1]")
     return target / logging
 
 
-def _estimate(name: str, terms: np.ndarray, value: float, weights: np.ndarray, alpha: float) -> Estimate:
+def bootstrap_interval(
+    numerator: np.ndarray, denominator: np.ndarray | None, alpha: float, samples: int, seed: int
+) -> tuple[float, float]:
+    """Percentile interval of sum(numerator) / sum(denominator) (the mean when denominator is None) over
+    `samples` resamples of the rows with replacement, drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    n = numerator.size
+    values = []
+    for start in range(0, samples, BOOTSTRAP_CHUNK):
+        rows = rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, samples - start), n))
+        totals = numerator[rows].sum(axis=1)
+        below = denominator[rows].sum(axis=1) if denominator is not None else np.full(totals.size, float(n))
+        # a resample where the target takes no logged action has no self-normalised value: skipped
+        values.append(totals[below > 0] / below[below > 0])
+    resampled = np.concatenate(values)
+    if resampled.size == 0:
+        return math.nan, math.nan
+    low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def _estimate(
+    name: str,
+    terms: np.ndarray,
+    value: float,
+    weights: np.ndarray,
+    alpha: float,
+    boot: tuple[float, float],
+) -> Estimate:
     n = terms.size
-    se = float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    se = float(terms.std(ddof=1) / math.sqrt(n))
     z = float(scipy_stats.norm.ppf(1 - alpha / 2))
     ess = float(weights.sum() ** 2 / np.square(weights).sum()) if np.any(weights) else 0.0
-    return Estimate(name, float(value), se, float(value - z * se), float(value + z * se), ess)
+    return Estimate(name, float(value), se, float(value - z * se), float(value + z * se), ess, n, *boot)
 
 
-def ipw(rewards: np.ndarray, target_prob: np.ndarray, logging_prob: np.ndarray, alpha: float = 0.05) -> Estimate:
+def ipw(
+    rewards: np.ndarray,
+    target_prob: np.ndarray,
+    logging_prob: np.ndarray,
+    alpha: float = 0.05,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> Estimate:
     reward, target, logging = _arrays(rewards, target_prob, logging_prob)
-    weights = importance_weights(target, logging)
+    if (why := refusal(target, logging)) is not None:
+        return not_enough_data("ipw", reward.size, why)
+    weights = target / logging
     terms = reward * weights
-    return _estimate("ipw", terms, terms.mean(), weights, alpha)
+    boot = bootstrap_interval(terms, None, alpha, bootstrap_samples, seed)
+    return _estimate("ipw", terms, terms.mean(), weights, alpha, boot)
 
 
 def snipw(
-    rewards: np.ndarray, target_prob: np.ndarray, logging_prob: np.ndarray, alpha: float = 0.05
+    rewards: np.ndarray,
+    target_prob: np.ndarray,
+    logging_prob: np.ndarray,
+    alpha: float = 0.05,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> Estimate:
     reward, target, logging = _arrays(rewards, target_prob, logging_prob)
-    weights = importance_weights(target, logging)
+    if (why := refusal(target, logging)) is not None:
+        return not_enough_data("snipw", reward.size, why)
+    weights = target / logging
     mean_weight = weights.mean()
     if mean_weight == 0:
-        raise OffPolicyError("the target policy never takes a logged action: nothing to weight")
+        return not_enough_data("snipw", reward.size, "the target policy never takes a logged action")
     value = float((reward * weights).sum() / weights.sum())
     # delta method: the influence of each row on the ratio estimator
     terms = weights * (reward - value) / mean_weight + value
-    return _estimate("snipw", terms, value, weights, alpha)
+    boot = bootstrap_interval(reward * weights, weights, alpha, bootstrap_samples, seed)
+    return _estimate("snipw", terms, value, weights, alpha, boot)
 
 
 def doubly_robust(
@@ -88,12 +167,65 @@ def doubly_robust(
     predicted_logged: np.ndarray,
     predicted_under_target: np.ndarray,
     alpha: float = 0.05,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> Estimate:
     """`predicted_logged`: the reward model's prediction for the logged action; `predicted_under_target`:
     its expected reward under the target policy in the row's context (sum over actions of target x model)."""
     reward, target, logging, q_logged, q_target = _arrays(
         rewards, target_prob, logging_prob, predicted_logged, predicted_under_target
     )
-    weights = importance_weights(target, logging)
+    if (why := refusal(target, logging)) is not None:
+        return not_enough_data("dr", reward.size, why)
+    weights = target / logging
     terms = q_target + weights * (reward - q_logged)
-    return _estimate("dr", terms, terms.mean(), weights, alpha)
+    boot = bootstrap_interval(terms, None, alpha, bootstrap_samples, seed)
+    return _estimate("dr", terms, terms.mean(), weights, alpha, boot)
+
+
+def mean_reward_model(
+    reward: np.ndarray, action: np.ndarray, context: np.ndarray, actions: int
+) -> np.ndarray:
+    """The simplest reward model for DR: the mean reward of each (context, action) seen in the logs, falling
+    back to the action's mean over all contexts, then to the overall mean. Returns a (rows x actions) matrix
+    of predictions for every row's context. Fitted on the rows it predicts (no cross-fitting)."""
+    reward = np.asarray(reward, dtype=np.float64)
+    action = np.asarray(action, dtype=np.int64)
+    contexts, context_index = np.unique(np.asarray(context), return_inverse=True)
+    overall = float(reward.mean()) if reward.size else 0.0
+    sums = np.zeros((contexts.size, actions))
+    counts = np.zeros((contexts.size, actions))
+    np.add.at(sums, (context_index, action), reward)
+    np.add.at(counts, (context_index, action), 1.0)
+    action_sums, action_counts = sums.sum(axis=0), counts.sum(axis=0)
+    by_action = np.where(action_counts > 0, action_sums / np.maximum(action_counts, 1), overall)
+    by_cell = np.where(counts > 0, sums / np.maximum(counts, 1), by_action[np.newaxis, :])
+    return by_cell[context_index]
+
+
+def evaluate(
+    reward: np.ndarray,
+    action: np.ndarray,
+    logging_prob: np.ndarray,
+    target: np.ndarray,
+    predicted: np.ndarray,
+    alpha: float = 0.05,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> list[Estimate]:
+    """IPW, SNIPW and DR of one target policy. `action`: the logged action's index per row; `target`: the
+    (rows x actions) matrix of the target policy's probabilities in each row's context; `predicted`: the
+    reward model's (rows x actions) predictions."""
+    action = np.asarray(action, dtype=np.int64)
+    rows = np.arange(action.size)
+    if action.size == 0:
+        return [
+            not_enough_data(name, 0, "0 logged rows; an interval needs at least 2") for name in ESTIMATORS
+        ]
+    target_prob = target[rows, action]
+    q_logged, q_target = predicted[rows, action], (target * predicted).sum(axis=1)
+    common: dict[str, float | int] = {"alpha": alpha, "bootstrap_samples": bootstrap_samples, "seed": seed}
+    estimators: list[Callable[..., Estimate]] = [ipw, snipw]
+    return [estimator(reward, target_prob, logging_prob, **common) for estimator in estimators] + [
+        doubly_robust(reward, target_prob, logging_prob, q_logged, q_target, **common)
+    ]

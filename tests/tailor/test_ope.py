@@ -3,6 +3,9 @@ BTS's click rate estimated from the uniform-random policy's logs, and the revers
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -11,6 +14,7 @@ from tailor import ope
 from tests.conftest import REPO
 
 OPEN_BANDIT = REPO.parent / "shared" / "data" / "open-bandit-sample"
+SEED = 7
 
 
 def simulated_logs(seed: int, n: int = 20_000) -> dict[str, np.ndarray]:
@@ -34,20 +38,83 @@ def test_each_estimator_covers_the_true_value(seed: int) -> None:
     estimates = [
         ope.ipw(logs["reward"], logs["target"], logs["logging"]),
         ope.snipw(logs["reward"], logs["target"], logs["logging"]),
-        ope.doubly_robust(logs["reward"], logs["target"], logs["logging"], logs["q_logged"], logs["q_target"]),
+        ope.doubly_robust(
+            logs["reward"], logs["target"], logs["logging"], logs["q_logged"], logs["q_target"]
+        ),
     ]
     for estimate in estimates:
         assert estimate.ci_low <= TRUE_VALUE <= estimate.ci_high, estimate
+        assert estimate.boot_low <= TRUE_VALUE <= estimate.boot_high, estimate
+        # the percentile interval agrees with the normal one on 20,000 rows (within a tenth of its width)
+        width = estimate.ci_high - estimate.ci_low
+        assert abs(estimate.boot_low - estimate.ci_low) < 0.1 * width, estimate
+        assert abs(estimate.boot_high - estimate.ci_high) < 0.1 * width, estimate
     ipw, _, dr = estimates
     assert dr.se < ipw.se  # a right reward model leaves only the noise of the rewards
     assert 0 < ipw.effective_sample_size < logs["reward"].size
 
 
-def test_a_row_without_a_propensity_is_refused() -> None:
-    with pytest.raises(ope.OffPolicyError, match=r"propensity must be in \(0, 1\]"):
-        ope.ipw(np.array([1.0, 0.0]), np.array([0.5, 0.5]), np.array([0.5, 0.0]))
+def test_the_bootstrap_is_seeded() -> None:
+    logs = simulated_logs(0, n=2_000)
+    first, again, other = (
+        ope.snipw(logs["reward"], logs["target"], logs["logging"], seed=seed) for seed in (1, 1, 2)
+    )
+    assert (first.boot_low, first.boot_high) == (again.boot_low, again.boot_high)
+    assert (first.boot_low, first.boot_high) != (other.boot_low, other.boot_high)
+
+
+@pytest.mark.parametrize(
+    ("reward", "target", "logging", "why"),
+    [
+        ([], [], [], "0 logged rows"),
+        ([1.0], [0.5], [0.5], "1 logged row;"),
+        ([1.0, 0.0], [0.5, 0.5], [0.5, 0.0], r"1 of 2 logged rows have no propensity in \(0, 1\]"),
+        ([1.0, 0.0], [0.5, 0.5], [0.5, np.nan], "1 of 2 logged rows have no propensity"),
+    ],
+)
+def test_too_little_data_is_a_stated_result_not_an_error(
+    reward: list[float], target: list[float], logging: list[float], why: str
+) -> None:
+    arrays = [np.asarray(values, dtype=float) for values in (reward, target, logging)]
+    estimates = [ope.ipw(*arrays), ope.snipw(*arrays), ope.doubly_robust(*arrays, arrays[0], arrays[0])]
+    for estimate in estimates:
+        assert not estimate.is_estimated
+        assert estimate.reason is not None and estimate.reason.startswith("not enough data")
+        assert re.search(why, estimate.reason), estimate.reason
+        assert math.isnan(estimate.value) and estimate.logged_rows == len(reward)
+
+
+def test_a_target_that_never_takes_a_logged_action_has_no_self_normalised_value() -> None:
+    estimate = ope.snipw(np.array([1.0, 0.0]), np.array([0.0, 0.0]), np.array([0.5, 0.5]))
+    assert estimate.reason == "not enough data: the target policy never takes a logged action"
+    assert ope.ipw(np.array([1.0, 0.0]), np.array([0.0, 0.0]), np.array([0.5, 0.5])).value == 0.0
+
+
+def test_mismatched_arrays_are_a_callers_mistake() -> None:
     with pytest.raises(ope.OffPolicyError, match="differ in shape"):
         ope.ipw(np.array([1.0]), np.array([0.5, 0.5]), np.array([0.5, 0.5]))
+
+
+def test_mean_reward_model_falls_back_from_cell_to_action_to_overall() -> None:
+    # context "a": action 0 twice (1, 0); context "b": action 0 once (1), action 1 once (0); action 2 unseen
+    predicted = ope.mean_reward_model(
+        np.array([1.0, 0.0, 1.0, 0.0]), np.array([0, 0, 0, 1]), np.array(["a", "a", "b", "b"]), 3
+    )
+    assert predicted[0].tolist() == [0.5, 0.0, 0.5]  # "a" never saw action 1: its mean over contexts, 0
+    assert predicted[2].tolist() == [1.0, 0.0, 0.5]  # action 2 never logged: the overall mean
+
+
+def test_evaluate_returns_the_three_estimators_of_one_policy() -> None:
+    logs = simulated_logs(3)
+    rng_action = np.searchsorted(np.array([0.02, 0.05, 0.10]), logs["q_logged"])  # back to action indices
+    target = np.tile([0.1, 0.1, 0.8], (logs["reward"].size, 1))
+    predicted = ope.mean_reward_model(logs["reward"], rng_action, np.zeros(rng_action.size), 3)
+    estimates = ope.evaluate(
+        logs["reward"], rng_action, logs["logging"], target, predicted, bootstrap_samples=200
+    )
+    assert [e.estimator for e in estimates] == list(ope.ESTIMATORS)
+    for estimate in estimates:
+        assert estimate.boot_low <= TRUE_VALUE <= estimate.boot_high, estimate
 
 
 def read(policy: str, campaign: str) -> pl.DataFrame:
@@ -56,8 +123,10 @@ def read(policy: str, campaign: str) -> pl.DataFrame:
 
 def shares_by_slot(logs: pl.DataFrame) -> pl.DataFrame:
     """A policy as the share of its impressions each item got in each slot over the week (context-free)."""
-    return logs.group_by("position", "item_id").len().select(
-        "position", "item_id", (pl.col("len") / pl.col("len").sum().over("position")).alias("target")
+    return (
+        logs.group_by("position", "item_id")
+        .len()
+        .select("position", "item_id", (pl.col("len") / pl.col("len").sum().over("position")).alias("target"))
     )
 
 
@@ -71,5 +140,9 @@ def test_bts_click_rate_estimated_from_the_random_logs_is_covered(campaign: str)
     on_policy = bts_logs["click"].mean()
     for estimator in (ope.ipw, ope.snipw):
         estimate = estimator(logged["click"].to_numpy(), logged["target"].to_numpy(),
-                             logged["propensity_score"].to_numpy())  # fmt: skip
+                             logged["propensity_score"].to_numpy(), seed=SEED)  # fmt: skip
+        print(f"open bandit {campaign}: BTS observed {on_policy:.5f}, {estimate.estimator} {estimate.value:.5f} "
+              f"normal [{estimate.ci_low:.5f}, {estimate.ci_high:.5f}] bootstrap [{estimate.boot_low:.5f}, "
+              f"{estimate.boot_high:.5f}] ESS {estimate.effective_sample_size:,.0f} of {estimate.logged_rows:,}")  # fmt: skip
         assert estimate.ci_low <= on_policy <= estimate.ci_high, (campaign, estimate, on_policy)
+        assert estimate.boot_low <= on_policy <= estimate.boot_high, (campaign, estimate, on_policy)
