@@ -153,6 +153,13 @@ TABLES: dict[str, Table] = {
                 Column("clicked_at", "TIMESTAMP", False, is_event_time=True),
                 Column("converted_at", "TIMESTAMP", False, is_event_time=True),
                 Column("revenue_cents", "BIGINT", False),
+                Column("position", "BIGINT", False, "the slot the variant was shown in, 1 = first"),
+                Column(
+                    "propensity",
+                    "DOUBLE",
+                    False,
+                    "the logging policy's probability of sending this variant (holdout included), in (0, 1]",
+                ),
             ),
             (CAMPAIGN_ID, USER_ID, "sent_at"),
             "Who got which variant of which campaign, and what they did.",
