@@ -17,6 +17,8 @@ Tables (warehouse):
     meta.variant_posteriors   each variant's Beta posterior of converting, from the bandit's evidence
     meta.uplift_evaluation    per campaign and variant: Qini coefficient and uplift at 10/20/30%
     meta.qini_curves          the Qini curves behind them, for the report
+    meta.policy_evaluation    per campaign: candidate policies valued off-policy from the logged sends
+                              (tasks/ope.py; published as policy_evaluation)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor import stats, uplift
 from tailor.config import CampaignConfig, ExperimentsConfig, Settings
 from tailor.sql import ensure_table, query, read_partition, replace_run_rows, table_exists
+from tailor.tasks.ope import evaluate_policies, store_policy_evaluation
 from tailor.tasks.train import (
     CONVERSION_HOLDOUT_DAYS,
     conversion_model_name,
@@ -625,6 +628,7 @@ class ExperimentRun:
     posteriors: list[dict[str, Any]] = field(default_factory=list)
     uplift: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
+    policies: list[dict[str, Any]] = field(default_factory=list)  # meta.policy_evaluation (tasks/ope.py)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -640,6 +644,8 @@ def analyse_experiments(
             rows, summary = analyse_campaign(con, campaign, settings, ctx)
             run.results += rows
             run.posteriors += posterior_rows(con, campaign, ctx, summary["is_trusted"])
+            run.policies += evaluate_policies(con, campaign, settings, ctx, window_start(campaign, settings, ctx),
+                                              run.posteriors)  # fmt: skip
             evaluations, curves = evaluate_uplift(con, campaign, models, ctx)
             run.uplift += evaluations
             run.curves += curves
@@ -655,6 +661,7 @@ def analyse_experiments(
         replace_run_rows(con, "meta.variant_posteriors", POSTERIOR_COLUMNS, run.posteriors, ctx.run_date)
         replace_run_rows(con, "meta.uplift_evaluation", UPLIFT_COLUMNS, run.uplift, ctx.run_date)
         replace_run_rows(con, "meta.qini_curves", CURVE_COLUMNS, run.curves, ctx.run_date)
+        store_policy_evaluation(con, run.policies, ctx)
     return dict(sorted(run.summary.items()))
 
 

@@ -146,3 +146,18 @@ def test_bts_click_rate_estimated_from_the_random_logs_is_covered(campaign: str)
               f"{estimate.boot_high:.5f}] ESS {estimate.effective_sample_size:,.0f} of {estimate.logged_rows:,}")  # fmt: skip
         assert estimate.ci_low <= on_policy <= estimate.ci_high, (campaign, estimate, on_policy)
         assert estimate.boot_low <= on_policy <= estimate.boot_high, (campaign, estimate, on_policy)
+
+
+def test_the_paired_difference_is_tighter_than_the_two_intervals_apart() -> None:
+    logs = simulated_logs(4)
+    action = np.searchsorted(np.array([0.02, 0.05, 0.10]), logs["q_logged"])
+    best, middle = (action == 2).astype(float), (action == 1).astype(float)  # always action 2 / always 1
+    difference = ope.snipw_difference(logs["reward"], best, middle, logs["logging"], seed=SEED)
+    assert difference.boot_low <= 0.10 - 0.05 <= difference.boot_high, difference
+    assert difference.ci_low <= 0.10 - 0.05 <= difference.ci_high, difference
+    a = ope.snipw(logs["reward"], best, logs["logging"], seed=SEED)
+    b = ope.snipw(logs["reward"], middle, logs["logging"], seed=SEED)
+    assert difference.value == pytest.approx(a.value - b.value)
+    # the same policy against itself: exactly no difference, in every resample
+    same = ope.snipw_difference(logs["reward"], best, best, logs["logging"], seed=SEED)
+    assert (same.value, same.boot_low, same.boot_high) == (0.0, 0.0, 0.0)
