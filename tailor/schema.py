@@ -27,7 +27,7 @@ CHANNELS = ("email", "push", "web")
 DATASET_NAMES = (
     "recommendations", "user_scores", "segments", "segment_profiles", "item_audiences", "content",
     "personalize_batch", "personalize_segments", "user_updates", "user_deletes", "experiment_results",
-    "uplift_evaluation", "allocation_decisions", "fairness_audit", "data_quality",
+    "uplift_evaluation", "allocation_decisions", "policy_evaluation", "fairness_audit", "data_quality",
 )  # fmt: skip
 
 

@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor import stats, uplift
 from tailor.config import CampaignConfig, ExperimentsConfig, Settings
 from tailor.sql import ensure_table, query, read_partition, replace_run_rows, table_exists
-from tailor.tasks.ope import evaluate_policies, store_policy_evaluation
+from tailor.tasks.ope import POLICY_COLUMNS, evaluate_policies, store_policy_evaluation
 from tailor.tasks.train import (
     CONVERSION_HOLDOUT_DAYS,
     conversion_model_name,
@@ -157,6 +157,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         ("meta.uplift_evaluation", UPLIFT_COLUMNS),
         ("meta.qini_curves", CURVE_COLUMNS),
         ("meta.allocation_decisions", DECISION_COLUMNS),
+        ("meta.policy_evaluation", POLICY_COLUMNS),
     ):
         ensure_table(con, table, columns)
     # a warehouse made by an earlier version lacks the newer result columns: add them (at the end, in order)

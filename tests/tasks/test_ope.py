@@ -208,3 +208,21 @@ def test_one_send_is_not_enough_data(tmp_path) -> None:
             con, settings.campaigns[0], run_context(settings, RUN_DATE)
         )
     assert not serves and "not enough data" in why
+
+
+def test_the_report_shows_each_policy_with_its_estimators_and_intervals(tmp_path) -> None:
+    from tailor.tasks.report import policy_table
+
+    settings = settings_for(tmp_path)
+    warehouse(settings, logged(2000, seed=7, rates=RATES))
+    frame = evaluate(settings)
+    with connect(settings) as con:
+        table = policy_table(con, "c", run_context(settings, RUN_DATE))
+    assert [row["policy"] for row in table] == sorted(set(frame["policy"]))
+    row = next(r for r in table if r["policy"] == "variant:a")
+    snipw = value(frame, "variant:a", "snipw")
+    low, high = snipw["ci_low"] * 100, snipw["ci_high"] * 100
+    assert row["snipw"] == f"{snipw['value'] * 100:.2f}% ({low:.2f} to {high:.2f})"
+    assert {"ipw", "snipw", "dr"} <= set(row)
+    difference = next(r for r in table if r["policy"] == "contextual_bandit - bandit")
+    assert difference["snipw_difference"].endswith(")") and " points (" in difference["snipw_difference"]
