@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tailor import ope
+from tailor import bandit, ope
 from tests.conftest import REPO
 
 OPEN_BANDIT = REPO.parent / "shared" / "data" / "open-bandit-sample"
@@ -161,3 +161,76 @@ def test_the_paired_difference_is_tighter_than_the_two_intervals_apart() -> None
     # the same policy against itself: exactly no difference, in every resample
     same = ope.snipw_difference(logs["reward"], best, best, logs["logging"], seed=SEED)
     assert (same.value, same.boot_low, same.boot_high) == (0.0, 0.0, 0.0)
+
+
+def position_policies(train: pl.DataFrame, items: list[int], seed: int) -> dict[str, dict]:
+    """Policies learned from `train` only, per slot: the context-free bandit (Thompson shares of each item's
+    Beta(1 + clicks, 1 + non-clicks) posterior), the best arm (the highest posterior mean), and the
+    contextual bandit per user_feature_0 (per-context posteriors worth 100 impressions at the pooled mean)."""
+    learned: dict[str, dict] = {"bandit": {}, "best_arm": {}, "contextual": {}}
+    names = [str(item) for item in items]
+    for position in sorted(train["position"].unique().to_list()):
+        slot = train.filter(pl.col("position") == position).with_columns(
+            pl.col("user_feature_0").alias("context"), pl.col("item_id").cast(pl.Utf8).alias("variant_id")
+        )
+        evidence = slot.group_by("context", "variant_id").agg(
+            pl.len().alias("sends"), pl.col("click").sum().alias("conversions")
+        )
+        totals = evidence.group_by("variant_id").agg(pl.col("sends", "conversions").sum())
+        counts = {item: (sends, clicks) for item, sends, clicks in totals.iter_rows()}
+        pooled = {}
+        for name in names:
+            sends, clicks = counts.get(name, (0, 0))
+            pooled[name] = (1.0 + clicks, 1.0 + sends - clicks)
+        alphas, betas = [pooled[n][0] for n in names], [pooled[n][1] for n in names]
+        learned["bandit"][position] = bandit.shares_from(bandit.chance_best(alphas, betas, seed))
+        means = np.array(alphas) / (np.array(alphas) + np.array(betas))
+        learned["best_arm"][position] = (means == means.max()) / (means == means.max()).sum()
+        posteriors = bandit.context_posteriors(evidence, pooled, names, prior_sends=100.0)
+        by_context = bandit.contextual_shares(posteriors, names, seed)
+        learned["contextual"][position] = (by_context, learned["bandit"][position])
+    return learned
+
+
+def target_matrix(rows: pl.DataFrame, policy: str, learned: dict, items: list[int]) -> np.ndarray:
+    n, k = rows.height, len(items)
+    if policy == "uniform":
+        return np.full((n, k), 1 / k)
+    matrix = np.zeros((n, k))
+    for index, (position, context) in enumerate(rows.select("position", "user_feature_0").iter_rows()):
+        if policy == "contextual":
+            by_context, pooled = learned["contextual"][position]
+            matrix[index] = by_context.get(context, pooled)
+        else:
+            matrix[index] = learned[policy][position]
+    return matrix
+
+
+@pytest.mark.skipif(not OPEN_BANDIT.exists(), reason="needs ../shared/data/open-bandit-sample (not in CI)")
+@pytest.mark.parametrize("campaign", ["all", "men", "women"])
+def test_a_contextual_policy_learned_on_half_the_random_logs_is_valued_on_the_other_half(
+    campaign: str,
+) -> None:
+    logs = read("random", campaign).with_row_index("row")
+    items = sorted(logs["item_id"].unique().to_list())
+    is_train = np.random.default_rng(SEED).random(logs.height) < 0.5
+    train, held_out = logs.filter(pl.Series(is_train)), logs.filter(pl.Series(~is_train))
+    assert not set(train["row"]) & set(held_out["row"])  # the policy never sees a row it is valued on
+    learned = position_policies(train.drop("row"), items, SEED)
+    action = np.searchsorted(np.asarray(items), held_out["item_id"].to_numpy())
+    reward = held_out["click"].cast(pl.Float64).to_numpy()
+    logging = held_out["propensity_score"].to_numpy()
+    contexts = held_out["user_feature_0"].to_numpy()
+    predicted = ope.mean_reward_model(reward, action, contexts, len(items))
+    for policy in ("contextual", "bandit", "best_arm", "uniform"):
+        target = target_matrix(held_out, policy, learned, items)
+        estimates = ope.evaluate(reward, action, logging, target, predicted, seed=SEED)
+        for estimate in estimates:
+            print(f"open bandit {campaign} held-out: {policy} {estimate.estimator} {estimate.value:.5f} "
+                  f"[{estimate.boot_low:.5f}, {estimate.boot_high:.5f}] ESS {estimate.effective_sample_size:,.0f}")  # fmt: skip
+            assert estimate.is_estimated and estimate.logged_rows == held_out.height
+            values = (estimate.boot_low, estimate.value, estimate.boot_high)
+            assert all(np.isfinite(values)) and estimate.boot_low <= estimate.boot_high
+            assert 0 < estimate.effective_sample_size <= held_out.height
+        if policy == "uniform":  # the logging policy itself: every weight is 1
+            assert estimates[1].value == pytest.approx(reward.mean())
