@@ -445,7 +445,11 @@ def policy_table(con: duckdb.DuckDBPyConnection, campaign_id: str, ctx: RunConte
             if value is None or low is None or high is None
             else f"{value * 100:{sign}.2f}{unit} ({low * 100:{sign}.2f} to {high * 100:{sign}.2f})"
         )
-        entry = table.setdefault(policy, {"policy": policy, "logged_rows": logged_rows, "reason": reason})
+        entry = table.setdefault(
+            policy,
+            {"policy": policy, "logged_rows": logged_rows, "reason": reason, "effective_sample_size": None}
+            | dict.fromkeys(("ipw", "snipw", "dr", "snipw_difference")),
+        )
         entry[estimator] = shown
         if estimator == "snipw":
             entry["effective_sample_size"] = ess
