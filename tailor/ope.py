@@ -29,7 +29,7 @@ from scipy import stats as scipy_stats
 
 ESTIMATORS = ("ipw", "snipw", "dr")
 BOOTSTRAP_SAMPLES = 1000
-BOOTSTRAP_CHUNK = 100  # resamples drawn at once: bounds the memory of (chunk x rows) indices
+BOOTSTRAP_CELLS = 10_000_000  # resamples x distinct rows drawn at once: bounds the memory of the counts
 
 
 class OffPolicyError(ValueError):
@@ -85,25 +85,44 @@ def importance_weights(target_prob: np.ndarray, logging_prob: np.ndarray) -> np.
     return target / logging
 
 
+def resampled_sums(columns: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """(samples x columns) column sums over `samples` resamples of the rows with replacement, from `seed`.
+
+    Logged rows repeat a few distinct values (one weight per arm and context, a 0/1 reward), so a resample is
+    drawn as multinomial counts of the distinct rows: the same distribution as drawing n rows, in time that
+    grows with the distinct rows rather than with n."""
+    rng = np.random.default_rng(seed)
+    distinct, counts = np.unique(columns, axis=0, return_counts=True)
+    n = columns.shape[0]
+    chunk = max(1, min(samples, BOOTSTRAP_CELLS // distinct.shape[0]))
+    sums = []
+    for start in range(0, samples, chunk):
+        draws = rng.multinomial(n, counts / n, size=min(chunk, samples - start))
+        sums.append(draws @ distinct)
+    return np.vstack(sums)
+
+
+def percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    low, high = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
 def bootstrap_interval(
     numerator: np.ndarray, denominator: np.ndarray | None, alpha: float, samples: int, seed: int
 ) -> tuple[float, float]:
     """Percentile interval of sum(numerator) / sum(denominator) (the mean when denominator is None) over
-    `samples` resamples of the rows with replacement, drawn from `seed`."""
-    rng = np.random.default_rng(seed)
-    n = numerator.size
-    values = []
-    for start in range(0, samples, BOOTSTRAP_CHUNK):
-        rows = rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, samples - start), n))
-        totals = numerator[rows].sum(axis=1)
-        below = denominator[rows].sum(axis=1) if denominator is not None else np.full(totals.size, float(n))
-        # a resample where the target takes no logged action has no self-normalised value: skipped
-        values.append(totals[below > 0] / below[below > 0])
-    resampled = np.concatenate(values)
-    if resampled.size == 0:
-        return math.nan, math.nan
-    low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    `samples` resamples of the rows. A resample where the denominator sums to zero (the target takes no
+    logged action) has no self-normalised value and is skipped."""
+    if denominator is None:
+        return percentile_interval(
+            resampled_sums(numerator[:, np.newaxis], samples, seed)[:, 0] / numerator.size, alpha
+        )
+    sums = resampled_sums(np.column_stack([numerator, denominator]), samples, seed)
+    below = sums[:, 1]
+    return percentile_interval(np.where(below > 0, sums[:, 0] / np.where(below > 0, below, 1), np.nan), alpha)
 
 
 def _estimate(
@@ -255,16 +274,9 @@ def snipw_difference(
     terms = (
         w_a * (reward - value_a) / w_a.mean() - w_b * (reward - value_b) / w_b.mean() + (value_a - value_b)
     )
-    rng = np.random.default_rng(seed)
-    n, differences = reward.size, []
-    for start in range(0, bootstrap_samples, BOOTSTRAP_CHUNK):
-        rows = rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, bootstrap_samples - start), n))
-        sum_a, sum_b = w_a[rows].sum(axis=1), w_b[rows].sum(axis=1)
-        valued = (sum_a > 0) & (sum_b > 0)
-        difference = (reward * w_a)[rows].sum(axis=1) / np.where(valued, sum_a, 1) - (reward * w_b)[rows].sum(
-            axis=1
-        ) / np.where(valued, sum_b, 1)
-        differences.append(difference[valued])
-    resampled = np.concatenate(differences)
-    low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2]) if resampled.size else (math.nan, math.nan)
-    return _estimate("snipw_difference", terms, value_a - value_b, w_a, alpha, (float(low), float(high)))
+    sums = resampled_sums(np.column_stack([reward * w_a, w_a, reward * w_b, w_b]), bootstrap_samples, seed)
+    valued = (sums[:, 1] > 0) & (sums[:, 3] > 0)
+    safe = np.where(valued[:, np.newaxis], sums, 1.0)
+    differences = np.where(valued, safe[:, 0] / safe[:, 1] - safe[:, 2] / safe[:, 3], np.nan)
+    low, high = percentile_interval(differences, alpha)
+    return _estimate("snipw_difference", terms, value_a - value_b, w_a, alpha, (low, high))

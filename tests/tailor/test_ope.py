@@ -234,3 +234,13 @@ def test_a_contextual_policy_learned_on_half_the_random_logs_is_valued_on_the_ot
             assert 0 < estimate.effective_sample_size <= held_out.height
         if policy == "uniform":  # the logging policy itself: every weight is 1
             assert estimates[1].value == pytest.approx(reward.mean())
+
+
+def test_resampling_distinct_rows_spreads_like_resampling_rows() -> None:
+    # 0/1 rewards: two distinct rows; the bootstrap deviation of the mean is the binomial one, sqrt(p(1-p)/n)
+    values = (np.random.default_rng(0).random(5_000) < 0.1).astype(float)
+    sums = ope.resampled_sums(values[:, np.newaxis], 4_000, seed=SEED)[:, 0]
+    assert sums.shape == (4_000,)
+    p = values.mean()
+    assert (sums / values.size).std() == pytest.approx(np.sqrt(p * (1 - p) / values.size), rel=0.05)
+    assert (sums / values.size).mean() == pytest.approx(p, abs=0.001)
