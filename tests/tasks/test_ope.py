@@ -71,12 +71,13 @@ def warehouse(settings, sends: pl.DataFrame, decisions: list[dict] | None = None
     with connect(settings) as con:
         ensure_tables(con)
         con.execute("create schema if not exists staging")
-        exposures = sends.drop("country")  # noqa: F841 (read by DuckDB below)
         users = sends.select(
             "user_id", "country", pl.lit("de").alias("language"), pl.lit(True).alias("is_latest")
-        )  # noqa: F841
-        con.execute("create or replace table staging.stg_campaign_exposures as select * from exposures")
-        con.execute("create or replace table staging.stg_users as select * from users")
+        )
+        con.register("exposures_frame", sends.drop("country").to_arrow())
+        con.register("users_frame", users.to_arrow())
+        con.execute("create or replace table staging.stg_campaign_exposures as select * from exposures_frame")
+        con.execute("create or replace table staging.stg_users as select * from users_frame")
         for day in sorted({row["run_date"] for row in decisions or []}):
             replace_run_rows(con, "meta.allocation_decisions", DECISION_COLUMNS,
                              [row for row in decisions or [] if row["run_date"] == day], day)  # fmt: skip
