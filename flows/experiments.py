@@ -23,7 +23,7 @@ from tailor.tasks.train import serving_models
 from tailor.tasks.validate import validate_sources
 from tailor.warehouse import RunContext, private_run_folders, private_umask, run_context
 
-EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_decisions")
+EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_decisions", "policy_evaluation")
 
 
 @flow(name="tailor-experiment-analysis", validate_parameters=False)

@@ -453,7 +453,7 @@ class AudienceConfig(StrictModel):
 
 
 class AllocationConfig(StrictModel):
-    policy: Literal["split", "bandit", "personalized"] = "split"
+    policy: Literal["split", "bandit", "personalized", "contextual_bandit"] = "split"
     exploration_share: float = Field(
         0.1, ge=0, le=1, description="personalized: users given a uniformly random variant"
     )
@@ -466,6 +466,25 @@ class AllocationConfig(StrictModel):
         "contact is at most min_uplift (needs the campaign's no-contact model)",
     )
     min_uplift: float = Field(0.0, ge=-1, le=1, description="personalized: see skip_without_uplift")
+    context: Literal["segment", "country", "language"] = Field(
+        "segment",
+        description="contextual_bandit: the user attribute its posteriors are kept per value of (segment: the "
+        "user's RFM segment from marts.segments)",
+    )
+    context_prior_sends: float = Field(
+        100.0,
+        gt=0,
+        description="contextual_bandit: how many sends the pooled posterior counts for in each context's prior; "
+        "a context with fewer sends of its own stays close to the whole audience's rates",
+    )
+    contextual_tolerance: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="contextual_bandit: it serves only when tonight's policy evaluation puts the lower bound of "
+        "its conversion rate per send minus the context-free bandit's (self-normalised IPW, paired bootstrap) "
+        "above minus this; otherwise the context-free bandit serves",
+    )
 
 
 # The metrics experiments measure (tasks/experiments.py METRICS says how; a test keeps the two in step), and
@@ -651,6 +670,11 @@ class ExperimentsConfig(StrictModel):
         "detect the observed difference at 80% power gets the verdict stop: no detectable effect",
     )
     uplift: UpliftConfig = Field(default_factory=UpliftConfig)
+    ope_bootstrap_samples: int = Field(
+        1000,
+        ge=100,
+        description="policy evaluation: resamples of the logged sends behind each bootstrap interval",
+    )
 
 
 USER_ATTRIBUTES = ("country", "language", "age_band", "gender")

@@ -458,6 +458,11 @@ def simulate_campaigns(
                         "clicked_at": _after(sent_at, rng, 36_000, 72_000),
                         "converted_at": _after(sent_at, rng, 72_000, 86_400 * ATTRIBUTION_DAYS - 3600),
                         "revenue_cents": np.round(rng.lognormal(8.0, 0.6, users.size)).astype(np.int64),
+                        # the allocation's probability of the arm sent: the holdout share, or a variant's
+                        # equal part of the rest (what off-policy evaluation weights by)
+                        "propensity": np.where(
+                            holdout, HOLDOUT_SHARE, (1 - HOLDOUT_SHARE) / len(campaign.variants)
+                        ),
                         "file_day": np.full(users.size, day + ATTRIBUTION_DAYS),
                         "_opened": opened,
                         "_clicked": clicked | (converted & ~holdout & (rng.random(users.size) < 0.7)),
@@ -557,7 +562,7 @@ def generate(
     exposures, variant_truth = simulate_campaigns(world, rng, consents)
     exposures = exposures.with_columns(_id_expr("u", "user_index", user_width).alias("user_id")).select(
         "campaign_id", "variant_id", "user_id", "sent_at", "opened_at", "clicked_at", "converted_at",
-        "revenue_cents", "file_day",
+        "revenue_cents", "propensity", "file_day",
     )  # fmt: skip
     writer.write_by_day("campaign_exposures", exposures, "file_day", start)
 

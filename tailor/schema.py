@@ -27,7 +27,7 @@ CHANNELS = ("email", "push", "web")
 DATASET_NAMES = (
     "recommendations", "user_scores", "segments", "segment_profiles", "item_audiences", "content",
     "personalize_batch", "personalize_segments", "user_updates", "user_deletes", "experiment_results",
-    "uplift_evaluation", "allocation_decisions", "fairness_audit", "data_quality",
+    "uplift_evaluation", "allocation_decisions", "policy_evaluation", "fairness_audit", "data_quality",
 )  # fmt: skip
 
 
@@ -153,6 +153,13 @@ TABLES: dict[str, Table] = {
                 Column("clicked_at", "TIMESTAMP", False, is_event_time=True),
                 Column("converted_at", "TIMESTAMP", False, is_event_time=True),
                 Column("revenue_cents", "BIGINT", False),
+                Column("position", "BIGINT", False, "the slot the variant was shown in, 1 = first"),
+                Column(
+                    "propensity",
+                    "DOUBLE",
+                    False,
+                    "the logging policy's probability of sending this variant (holdout included), in (0, 1]",
+                ),
             ),
             (CAMPAIGN_ID, USER_ID, "sent_at"),
             "Who got which variant of which campaign, and what they did.",

@@ -21,6 +21,8 @@ Tables (warehouse):
                               bootstrap intervals, and whether it drives the personalized policy
     meta.uplift_models        the chosen learners' files, features and categories, for the allocation
     meta.qini_curves          the test Qini curves behind them, for the report
+    meta.policy_evaluation    per campaign: candidate policies valued off-policy from the logged sends
+                              (tasks/ope.py; published as policy_evaluation)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tailor import stats, uplift
 from tailor.config import CampaignConfig, ExperimentsConfig, Settings
 from tailor.sql import ensure_table, query, replace_run_rows
 from tailor.tasks.features import stage_user_sql_features
+from tailor.tasks.ope import POLICY_COLUMNS, evaluate_policies, store_policy_evaluation
 from tailor.tasks.train import (
     VARIANT_SEPARATOR,
     check_features,
@@ -197,6 +200,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         ("meta.qini_curves", CURVE_COLUMNS),
         ("meta.uplift_models", UPLIFT_MODEL_COLUMNS),
         ("meta.allocation_decisions", DECISION_COLUMNS),
+        ("meta.policy_evaluation", POLICY_COLUMNS),
     ):
         ensure_table(con, table, columns)
     # a warehouse made by an earlier version lacks the newer result columns: add them (at the end, in order)
@@ -1009,6 +1013,7 @@ class ExperimentRun:
     uplift: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     uplift_models: list[dict[str, Any]] = field(default_factory=list)
+    policies: list[dict[str, Any]] = field(default_factory=list)  # meta.policy_evaluation (tasks/ope.py)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -1025,6 +1030,8 @@ def analyse_experiments(
             run.results += rows
             posteriors = posterior_rows(con, campaign, ctx, summary["is_trusted"])
             run.posteriors += posteriors
+            run.policies += evaluate_policies(con, campaign, settings, ctx, window_start(campaign, settings, ctx),
+                                              run.posteriors)  # fmt: skip
             best = best_single_variant({row["variant_id"]: (row["alpha"], row["beta"]) for row in posteriors})
             evaluations, curves, uplift_models = evaluate_uplift(con, campaign, settings, ctx, best)
             run.uplift += evaluations
@@ -1046,6 +1053,7 @@ def analyse_experiments(
         replace_run_rows(con, "meta.uplift_evaluation", UPLIFT_COLUMNS, run.uplift, ctx.run_date)
         replace_run_rows(con, "meta.qini_curves", CURVE_COLUMNS, run.curves, ctx.run_date)
         replace_run_rows(con, "meta.uplift_models", UPLIFT_MODEL_COLUMNS, run.uplift_models, ctx.run_date)
+        store_policy_evaluation(con, run.policies, ctx)
     return dict(sorted(run.summary.items()))
 
 

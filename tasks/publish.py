@@ -295,6 +295,17 @@ DATASETS = (
         history=True,
     ),
     Dataset(
+        "policy_evaluation",
+        "meta.policy_evaluation",
+        "run_date, campaign_id, policy, metric, estimator",
+        None,
+        "Off-policy evaluation per night: each campaign's candidate policies (each variant alone, the bandit, the "
+        "contextual bandit, as logged) valued per send from the logged sends by IPW, self-normalised IPW and "
+        "doubly robust estimators, with bootstrap intervals and effective sample sizes.",
+        consent=no_user,
+        history=True,
+    ),
+    Dataset(
         "fairness_audit",
         "meta.fairness_audit",
         "attribute, subject, subject_id, metric, group_value",

@@ -442,7 +442,37 @@ def campaign_section(
         "history": history_charts(con, campaign_id, primary, ctx),
         "uplift": uplift_rows(uplift.filter(pl.col("campaign_id") == campaign_id)),
         "qini": qini_chart(campaign_id, curves),
+        "policies": policy_table(con, campaign_id, ctx),
     }
+
+
+def policy_table(con: duckdb.DuckDBPyConnection, campaign_id: str, ctx: RunContext) -> list[dict[str, Any]]:
+    """Tonight's off-policy estimates of the campaign's conversion rate per send: one row per policy, each
+    estimator's value with its bootstrap interval, and why where a policy has no estimate."""
+    rows = con.execute(
+        "select policy, estimator, value, ci_low, ci_high, effective_sample_size, logged_rows, reason "
+        "from meta.policy_evaluation where run_date = $run_date and campaign_id = $campaign_id "
+        "and metric = 'conversion_rate' order by policy, estimator",
+        {"run_date": ctx.run_date, "campaign_id": campaign_id},
+    ).fetchall()
+    table: dict[str, dict[str, Any]] = {}
+    for policy, estimator, value, low, high, ess, logged_rows, reason in rows:
+        # a difference between two policies reads in percentage points, a value as a rate
+        unit, sign = (" points", "+") if estimator == "snipw_difference" else ("%", "")
+        shown = (
+            "-"
+            if value is None or low is None or high is None
+            else f"{value * 100:{sign}.2f}{unit} ({low * 100:{sign}.2f} to {high * 100:{sign}.2f})"
+        )
+        entry = table.setdefault(
+            policy,
+            {"policy": policy, "logged_rows": logged_rows, "reason": reason, "effective_sample_size": None}
+            | dict.fromkeys(("ipw", "snipw", "dr", "snipw_difference")),
+        )
+        entry[estimator] = shown
+        if estimator == "snipw":
+            entry["effective_sample_size"] = ess
+    return list(table.values())
 
 
 def _with_interval(value: float | None, low: float | None, high: float | None) -> str:

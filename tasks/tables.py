@@ -10,8 +10,8 @@ Why Delta, and how each engine reads it: docs/tables.md.
 
 - Snapshot datasets (a night's full state: recommendations, segments, ...): one partition per run date; a
   rerun of a date replaces that date's partition in one commit (an overwrite with a partition predicate).
-- History datasets (`Dataset.history`: experiment_results, allocation_decisions), whose per-run files repeat
-  every night up to the run: each row goes once into the partition of the night that produced it (its own
+- History datasets (`Dataset.history`: experiment_results, allocation_decisions, policy_evaluation), whose
+  per-run files repeat every night up to the run: each row goes once into the partition of the night that produced it (its own
   `run_date`); a rerun replaces only its night's rows, and a night the table lacks (tables switched on later)
   is filled in from the history, never a night the table already has.
 - The rows are read back from the local publish folder that `write_datasets` wrote, so the table holds

@@ -15,6 +15,11 @@ Policies:
                   configured share of users explores a uniformly random variant instead; with
                   skip_without_uplift a user expected to gain nothing is not contacted. Users without
                   profiling consent are never scored: the split.
+    contextual_bandit  Thompson sampling per context (allocation.context: the RFM segment by default), from
+                  per-context Beta posteriors shrunk to the bandit's pooled ones (tailor/bandit.py); it
+                  serves only when tonight's policy evaluation finds it not worse than the context-free
+                  bandit (tasks/ope.py: contextual_verdict), else the bandit serves and the decision log
+                  says why.
 
 A variant a trusted analysis found significantly harmful gets no traffic from bandit or personalized.
 Every draw is a hash of (salt, campaign, user): the holdout is stable from night to night, and a user moves
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import accumulate
 from typing import Any
 
@@ -39,6 +45,7 @@ from jinja2 import Template, TemplateError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tailor import bandit
 from tailor.config import CampaignConfig, Settings
 from tailor.sql import materialize, query, replace_run_rows
 from tailor.tasks.experiments import (
@@ -52,6 +59,7 @@ from tailor.tasks.experiments import (
     predicted_uplift,
     uplift_gate,
 )
+from tailor.tasks.ope import context_evidence, contextual_verdict, logged_sends
 from tailor.tasks.score import replace_table
 from tailor.tasks.shards import Shard, ShardWriter, make_shards
 from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
@@ -60,7 +68,6 @@ from tailor.warehouse import RunContext, connect
 log = logging.getLogger(__name__)
 
 ITEMS_IN_CONTEXT = 3
-THOMPSON_DRAWS = 20_000
 CONTENT_SCHEMA = {
     "run_date": pl.Date,
     "campaign_id": pl.Utf8,
@@ -123,15 +130,13 @@ def thompson_shares(
     prior = (campaign.allocation.prior_successes, campaign.allocation.prior_failures)
     alphas = [posteriors.get(variant_id, prior)[0] for variant_id in variant_ids]
     betas = [posteriors.get(variant_id, prior)[1] for variant_id in variant_ids]
-    rng = np.random.default_rng(seed)
-    samples = rng.beta(np.asarray(alphas), np.asarray(betas), size=(THOMPSON_DRAWS, len(variant_ids)))
-    wins = np.bincount(samples.argmax(axis=1), minlength=len(variant_ids)) / THOMPSON_DRAWS
+    wins = bandit.chance_best(alphas, betas, seed)
     posterior = {
         variant_id: {"alpha": a, "beta": b, "mean": a / (a + b), "p_best": float(p)}
         for variant_id, a, b, p in zip(variant_ids, alphas, betas, wins, strict=True)
     }
     # a variant that never wins a sample still keeps a sliver of traffic, so evidence can change its fate
-    shares = [max(float(p), 1e-3) for p in wins]
+    shares = [max(float(p), bandit.MIN_SHARE) for p in wins]
     return shares, {"posterior": posterior}
 
 
@@ -155,15 +160,72 @@ def allocate(
     if policy == "split":
         return Allocation(split, np.full(n, "split", dtype=object), np.zeros(n, bool), no_model, no_model,
                           dict(zip(variant_ids, np.asarray(weights) / sum(weights), strict=True)), {})  # fmt: skip
-    if policy == "bandit":
+    if policy == "contextual_bandit":
+        serves, why = contextual_verdict(con, campaign, ctx)
+        if serves:
+            return allocate_contextual(con, campaign, users, settings, ctx, feedback, variant_ids, why)
+    if policy in ("bandit", "contextual_bandit"):
         shares, detail = thompson_shares(feedback.posteriors, variant_ids, campaign, settings.seed)
         chosen = by_share(variant_draw, variant_ids, shares)
         total = sum(shares)
         return Allocation(chosen, np.full(n, "thompson", dtype=object), np.zeros(n, bool), no_model, no_model,
                           {v: s / total for v, s in zip(variant_ids, shares, strict=True)},
                           detail | {"evidence": {v: feedback.evidence.get(v, (0, 0)) for v in variant_ids},
-                                    "posterior_date": feedback.posterior_date})  # fmt: skip
+                                    "posterior_date": feedback.posterior_date}
+                          | ({"contextual": why} if policy == "contextual_bandit" else {}))  # fmt: skip
     return allocate_personalized(con, campaign, users, variant_ids, split, ctx, feedback, settings)
+
+
+def allocate_contextual(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    users: pl.DataFrame,
+    settings: Settings,
+    ctx: RunContext,
+    feedback: Feedback,
+    variant_ids: list[str],
+    why: str,
+) -> Allocation:
+    """Thompson sampling per context: each context's posteriors are the pooled ones (tonight's bandit
+    posteriors) worth context_prior_sends, plus the context's own sends over the lookback."""
+    allocation = campaign.allocation
+    n = users.height
+    start = ctx.cutoff - timedelta(days=allocation.lookback_days)
+    sends = logged_sends(con, campaign.campaign_id, ctx, start)
+    prior = (allocation.prior_successes, allocation.prior_failures)
+    pooled = {variant: feedback.posteriors.get(variant, prior) for variant in variant_ids}
+    posteriors = bandit.context_posteriors(
+        context_evidence(sends, allocation.context), pooled, variant_ids, allocation.context_prior_sends
+    )
+    shares = bandit.contextual_shares(posteriors, variant_ids, settings.seed)
+    # a context without sends yet (a new segment or country) gets the context-free bandit's shares
+    pooled_shares = bandit.shares_from(
+        bandit.chance_best(
+            [pooled[v][0] for v in variant_ids], [pooled[v][1] for v in variant_ids], settings.seed
+        )
+    )
+    contexts = users[allocation.context].fill_null("unknown").to_numpy()
+    draws = users["variant_draw"].to_numpy()
+    chosen = np.empty(n, dtype=object)
+    served = np.zeros(len(variant_ids))
+    for context in np.unique(contexts):
+        rows = contexts == context
+        context_shares = shares.get(str(context), pooled_shares)
+        chosen[rows] = by_share(draws[rows], variant_ids, list(context_shares))
+        served += rows.sum() * context_shares
+    overall = served / n if n else pooled_shares
+    no_model = np.full(n, np.nan)
+    detail = {
+        "contextual": why,
+        "context": allocation.context,
+        "context_shares": {
+            context: dict(zip(variant_ids, s.tolist(), strict=True)) for context, s in shares.items()
+        },
+        "evidence": {v: feedback.evidence.get(v, (0, 0)) for v in variant_ids},
+        "posterior_date": feedback.posterior_date,
+    }
+    return Allocation(chosen, np.full(n, "contextual_thompson", dtype=object), np.zeros(n, bool), no_model,
+                      no_model, dict(zip(variant_ids, overall.tolist(), strict=True)), detail)  # fmt: skip
 
 
 def allocate_personalized(
@@ -339,13 +401,21 @@ def explain(campaign: CampaignConfig, allocation: Allocation, variant_id: str, u
     policy = campaign.allocation.policy
     if policy == "split":
         return "fixed split by the variants' weights"
-    if policy == "bandit":
+    if "context_shares" in allocation.detail:
+        contexts = allocation.detail["context_shares"]
+        return (
+            f"{allocation.detail['contextual']}; Thompson sampling per {allocation.detail['context']} over "
+            f"{len(contexts):,} contexts, share {allocation.shares[variant_id]:.3f} overall"
+        )
+    if policy in ("bandit", "contextual_bandit"):
+        prefix = f"{allocation.detail['contextual']}; " if "contextual" in allocation.detail else ""
         posterior = allocation.detail["posterior"][variant_id]
         sends, conversions = allocation.detail["evidence"][variant_id]
         source = allocation.detail.get("posterior_date")
         return (
-            f"Thompson sampling: P(best) {posterior['p_best']:.3f} from {sends:,} sends and {conversions:,} "
-            f"conversions" + (f" (analysis of {source})" if source else " (no stored analysis yet)")
+            f"{prefix}Thompson sampling: P(best) {posterior['p_best']:.3f} from {sends:,} sends and "
+            f"{conversions:,} conversions"
+            + (f" (analysis of {source})" if source else " (no stored analysis yet)")
         )
     mine = users.filter(pl.col("variant_id") == variant_id)
     by_reason = dict(mine.group_by("allocation_reason").len().iter_rows())

@@ -19,6 +19,7 @@ final as (
         sent_at,
         greatest(sent_at, opened_at, clicked_at, converted_at) as _latest_event_at,
         revenue_cents,
+        propensity,
         len(_invalid_columns) as _n_invalid_values,
         user_id in (select user_id from known_users) as _user_is_known
     from this_run

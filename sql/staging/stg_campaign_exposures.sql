@@ -38,7 +38,9 @@ final as (
         converted_at is not null as is_converted,
         row_number() over (partition by campaign_id, user_id, sent_at order by known_on desc) = 1 as is_latest,
         -- numerics
-        coalesce(revenue_cents, 0) as revenue_cents
+        coalesce(revenue_cents, 0) as revenue_cents,
+        position,  -- the slot, 1 = first (null: not given)
+        propensity  -- the logging policy's probability of the variant sent (null: not given)
     from versions
     where rank_within_day = 1
 )

@@ -43,6 +43,13 @@ def test_the_experiments_flow_publishes_under_its_own_prefix(company: Path, pref
         set(uplift["campaign_id"]) == {"weekly_digest", "app_nudge"}
         and uplift["policy_reason"].is_not_null().all()
     )
+    # the generated sends carry their logging propensity: every campaign's policies are valued off-policy
+    policies = pl.read_parquet(run / "policy_evaluation" / "part-0000.parquet")
+    assert policies.height == manifest["datasets"]["policy_evaluation"]["rows"]
+    as_logged = policies.filter((pl.col("policy") == "as_logged") & (pl.col("metric") == "conversion_rate"))
+    assert set(as_logged["campaign_id"]) == {"weekly_digest", "app_nudge"}
+    assert as_logged["value"].is_not_null().all() and as_logged["reason"].is_null().all()
+    assert ((as_logged["ci_low"] <= as_logged["value"]) & (as_logged["value"] <= as_logged["ci_high"])).all()
     assert "<svg" in (run / "report.html").read_text()
     # the nightly run's own layout is untouched
     assert not (published / "latest.json").exists() and not (published / "runs").exists()

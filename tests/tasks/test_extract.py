@@ -633,3 +633,22 @@ def test_an_erasure_during_a_rejected_run_reaches_the_rows_it_puts_back(tmp_path
         registered = con.execute("select count(*) from meta.deletion_register").fetchall()[0][0]
     assert users == [("u1",)]  # u1's old row is back; u2's is not, though it was there before the run
     assert registered == 1  # an erasure is never rolled back
+
+
+def test_exposures_carry_a_slot_and_the_logging_propensity(tmp_path: Path) -> None:
+    exposures = tmp_path / "sources/exposures/2026-01-02.csv"
+    exposures.parent.mkdir(parents=True)
+    exposures.write_text(
+        "campaign_id,variant_id,user_id,sent_at,slot,propensity\n"
+        "c1,a,u1,2026-01-01 09:00:00,1,0.45\nc1,holdout,u2,2026-01-01 09:00:00,,0.1\n"
+    )
+    source = {"path": "sources/exposures/*.csv", "columns": {"position": "slot"}}
+    settings = load_settings(make_company(tmp_path, {"campaign_exposures": source}))
+    loads = extract_sources.fn(settings, run_context(settings, date(2026, 1, 3)))
+    assert loads["campaign_exposures"].rows_loaded == 2
+    assert not any("propensity" in w or "slot" in w for w in loads["campaign_exposures"].warnings)
+    with connect(settings) as con:
+        rows = con.execute(
+            "select variant_id, position, propensity from raw.campaign_exposures order by variant_id"
+        ).fetchall()
+    assert rows == [("a", 1, 0.45), ("holdout", None, 0.1)]

@@ -181,6 +181,31 @@ def test_a_return_without_an_earlier_purchase_is_a_warning_not_quarantine() -> N
     assert rule.severity == "warning" and not rule.quarantine and rule.unexpected_count == 1
 
 
+def test_an_exposure_propensity_outside_the_unit_interval_is_quarantined_by_file_and_row() -> None:
+    suite = load_suites("raw")["campaign_exposures"]
+    n = 5
+    frame = pd.DataFrame(
+        {
+            "_row_key": range(1, n + 1),
+            "_source_file": ["f1", "f1", "f1", "f2", "f2"],
+            "campaign_id": ["c1"] * n,
+            "user_id": [f"u{i}" for i in range(n)],
+            "sent_at": pd.to_datetime(["2026-01-02 10:00"] * n),
+            "_latest_event_at": pd.to_datetime(["2026-01-02 10:00"] * n),
+            "revenue_cents": [0] * n,
+            # 0 and 1.5 are not probabilities a policy sent with; 1 is (a certain send), none is allowed
+            "propensity": [0.25, 0.0, 1.0, 1.5, None],
+            "_n_invalid_values": [0] * n,
+            "_user_is_known": [True] * n,
+        }
+    )
+    checks = run_suite("campaign_exposures", frame, suite.expectations, CUTOFF)
+    assert failed(checks) == {"propensity_in_unit_interval": [2, 4]}
+    rule = next(c for c in checks if c.rule == "propensity_in_unit_interval")
+    assert rule.quarantine and rule.files == ["f1", "f2"]
+    assert "in f1, f2" in rule.describe()
+
+
 def test_items_with_a_negative_price_are_caught() -> None:
     items = load_suites("raw")["items"]
     frame = pd.DataFrame(

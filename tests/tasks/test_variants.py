@@ -219,3 +219,54 @@ def test_the_holdout_stays_when_policy_and_weights_change_and_moves_with_the_sal
     moved = holdout_users(resalted)
     assert len(moved & before) < 0.5 * len(before)
     assign_variants(settings, ctx, models)  # leave the module's state as the fixture made it
+
+
+def _contextual_night(tmp_path, rates: dict, tolerance: float, seed: int, sends: int):
+    """The hand-made logs of tests/tasks/test_ope.py (two variants whose rates swap between DE and FR),
+    evaluated tonight, then a contextual_bandit campaign allocated over 4,000 new users of each country."""
+    from tailor.tasks.experiments import allocation_feedback
+    from tailor.tasks.variants import allocate, explain
+    from tailor.warehouse import run_context
+    from tests.tasks.test_ope import RUN_DATE, evaluate, logged, posteriors, settings_for, warehouse
+
+    settings = settings_for(tmp_path, policy="contextual_bandit", tolerance=tolerance)
+    warehouse(settings, logged(sends, seed=seed, rates=rates))
+    evaluate(settings)
+    ctx = run_context(settings, RUN_DATE)
+    c = settings.campaigns[0]
+    n = 8000
+    users = pl.DataFrame({"user_id": [f"n{i}" for i in range(n)], "country": ["DE", "FR"] * (n // 2),
+                          "language": "de", "segment": "active",
+                          "variant_draw": np.random.default_rng(1).random(n)})  # fmt: skip
+    with connect(settings) as con:
+        feedback = allocation_feedback(con, c, settings, ctx)
+        feedback.posteriors = {row["variant_id"]: (row["alpha"], row["beta"]) for row in posteriors()}
+        allocation = allocate(con, c, users, {}, settings, ctx, feedback)
+    return users, allocation, [explain(c, allocation, v, users) for v in ("a", "b")]
+
+
+def test_the_contextual_bandit_serves_each_country_its_better_variant_once_evaluated(tmp_path) -> None:
+    from tests.tasks.test_ope import RATES
+
+    users, allocation, reasons = _contextual_night(tmp_path, RATES, tolerance=0.005, seed=1, sends=6000)
+    de = users["country"].to_numpy() == "DE"
+    # b converts 0.30 in DE against a's 0.10, and the reverse in FR
+    assert np.mean(allocation.variant_id[de] == "b") > 0.95
+    assert np.mean(allocation.variant_id[~de] == "a") > 0.95
+    assert set(allocation.reason) == {"contextual_thompson"}
+    assert sum(allocation.shares.values()) == pytest.approx(1.0)
+    assert all(r.startswith("contextual bandit serves: conversion per send +") for r in reasons), reasons
+    assert "per country over 2 contexts" in reasons[0]
+
+
+def test_the_context_free_bandit_serves_when_the_contextual_one_is_not_better_off_policy(tmp_path) -> None:
+    from tests.tasks.test_ope import RATES
+
+    flat = {key: 0.2 if key[0] != "holdout" else 0.05 for key in RATES}
+    users, allocation, reasons = _contextual_night(tmp_path, flat, tolerance=0.0, seed=3, sends=3000)
+    assert set(allocation.reason) == {"thompson"}
+    # equal pooled posteriors: half each, whatever the country
+    de = users["country"].to_numpy() == "DE"
+    assert abs(np.mean(allocation.variant_id[de] == "a") - 0.5) < 0.03
+    assert all(r.startswith("contextual bandit not better off-policy: conversion per send") for r in reasons)
+    assert all("Thompson sampling: P(best)" in r for r in reasons), reasons
