@@ -1030,8 +1030,6 @@ def analyse_experiments(
             run.results += rows
             posteriors = posterior_rows(con, campaign, ctx, summary["is_trusted"])
             run.posteriors += posteriors
-            run.policies += evaluate_policies(con, campaign, settings, ctx, window_start(campaign, settings, ctx),
-                                              run.posteriors)  # fmt: skip
             best = best_single_variant({row["variant_id"]: (row["alpha"], row["beta"]) for row in posteriors})
             evaluations, curves, uplift_models = evaluate_uplift(con, campaign, settings, ctx, best)
             run.uplift += evaluations
@@ -1053,6 +1051,10 @@ def analyse_experiments(
         replace_run_rows(con, "meta.uplift_evaluation", UPLIFT_COLUMNS, run.uplift, ctx.run_date)
         replace_run_rows(con, "meta.qini_curves", CURVE_COLUMNS, run.curves, ctx.run_date)
         replace_run_rows(con, "meta.uplift_models", UPLIFT_MODEL_COLUMNS, run.uplift_models, ctx.run_date)
+        # after the uplift evaluation is stored: the personalized candidate is the policy its gate allows
+        for campaign in settings.campaigns if settings.experiments.enabled else []:
+            start = window_start(campaign, settings, ctx)
+            run.policies += evaluate_policies(con, campaign, settings, ctx, start, run.posteriors)
         store_policy_evaluation(con, run.policies, ctx)
     return dict(sorted(run.summary.items()))
 

@@ -2,7 +2,10 @@
 allocation policies would have earned per send (tailor/ope.py: IPW, self-normalised IPW, doubly robust, each
 with a bootstrap interval and its effective sample size). docs/ope.md says what the estimates assume.
 
-Candidate policies: each approved variant sent to everyone (`variant:<id>`), the context-free bandit
+Candidate policies: each approved variant sent to everyone (`variant:<id>`), the personalized policy as
+tonight's uplift gate would run it (`personalized`: the variant of highest predicted uplift where a model is
+proven, else the best single variant, with the exploration share uniform; valued only on the sends of the
+uplift evaluation's test part, which its models never learned from), the context-free bandit
 (Thompson shares from tonight's posteriors), the contextual bandit (per-context posteriors, cross-fitted:
 each half of the users is valued under the policy learned from the other half's sends) and the policy as
 logged (weights of 1: the on-policy mean, a check on the others). One more row, `contextual_bandit -
@@ -31,9 +34,10 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from tailor import bandit, ope
+from tailor import bandit, ope, uplift
 from tailor.config import CampaignConfig, Settings
 from tailor.sql import ensure_table, query, replace_run_rows, table_exists
+from tailor.tasks.train import feature_matrix
 from tailor.warehouse import RunContext
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ POLICY_COLUMNS = {
 }  # fmt: skip
 # per send: a conversion (0/1) and the revenue it brought, in cents
 OPE_METRICS = {"conversion_rate": "is_converted", "revenue_per_send": "revenue_cents"}
-BANDIT, CONTEXTUAL, AS_LOGGED = "bandit", "contextual_bandit", "as_logged"
+BANDIT, CONTEXTUAL, AS_LOGGED, PERSONALIZED = "bandit", "contextual_bandit", "as_logged", "personalized"
 DIFFERENCE = f"{CONTEXTUAL} - {BANDIT}"
 # the decision log's shares are propensities only for policies that give every user the same chances
 SHARED_CHANCE_POLICIES = ("split", "bandit")
@@ -239,7 +243,7 @@ def evaluate_policies(
         if row["campaign_id"] == campaign.campaign_id
     }
     variant_ids = [variant.variant_id for variant in campaign.approved_variants]
-    names = [f"variant:{v}" for v in variant_ids] + [BANDIT, CONTEXTUAL, AS_LOGGED]
+    names = [f"variant:{v}" for v in variant_ids] + [PERSONALIZED, BANDIT, CONTEXTUAL, AS_LOGGED]
     key = {"run_date": ctx.run_date, "campaign_id": campaign.campaign_id}
     sends = logged_sends(con, campaign.campaign_id, ctx, start)
     propensity = logging_propensity(sends, campaign)
@@ -269,6 +273,9 @@ def evaluate_policies(
         reward = sends[column].cast(pl.Float64).to_numpy()
         rows += [row | {"metric": metric} for row in estimate_rows(reward, action, propensity, policies, contexts,
                                                                    settings)]  # fmt: skip
+    rows += personalized_rows(
+        con, campaign, settings, ctx, start, posteriors, sends, action, propensity, contexts, len(arms)
+    )
     conversion = sends["is_converted"].cast(pl.Float64).to_numpy()
     rows_index = np.arange(action.size)
     difference = ope.snipw_difference(
@@ -279,6 +286,98 @@ def evaluate_policies(
     if note:
         rows = [row | {"reason": "; ".join(filter(None, [row["reason"], note]))} for row in rows]
     return [key | row for row in rows]
+
+
+def personalized_rows(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    settings: Settings,
+    ctx: RunContext,
+    start: datetime,
+    posteriors: Mapping[str, bandit.Posterior],
+    sends: pl.DataFrame,
+    action: np.ndarray,
+    propensity: np.ndarray,
+    contexts: np.ndarray,
+    actions: int,
+) -> list[dict[str, Any]]:
+    """The personalized policy's rows: its probabilities on the sends it can be valued on honestly (those of
+    the uplift evaluation's test part: profiled users its models never learned from), each estimator."""
+    target, valued, note = personalized_policy(con, campaign, settings, ctx, start, posteriors, sends, actions)
+    rows = []
+    for metric, column in OPE_METRICS.items():
+        if valued.sum() < 2:
+            rows += [
+                {"policy": PERSONALIZED, "metric": metric, "estimator": estimator, "value": None, "ci_low": None,
+                 "ci_high": None, "effective_sample_size": 0.0, "logged_rows": int(valued.sum()),
+                 "reason": f"not enough data: {note}"}
+                for estimator in ope.ESTIMATORS
+            ]  # fmt: skip
+            continue
+        reward = sends[column].cast(pl.Float64).to_numpy()
+        estimated = estimate_rows(
+            reward[valued], action[valued], propensity[valued], {PERSONALIZED: target[valued]}, contexts[valued],
+            settings,
+        )  # fmt: skip
+        rows += [
+            row | {"metric": metric, "reason": "; ".join(filter(None, [row["reason"], note]))}
+            for row in estimated
+            if row["policy"] == PERSONALIZED
+        ]
+    return rows
+
+
+def personalized_policy(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    settings: Settings,
+    ctx: RunContext,
+    start: datetime,
+    posteriors: Mapping[str, bandit.Posterior],
+    sends: pl.DataFrame,
+    actions: int,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(sends x actions) probabilities of the personalized policy under tonight's uplift gate, which sends it
+    is valued on, and how it chose."""
+    # imported here: tasks/experiments.py imports this module
+    from tailor.tasks import experiments
+
+    variant_ids = [variant.variant_id for variant in campaign.approved_variants]
+    examples = experiments.uplift_examples(con, campaign, settings, ctx, start)
+    target = np.zeros((sends.height, actions))
+    valued = np.zeros(sends.height, dtype=bool)
+    if examples.height == 0:
+        return target, valued, "no send of a user with profiling consent"
+    test = examples.filter(pl.Series(experiments.split_parts(examples, settings, ctx) == uplift.TEST))
+    gate = experiments.uplift_gate(con, campaign, ctx).only(variant_ids)
+    scores = {}
+    for variant, model in gate.models.items():
+        learner = uplift.load_learner(model["learner"], model["paths"], model["propensity"])
+        scores[variant] = learner.predict(feature_matrix(test, tuple(model["features"]), model["categories"]))
+    if scores:
+        # as the allocation does: an evaluated variant without a proven model counts at its average effect
+        scores |= {v: np.full(test.height, e) for v, e in gate.average_effect.items() if v not in scores}
+        names = list(scores)
+        chosen = np.asarray(names, dtype=object)[np.column_stack([scores[v] for v in names]).argmax(axis=1)]
+        how = f"uplift models of {', '.join(sorted(gate.models))} proven"
+    else:
+        prior = (campaign.allocation.prior_successes, campaign.allocation.prior_failures)
+        single = experiments.best_single_variant({v: posteriors.get(v, prior) for v in variant_ids})
+        chosen = np.full(test.height, single, dtype=object)
+        how = f"no uplift model proven: the best single variant ({single}) for everyone"
+    picks = test.select("user_id", "sent_at").with_columns(chosen=pl.Series(chosen.tolist(), dtype=pl.String))
+    matched = sends.select("user_id", "sent_at").join(picks, on=["user_id", "sent_at"], how="left",
+                                                      maintain_order="left")["chosen"].to_list()  # fmt: skip
+    explore = campaign.allocation.exploration_share
+    index = {v: i for i, v in enumerate(variant_ids)}
+    for row, variant in enumerate(matched):
+        if variant is None or variant not in index:
+            continue
+        valued[row] = True
+        target[row, : len(variant_ids)] = explore / len(variant_ids)
+        target[row, index[variant]] += 1 - explore
+    note = f"valued on the {int(valued.sum()):,} sends of the uplift evaluation's test users ({how})"
+    return target, valued, note
 
 
 def ensure_policy_table(con: duckdb.DuckDBPyConnection) -> None:
