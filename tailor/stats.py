@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-
 # An arm needs two units for a sample variance, and so for any interval or test.
 MIN_ARM_UNITS = 2
 
@@ -189,7 +188,9 @@ def bayesian(diff: float, se: float) -> Posterior:
     """Normal(diff, se^2) posterior of the effect under a flat prior; NaN and a reason when the difference
     or its standard error is unknown (an arm too small to have a variance)."""
     if not (math.isfinite(diff) and math.isfinite(se)):
-        return Posterior(math.nan, math.nan, math.nan, "not enough data: the difference has no standard error")
+        return Posterior(
+            math.nan, math.nan, math.nan, "not enough data: the difference has no standard error"
+        )
     if se <= 0:
         return Posterior(float(diff > 0), max(-diff, 0.0), max(diff, 0.0))
     z = diff / se
@@ -219,7 +220,10 @@ def sequential(
     difference or its standard error is unknown or fewer than two units were seen."""
     if not (math.isfinite(diff) and math.isfinite(se)) or units < MIN_ARM_UNITS:
         return Sequential(
-            math.nan, math.nan, math.nan, f"not enough data: {units} units and no standard error of the difference"
+            math.nan,
+            math.nan,
+            math.nan,
+            f"not enough data: {units} units and no standard error of the difference",
         )
     if se <= 0:
         return Sequential(diff, diff, 1.0 if diff == 0 else 0.0)

@@ -231,7 +231,9 @@ def no_warnings():
 
 @pytest.mark.usefixtures("no_warnings")
 @pytest.mark.parametrize(("n_c", "n_t"), TINY_ARMS)
-def test_welch_and_two_proportions_with_an_arm_of_0_or_1_units_say_not_enough_data(n_c: int, n_t: int) -> None:
+def test_welch_and_two_proportions_with_an_arm_of_0_or_1_units_say_not_enough_data(
+    n_c: int, n_t: int
+) -> None:
     control, treatment = stats.Sample.of(_values(n_c, 1)), stats.Sample.of(_values(n_t, 2))
     rates = (stats.Sample.of_counts(min(n_c, 1), n_c), stats.Sample.of_counts(n_t // 3, n_t))
     for result, (c, t) in ((stats.welch(control, treatment), (control, treatment)),
