@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import shutil
-from datetime import date, timedelta
+import math
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -16,17 +17,9 @@ from tailor.warehouse import connect, run_context
 
 def _units(settings, ctx, campaign: CampaignConfig) -> pl.DataFrame:
     with connect(settings) as con:
-        return query(
-            con,
-            "marts/experiment_units",
-            {
-                "campaign_id": campaign.campaign_id,
-                "window_start": ex.window_start(campaign, settings, ctx),
-                "cutoff": ctx.cutoff,
-                "cutoff_day": ctx.run_date,
-                "covariate_days": settings.experiments.covariate_days,
-            },
-        ).pl()
+        start = ex.window_start(campaign, settings, ctx)
+        metrics = [metric for metric, _ in ex.campaign_metrics(campaign, settings.experiments)]
+        return ex.experiment_units(con, campaign, settings, ctx, start, metrics)[0]
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +51,24 @@ def test_every_campaign_variant_and_metric_has_a_row_and_the_allocation_is_trust
     for campaign in settings.campaigns:
         mine = results.filter(pl.col("campaign_id") == campaign.campaign_id)
         arms = {v.variant_id for v in campaign.variants} | {"holdout"}
-        assert mine.height == len(arms) * len(ex.METRICS)
-        assert set(mine["variant_id"]) == arms and set(mine["metric"]) == {m.name for m in ex.METRICS}
+        names = {m.name for m, _ in ex.campaign_metrics(campaign, settings.experiments)}
+        # the default guardrails: every other metric of the catalogue, but clicks, which the holdout (the
+        # control) cannot have
+        assert names == {"conversion_rate", "revenue_per_user", "visit", "units"}
+        assert mine.height == len(arms) * len(names)
+        assert set(mine["variant_id"]) == arms and set(mine["metric"]) == names
         # the generator randomises sends as configured: no sample-ratio mismatch
         assert mine["is_trusted"].all() and mine["srm_p_value"].min() > settings.experiments.srm_p_value
         tested = mine.filter(~pl.col("is_control") & pl.col("untested_reason").is_null())
         assert tested["p_value_adjusted"].is_not_null().all()
         assert tested["mde"].is_not_null().all() and tested["power_at_observed"].is_not_null().all()
-        # the holdout gets no message: click_rate against it is not tested, and says why
-        clicks = mine.filter(
-            (pl.col("metric") == "click_rate") & ~pl.col("is_control")
-            & ((pl.col("variant_id") == "holdout") | (pl.col("control_variant_id") == "holdout"))
-        )  # fmt: skip
-        assert clicks.height > 0 and clicks["untested_reason"].str.contains("no message").all()
-        assert clicks["p_value"].is_null().all() and clicks["p_value_adjusted"].is_null().all()
+        # the event-based built-ins are measured on the units whose 7-day window closed by the cutoff
+        visits = mine.filter((pl.col("metric") == "visit") & (pl.col("variant_id") == "holdout"))
+        conversions = mine.filter(
+            (pl.col("metric") == "conversion_rate") & (pl.col("variant_id") == "holdout")
+        )
+        assert 0 < visits["units"].item() < conversions["units"].item()
+        assert 0 < visits["mean"].item() < 1
         # every variant has one verdict on all its rows; the holdout (the control here) none
         variants = mine.filter(pl.col("variant_id") != "holdout")
         assert set(variants["verdict"]) <= set(ex.VERDICTS) and variants["verdict_reason"].is_not_null().all()
@@ -127,7 +124,7 @@ def test_the_generators_effects_are_covered_at_the_stated_rate_over_many_replays
         frame = probs.select("events_before").with_columns(
             pl.Series("is_converted", (rng.random(p.size) < p).astype(int))
         )
-        metric = ex.METRICS[0]
+        metric = ex.catalogue_metrics(settings.experiments)["conversion_rate"]
         row = ex.compare(frame.filter(pl.Series(~treated)), frame.filter(pl.Series(treated)), metric, config)
         # the population effect of a random half, given these users: the mean difference of their probabilities
         covered += row["cuped_ci_low"] <= effect <= row["cuped_ci_high"]
@@ -310,7 +307,10 @@ def test_stored_results_are_replaced_when_a_night_is_rerun(analysed) -> None:
 
 
 def test_sample_ratio_of_an_empty_campaign_is_not_a_failure() -> None:
-    assert stats.sample_ratio({}, {"holdout": 0.1, "contacted": 0.9}).p_value == 1.0
+    campaign = CampaignConfig(campaign_id="c", channel="email", variants=[VariantConfig(variant_id="a")])
+    check = ex.sample_ratio_check({}, campaign)
+    assert math.isnan(check.p_value) and check.reason.startswith("not enough data")
+    assert not check.p_value < 0.001  # so the campaign is not flagged
 
 
 # Planted experiments: units made by hand, analysed by the same code as the warehouse's.
@@ -335,6 +335,11 @@ def planted_units(seed: int, arms: dict[str, tuple[int, float, float, float]]) -
 
 
 def analyse_planted(tmp_path, units: pl.DataFrame, **campaign_update) -> tuple[list[dict], dict]:
+    """The planted units analysed on the three metrics they carry (the primary and the other two as
+    guardrails)."""
+    primary = campaign_update.get("primary_metric", "conversion_rate")
+    planted = ("conversion_rate", "click_rate", "revenue_per_user")
+    campaign_update.setdefault("guardrails", [name for name in planted if name != primary])
     settings = load_settings_for(tmp_path)
     campaign = settings.campaigns[0].model_copy(update=campaign_update)
     ctx = run_context(settings, DAY)
@@ -467,11 +472,12 @@ def test_the_verdict_waits_for_a_decision_only_up_to_the_configured_days() -> No
     assert small[0] == "keep running" and "40 in a" in small[1]
 
 
-def test_primary_metric_is_validated_and_the_metric_lists_agree(tmp_path) -> None:
-    from tailor.config import EXPERIMENT_METRICS, MESSAGE_METRICS, ConfigError
+def test_primary_metric_and_guardrails_are_validated_against_the_catalogue(tmp_path) -> None:
+    from tailor.config import ConfigError
 
-    assert tuple(metric.name for metric in ex.METRICS) == EXPERIMENT_METRICS
-    assert tuple(metric.name for metric in ex.METRICS if metric.needs_message) == MESSAGE_METRICS
+    assert [metric.name for metric in ex.METRICS] == [
+        "conversion_rate", "click_rate", "revenue_per_user", "visit", "units"
+    ]  # fmt: skip
     settings = load_settings_for(tmp_path)
     assert settings.campaigns[0].primary_metric == "conversion_rate"
     assert settings.experiments.max_days_to_decision == 60
@@ -479,10 +485,31 @@ def test_primary_metric_is_validated_and_the_metric_lists_agree(tmp_path) -> Non
     text = config.read_text()
     config.write_text(text.replace("    variants:", "    primary_metric: opens\n    variants:"))
     with pytest.raises(
-        ConfigError, match=r"key 'campaigns\.0\.primary_metric'.*'opens' is not one of"
+        ConfigError,
+        match=r"tailor\.yaml: campaigns\.0: primary_metric 'opens' is not in experiments\.metrics "
+        r"\(conversion_rate, click_rate, revenue_per_user, visit, units\)",
     ) as error:
         load_settings(config)
     assert "\n" not in str(error.value)
+    # a campaign file is named as the file, and a guardrail as the guardrail
+    config.write_text(text)
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "spring.yaml").write_text(
+        "campaign_id: spring\nchannel: email\nprimary_metric: visit\nguardrails: [units, visits]\n"
+        "variants: [{variant_id: a}]\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"spring\.yaml: guardrails 'visits' is not in experiments\.metrics"
+    ):
+        load_settings(config)
+    (campaigns / "spring.yaml").write_text(
+        "campaign_id: spring\nchannel: email\nprimary_metric: visit\nguardrails: [units, visit]\n"
+        "variants: [{variant_id: a}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"spring\.yaml: key 'guardrails'.*'visit' is the primary_metric"):
+        load_settings(config)
+    (campaigns / "spring.yaml").unlink()
     # click_rate cannot be decided against the holdout, which gets no message
     config.write_text(text.replace("    variants:", "    primary_metric: click_rate\n    variants:"))
     with pytest.raises(
@@ -492,7 +519,16 @@ def test_primary_metric_is_validated_and_the_metric_lists_agree(tmp_path) -> Non
     config.write_text(
         text.replace("    variants:", "    primary_metric: click_rate\n    control_variant: a\n    variants:")
     )
-    assert load_settings(config).campaigns[0].primary_metric == "click_rate"
+    settings = load_settings(config)
+    campaign = settings.campaigns[0]
+    assert campaign.primary_metric == "click_rate"
+    # against a variant, every other metric is a default guardrail; against the holdout, clicks are not
+    roles = [(metric.name, role) for metric, role in ex.campaign_metrics(campaign, settings.experiments)]
+    assert roles == [("click_rate", "primary"), ("conversion_rate", "guardrail"),
+                     ("revenue_per_user", "guardrail"), ("visit", "guardrail"), ("units", "guardrail")]  # fmt: skip
+    held_out = campaign.model_copy(update={"primary_metric": "visit", "control_variant": None})
+    names = [metric.name for metric, _ in ex.campaign_metrics(held_out, settings.experiments)]
+    assert names == ["visit", "conversion_rate", "revenue_per_user", "units"]
 
 
 def test_a_results_table_from_before_the_new_columns_gains_them(tmp_path) -> None:
