@@ -241,22 +241,15 @@ class RankingConfig(StrictModel):
         "repeat_share_threshold of recent purchases are repeats (groceries, supplies), no otherwise",
     )
     repeat_share_threshold: float = Field(
-        0.2,
-        ge=0,
-        le=1,
-        description="auto: the share of purchases that are repeats from which repeats are allowed",
+        0.2, ge=0, le=1, description="auto: the share of purchases that are repeats from which repeats are allowed"
     )
     buy_again_candidates: int = Field(
-        30,
-        ge=0,
-        description="the user's most often bought items offered as candidates (when repeats allowed)",
+        30, ge=0, description="the user's most often bought items offered as candidates (when repeats allowed)"
     )
     repeat_history_days: int = Field(
         365, ge=1, description="window for a user's purchase history of an item and repurchase intervals"
     )
-    recent_days: int = Field(
-        30, ge=1, description="items the user interacted with this recently are candidates"
-    )
+    recent_days: int = Field(30, ge=1, description="items the user interacted with this recently are candidates")
     popularity_days: int = Field(14, ge=1, description="window for item popularity")
     affinity_half_life_days: float = Field(14.0, gt=0)
     max_training_users: int = Field(10_000, ge=100, description="users sampled for a training window")
@@ -1021,19 +1014,7 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 
 # Folders a publish target may never be (the run writes and, after a retention period, deletes there).
-SYSTEM_FOLDERS = (
-    "/etc",
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/boot",
-    "/proc",
-    "/sys",
-    "/dev",
-)
+SYSTEM_FOLDERS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/proc", "/sys", "/dev")
 
 
 def refuse_climbing_target(target: str) -> None:
