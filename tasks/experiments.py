@@ -43,7 +43,6 @@ from tailor.config import (
     ExperimentsConfig,
     MetricConfig,
     Settings,
-    users_attributes,
 )
 from tailor.sql import bind, ensure_table, query, read_partition, replace_run_rows, table_exists
 from tailor.tasks.train import (
@@ -440,7 +439,7 @@ def experiment_units(
                 con, units, metric, catalogue[metric.name], settings, params
             )
     attributes = sorted({name for metric in metrics for name in catalogue[metric.name].attributes})
-    units = with_attributes(units, attributes, users_attributes(settings))
+    units = with_attributes(units, attributes)
     return units.drop("event_metrics", "user_attributes"), measured
 
 
@@ -531,23 +530,19 @@ _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _NOT_ATTRIBUTES = ("user_id", "created_at", "known_on", "is_latest")
 
 
-def with_attributes(units: pl.DataFrame, names: list[str], declared: tuple[str, ...]) -> pl.DataFrame:
+def with_attributes(units: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """The users attributes covariates read, as columns of their own (from the struct of the user's row
-    known before the send); ConfigError for a name that is not a numeric users column."""
+    known before the send); ConfigError for a name that is not a numeric column of staging.stg_users
+    (load_settings has checked that config declares it: user_features.attributes become its columns)."""
     if not names:
         return units
     fields = {field.name: field.dtype for field in units.schema["user_attributes"].fields}  # type: ignore[union-attr]
     columns = []
     for name in names:
-        if (
-            not _ATTRIBUTE.match(name)
-            or name not in declared
-            or name in _NOT_ATTRIBUTES
-            or name not in fields
-        ):
+        if not _ATTRIBUTE.match(name) or name in _NOT_ATTRIBUTES or name not in fields:
             raise ConfigError(
                 f"covariate {name!r} is not a column of staging.stg_users (its attributes: "
-                f"{', '.join(f for f in fields if f not in _NOT_ATTRIBUTES)}; declared: {', '.join(declared)})"
+                f"{', '.join(f for f in fields if f not in _NOT_ATTRIBUTES)})"
             )
         if not (fields[name].is_numeric() or fields[name] == pl.Boolean):
             raise ConfigError(f"covariate {name!r}: a users column of type {fields[name]}, not a number")

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import shutil
 import math
+import shutil
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 
 from tailor import stats
 from tailor.config import CampaignConfig, VariantConfig, load_settings
-from tailor.sql import query, replace_run_rows
+from tailor.sql import replace_run_rows
 from tailor.tasks import experiments as ex
 from tailor.warehouse import connect, run_context
 
@@ -543,3 +543,153 @@ def test_a_results_table_from_before_the_new_columns_gains_them(tmp_path) -> Non
         stored = con.sql("select * from meta.experiment_results").pl()
     assert stored.columns == list(ex.RESULT_COLUMNS)
     assert stored["verdict"].to_list() == ["ship"] and stored["diff"].to_list() == [0.01]
+
+
+# A company's own metrics and covariates, on a hand-made warehouse.
+
+BASKET_SQL = """
+-- each unit's purchase value in the 14 days after its send, and in the 14 days before it
+with sends as (
+    select user_id, min(sent_at) as sent_at
+    from staging.stg_campaign_exposures
+    where campaign_id = $campaign_id and sent_at >= $window_start and sent_at < $cutoff
+        and known_on < $cutoff_day
+    group by user_id
+)
+
+select
+    sends.user_id,
+    sends.sent_at,
+    coalesce(sum(events.value) filter (where events.occurred_at >= sends.sent_at), 0) as value,
+    coalesce(sum(events.value) filter (where events.occurred_at < sends.sent_at), 0) as value_before
+from sends
+left join staging.stg_interactions as events
+    on events.user_id = sends.user_id
+    and events.event_type = 'purchase'
+    and events.occurred_at >= sends.sent_at - interval 14 day
+    and events.occurred_at < sends.sent_at + interval 14 day
+group by all
+"""
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def spring_company(tmp_path) -> tuple:
+    """4,000 users, half sent variant a and half held out, from Feb 1 to 20 (plus 200 on Feb 27, whose 7-day
+    window is still open at the March 2 cutoff). A user's past-year spend (a users attribute) drives whether
+    they visit in the week after the send; their visits in the week before it (the metric's pre-period)
+    depend on it only weakly. Variant a raises visiting and buying."""
+    from tailor.tasks.features import build_staging_models
+    from tests import tiny
+
+    rng = np.random.default_rng(19)
+    n, late = 4000, 200
+    users = [f"u{i:04d}" for i in range(n)]
+    spend = rng.lognormal(4, 1, n)
+    z = np.log(spend) - 4
+    treated = rng.random(n) < 0.5
+    sent_at = [datetime(2026, 2, 1, 9) + timedelta(hours=int(h)) for h in rng.integers(0, 19 * 24, n - late)]
+    sent_at += [datetime(2026, 2, 27, 9)] * late
+    visits = rng.random(n) < _sigmoid(-0.5 + 1.5 * z + 0.4 * treated)
+    visited_before = rng.random(n) < _sigmoid(-0.5 + 0.3 * z)
+    bought = rng.random(n) < np.where(treated, 0.3, 0.1)
+    con = tiny.warehouse()
+    tiny.insert(con, "users", [{"user_id": u, "created_at": datetime(2025, 1, 1)} for u in users])
+    tiny.insert(con, "campaign_exposures", [
+        {"campaign_id": "spring", "variant_id": "a" if t else "holdout", "user_id": u, "sent_at": s,
+         "revenue_cents": 0}
+        for u, t, s in zip(users, treated, sent_at, strict=True)
+    ])  # fmt: skip
+    events = []
+    for i, user in enumerate(users):
+        facts = [({"event_type": "view", "occurred_at": sent_at[i] + timedelta(hours=30)}, visits[i]),
+                 ({"event_type": "click", "occurred_at": sent_at[i] - timedelta(days=3)}, visited_before[i]),
+                 ({"event_type": "purchase", "occurred_at": sent_at[i] + timedelta(days=2), "value": 2000.0},
+                  bought[i])]  # fmt: skip
+        events += [event | {"user_id": user, "item_id": "i1"} for event, happened in facts if happened]
+    tiny.insert(con, "interactions", events)
+    build_staging_models(con, tiny.context())
+    # a company-declared users attribute: an extra column of staging.stg_users
+    con.register("spend", pl.DataFrame({"user_id": users, "past_year_spend": spend}).to_arrow())
+    con.execute("alter table staging.stg_users add column past_year_spend double")
+    con.execute(
+        "update staging.stg_users set past_year_spend = spend.past_year_spend from spend "
+        "where stg_users.user_id = spend.user_id"
+    )
+    (tmp_path / "basket.sql").write_text(BASKET_SQL)
+    visit = {"event_type": ["view", "click"], "window_days": 7}
+    settings = tiny.settings(experiments={"metrics": {
+        "visit_7d": visit,
+        "visit_7d_by_spend": visit | {"covariate": "past_year_spend"},
+        "visit_7d_by_log_spend": visit | {"covariate": "ln(1 + past_year_spend)"},
+        "basket_cents": {"sql": str(tmp_path / "basket.sql"), "kind": "continuous", "window_days": 14,
+                         "unit": "cents"},
+    }})  # fmt: skip
+    campaign = CampaignConfig(
+        campaign_id="spring", channel="email", holdout_share=0.5, primary_metric="visit_7d",
+        guardrails=["visit_7d_by_spend", "visit_7d_by_log_spend", "basket_cents", "units"],
+        variants=[VariantConfig(variant_id="a")],
+    )  # fmt: skip
+    truth = {"treated": treated, "visits": visits, "bought": bought, "late": late, "sent_at": sent_at}
+    return con, settings, campaign, truth
+
+
+def test_a_declared_metric_with_a_users_attribute_as_covariate_narrows_the_interval_more(tmp_path) -> None:
+    from tests import tiny
+
+    con, settings, campaign, truth = spring_company(tmp_path)
+    rows, summary = ex.analyse_campaign(con, campaign, settings, tiny.context())
+    a = rows_of(rows, "a")
+    assert summary["is_trusted"] and set(a) == {
+        "visit_7d", "visit_7d_by_spend", "visit_7d_by_log_spend", "basket_cents", "units"
+    }  # fmt: skip
+    assert a["visit_7d"]["metric_role"] == "primary" and a["basket_cents"]["metric_role"] == "guardrail"
+    # the units whose 7-day window is still open are not measured yet; the three visit metrics agree
+    treated, late = truth["treated"], truth["late"]
+    measured = ~np.r_[np.zeros(len(treated) - late, bool), np.ones(late, bool)]
+    visits = truth["visits"]
+    expected = float(visits[treated & measured].mean())
+    for name in ("visit_7d", "visit_7d_by_spend", "visit_7d_by_log_spend"):
+        assert a[name]["units"] == int((treated & measured).sum()), name
+        assert a[name]["mean"] == pytest.approx(expected), name
+        assert a[name]["test"] == "two_proportion" and a[name]["diff"] > 0
+        assert a[name]["diff"] == pytest.approx(a["visit_7d"]["diff"])
+    default = a["visit_7d"]["cuped_interval_narrowing"]
+    by_spend = a["visit_7d_by_spend"]["cuped_interval_narrowing"]
+    by_log_spend = a["visit_7d_by_log_spend"]["cuped_interval_narrowing"]
+    # the pre-period (visits in the week before) says little about next week's; the spend says much
+    assert 0 <= default < 0.02 and by_spend > default + 0.03 and by_log_spend > by_spend, (
+        default,
+        by_spend,
+        by_log_spend,
+    )
+    width = {
+        name: a[name]["cuped_ci_high"] - a[name]["cuped_ci_low"] for name in ("visit_7d", "visit_7d_by_spend")
+    }
+    assert width["visit_7d_by_spend"] < width["visit_7d"]
+    assert a["visit_7d"]["verdict"] == "ship" and a["visit_7d"]["verdict_reason"].startswith("visit_7d +")
+
+
+def test_a_metric_from_the_companys_sql_file_is_computed_and_tested(tmp_path) -> None:
+    from tests import tiny
+
+    con, settings, campaign, truth = spring_company(tmp_path)
+    rows, _ = ex.analyse_campaign(con, campaign, settings, tiny.context())
+    basket = rows_of(rows, "a")["basket_cents"]
+    holdout = rows_of(rows, "holdout")["basket_cents"]
+    # measured once its 14 days closed (sent by Feb 16), the value the file returns: 2,000 cents a purchase
+    treated, bought = truth["treated"], truth["bought"]
+    closed = np.array([s <= datetime(2026, 2, 16, 0) for s in truth["sent_at"]])
+    assert basket["units"] == int((treated & closed).sum()) and holdout["units"] == int(
+        (~treated & closed).sum()
+    )
+    assert basket["mean"] == pytest.approx(2000 * bought[treated & closed].mean())
+    assert basket["control_mean"] == pytest.approx(2000 * bought[~treated & closed].mean())
+    assert basket["test"] == "welch" and basket["untested_reason"] is None
+    assert basket["is_significant"] and basket["ci_low"] > 0
+    metric = ex.catalogue_metrics(settings.experiments)["basket_cents"]
+    assert ex.effect_in_words(basket, metric).startswith(f"basket_cents {basket['cuped_diff']:+,.2f} cents")
+    # its pre-period is the file's value_before: no purchases before the sends, so nothing to adjust by
+    assert basket["cuped_interval_narrowing"] == pytest.approx(0.0, abs=1e-12)
