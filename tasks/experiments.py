@@ -6,8 +6,12 @@ and per metric every variant is compared with the control (the holdout unless th
 `control_variant`) by the methods of tailor/stats.py. A failed sample-ratio check marks the whole
 campaign's results as not trusted: they are published, flagged, and steer nothing.
 
-The campaign's `primary_metric` decides; the other metrics are guardrails a variant must not significantly
-worsen. A metric an arm cannot move by design (a click, for the holdout that gets no message) is not tested.
+The metrics come from the catalogue in config (`experiments.metrics`: Tailor's built-ins and the company's
+own, event-based or from its SQL files), each with its CUPED covariate (its pre-period, a users attribute, an
+expression over the behaviour before the send, or none). The campaign's `primary_metric` decides; its
+`guardrails` are metrics a variant must not significantly worsen; other metrics are not computed. A metric
+an arm cannot move by design (a click, for the holdout that gets no message) is not tested, and neither is a
+comparison the estimators find too little data for (tailor/stats.py says why, in `untested_reason`).
 Each row carries the power of today's sample (minimum detectable effect, power at the observed difference,
 days to a decision) and each variant a verdict in words: ship, keep running or stop.
 
@@ -506,6 +510,8 @@ def with_sql_metric(
     )
     if result.select(pl.struct("user_id", "sent_at").is_duplicated().any()).item():
         raise ConfigError(f"{key}: {metric.sql} returns more than one row for a unit (user_id, sent_at)")
+    if metric.is_rate and not result["value"].drop_nulls().is_in([0.0, 1.0]).all():
+        raise ConfigError(f"{key}: {metric.sql} returns values other than 0 and 1 for a binary metric")
     names = {"value": metric.column, "value_before": pre_period_column(metric.name)}
     joined = units.with_columns(pl.col("sent_at").cast(pl.Datetime("us"))).join(
         result.rename({k: v for k, v in names.items() if k in result.columns}),

@@ -396,9 +396,11 @@ def campaign_section(
     rows = mine.to_dicts()
     first = rows[0]
     campaign = next((c for c in settings.campaigns if c.campaign_id == campaign_id), None)
-    units_by_arm = {
-        r["variant_id"]: r["units"] for r in rows if r["metric"] == rows[0]["metric"] and r["units"] is not None
-    }
+    # a metric whose window is still open measures fewer units: the arm's units are its most measured ones
+    units_by_arm: dict[str, int] = {}
+    for r in rows:
+        if r["units"] is not None:
+            units_by_arm[r["variant_id"]] = max(units_by_arm.get(r["variant_id"], 0), r["units"])
     tested = [r for r in rows if not r["is_control"]]
     lift_rows = pl.DataFrame(
         [{"label": f"{r['variant_id']} · {r['metric']}",

@@ -46,7 +46,7 @@ def true_effects(settings, ctx, campaign: CampaignConfig, truth: pl.DataFrame) -
 
 
 def test_every_campaign_variant_and_metric_has_a_row_and_the_allocation_is_trusted(analysed) -> None:
-    _, settings, _, _, summary, results, _, _ = analysed
+    _, settings, ctx, _, summary, results, _, _ = analysed
     assert set(summary) == {c.campaign_id for c in settings.campaigns}
     for campaign in settings.campaigns:
         mine = results.filter(pl.col("campaign_id") == campaign.campaign_id)
@@ -64,11 +64,10 @@ def test_every_campaign_variant_and_metric_has_a_row_and_the_allocation_is_trust
         assert tested["mde"].is_not_null().all() and tested["power_at_observed"].is_not_null().all()
         # the event-based built-ins are measured on the units whose 7-day window closed by the cutoff
         visits = mine.filter((pl.col("metric") == "visit") & (pl.col("variant_id") == "holdout"))
-        conversions = mine.filter(
-            (pl.col("metric") == "conversion_rate") & (pl.col("variant_id") == "holdout")
-        )
-        assert 0 < visits["units"].item() < conversions["units"].item()
-        assert 0 < visits["mean"].item() < 1
+        units = _units(settings, ctx, campaign).filter(pl.col("variant_id") == "holdout")
+        closed = units.filter(pl.col("sent_at") + pl.duration(days=7) <= ctx.cutoff)
+        assert visits["units"].item() == closed.height > 0 and 0 < visits["mean"].item() < 1
+        assert visits["mean"].item() == pytest.approx(closed["metric__visit"].mean())
         # every variant has one verdict on all its rows; the holdout (the control here) none
         variants = mine.filter(pl.col("variant_id") != "holdout")
         assert set(variants["verdict"]) <= set(ex.VERDICTS) and variants["verdict_reason"].is_not_null().all()
@@ -693,3 +692,55 @@ def test_a_metric_from_the_companys_sql_file_is_computed_and_tested(tmp_path) ->
     assert ex.effect_in_words(basket, metric).startswith(f"basket_cents {basket['cuped_diff']:+,.2f} cents")
     # its pre-period is the file's value_before: no purchases before the sends, so nothing to adjust by
     assert basket["cuped_interval_narrowing"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_metric_sql_file_or_covariate_that_does_not_fit_is_a_config_error_naming_it(tmp_path) -> None:
+    from tailor.config import ConfigError
+    from tests import tiny
+
+    con, settings, campaign, _ = spring_company(tmp_path)
+    sql_file = tmp_path / "basket.sql"
+    only_basket = campaign.model_copy(update={"primary_metric": "basket_cents", "guardrails": []})
+    for text, expected in (
+        ("select user_id, sent_at from staging.stg_campaign_exposures", "returns no value column"),
+        ("select user_id, sent_at, 1 as value from staging.stg_campaign_exposures "
+         "union all select user_id, sent_at, 2 from staging.stg_campaign_exposures", "more than one row for a unit"),
+        ("select user_id, sent_at, 1 as value from no_such_table", "fails: Catalog Error"),
+    ):  # fmt: skip
+        sql_file.write_text(text)
+        with pytest.raises(ConfigError, match=r"key 'experiments\.metrics\.basket_cents\.sql'") as error:
+            ex.analyse_campaign(con, only_basket, settings, tiny.context())
+        assert expected in str(error.value)
+    # a binary metric's file must return 0 or 1
+    binary = settings.experiments.metrics["basket_cents"].model_copy(update={"kind": "binary"})
+    binary_settings = settings.model_copy(update={"experiments": settings.experiments.model_copy(
+        update={"metrics": settings.experiments.metrics | {"basket_cents": binary}})})  # fmt: skip
+    sql_file.write_text("select user_id, sent_at, 2 as value from staging.stg_campaign_exposures")
+    with pytest.raises(ConfigError, match="values other than 0 and 1 for a binary metric"):
+        ex.analyse_campaign(con, only_basket, binary_settings, tiny.context())
+    # a covariate on a users column that is not a number, or not there at all
+    for covariate, expected in (("country", "a users column of type String, not a number"),
+                                ("loyalty_tier", "'loyalty_tier' is not a column of staging.stg_users")):  # fmt: skip
+        metric = settings.experiments.metrics["visit_7d"].model_copy(update={"covariate": covariate})
+        bad = settings.model_copy(update={"experiments": settings.experiments.model_copy(
+            update={"metrics": {"visit_7d": metric}})})  # fmt: skip
+        with pytest.raises(ConfigError, match=expected):
+            ex.analyse_campaign(con, campaign.model_copy(update={"guardrails": []}), bad, tiny.context())
+
+
+def test_a_campaign_on_exposure_outcomes_alone_needs_no_event_metrics(tmp_path) -> None:
+    from tests import tiny
+
+    con, settings, campaign, truth = spring_company(tmp_path)
+    plain = campaign.model_copy(
+        update={"primary_metric": "conversion_rate", "guardrails": ["revenue_per_user"]}
+    )
+    rows, summary = ex.analyse_campaign(con, plain, settings, tiny.context())
+    assert {row["metric"] for row in rows} == {"conversion_rate", "revenue_per_user"}
+    assert summary["units_by_arm"] == {
+        "a": int(truth["treated"].sum()),
+        "holdout": int((~truth["treated"]).sum()),
+    }
+    # nobody converted: a difference of zero, tested
+    conversion = rows_of(rows, "a")["conversion_rate"]
+    assert conversion["diff"] == 0 and conversion["untested_reason"] is None
