@@ -623,9 +623,10 @@ def spring_company(tmp_path) -> tuple:
         "visit_7d": visit,
         "visit_7d_by_spend": visit | {"covariate": "past_year_spend"},
         "visit_7d_by_log_spend": visit | {"covariate": "ln(1 + past_year_spend)"},
-        "basket_cents": {"sql": str(tmp_path / "basket.sql"), "kind": "continuous", "window_days": 14,
-                         "unit": "cents"},
+        "basket_cents": {"sql": "basket.sql", "kind": "continuous", "window_days": 14, "unit": "cents"},
     }})  # fmt: skip
+    # as load_settings leaves it: the SQL file is found relative to the config file
+    settings = settings.model_copy(update={"config_path": str(tmp_path / "tailor.yaml")})
     campaign = CampaignConfig(
         campaign_id="spring", channel="email", holdout_share=0.5, primary_metric="visit_7d",
         guardrails=["visit_7d_by_spend", "visit_7d_by_log_spend", "basket_cents", "units"],
