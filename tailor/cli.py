@@ -437,8 +437,22 @@ def format_experiments(experiments: dict[str, dict[str, Any]]) -> str:
         )
         lines.append(f"  {'':<20} significant: {', '.join(info['significant']) or 'none'}")
         for variant, evaluation in info.get("uplift", {}).items():
-            lines.append(f"  {'':<20} uplift model {variant}: Qini {evaluation['qini_coefficient']:.4f}")
+            lines.append(f"  {'':<20} uplift model {variant}: {uplift_line(evaluation)}")
     return "\n".join(lines)
+
+
+def uplift_line(evaluation: dict[str, Any]) -> str:
+    """One variant's uplift evaluation for the terminal: the learner, Qini, margin over random and the gate."""
+    qini = evaluation.get("qini_coefficient")
+    if qini is None:
+        return "not evaluated (too few units); the best single variant serves"
+    margin = evaluation.get("margin_at_target")
+    gate = evaluation.get("drives_policy")
+    return (
+        f"{evaluation.get('learner') or ''} Qini {qini:.4f}".strip()
+        + (f", margin over random {margin:+.4f}" if margin is not None else "")
+        + ("" if gate is None else ", drives the policy" if gate else ", does not clear random targeting")
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

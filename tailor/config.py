@@ -241,15 +241,22 @@ class RankingConfig(StrictModel):
         "repeat_share_threshold of recent purchases are repeats (groceries, supplies), no otherwise",
     )
     repeat_share_threshold: float = Field(
-        0.2, ge=0, le=1, description="auto: the share of purchases that are repeats from which repeats are allowed"
+        0.2,
+        ge=0,
+        le=1,
+        description="auto: the share of purchases that are repeats from which repeats are allowed",
     )
     buy_again_candidates: int = Field(
-        30, ge=0, description="the user's most often bought items offered as candidates (when repeats allowed)"
+        30,
+        ge=0,
+        description="the user's most often bought items offered as candidates (when repeats allowed)",
     )
     repeat_history_days: int = Field(
         365, ge=1, description="window for a user's purchase history of an item and repurchase intervals"
     )
-    recent_days: int = Field(30, ge=1, description="items the user interacted with this recently are candidates")
+    recent_days: int = Field(
+        30, ge=1, description="items the user interacted with this recently are candidates"
+    )
     popularity_days: int = Field(14, ge=1, description="window for item popularity")
     affinity_half_life_days: float = Field(14.0, gt=0)
     max_training_users: int = Field(10_000, ge=100, description="users sampled for a training window")
@@ -652,8 +659,8 @@ class MetricConfig(StrictModel):
     covariate: str | None = Field(
         None,
         description="CUPED's covariate: pre_period (the same metric over the same window before the send; "
-        "an SQL metric's value_before), none, a users attribute column (users' columns or "
-        "user_features.attributes), or an expression over the unit's behaviour before the send ("
+        "an SQL metric's value_before), none, a numeric users attribute (user_features.attributes), or an "
+        "expression over the unit's behaviour before the send ("
         + ", ".join(BEHAVIOUR_COLUMNS)
         + ") and attributes. Default: pre_period; events_before for the exposure outcomes, which have no "
         "pre-period",
@@ -733,6 +740,62 @@ BUILTIN_METRICS: dict[str, MetricConfig] = {
 }
 
 
+UPLIFT_LEARNERS = ("two_model", "x_learner", "transformed_outcome")
+
+
+class UpliftConfig(StrictModel):
+    """The uplift evaluation in the experiments (tasks/experiments.py evaluate_uplift) and the gate it sets for
+    the personalized policy: a model drives the policy only when its margin over random targeting and its
+    Qini coefficient both have bootstrap intervals above zero on the test split."""
+
+    enabled: bool = True
+    split: Literal["random", "time"] = Field(
+        "random", description="random: users drawn (seeded) into train/validation/test; time: the last days"
+    )
+    train_share: float = Field(0.6, gt=0, lt=1, description="random split: share of users to train on")
+    validation_share: float = Field(
+        0.2, gt=0, lt=1, description="random split: users that choose the learner"
+    )
+    test_share: float = Field(
+        0.2, gt=0, lt=1, description="random split: users the chosen learner is measured on"
+    )
+    test_days: int = Field(14, ge=1, description="time split: the last days before the cutoff are the test")
+    validation_days: int = Field(
+        14, ge=1, description="time split: the days before the test choose the learner"
+    )
+    learners: list[Literal["two_model", "x_learner", "transformed_outcome"]] = Field(
+        default_factory=lambda: list(UPLIFT_LEARNERS),
+        min_length=1,
+        description="fitted on the training units; the best validation Qini is evaluated on the test units",
+    )
+    bootstrap_samples: int = Field(
+        200, ge=20, description="resamples (each arm drawn separately) behind every interval"
+    )
+    target_share: float = Field(
+        0.3, gt=0, le=1, description="the k of uplift@k that the gate and the report read: share of each arm"
+    )
+    min_units: int = Field(
+        200, ge=10, description="fewer treated or control units in any part of the split: not evaluated"
+    )
+    n_estimators: int = Field(
+        600, ge=1, description="upper bound per booster; early stopping picks the number"
+    )
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(7, ge=2)
+    min_data_in_leaf: int = Field(100, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    early_stopping_share: float = Field(
+        0.2, gt=0, lt=1, description="a seeded share of each booster's training rows that stops it"
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> UpliftConfig:
+        total = self.train_share + self.validation_share + self.test_share
+        if abs(total - 1) > 1e-9:
+            raise ValueError(f"uplift: train, validation and test shares must sum to 1, not {total:g}")
+        return self
+
+
 class ExperimentsConfig(StrictModel):
     """How every campaign's variants are measured each night (flows/experiments.py)."""
 
@@ -772,6 +835,7 @@ class ExperimentsConfig(StrictModel):
         description="the company's metrics, added to the built-ins (" + ", ".join(BUILTIN_METRICS) + "); an "
         "entry with a built-in's name replaces it",
     )
+    uplift: UpliftConfig = Field(default_factory=UpliftConfig)
 
     @property
     def catalogue(self) -> dict[str, MetricConfig]:
@@ -780,6 +844,61 @@ class ExperimentsConfig(StrictModel):
 
 
 USER_ATTRIBUTES = ("country", "language", "age_band", "gender")
+# names user_features.sql already gives its columns: a declared attribute may not take one
+_TAKEN_FEATURE_NAMES = ("cutoff", "days_since_signup", "known_on", "is_latest", "variant_id", "campaign_id")
+
+
+class UserFeaturesConfig(StrictModel):
+    """What the company knows about its customers beyond Tailor's behavioural features: columns of the users
+    source and per-user features computed by its own SQL. Both become features of the propensity,
+    conversion and uplift models (a sensitive one only when privacy.sensitive_features names it)."""
+
+    attributes: dict[str, Literal["categorical", "numeric"]] = Field(
+        default_factory=dict,
+        description="columns of the users source (after `sources.users.columns` mapping) -> categorical or "
+        "numeric, e.g. past_year_spend: numeric, acquisition_channel: categorical",
+    )
+    sql: str | None = Field(
+        None,
+        description="a .sql file (relative to the config file) returning one row per user_id with the "
+        "columns of sql_columns, as of $cutoff: it reads Tailor's staging tables (staging.stg_interactions, "
+        "staging.stg_users...) and only events before $cutoff, rows known before $cutoff_day",
+    )
+    sql_columns: dict[str, Literal["categorical", "numeric"]] = Field(
+        default_factory=dict, description="the columns the sql file returns besides user_id -> their kind"
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, attributes: dict[str, str]) -> dict[str, str]:
+        for name in attributes:
+            if not _PARAMETER_NAME.match(name):
+                raise ValueError(f"attribute {name!r} must be a lowercase identifier such as past_year_spend")
+            if name in {"user_id", "created_at", "email", *USER_ATTRIBUTES, *_TAKEN_FEATURE_NAMES}:
+                raise ValueError(
+                    f"attribute {name!r} is already a users column or feature of Tailor's; declare only the "
+                    "company's own columns"
+                )
+        return attributes
+
+    @model_validator(mode="after")
+    def _sql_declares_columns(self) -> UserFeaturesConfig:
+        if bool(self.sql) != bool(self.sql_columns):
+            raise ValueError("sql and sql_columns go together: the file, and the columns it returns")
+        self._attribute_names(self.sql_columns)
+        clash = sorted(set(self.sql_columns) & set(self.attributes))
+        if clash:
+            raise ValueError(f"sql_columns: {', '.join(clash)} already declared in attributes")
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return (*self.attributes, *self.sql_columns)
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        kinds = self.attributes | self.sql_columns
+        return tuple(name for name, kind in kinds.items() if kind == "categorical")
 
 
 class PrivacyConfig(StrictModel):
@@ -794,11 +913,6 @@ class PrivacyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _checks(self) -> PrivacyConfig:
-        unknown = [name for name in self.sensitive_attributes if name not in USER_ATTRIBUTES]
-        if unknown:
-            raise ValueError(
-                f"sensitive_attributes: {', '.join(unknown)} not a users column ({', '.join(USER_ATTRIBUTES)})"
-            )
         stray = [name for name in self.sensitive_features if name not in self.sensitive_attributes]
         if stray:
             raise ValueError(f"sensitive_features: {', '.join(stray)} not in sensitive_attributes")
@@ -913,6 +1027,7 @@ class Settings(StrictModel):
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    user_features: UserFeaturesConfig = Field(default_factory=UserFeaturesConfig)
     # filled in by load_settings, not by the YAML
     config_path: Annotated[str, Field(exclude=True)] = ""
     config_sha256: Annotated[str, Field(exclude=True)] = ""
@@ -945,12 +1060,32 @@ class Settings(StrictModel):
                 raise ValueError(f"unknown source {name!r}; the tables are {', '.join(TABLES)}")
             table = TABLES[name]
             for canonical in source.columns:
-                if canonical not in table.column_names:
+                # the users source may also map the company's declared attributes (checked with them)
+                if canonical not in table.column_names and name != "users":
                     raise ValueError(f"{name}.columns: {canonical!r} is not a column of {name}")
         missing = [name for name in REQUIRED_SOURCES if name not in sources]
         if missing:
             raise ValueError(f"missing required source(s): {', '.join(missing)}")
         return sources
+
+    @model_validator(mode="after")
+    def _sensitive_are_users_columns(self) -> Settings:
+        # a declared attribute may be sensitive too (an ethnicity, a health flag): it is then kept out of
+        # the models like age_band and gender
+        known = (*USER_ATTRIBUTES, *self.user_features.feature_names)
+        for canonical in self.sources["users"].columns:
+            if canonical not in (*TABLES["users"].column_names, *self.user_features.attributes):
+                raise ValueError(
+                    f"sources.users.columns: {canonical!r} is not a column of users nor an attribute declared "
+                    "in user_features.attributes"
+                )
+        unknown = [name for name in self.privacy.sensitive_attributes if name not in known]
+        if unknown:
+            raise ValueError(
+                f"privacy.sensitive_attributes: {', '.join(unknown)} not a users column "
+                f"({', '.join(known)}; declare a company column in user_features.attributes)"
+            )
+        return self
 
     @property
     def base_dir(self) -> Path:
@@ -1014,7 +1149,19 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 
 # Folders a publish target may never be (the run writes and, after a retention period, deletes there).
-SYSTEM_FOLDERS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/proc", "/sys", "/dev")
+SYSTEM_FOLDERS = (
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+)
 
 
 def refuse_climbing_target(target: str) -> None:
@@ -1151,13 +1298,10 @@ def check_source_sql(settings: Settings, config_name: str | Path) -> None:
 METRIC_SQL_PARAMETERS = ("campaign_id", "window_start", "cutoff", "cutoff_day")
 
 
-def users_attributes(settings: Settings) -> tuple[str, ...]:
-    """The users columns a covariate may read: the canonical attributes and those the company declares in
-    user_features.attributes (extra columns of staging.stg_users)."""
-    features = getattr(settings, "user_features", None)
-    declared = getattr(features, "attributes", None) or []
-    names = [entry if isinstance(entry, str) else getattr(entry, "name", "") for entry in declared]
-    return (*USER_ATTRIBUTES, *(name for name in names if name not in USER_ATTRIBUTES))
+def covariate_attributes(settings: Settings) -> tuple[str, ...]:
+    """The users columns a covariate may read: the company's numeric attributes (user_features.attributes
+    become columns of staging.stg_users; Tailor's own users columns are text)."""
+    return tuple(name for name, kind in settings.user_features.attributes.items() if kind == "numeric")
 
 
 def check_experiment_metrics(settings: Settings, config_name: str | Path) -> None:
@@ -1165,15 +1309,16 @@ def check_experiment_metrics(settings: Settings, config_name: str | Path) -> Non
     is given: before any data is read."""
     from tailor.sql import parameter_names  # here: loading a config needs no DuckDB otherwise
 
-    attributes = users_attributes(settings)
+    attributes = covariate_attributes(settings)
     for name, metric in settings.experiments.metrics.items():
         key = f"experiments.metrics.{name}"
         for column in metric.attributes:
             if column not in attributes or column in UNIT_COLUMNS:
                 raise ConfigError(
                     f"{config_name}: key '{key}.covariate': {column!r} is neither a behaviour column "
-                    f"({', '.join(BEHAVIOUR_COLUMNS)}) nor a users attribute ({', '.join(attributes)}; declare "
-                    "more in user_features.attributes)"
+                    f"({', '.join(BEHAVIOUR_COLUMNS)}) nor a numeric users attribute "
+                    f"({', '.join(attributes) or 'none declared'}; declare it in user_features.attributes as "
+                    "numeric)"
                 )
         if metric.sql is None:
             continue

@@ -219,7 +219,25 @@ def write_users(world: World, writer: Writer, seed: int) -> None:
         _id_expr("u", "user_id", width).alias("user_id"),
         (pl.lit("user") + pl.col("user_id").cast(pl.Utf8) + pl.lit("@example.com")).alias("email"),
     )
-    writer.write_by_day("users", frame, "file_day", world.start)
+    writer.write_by_day("users", frame.with_columns(**customer_attributes(world, seed)), "file_day", world.start)
+
+
+# The customer attributes a company keeps beside behaviour (declared under user_features.attributes in the
+# generated config). coupon_share, the share of past orders placed with a coupon, reveals the price
+# sensitivity that decides which campaign variant works for a user and that no behavioural feature shows.
+ACQUISITION_CHANNELS = ("search", "social", "referral", "store")
+GENERATED_ATTRIBUTES = {"coupon_share": "numeric", "acquisition_channel": "categorical"}
+
+
+def customer_attributes(world: World, seed: int) -> dict[str, np.ndarray]:
+    # its own random stream: the rest of the world draws exactly what it drew before these existed
+    rng = np.random.default_rng([seed, 2])
+    n = world.price_sensitivity.size
+    coupon_share = _sigmoid(1.5 * world.price_sensitivity - 1.0 + rng.normal(0, 0.5, n))
+    return {
+        "coupon_share": np.round(coupon_share, 3),
+        "acquisition_channel": np.array(ACQUISITION_CHANNELS)[rng.integers(0, len(ACQUISITION_CHANNELS), n)],
+    }
 
 
 def write_items(world: World, writer: Writer, seed: int) -> None:
@@ -622,6 +640,7 @@ def generated_config(fmt: str, seed: int) -> dict:
         # Synthetic users: publishing their raw ids is harmless. Real data should stay pseudonymous.
         "publish": {"target": "file://published", "published_user_id": "external"},
         "item_audiences": {"categories": ["books", "electronics"], "top_n": 100},
+        "user_features": {"attributes": dict(GENERATED_ATTRIBUTES)},
     }
 
 

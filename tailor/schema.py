@@ -177,3 +177,19 @@ ALLOWED_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 # The oldest event time a run accepts, in years before its cutoff.
 MAX_EVENT_AGE_YEARS = 20
+
+# how a declared user attribute (config user_features.attributes) is stored
+ATTRIBUTE_TYPES = {"categorical": "VARCHAR", "numeric": "DOUBLE"}
+
+
+def source_table(name: str, attributes: dict[str, str] | None = None) -> Table:
+    """A source's table as this company loads it: the users table gains the attributes its config declares
+    (name -> categorical or numeric), optional columns after the canonical ones."""
+    table = TABLES[name]
+    if name != "users" or not attributes:
+        return table
+    declared = tuple(
+        Column(attribute, ATTRIBUTE_TYPES[kind], False, f"the company's own {kind} attribute")
+        for attribute, kind in attributes.items()
+    )
+    return Table(table.name, (*table.columns, *declared), table.key, table.description, table.may_be_empty)

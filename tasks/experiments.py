@@ -19,17 +19,23 @@ Tables (warehouse):
     meta.experiment_results   one row per run date, campaign, variant and metric (published as
                               experiment_results); a rerun of a date replaces its rows
     meta.variant_posteriors   each variant's Beta posterior of converting, from the bandit's evidence
-    meta.uplift_evaluation    per campaign and variant: Qini coefficient and uplift at 10/20/30%
-    meta.qini_curves          the Qini curves behind them, for the report
+    meta.uplift_evaluation    per campaign and variant: the uplift model fitted on sends and outcomes alone
+                              (sql/features/uplift_examples.sql), chosen on validation, measured on test:
+                              Qini, AUUC, uplift@k per group and the margin over random targeting, with
+                              bootstrap intervals, and whether it drives the personalized policy
+    meta.uplift_models        the chosen learners' files, features and categories, for the allocation
+    meta.qini_curves          the test Qini curves behind them, for the report
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import duckdb
@@ -48,12 +54,14 @@ from tailor.config import (
     MetricConfig,
     Settings,
 )
-from tailor.sql import bind, ensure_table, query, read_partition, replace_run_rows, table_exists
+from tailor.sql import bind, ensure_table, query, replace_run_rows
 from tailor.tasks.train import (
-    CONVERSION_HOLDOUT_DAYS,
-    conversion_model_name,
+    VARIANT_SEPARATOR,
+    check_features,
     feature_matrix,
+    lightgbm_params,
     predict_propensity,
+    user_model_features,
 )
 from tailor.warehouse import RunContext, connect
 
@@ -190,7 +198,40 @@ UPLIFT_COLUMNS = {
     "holdout_sends": "bigint", "qini_coefficient": "double", "uplift_at_10": "double",
     "uplift_at_20": "double", "uplift_at_30": "double", "incremental_conversions_per_send": "double",
     "variant_model_version": "varchar", "no_contact_model_version": "varchar",
+    # added for issue #19 (at the end: a table made before them gains them there): the uplift model is fitted
+    # and measured in the experiments on sends and outcomes alone, and gates the personalized policy
+    "learner": "varchar", "split": "varchar", "outcome": "varchar", "train_units": "bigint",
+    "validation_units": "bigint", "test_units": "bigint", "bootstrap_samples": "bigint",
+    "qini_ci_low": "double", "qini_ci_high": "double", "auuc": "double", "auuc_ci_low": "double",
+    "auuc_ci_high": "double", "target_share": "double", "uplift_at_target": "double",
+    "uplift_at_target_ci_low": "double", "uplift_at_target_ci_high": "double", "random_uplift": "double",
+    "random_uplift_ci_low": "double", "random_uplift_ci_high": "double", "margin_at_target": "double",
+    "margin_ci_low": "double", "margin_ci_high": "double", "validation_qini": "varchar",
+    "drives_policy": "boolean", "policy_reason": "varchar",
 }  # fmt: skip
+# the chosen learner of each evaluation, as the allocation loads it (files under the run's folder)
+UPLIFT_MODEL_COLUMNS = {
+    "run_date": "date", "campaign_id": "varchar", "variant_id": "varchar", "learner": "varchar",
+    "version": "varchar", "propensity": "double", "features": "varchar", "categories": "varchar",
+    "paths": "varchar",
+}  # fmt: skip
+UPLIFT_OUTCOME = "is_converted"
+# columns of sql/features/uplift_examples.sql that are not features; the rest but these are user attributes
+UPLIFT_UNIT_COLUMNS = (
+    "campaign_id",
+    "variant_id",
+    "user_id",
+    "sent_at",
+    "is_converted",
+    "is_clicked",
+    "revenue_cents",
+)
+UPLIFT_BASE_FEATURES = (
+    "days_since_signup", "n_events_7d", "n_events_30d", "n_events_90d", "n_events_365d", "n_purchases_7d",
+    "n_purchases_30d", "n_purchases_90d", "n_purchases_365d", "spend_cents_7d", "spend_cents_30d",
+    "spend_cents_90d", "spend_cents_365d", "days_since_last_event", "days_since_last_purchase",
+    "n_campaign_sends_before",
+)  # fmt: skip
 DECISION_COLUMNS = {
     "run_date": "date", "campaign_id": "varchar", "variant_id": "varchar", "policy": "varchar",
     "users": "bigint", "share": "double", "previous_share": "double", "reason": "varchar",
@@ -207,6 +248,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         ("meta.variant_posteriors", POSTERIOR_COLUMNS),
         ("meta.uplift_evaluation", UPLIFT_COLUMNS),
         ("meta.qini_curves", CURVE_COLUMNS),
+        ("meta.uplift_models", UPLIFT_MODEL_COLUMNS),
         ("meta.allocation_decisions", DECISION_COLUMNS),
     ):
         ensure_table(con, table, columns)
@@ -221,6 +263,23 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     for name, sql_type in RESULT_COLUMNS.items():
         if name not in present:
             con.execute(f"alter table meta.experiment_results add column {name} {sql_type}")
+    add_missing_columns(con, "meta.uplift_evaluation", UPLIFT_COLUMNS)
+
+
+def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]) -> None:
+    """A table made by an earlier version gains the columns it lacks, at its end in the given order (inserts
+    are positional). Names and types come from the constants above, never from input."""
+    schema, _, name = table.partition(".")
+    present = {
+        column
+        for (column,) in con.execute(
+            "select column_name from information_schema.columns where table_schema = $schema and table_name = $name",
+            {"schema": schema, "name": name},
+        ).fetchall()
+    }
+    for column, sql_type in columns.items():
+        if column not in present:
+            con.execute(f"alter table {table} add column {column} {sql_type}")
 
 
 def window_start(campaign: CampaignConfig, settings: Settings, ctx: RunContext) -> datetime:
@@ -785,70 +844,364 @@ def posterior_rows(
 def evaluate_uplift(
     con: duckdb.DuckDBPyConnection,
     campaign: CampaignConfig,
-    models: dict[str, dict[str, Any]],
+    settings: Settings,
     ctx: RunContext,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Qini and uplift at 10/20/30% of each variant's predicted uplift over no contact, on the sends of
-    the conversion models' time-based holdout (the last CONVERSION_HOLDOUT_DAYS, which they never saw)."""
-    no_contact = models.get(conversion_model_name(campaign.campaign_id, HOLDOUT))
-    if no_contact is None or not table_exists(con, "features.campaign_click_examples"):
-        return [], []
-    examples = read_partition(
-        con, "features/campaign_click_examples", ctx.cutoff, ("campaign_id", "sent_at", "user_id")
-    ).pl()
-    holdout_from = ctx.cutoff - timedelta(days=CONVERSION_HOLDOUT_DAYS)
-    recent = examples.filter(
-        (pl.col("campaign_id") == campaign.campaign_id) & (pl.col("sent_at") >= holdout_from)
-    )
-    control = recent.filter(pl.col("variant_id") == HOLDOUT)
-    if control.height == 0:
-        return [], []
-    evaluations, curves = [], []
+    best_single: str | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per approved variant, an uplift model of its units against the holdout's, from sends and outcomes alone
+    (sql/features/uplift_examples.sql): every configured learner fitted on the training part, the best
+    validation Qini chosen, and that one measured on the test part with bootstrap intervals. Returns the
+    evaluation rows, the test Qini curves and the chosen learners' model rows (meta.uplift_models).
+    `best_single` names the variant that serves where no model is proven (for the policy's sentence)."""
+    config = settings.experiments.uplift
+    if not config.enabled:
+        return [], [], []
+    examples = uplift_examples(con, campaign, ctx, window_start(campaign, settings, ctx))
+    parts = split_parts(examples, settings, ctx)
+    control = examples["variant_id"] == HOLDOUT
+    evaluations, curves, models = [], [], []
     for variant in campaign.approved_variants:
-        model = models.get(conversion_model_name(campaign.campaign_id, variant.variant_id))
-        treated = recent.filter(pl.col("variant_id") == variant.variant_id)
-        if model is None or treated.height == 0:
-            continue
-        frame = pl.concat([treated, control])
-        predicted = predicted_uplift(frame, model, no_contact)
-        is_treated = np.r_[np.ones(treated.height, bool), np.zeros(control.height, bool)]
-        converted = frame["is_converted"].to_numpy().astype(float)
-        curve = uplift.qini_curve(predicted, is_treated, converted)
-        key = {
-            "run_date": ctx.run_date,
-            "campaign_id": campaign.campaign_id,
-            "variant_id": variant.variant_id,
-        }
-        evaluations.append(
-            key
-            | {
-                "sends": treated.height,
-                "holdout_sends": control.height,
-                "qini_coefficient": curve.coefficient,
-                **{
-                    f"uplift_at_{round(share * 100)}": _nan_to_none(
-                        uplift.uplift_at(predicted, is_treated, converted, share)
-                    )
-                    for share in UPLIFT_SHARES
-                },
-                "incremental_conversions_per_send": float(curve.incremental[-1]),
-                "variant_model_version": model["version"],
-                "no_contact_model_version": no_contact["version"],
-            }
+        mine = (examples["variant_id"] == variant.variant_id) | control
+        outcome = evaluate_variant(
+            examples.filter(mine),
+            parts[mine.to_numpy()],
+            campaign,
+            variant.variant_id,
+            settings,
+            ctx,
+            best_single,
         )
-        small = uplift.downsample(curve)
-        curves += [
-            key | {"share_targeted": float(s), "incremental_per_unit": float(q), "random_per_unit": float(r)}
-            for s, q, r in zip(small.share, small.incremental, small.random, strict=True)
-        ]
-    return evaluations, curves
+        if outcome is None:
+            continue
+        evaluation, curve, model = outcome
+        evaluations.append(evaluation)
+        curves += curve
+        models += [model] if model else []
+    return evaluations, curves, models
+
+
+def uplift_examples(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    ctx: RunContext,
+    start: datetime,
+    mode: str = "experiment",
+) -> pl.DataFrame:
+    """The campaign's units sent from `start` (mode 'experiment') or every profiled user at the cutoff (mode
+    'score'), with the uplift models' features (sql/features/uplift_examples.sql)."""
+    return query(
+        con,
+        "features/uplift_examples",
+        {
+            "mode": mode,
+            "campaign_id": campaign.campaign_id,
+            "window_start": start,
+            "cutoff": ctx.cutoff,
+            "cutoff_day": ctx.run_date,
+        },
+    ).pl()
+
+
+def uplift_features(examples: pl.DataFrame, settings: Settings, model_name: str) -> tuple[str, ...]:
+    """The behaviour columns and every user attribute the examples carry (the users source's declared
+    columns included), without a sensitive attribute unless privacy.sensitive_features names it."""
+    attributes = tuple(
+        name
+        for name in examples.columns
+        if name not in UPLIFT_UNIT_COLUMNS and name not in UPLIFT_BASE_FEATURES
+    )
+    features = user_model_features((*UPLIFT_BASE_FEATURES, *attributes), settings)
+    check_features(model_name, features, settings)
+    return features
+
+
+def string_vocabulary(frame: pl.DataFrame, features: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each text column's values in the training rows: the categories (a value first seen later is missing)."""
+    return {
+        name: sorted(v for v in frame[name].unique().to_list() if v is not None)
+        for name in features
+        if frame.schema[name] == pl.Utf8
+    }
+
+
+def uplift_matrix(
+    frame: pl.DataFrame, features: tuple[str, ...], categories: dict[str, list[str]]
+) -> tuple[np.ndarray, list[int]]:
+    """The float32 matrix the learners take, and the positions of its categorical columns."""
+    return feature_matrix(frame, features, categories), [
+        i for i, name in enumerate(features) if name in categories
+    ]
+
+
+def uplift_boosting(settings: Settings) -> uplift.Boosting:
+    config = settings.experiments.uplift
+    params = lightgbm_params(
+        settings,
+        "regression",  # each booster sets its own objective
+        learning_rate=config.learning_rate,
+        num_leaves=config.num_leaves,
+        min_data_in_leaf=config.min_data_in_leaf,
+    )
+    return uplift.Boosting(
+        params, config.n_estimators, config.early_stopping_rounds, config.early_stopping_share, settings.seed
+    )
+
+
+def split_parts(examples: pl.DataFrame, settings: Settings, ctx: RunContext) -> np.ndarray:
+    """Each unit's part (train, validation, test) under experiments.uplift.split."""
+    config = settings.experiments.uplift
+    if config.split == "time":
+        return uplift.time_split(
+            examples["sent_at"].to_numpy(), ctx.cutoff, config.test_days, config.validation_days
+        )
+    shares = (config.train_share, config.validation_share, config.test_share)
+    return uplift.random_split(examples["user_id"].to_numpy(), shares, settings.seed)
+
+
+def too_few_units(treated: np.ndarray, parts: np.ndarray, min_units: int) -> str | None:
+    """Why a variant cannot be evaluated (too few treated or control units in a part), or None."""
+    for part in (uplift.TRAIN, uplift.VALIDATION, uplift.TEST):
+        in_part = parts == part
+        n_t, n_c = int((treated & in_part).sum()), int((~treated & in_part).sum())
+        if min(n_t, n_c) < min_units:
+            return (
+                f"fewer than experiments.uplift.min_units ({min_units}) units in the {part} part: {n_t:,} "
+                f"treated, {n_c:,} holdout"
+            )
+    return None
+
+
+def serves_sentence(best_single: str | None) -> str:
+    return (
+        f"the best single variant ({best_single}) serves" if best_single else "the best single variant serves"
+    )
+
+
+def evaluate_variant(
+    units: pl.DataFrame,
+    parts: np.ndarray,
+    campaign: CampaignConfig,
+    variant_id: str,
+    settings: Settings,
+    ctx: RunContext,
+    best_single: str | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None] | None:
+    """One variant against the holdout: the evaluation row, its test Qini curve and the chosen learner's
+    model row; None when the variant has no unit at all."""
+    config = settings.experiments.uplift
+    treated = (units["variant_id"] == variant_id).to_numpy()
+    if not treated.any():
+        return None
+    key = {"run_date": ctx.run_date, "campaign_id": campaign.campaign_id, "variant_id": variant_id}
+    base = key | {
+        "split": config.split, "outcome": UPLIFT_OUTCOME, "target_share": config.target_share,
+        "train_units": int((parts == uplift.TRAIN).sum()), "validation_units": int((parts == uplift.VALIDATION).sum()),
+        "test_units": int((parts == uplift.TEST).sum()), "bootstrap_samples": config.bootstrap_samples,
+    }  # fmt: skip
+    shortage = too_few_units(treated, parts, config.min_units)
+    if shortage is not None:
+        reason = f"not evaluated: {shortage}; {serves_sentence(best_single)}"
+        return base | {"drives_policy": False, "policy_reason": reason}, [], None
+    name = f"uplift_{campaign.campaign_id}{VARIANT_SEPARATOR}{variant_id}"
+    train = units.filter(pl.Series(parts == uplift.TRAIN))
+    features = uplift_features(train, settings, name)
+    categories = string_vocabulary(train, features)
+    y = units[UPLIFT_OUTCOME].cast(pl.Float64).to_numpy()
+    x, categorical = uplift_matrix(units, features, categories)
+    learner, validation_qini = chosen_learner(x, treated, y, categorical, parts, settings)
+    is_test = parts == uplift.TEST
+    scores = learner.predict(x[is_test])
+    shares = tuple(sorted({*UPLIFT_SHARES, config.target_share}))
+    result = uplift.evaluate(
+        scores, treated[is_test], y[is_test], shares, config.bootstrap_samples, settings.seed,
+        level=1 - settings.experiments.alpha,
+    )  # fmt: skip
+    drives, reason = policy_reason(learner.kind, result, config.target_share, best_single)
+    version, paths = save_learner(learner, ctx, name)
+    curve = uplift.qini_curve(scores, treated[is_test], y[is_test])
+    row = base | evaluation_columns(result, config.target_share) | {
+        "incremental_conversions_per_send": float(curve.incremental[-1]), "variant_model_version": version,
+        "learner": learner.kind, "validation_qini": json.dumps(validation_qini, sort_keys=True),
+        "drives_policy": drives, "policy_reason": reason,
+    }  # fmt: skip
+    model = key | {
+        "learner": learner.kind, "version": version, "propensity": learner.propensity,
+        "features": json.dumps(list(features)), "categories": json.dumps(categories, sort_keys=True),
+        "paths": json.dumps(paths, sort_keys=True),
+    }  # fmt: skip
+    small = uplift.downsample(curve)
+    curves = [
+        key | {"share_targeted": float(s), "incremental_per_unit": float(q), "random_per_unit": float(r)}
+        for s, q, r in zip(small.share, small.incremental, small.random, strict=True)
+    ]
+    return {n: _nan_to_none(v) if isinstance(v, float) else v for n, v in row.items()}, curves, model
+
+
+def chosen_learner(
+    x: np.ndarray,
+    treated: np.ndarray,
+    y: np.ndarray,
+    categorical: list[int],
+    parts: np.ndarray,
+    settings: Settings,
+) -> tuple[uplift.FittedLearner, dict[str, float]]:
+    """Every configured learner fitted on the training units; the one with the highest Qini coefficient on the
+    validation units (ties: the first configured), and each learner's validation Qini."""
+    boosting = uplift_boosting(settings)
+    is_train, is_valid = parts == uplift.TRAIN, parts == uplift.VALIDATION
+    fitted, validation_qini = {}, {}
+    for kind in settings.experiments.uplift.learners:
+        fitted[kind] = uplift.FIT[kind](x[is_train], treated[is_train], y[is_train], categorical, boosting)
+        scores = fitted[kind].predict(x[is_valid])
+        validation_qini[kind] = uplift.qini_curve(scores, treated[is_valid], y[is_valid]).coefficient
+    best = max(settings.experiments.uplift.learners, key=lambda kind: validation_qini[kind])
+    return fitted[best], validation_qini
+
+
+def evaluation_columns(result: uplift.UpliftScores, target_share: float) -> dict[str, Any]:
+    """The evaluation's figures as meta.uplift_evaluation columns."""
+    target, margin = result.uplift_at[target_share], result.margin[target_share]
+    return {
+        "sends": result.treated_units, "holdout_sends": result.control_units,
+        "qini_coefficient": result.qini.value, "qini_ci_low": result.qini.low, "qini_ci_high": result.qini.high,
+        **{f"uplift_at_{round(share * 100)}": result.uplift_at[share].value for share in UPLIFT_SHARES},
+        "auuc": result.auuc.value, "auuc_ci_low": result.auuc.low, "auuc_ci_high": result.auuc.high,
+        "uplift_at_target": target.value, "uplift_at_target_ci_low": target.low,
+        "uplift_at_target_ci_high": target.high, "random_uplift": result.random.value,
+        "random_uplift_ci_low": result.random.low, "random_uplift_ci_high": result.random.high,
+        "margin_at_target": margin.value, "margin_ci_low": margin.low, "margin_ci_high": margin.high,
+    }  # fmt: skip
+
+
+def _interval(estimate: uplift.Estimate) -> str:
+    return f"{estimate.value:.3f} ({estimate.low:.3f} to {estimate.high:.3f})"
+
+
+def policy_reason(
+    learner: str, result: uplift.UpliftScores, share: float, best_single: str | None
+) -> tuple[bool, str]:
+    """Whether the model drives the personalized policy, and why in words: only when the interval of its
+    margin over random targeting and that of its Qini coefficient both lie above zero."""
+    at, margin = result.uplift_at[share], result.margin[share]
+    figures = (
+        f"{learner}: uplift@{share:.0%} {_interval(at)} against random {result.random.value:.3f}: "
+        f"margin {_interval(margin)}, Qini {_interval(result.qini)}"
+    )
+    if margin.clears_zero and result.qini.clears_zero:
+        return True, f"{figures}: clears random targeting, the model drives the policy"
+    unclear = [
+        name for name, estimate in (("margin", margin), ("Qini", result.qini)) if not estimate.clears_zero
+    ]
+    serves = serves_sentence(best_single)
+    return False, (
+        f"{figures}: does not clear random targeting (the {' and '.join(unclear)} "
+        f"{'interval does' if len(unclear) == 1 else 'intervals do'} not lie above 0): {serves}"
+    )
+
+
+def save_learner(learner: uplift.FittedLearner, ctx: RunContext, name: str) -> tuple[str, dict[str, str]]:
+    """The learner's boosters under the run's folder, named by a hash of their text: (version, role -> path)."""
+    digest = hashlib.sha256()
+    for role in sorted(learner.boosters):
+        digest.update(learner.boosters[role].model_to_string().encode())
+    version = digest.hexdigest()[:12]
+    return version, learner.save(ctx.run_dir / "models" / "uplift", f"{name}-{learner.kind}-{version}")
+
+
+def best_single_variant(posteriors: dict[str, tuple[float, float]]) -> str | None:
+    """The variant with the highest posterior mean conversion, Beta(alpha, beta): what serves without a
+    proven uplift model (ties: the first by name)."""
+    if not posteriors:
+        return None
+    return max(sorted(posteriors), key=lambda v: posteriors[v][0] / (posteriors[v][0] + posteriors[v][1]))
+
+
+@dataclass(frozen=True)
+class UpliftGate:
+    """What the latest uplift evaluation up to tonight lets the personalized policy do with one campaign."""
+
+    run_date: date | None  # the evaluation read (None: none yet)
+    models: dict[
+        str, dict[str, Any]
+    ]  # variant -> its model row (meta.uplift_models), where it drives the policy
+    average_effect: dict[
+        str, float
+    ]  # variant -> its measured average effect over no contact, every evaluated one
+    reasons: dict[str, str]  # variant -> the evaluation's policy_reason
+
+    def only(self, variant_ids: list[str]) -> UpliftGate:
+        """The gate restricted to these variants (tonight's live ones)."""
+        keep = set(variant_ids)
+        return UpliftGate(
+            self.run_date,
+            {v: model for v, model in self.models.items() if v in keep},
+            {v: effect for v, effect in self.average_effect.items() if v in keep},
+            {v: reason for v, reason in self.reasons.items() if v in keep},
+        )
+
+
+def uplift_gate(con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, ctx: RunContext) -> UpliftGate:
+    """The campaign's latest uplift evaluation up to the run date, with the models that may drive the policy."""
+    ensure_tables(con)
+    key = {"campaign_id": campaign.campaign_id, "run_date": ctx.run_date}
+    rows = con.execute(
+        """
+        with latest as (
+            select max(run_date) as run_date from meta.uplift_evaluation
+            where campaign_id = $campaign_id and run_date <= $run_date
+        )
+        select evaluation.run_date, evaluation.variant_id, evaluation.drives_policy, evaluation.random_uplift,
+            evaluation.policy_reason, models.learner, models.propensity, models.features, models.categories,
+            models.paths
+        from meta.uplift_evaluation as evaluation
+        semi join latest using (run_date)
+        left join meta.uplift_models as models using (run_date, campaign_id, variant_id)
+        where evaluation.campaign_id = $campaign_id
+        order by evaluation.variant_id
+        """,
+        key,
+    ).fetchall()
+    models, average, reasons = {}, {}, {}
+    for (
+        _day,
+        variant,
+        drives,
+        random_uplift,
+        reason,
+        learner,
+        propensity,
+        features,
+        categories,
+        paths,
+    ) in rows:
+        reasons[variant] = reason
+        if random_uplift is not None:
+            average[variant] = float(random_uplift)
+        if drives and learner is not None:
+            models[variant] = {
+                "learner": learner, "propensity": propensity, "features": tuple(json.loads(features)),
+                "categories": json.loads(categories), "paths": json.loads(paths),
+            }  # fmt: skip
+    return UpliftGate(rows[0][0] if rows else None, models, average, reasons)
 
 
 def predicted_uplift(
-    frame: pl.DataFrame, variant_model: dict[str, Any], no_contact: dict[str, Any]
-) -> np.ndarray:
-    """P(convert | sent the variant) - P(convert | not contacted), per row (the two-model learner)."""
-    return predict_with(frame, variant_model) - predict_with(frame, no_contact)
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    users: pl.DataFrame,
+    gate: UpliftGate,
+    ctx: RunContext,
+) -> dict[str, np.ndarray]:
+    """Each gated variant's predicted uplift for `users` (in their order), from the features at the cutoff
+    computed as the evaluation computed them at each send (sql/features/uplift_examples.sql, mode 'score').
+    A user the features do not know (created after the cutoff) has missing features, as LightGBM allows."""
+    scored = uplift_examples(con, campaign, ctx, ctx.cutoff, mode="score")
+    frame = users.select("user_id").join(scored, on="user_id", how="left", maintain_order="left")
+    out = {}
+    for variant, model in gate.models.items():
+        learner = uplift.load_learner(model["learner"], model["paths"], model["propensity"])
+        out[variant] = learner.predict(feature_matrix(frame, model["features"], model["categories"]))
+    return out
 
 
 def predict_with(frame: pl.DataFrame, model: dict[str, Any]) -> np.ndarray:
@@ -867,6 +1220,7 @@ class ExperimentRun:
     posteriors: list[dict[str, Any]] = field(default_factory=list)
     uplift: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
+    uplift_models: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -881,14 +1235,20 @@ def analyse_experiments(
         for campaign in settings.campaigns if settings.experiments.enabled else []:
             rows, summary = analyse_campaign(con, campaign, settings, ctx)
             run.results += rows
-            run.posteriors += posterior_rows(con, campaign, ctx, summary["is_trusted"])
-            evaluations, curves = evaluate_uplift(con, campaign, models, ctx)
+            posteriors = posterior_rows(con, campaign, ctx, summary["is_trusted"])
+            run.posteriors += posteriors
+            best = best_single_variant({row["variant_id"]: (row["alpha"], row["beta"]) for row in posteriors})
+            evaluations, curves, uplift_models = evaluate_uplift(con, campaign, settings, ctx, best)
             run.uplift += evaluations
             run.curves += curves
+            run.uplift_models += uplift_models
             summary["uplift"] = {
                 row["variant_id"]: {
-                    "qini_coefficient": row["qini_coefficient"],
-                    "uplift_at_10": row["uplift_at_10"],
+                    "learner": row.get("learner"),
+                    "qini_coefficient": row.get("qini_coefficient"),
+                    "uplift_at_target": row.get("uplift_at_target"),
+                    "margin_at_target": row.get("margin_at_target"),
+                    "drives_policy": row["drives_policy"],
                 }
                 for row in evaluations
             }
@@ -897,6 +1257,7 @@ def analyse_experiments(
         replace_run_rows(con, "meta.variant_posteriors", POSTERIOR_COLUMNS, run.posteriors, ctx.run_date)
         replace_run_rows(con, "meta.uplift_evaluation", UPLIFT_COLUMNS, run.uplift, ctx.run_date)
         replace_run_rows(con, "meta.qini_curves", CURVE_COLUMNS, run.curves, ctx.run_date)
+        replace_run_rows(con, "meta.uplift_models", UPLIFT_MODEL_COLUMNS, run.uplift_models, ctx.run_date)
     return dict(sorted(run.summary.items()))
 
 

@@ -51,6 +51,7 @@ from tailor.schema import (
     SOURCE_FILE,
     TABLES,
     Table,
+    source_table,
 )
 from tailor.sql import bind, read_sql, scalar, table_exists
 from tailor.storage import StoredObject, fetch_to_local, list_source_objects
@@ -504,7 +505,13 @@ def extract_source(
     con: duckdb.DuckDBPyConnection, settings: Settings, table_name: str, ctx: RunContext
 ) -> SourceLoad:
     source = settings.sources[table_name]
-    table = TABLES[table_name]
+    table = source_table(table_name, settings.user_features.attributes)
+    for column in table.columns[len(TABLES[table_name].columns) :]:
+        # the company's declared attributes: names checked by config, types from tailor.schema
+        con.execute(
+            f"alter table raw.{table.name} add column if not exists {quote_identifier(column.name)} "
+            f"{column.duckdb_type}"
+        )
     pattern = settings.resolve_uri(source.path)
     found = eligible_files(list_source_objects(pattern, settings.storage), ctx.run_date)
     # a file is known by its path relative to the config's folder, so moving a deployment (or a test

@@ -20,7 +20,9 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import RecommendationsConfig, Settings
-from tailor.sql import materialize, materialize_partition, scalar, sql_root, table_exists
+from tailor.schema import ATTRIBUTE_TYPES
+from tailor.sql import bind, materialize, materialize_partition, scalar, sql_root, table_exists
+from tailor.tasks.extract import quote_identifier
 from tailor.tasks.repeats import RepeatDecision, excluded_event_types
 from tailor.tasks.repeats import decide as decide_repeats
 from tailor.tasks.repeats import save as save_repeats
@@ -156,7 +158,13 @@ def build_staging_models(
     """The staging models; `settings` brings the rules for items that may never be recommended (without
     it, the default rules: tools that stage data outside a run have no config to give)."""
     exclude = (settings.recommendations if settings else RecommendationsConfig()).exclude
-    params = {"run_date": ctx.run_date, "cutoff": ctx.cutoff, **exclude.sql_params()}
+    attributes = list(settings.user_features.attributes) if settings else []
+    params = {
+        "run_date": ctx.run_date,
+        "cutoff": ctx.cutoff,
+        "attribute_names": attributes,
+        **exclude.sql_params(),
+    }
     return {model.split("/")[1]: materialize(con, model, params) for model in STAGING_MODELS}
 
 
@@ -211,11 +219,79 @@ def build_cutoff_features(
         "cooccurrence_max_users": ranking.cooccurrence_max_users,
         "repeat_history_days": ranking.repeat_history_days,
         "seed": settings.seed,
+        "attribute_names": list(settings.user_features.attributes),
     }
+    stage_user_sql_features(con, settings, cutoff, known_before)
     return {
         f"{model.split('/')[1]}@{cutoff:%Y-%m-%d}": materialize_partition(con, model, "cutoff", params)
         for model in PER_CUTOFF_MODELS + (RANKING_CUTOFF_MODELS if with_ranking else ())
     }
+
+
+class UserFeaturesError(ValueError):
+    """The company's user-feature SQL (user_features.sql) cannot run or does not return what config says."""
+
+
+def stage_user_sql_features(
+    con: duckdb.DuckDBPyConnection, settings: Settings, cutoff: datetime, known_before: date
+) -> None:
+    """The temp table user_sql_features that sql/features/user_features.sql joins: the company's own
+    per-user features as of `cutoff` (user_id alone when it has none), typed as config declares them."""
+    config = settings.user_features
+    if config.sql is None:
+        con.execute("create or replace temp table user_sql_features (user_id varchar)")
+        return
+    path = settings.resolve(config.sql)
+    label = f"user_features.sql {config.sql}"
+    try:
+        text = path.read_text(encoding="utf-8").strip().rstrip(";")
+    except OSError as error:
+        raise UserFeaturesError(f"{label}: cannot read {path}: {error.strerror}") from error
+    try:
+        bound = bind(text, {"cutoff": cutoff, "cutoff_day": known_before})
+    except KeyError as error:
+        raise UserFeaturesError(
+            f"{label}: only $cutoff and $cutoff_day are bound ({error.args[0]})"
+        ) from error
+    try:
+        con.execute(f"create or replace temp table user_sql_features_raw as {text}", bound)
+    except duckdb.Error as error:
+        raise UserFeaturesError(f"{label}: {str(error).strip().splitlines()[0]}") from error
+    returned = [row[0] for row in con.execute("describe user_sql_features_raw").fetchall()]
+    expected = ["user_id", *config.sql_columns]
+    missing = [name for name in expected if name not in returned]
+    extra = [name for name in returned if name not in expected]
+    if missing or extra:
+        raise UserFeaturesError(
+            f"{label}: returns {', '.join(returned)}; expected user_id and the sql_columns "
+            f"({', '.join(config.sql_columns)})"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; not declared {', '.join(extra)}" if extra else "")
+        )
+    repeated = scalar(
+        con,
+        "select count(*) from (select user_id from user_sql_features_raw group by user_id having count(*) > 1)",
+    )
+    if repeated:
+        raise UserFeaturesError(
+            f"{label}: {repeated} user_id value(s) have more than one row; one row per user"
+        )
+    # identifiers are the declared names (lowercase identifiers, checked by config); values are never formatted
+    typed = ", ".join(
+        f"cast({quote_identifier(name)} as {ATTRIBUTE_TYPES[kind]}) as {quote_identifier(name)}"
+        for name, kind in config.sql_columns.items()
+    )
+    try:
+        con.execute(
+            "create or replace temp table user_sql_features as "
+            f"select cast(user_id as varchar) as user_id, {typed} from user_sql_features_raw"
+        )
+    except duckdb.Error as error:
+        raise UserFeaturesError(
+            f"{label}: a column does not hold its declared kind ({str(error).strip().splitlines()[0]})"
+        ) from error
+    finally:
+        con.execute("drop table if exists user_sql_features_raw")
 
 
 def build_candidates(
@@ -322,6 +398,15 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     return hashlib.sha256(f"{files}#{erased}".encode()).hexdigest()
 
 
+def user_sql_version(settings: Settings) -> str:
+    """The company's user-feature SQL as it is now: an edit to it changes the features, as a config edit does."""
+    sql = settings.user_features.sql
+    if sql is None:
+        return ""
+    path = settings.resolve(sql)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+
+
 def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """The key of a reusable build: the same night, config, code and data. No key (so a build) when the
     warehouse's current build is of another night or other data, since the features live there, not in
@@ -337,7 +422,9 @@ def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
         )
     if built and built != [(ctx.run_date, fingerprint)]:
         return None
-    key = f"{settings.config_sha256}|{ctx.run_date}|{fingerprint}|{code_version()}"
+    key = (
+        f"{settings.config_sha256}|{user_sql_version(settings)}|{ctx.run_date}|{fingerprint}|{code_version()}"
+    )
     return "features-" + hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -172,8 +172,12 @@ def stage_timings() -> tuple[list[tuple[str, float]], float | None]:
             started = client.read_flow_run(flow_run.id).start_time
     except Exception:  # outside a flow run, or the API is not reachable: the report goes without timings
         return [], None
-    finished = sorted((run for run in runs if run.start_time and run.end_time), key=lambda run: run.start_time)
-    timings = [(run.name.rsplit("-", 1)[0], (run.end_time - run.start_time).total_seconds()) for run in finished]
+    finished = sorted(
+        (run for run in runs if run.start_time and run.end_time), key=lambda run: run.start_time
+    )
+    timings = [
+        (run.name.rsplit("-", 1)[0], (run.end_time - run.start_time).total_seconds()) for run in finished
+    ]
     if started is None:
         return timings, None
     from datetime import UTC, datetime
@@ -194,9 +198,7 @@ def run_section(con: duckdb.DuckDBPyConnection, ctx: RunContext, page: PageConte
         "timings": frame.to_dicts(),
         "total_seconds": wall,
         "stage_seconds": float(frame["seconds"].sum()) if frame.height else None,
-        "timing_chart": charts.bar_chart(
-            frame, "stage", "seconds", "Time per stage", "seconds", "stage"
-        )
+        "timing_chart": charts.bar_chart(frame, "stage", "seconds", "Time per stage", "seconds", "stage")
         if frame.height
         else "",
     }
@@ -209,7 +211,9 @@ def best_baseline(metrics: dict[str, Any], metric: str, ranking: bool) -> tuple[
     """The baseline a model had to beat and its score: the best of the ranker's or the propensity model's
     baselines, else a constant score (ROC AUC 0.5)."""
     if ranking:
-        baselines = metrics.get("baselines") or {metrics["baseline"].get("name", "popularity"): metrics["baseline"]}
+        baselines = metrics.get("baselines") or {
+            metrics["baseline"].get("name", "popularity"): metrics["baseline"]
+        }
         name, values = max(baselines.items(), key=lambda item: item[1].get(metric) or -math.inf)
         return name, values.get(metric)
     baselines = metrics.get("baselines")
@@ -264,7 +268,9 @@ def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dict[str,
         if predicts_a_constant(metrics):
             warnings.append("predicts the same score for everyone: it has learned nothing")
         if value is not None and baseline is not None and value <= baseline:
-            warnings.append(f"does not beat {baseline_name} ({metric} {number(value)} against {number(baseline)})")
+            warnings.append(
+                f"does not beat {baseline_name} ({metric} {number(value)} against {number(baseline)})"
+            )
         importance = feature_importance(row["path"])
         rows.append({
             "name": row["model_name"], "version": row["model_version"], "serving": bool(row["is_promoted"]),
@@ -306,7 +312,9 @@ def propensity_charts(metrics: dict[str, Any]) -> list[str]:
 
 
 def ranking_chart(name: str, metrics: dict[str, Any]) -> str:
-    baselines = metrics.get("baselines") or {metrics["baseline"].get("name", "popularity"): metrics["baseline"]}
+    baselines = metrics.get("baselines") or {
+        metrics["baseline"].get("name", "popularity"): metrics["baseline"]
+    }
     rows = []
     for measure in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr"):
         rows.append({"measure": measure, "model": name, "value": metrics.get(measure)})
@@ -314,8 +322,14 @@ def ranking_chart(name: str, metrics: dict[str, Any]) -> str:
     frame = pl.DataFrame(rows, schema={"measure": pl.Utf8, "model": pl.Utf8, "value": pl.Float64})
     frame = frame.with_columns((pl.col("measure") + " · " + pl.col("model")).alias("bar"))
     return charts.bar_chart(
-        frame, "bar", "value", f"{name.capitalize()} on the holdout against its baselines", "score (0 to 1)",
-        "measure · model", color="model", color_title="model",
+        frame,
+        "bar",
+        "value",
+        f"{name.capitalize()} on the holdout against its baselines",
+        "score (0 to 1)",
+        "measure · model",
+        color="model",
+        color_title="model",
     )
 
 
@@ -329,6 +343,7 @@ def repeats_reason(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str | Non
 
 
 # ---- experiments ---------------------------------------------------------------------------------------
+
 
 def in_units(row: dict[str, Any], currency: str, metrics: dict[str, Metric]) -> dict[str, str]:
     """The row's means and expected loss as people read them: rates in %, money in the data's currency
@@ -423,17 +438,54 @@ def campaign_section(
         "correction": first["correction"],
         "verdicts": arm_verdicts(rows),
         "rows": [
-            r | {"outcome": outcome(r)} | in_units(r, settings.currency, catalogue_metrics(settings.experiments))
+            r
+            | {"outcome": outcome(r)}
+            | in_units(r, settings.currency, catalogue_metrics(settings.experiments))
             for r in tested
         ],
-        "lift_chart": charts.lift_chart(lift_rows, f"{campaign_id}: relative lift against {first['control_variant_id']}"),
+        "lift_chart": charts.lift_chart(
+            lift_rows, f"{campaign_id}: relative lift against {first['control_variant_id']}"
+        ),
         "history": history_charts(con, campaign_id, primary, ctx),
-        "uplift": uplift.filter(pl.col("campaign_id") == campaign_id).drop("run_date", "campaign_id").to_dicts(),
+        "uplift": uplift_rows(uplift.filter(pl.col("campaign_id") == campaign_id)),
         "qini": qini_chart(campaign_id, curves),
     }
 
 
-def history_charts(con: duckdb.DuckDBPyConnection, campaign_id: str, metric: str, ctx: RunContext) -> list[str]:
+def _with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({low:.3f} to {high:.3f})"
+
+
+def uplift_rows(evaluation: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per variant, the uplift evaluation as the report shows it: the chosen learner, Qini and uplift at the
+    target share with their intervals, random targeting's value, the margin over it and whether the model
+    drives the personalized policy, in the evaluation's words."""
+    rows = []
+    for r in evaluation.sort("variant_id").to_dicts():
+        share = r.get("target_share")
+        rows.append({
+            "variant_id": r["variant_id"],
+            "learner": r.get("learner") or "-",
+            "split": r.get("split") or "-",
+            "test units": r.get("test_units"),
+            "qini": _with_interval(r.get("qini_coefficient"), r.get("qini_ci_low"), r.get("qini_ci_high")),
+            f"uplift@{share:.0%}" if share else "uplift@k": _with_interval(
+                r.get("uplift_at_target"), r.get("uplift_at_target_ci_low"), r.get("uplift_at_target_ci_high")),
+            "random": _with_interval(r.get("random_uplift"), r.get("random_uplift_ci_low"), r.get("random_uplift_ci_high")),
+            "margin": _with_interval(r.get("margin_at_target"), r.get("margin_ci_low"), r.get("margin_ci_high")),
+            "drives the policy": bool(r.get("drives_policy")),
+            "why": r.get("policy_reason") or "-",
+        })  # fmt: skip
+    return rows
+
+
+def history_charts(
+    con: duckdb.DuckDBPyConnection, campaign_id: str, metric: str, ctx: RunContext
+) -> list[str]:
     """The primary metric's lift and each arm's exposure, night by night, from the published history."""
     history = con.sql(
         "select run_date, variant_id, is_control, units, lift, lift_ci_low, lift_ci_high "
@@ -467,9 +519,16 @@ def qini_chart(campaign_id: str, curves: pl.DataFrame) -> str:
                     pl.col("random_per_unit").alias("incremental"), pl.lit("random").alias("targeting")),
     ])  # fmt: skip
     return charts.line_chart(
-        frame, "targeted_pct", "incremental", "Qini curves: targeting by the uplift model against random",
-        "share of sends targeted (%)", "incremental conversions per send", series="variant_id",
-        series_title="variant", dash="targeting", dash_title="targeting",
+        frame,
+        "targeted_pct",
+        "incremental",
+        "Qini curves: targeting by the uplift model against random",
+        "share of sends targeted (%)",
+        "incremental conversions per send",
+        series="variant_id",
+        series_title="variant",
+        dash="targeting",
+        dash_title="targeting",
     )
 
 
@@ -484,7 +543,9 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
         return {"audited": False, "threshold": threshold}
     unknown_group = pl.col("is_unknown_group").fill_null(False)
     flagged = audit.filter(pl.col("is_flagged")).sort("disparate_impact_ratio")
-    judged = audit.filter(~pl.col("is_small_group") & ~unknown_group & pl.col("disparate_impact_ratio").is_not_null())
+    judged = audit.filter(
+        ~pl.col("is_small_group") & ~unknown_group & pl.col("disparate_impact_ratio").is_not_null()
+    )
     # per attribute and subject, the worst judged group's ratio, on the threshold's scale
     worst = (
         judged.sort("disparate_impact_ratio")
@@ -511,18 +572,36 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
         "audited": True,
         "threshold": threshold,
         "min_group_users": settings.fairness.min_group_users,
-        "flagged": flagged.select("attribute", "group_value", "subject", "subject_id", "metric", "users",
-                                  "value", "reference_group", "disparate_impact_ratio",
-                                  "p_value_adjusted").to_dicts(),
+        "flagged": flagged.select(
+            "attribute",
+            "group_value",
+            "subject",
+            "subject_id",
+            "metric",
+            "users",
+            "value",
+            "reference_group",
+            "disparate_impact_ratio",
+            "p_value_adjusted",
+        ).to_dicts(),
         "under_not_flagged": judged.filter(
             ~pl.col("is_flagged") & (pl.col("disparate_impact_ratio") < threshold)
         ).height,
         "apart": apart.to_dicts(),
         "chart": charts.bar_chart(
-            worst, "group", "disparate_impact_ratio", f"Lowest disparate-impact ratio per subject (line: {threshold})",
-            "disparate-impact ratio (group rate / reference rate)", "group · subject", color="status",
-            color_title="status", color_scale=scale, reference=threshold,
-        ) if worst.height else "",
+            worst,
+            "group",
+            "disparate_impact_ratio",
+            f"Lowest disparate-impact ratio per subject (line: {threshold})",
+            "disparate-impact ratio (group rate / reference rate)",
+            "group · subject",
+            color="status",
+            color_title="status",
+            color_scale=scale,
+            reference=threshold,
+        )
+        if worst.height
+        else "",
     }
 
 
@@ -561,7 +640,9 @@ def exclusions(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, 
         )
         total = int(con.execute("select count(*) from staging.stg_items where is_latest").fetchall()[0][0])
     return {
-        "rules": [{"rule": name, "setting": setting, "items": counts.get(name, 0)} for name, setting in rules],
+        "rules": [
+            {"rule": name, "setting": setting, "items": counts.get(name, 0)} for name, setting in rules
+        ],
         "excluded": sum(counts.values()),
         "total": total,
     }
@@ -607,7 +688,12 @@ def render(
 
 def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     """The report's headline as a Prefect artifact: tables in markdown, for the Prefect UI."""
-    lines = [f"# Tailor run {ctx.run_date.isoformat()}", "", "report.html is published beside the outputs.", ""]
+    lines = [
+        f"# Tailor run {ctx.run_date.isoformat()}",
+        "",
+        "report.html is published beside the outputs.",
+        "",
+    ]
     if table_exists(con, "meta.data_quality_results"):
         passed, total = con.execute(
             "select count(*) filter (where is_success), count(*) from meta.data_quality_results where run_date = $d",
@@ -628,14 +714,19 @@ def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
         {"d": ctx.run_date},
     ).fetchall()
     lines += ["| campaign | variant | metric | lift |", "|---|---|---|---|"]
-    lines += [f"| {c} | {v} | {m} | {percent(lift)} |" for c, v, m, lift in significant] or ["| - | - | - | - |"]
+    lines += [f"| {c} | {v} | {m} | {percent(lift)} |" for c, v, m, lift in significant] or [
+        "| - | - | - | - |"
+    ]
     ensure_audit_table(con)
     flagged = con.execute(
         "select attribute || '=' || group_value || ' (' || subject_id || ')' from meta.fairness_audit "
         "where run_date = $d and is_flagged order by 1",
         {"d": ctx.run_date},
     ).fetchall()
-    lines += ["", "Fairness audit: " + (", ".join(f[0] for f in flagged) + " flagged" if flagged else "none flagged")]
+    lines += [
+        "",
+        "Fairness audit: " + (", ".join(f[0] for f in flagged) + " flagged" if flagged else "none flagged"),
+    ]
     return "\n".join(lines)
 
 
@@ -676,7 +767,9 @@ def published_report(
     to the previous run's report."""
     manifest = json.loads((local_run / "manifest.json").read_text())
     links = [("manifest", "manifest.json")]
-    links += [(f"Data Docs: {stage}", href) for stage, href in sorted((manifest.get("data_docs") or {}).items())]
+    links += [
+        (f"Data Docs: {stage}", href) for stage, href in sorted((manifest.get("data_docs") or {}).items())
+    ]
     datasets = []
     for name, entry in manifest.get("datasets", {}).items():
         first = next(iter(entry.get("files") or []), None)
@@ -685,9 +778,10 @@ def published_report(
     page = PageContext(
         links=links,
         datasets=datasets,
-        previous_report=relative_href(attempt_folder, f"{previous_folder}/{REPORT_FILE}") if previous_folder else None,
+        previous_report=relative_href(attempt_folder, f"{previous_folder}/{REPORT_FILE}")
+        if previous_folder
+        else None,
         extra_timings=[("publish and upload", time.monotonic() - publish_started)],
     )
     with connect(settings) as con:
         return render(con, settings, ctx, page).encode("utf-8")
-

@@ -147,10 +147,13 @@ class SensitiveFeatureError(ValueError):
 
 
 def user_model_features(base: tuple[str, ...], settings: Settings) -> tuple[str, ...]:
-    """A user-level model's features: the base list without any sensitive attribute, plus the sensitive
-    attributes the config explicitly allows (privacy.sensitive_features)."""
+    """A user-level model's features: the base list and the company's declared attributes and SQL features
+    (user_features in config), without any sensitive attribute, plus the sensitive attributes the config
+    explicitly allows (privacy.sensitive_features)."""
     sensitive = set(settings.privacy.sensitive_attributes)
-    kept = tuple(name for name in base if name not in sensitive)
+    declared = settings.user_features.feature_names
+    candidates = (*base, *(name for name in declared if name not in base))
+    kept = tuple(name for name in candidates if name not in sensitive)
     return (*kept, *(name for name in settings.privacy.sensitive_features if name not in kept))
 
 
@@ -169,7 +172,8 @@ def vocabulary(frame: pl.DataFrame, features: tuple[str, ...]) -> dict[str, list
     return {
         name: sorted(v for v in frame[name].unique().to_list() if v is not None)
         for name in features
-        if name in CATEGORICAL
+        # a declared categorical attribute (or a text column of the company's SQL features) is text
+        if name in CATEGORICAL or frame.schema[name] == pl.String
     }
 
 

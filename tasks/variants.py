@@ -7,10 +7,14 @@ Policies:
                   from the Beta(prior + conversions, prior + non-conversions) posteriors the experiment
                   analysis stored (the newest trusted ones: a night that failed the sample-ratio check
                   steers nothing);
-    personalized  the uplift model (one conversion model per variant, and one for no contact) scores the
-                  user under every variant and the best one wins; a configured share of users explores a
-                  uniformly random variant instead; with skip_without_uplift a user expected to gain
-                  nothing is not contacted. Users without profiling consent are never scored: the split.
+    personalized  gated by the experiments' uplift evaluation (tasks/experiments.py evaluate_uplift): where
+                  a variant's uplift model cleared random targeting (its margin over random and its Qini
+                  coefficient with bootstrap intervals above zero), each user gets the variant of highest
+                  predicted uplift over no contact; where none did, the best single variant (highest
+                  posterior mean conversion) serves everyone, with the reason uplift_not_proven. A
+                  configured share of users explores a uniformly random variant instead; with
+                  skip_without_uplift a user expected to gain nothing is not contacted. Users without
+                  profiling consent are never scored: the split.
 
 A variant a trusted analysis found significantly harmful gets no traffic from bandit or personalized.
 Every draw is a hash of (salt, campaign, user): the holdout is stable from night to night, and a user moves
@@ -27,6 +31,7 @@ from itertools import accumulate
 from typing import Any
 
 import duckdb
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -35,18 +40,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import CampaignConfig, Settings
-from tailor.sql import materialize, query, read_partition, replace_run_rows
+from tailor.sql import materialize, query, replace_run_rows
 from tailor.tasks.experiments import (
     DECISION_COLUMNS,
     HOLDOUT,
     Feedback,
+    UpliftGate,
     allocation_feedback,
+    best_single_variant,
     ensure_tables,
-    predict_with,
+    predicted_uplift,
+    uplift_gate,
 )
 from tailor.tasks.score import replace_table
 from tailor.tasks.shards import Shard, ShardWriter, make_shards
-from tailor.tasks.train import conversion_model_name
 from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
 from tailor.warehouse import RunContext, connect
 
@@ -128,26 +135,6 @@ def thompson_shares(
     return shares, {"posterior": posterior}
 
 
-def user_feature_frame(con: duckdb.DuckDBPyConnection, users: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
-    features = read_partition(con, "features/user_features", ctx.cutoff, ("user_id",)).pl()
-    return users.select("user_id").join(features, on="user_id", how="left", maintain_order="left")
-
-
-def predicted_conversions(
-    frame: pl.DataFrame, models: dict[str, dict[str, Any]], campaign: CampaignConfig, variant_ids: list[str]
-) -> tuple[np.ndarray, list[str], dict[str, str]]:
-    """Users x variants matrix of P(convert | sent that variant), for the variants that have a model."""
-    columns, known, versions = [], [], {}
-    for variant_id in variant_ids:
-        model = models.get(conversion_model_name(campaign.campaign_id, variant_id))
-        if model is None:
-            continue
-        columns.append(predict_with(frame, model))
-        known.append(variant_id)
-        versions[variant_id] = model["version"]
-    return (np.column_stack(columns) if columns else np.empty((frame.height, 0))), known, versions
-
-
 def allocate(
     con: duckdb.DuckDBPyConnection,
     campaign: CampaignConfig,
@@ -176,18 +163,24 @@ def allocate(
                           {v: s / total for v, s in zip(variant_ids, shares, strict=True)},
                           detail | {"evidence": {v: feedback.evidence.get(v, (0, 0)) for v in variant_ids},
                                     "posterior_date": feedback.posterior_date})  # fmt: skip
-    return allocate_personalized(con, campaign, users, models, variant_ids, split, ctx)
+    return allocate_personalized(con, campaign, users, variant_ids, split, ctx, feedback)
 
 
 def allocate_personalized(
     con: duckdb.DuckDBPyConnection,
     campaign: CampaignConfig,
     users: pl.DataFrame,
-    models: dict[str, dict[str, Any]],
     variant_ids: list[str],
     split: np.ndarray,
     ctx: RunContext,
+    feedback: Feedback,
 ) -> Allocation:
+    """The uplift gate: where the latest uplift evaluation proved a variant's model (its margin over random
+    targeting and its Qini clear zero), each profiled user gets the variant of highest predicted uplift (a
+    variant evaluated but not proven counts at its measured average effect, one never evaluated not at all);
+    otherwise every profiled user gets the best single variant by posterior mean conversion, with the reason
+    uplift_not_proven. Explorers get a uniformly random variant either way; users without profiling consent
+    the split."""
     n = users.height
     uniform = by_share(users["variant_draw"].to_numpy(), variant_ids, [1.0] * len(variant_ids))
     chosen = split.copy()
@@ -196,46 +189,68 @@ def allocate_personalized(
     allows = users["allows_profiling"].to_numpy()
     exploring = users["explore_draw"].to_numpy() < campaign.allocation.exploration_share
     scored_rows = np.flatnonzero(allows)
-    frame = user_feature_frame(con, users[scored_rows], ctx)
-    probabilities, known, versions = predicted_conversions(frame, models, campaign, variant_ids)
-    if len(known) < 2:
-        # nothing to choose between until two variants have a model: everyone gets the split
-        log.warning("campaign %s: fewer than two variants have a conversion model; using the split",
-                    campaign.campaign_id)  # fmt: skip
-        reason[:] = "no_model_split"
-        return Allocation(
-            chosen, reason, np.zeros(n, bool), expected, expected_uplift, {}, {"models": versions}
-        )
-    no_contact = models.get(conversion_model_name(campaign.campaign_id, HOLDOUT))
-    # the no-contact baseline is the same for every variant: the best conversion is the best uplift
-    baseline = predict_with(frame, no_contact) if no_contact is not None else np.full(frame.height, np.nan)
-    best = probabilities.argmax(axis=1)
-    rows = np.arange(len(scored_rows))
-    chosen[scored_rows] = np.asarray(known, dtype=object)[best]
-    expected[scored_rows] = probabilities[rows, best]
-    expected_uplift[scored_rows] = probabilities[rows, best] - baseline
-    reason[scored_rows] = "model_best"
+    gate = uplift_gate(con, campaign, ctx).only(variant_ids)
+    prior = (campaign.allocation.prior_successes, campaign.allocation.prior_failures)
+    posteriors = {v: feedback.posteriors.get(v, prior) for v in variant_ids}
+    conversion = {v: a / (a + b) for v, (a, b) in posteriors.items()}
+    detail: dict[str, Any] = {
+        "uplift_evaluation": gate.run_date.isoformat() if gate.run_date else None,
+        "uplift_gate": {v: gate.reasons.get(v, "no uplift evaluation yet") for v in variant_ids},
+        "uplift_learners": {v: m["learner"] for v, m in gate.models.items()},
+    }
+    predicted = _gated_uplift(con, campaign, users[scored_rows], gate, ctx)
+    if predicted:
+        candidates = list(predicted)
+        matrix = np.column_stack([predicted[v] for v in candidates])
+        best = matrix.argmax(axis=1)
+        chosen[scored_rows] = np.asarray(candidates, dtype=object)[best]
+        expected_uplift[scored_rows] = matrix[np.arange(len(scored_rows)), best]
+        reason[scored_rows] = "model_best"
+    else:
+        single = best_single_variant(posteriors)
+        chosen[scored_rows] = single
+        reason[scored_rows] = "uplift_not_proven"
+        detail["best_single_variant"] = single
+        log.info("campaign %s: no uplift model proven (%s); the best single variant %s serves",
+                 campaign.campaign_id, "; ".join(detail["uplift_gate"].values()), single)  # fmt: skip
     explore_rows = allows & exploring
     chosen[explore_rows] = uniform[explore_rows]
     reason[explore_rows] = "exploration"
-    # the model's estimate for the variant an explorer actually got (none for a variant without a model)
-    column = {v: i for i, v in enumerate(known)}
-    for row_index, row in enumerate(scored_rows):
-        if exploring[row]:
-            index = column.get(chosen[row])
-            expected[row] = probabilities[row_index, index] if index is not None else np.nan
-            expected_uplift[row] = expected[row] - baseline[row_index]
-    detail: dict[str, Any] = {"models": versions | ({HOLDOUT: no_contact["version"]} if no_contact else {})}
-    if campaign.allocation.skip_without_uplift:
-        if no_contact is None:
-            log.warning("campaign %s: no no-contact model yet, so no user is skipped for lack of uplift",
-                        campaign.campaign_id)  # fmt: skip
-        else:
-            skip = (reason == "model_best") & (expected_uplift <= campaign.allocation.min_uplift)
-            reason[skip] = "no_expected_uplift"
-            detail["not_contacted_no_uplift"] = int(skip.sum())
+    if predicted:
+        # the predicted uplift of the variant an explorer actually got (none for a variant the gate left out)
+        column = {v: i for i, v in enumerate(predicted)}
+        for row_index, row in enumerate(scored_rows):
+            if exploring[row]:
+                index = column.get(chosen[row])
+                expected_uplift[row] = matrix[row_index, index] if index is not None else np.nan
+    expected[scored_rows] = [conversion[v] for v in chosen[scored_rows]]
+    if campaign.allocation.skip_without_uplift and predicted:
+        skip = (reason == "model_best") & (expected_uplift <= campaign.allocation.min_uplift)
+        reason[skip] = "no_expected_uplift"
+        detail["not_contacted_no_uplift"] = int(skip.sum())
     is_personalized = reason == "model_best"
     return Allocation(chosen, reason, is_personalized, expected, expected_uplift, {}, detail)
+
+
+def _gated_uplift(
+    con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, profiled: pl.DataFrame, gate: UpliftGate,
+    ctx: RunContext,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per candidate variant, each profiled user's predicted uplift: the proven models' predictions, and the
+    measured average effect of a variant evaluated but not proven. Empty when no model is proven (or its
+    files are gone: the gate then serves the best single variant, as for an unproven model)."""
+    if not gate.models or profiled.height == 0:
+        return {}
+    try:
+        predicted = predicted_uplift(con, campaign, profiled, gate, ctx)
+    except (OSError, lgb.basic.LightGBMError) as error:
+        log.warning("campaign %s: the uplift models of %s cannot be loaded (%s); the best single variant serves",
+                    campaign.campaign_id, gate.run_date, error)  # fmt: skip
+        return {}
+    flat = {
+        v: np.full(profiled.height, effect) for v, effect in gate.average_effect.items() if v not in predicted
+    }
+    return predicted | flat
 
 
 def compile_variants(campaign: CampaignConfig) -> dict[str, dict[str, Template]]:
@@ -334,7 +349,23 @@ def explain(campaign: CampaignConfig, allocation: Allocation, variant_id: str, u
     mine = users.filter(pl.col("variant_id") == variant_id)
     by_reason = dict(mine.group_by("allocation_reason").len().iter_rows())
     parts = [f"{count:,} {why.replace('_', ' ')}" for why, count in sorted(by_reason.items())]
-    return "personalized: " + (", ".join(parts) if parts else "chosen for no user")
+    return (
+        "personalized: "
+        + (", ".join(parts) if parts else "chosen for no user")
+        + gate_note(allocation, variant_id)
+    )
+
+
+def gate_note(allocation: Allocation, variant_id: str) -> str:
+    """The uplift gate's words for the decision log: every variant's evaluation where none is proven (why the
+    best single variant serves), else this variant's."""
+    gate = allocation.detail.get("uplift_gate", {})
+    single = allocation.detail.get("best_single_variant")
+    if single is not None:
+        return f"; no uplift model proven, the best single variant ({single}) serves: " + "; ".join(
+            f"{variant}: {reason}" for variant, reason in gate.items()
+        )
+    return f"; uplift model: {gate[variant_id]}" if variant_id in gate else ""
 
 
 def decision_rows(

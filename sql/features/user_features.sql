@@ -5,12 +5,22 @@
 -- basket of 30 lines is one purchase; a line without an order_id is an order of its own, so data without
 -- orders still counts lines. revenue_cents_90d is net of returns (staging makes their value negative), so it
 -- can be below zero when a return's purchase lies before the window. Event counts (n_events_*) stay lines.
-with users as (
+with users_known as (
     -- each user as known at the cutoff
-    select user_id, created_at, country, age_band, gender
+    select
+        columns(lambda c: list_contains(['user_id', 'created_at', 'country', 'age_band', 'gender'], c)
+            or list_contains(cast($attribute_names as varchar[]), c))
     from staging.stg_users
     where created_at < $cutoff and known_on < $cutoff_day
     qualify row_number() over (partition by user_id order by known_on desc) = 1
+),
+
+users as (
+    -- with the company's own features as of the cutoff (config user_features.sql; the temp table holds
+    -- user_id alone when there are none)
+    select *
+    from users_known
+    left join user_sql_features using (user_id)
 ),
 
 events as (
@@ -105,11 +115,9 @@ final as (
     select
         -- keys
         $cutoff as cutoff,
-        users.user_id,
-        -- attributes (age_band and gender are sensitive: a model uses them only when config names them)
-        users.country,
-        users.age_band,
-        users.gender,
+        -- user_id, then attributes: country, age_band and gender (sensitive: a model uses them only when
+        -- config names them) and the company's declared ones
+        users.* exclude (created_at),
         date_diff('day', users.created_at, $cutoff) as days_since_signup,
         -- behaviour
         coalesce(behaviour.n_events_7d, 0) as n_events_7d,

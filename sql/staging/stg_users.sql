@@ -37,8 +37,8 @@ first_known as (
 
 final as (
     select
-        -- ids
-        user_id,
+        -- ids, and the company's own attributes its config declares ($attribute_names: user_features.attributes)
+        columns(lambda c: c = 'user_id' or list_contains(cast($attribute_names as varchar[]), c)),
         -- timestamps
         created_at,
         known_on,

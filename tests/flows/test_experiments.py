@@ -36,8 +36,13 @@ def test_the_experiments_flow_publishes_under_its_own_prefix(company: Path, pref
     results = pl.read_parquet(run / "experiment_results" / "part-0000.parquet")
     assert set(results["campaign_id"]) == {"weekly_digest", "app_nudge"}
     assert results.height == manifest["datasets"]["experiment_results"]["rows"]
-    # no model has served yet: the analysis runs, the uplift evaluation has nothing to evaluate
-    assert manifest["datasets"]["uplift_evaluation"]["rows"] == 0
+    # no model has served yet, yet the uplift evaluation runs on sends and outcomes alone: a row per variant
+    uplift = pl.read_parquet(run / "uplift_evaluation" / "part-0000.parquet")
+    assert manifest["datasets"]["uplift_evaluation"]["rows"] == uplift.height == 5
+    assert (
+        set(uplift["campaign_id"]) == {"weekly_digest", "app_nudge"}
+        and uplift["policy_reason"].is_not_null().all()
+    )
     assert "<svg" in (run / "report.html").read_text()
     # the nightly run's own layout is untouched
     assert not (published / "latest.json").exists() and not (published / "runs").exists()

@@ -354,20 +354,32 @@ def test_metric_names_are_plain_identifiers(tmp_path: Path) -> None:
         load_settings(_with_metrics(tmp_path, {"Visits": {"event_type": "view"}}))
 
 
-def test_a_covariate_reads_only_behaviour_columns_and_declared_users_attributes(tmp_path: Path) -> None:
+def test_a_covariate_reads_only_behaviour_columns_and_declared_numeric_users_attributes(
+    tmp_path: Path,
+) -> None:
+    declared = {"attributes": {"past_year_spend": "numeric", "channel_type": "categorical"}}
+
+    def load(covariate: str, user_features: dict | None = None):
+        data = minimal() | {"experiments": {"metrics": {"m": {"event_type": "view", "covariate": covariate}}}}
+        return load_settings(
+            write(tmp_path, data | ({"user_features": user_features} if user_features else {}))
+        )
+
     with pytest.raises(ConfigError) as error:
-        load_settings(_with_metrics(tmp_path, {"m": {"event_type": "view", "covariate": "past_year_spend"}}))
+        load("past_year_spend")
     message = str(error.value)
     assert "key 'experiments.metrics.m.covariate': 'past_year_spend' is neither a behaviour column" in message
-    assert "declare more in user_features.attributes" in message
-    # an attribute may not take a unit's own column
-    with pytest.raises(ConfigError, match="'user_id' is neither a behaviour column"):
-        load_settings(_with_metrics(tmp_path, {"m": {"event_type": "view", "covariate": "user_id + 1"}}))
-    settings = load_settings(
-        _with_metrics(
-            tmp_path, {"m": {"event_type": "view", "covariate": "greatest(events_before, clicks_before)"}}
-        )
-    )
+    assert "(none declared; declare it in user_features.attributes as numeric)" in message
+    settings = load("ln(1 + past_year_spend) + events_before", declared)
+    assert settings.experiments.catalogue["m"].attributes == ["past_year_spend"]
+    # a categorical attribute is no number, Tailor's own users columns are text, a unit's id is no attribute
+    for covariate in ("channel_type", "country", "user_id + 1"):
+        with pytest.raises(
+            ConfigError,
+            match=r"is neither a behaviour column \(events_before.*\) nor a numeric users attribute \(past_year_spend;",
+        ):
+            load(covariate, declared)
+    settings = load("greatest(events_before, clicks_before)")
     assert settings.experiments.catalogue["m"].attributes == []
 
 
@@ -385,3 +397,35 @@ def test_a_metric_sql_file_must_exist_and_read_only_its_parameters(tmp_path: Pat
         "reads $run_date; a metric's SQL is given $campaign_id, $window_start, $cutoff, $cutoff_day"
         in str(error.value)
     )
+
+
+@pytest.mark.parametrize(
+    ("user_features", "sources_users", "message"),
+    [
+        ({"attributes": {"Past Spend": "numeric"}}, {}, "lowercase identifier"),
+        ({"attributes": {"country": "categorical"}}, {}, "already a users column"),
+        ({"attributes": {"spend": "money"}}, {}, "attributes.spend"),
+        ({"sql": "features.sql"}, {}, "sql and sql_columns go together"),
+        ({"sql": "f.sql", "sql_columns": {"spend": "numeric"}, "attributes": {"spend": "numeric"}}, {},
+         "already declared in attributes"),
+        ({}, {"columns": {"spend": "PastSpend"}}, "not a column of users nor an attribute"),
+    ],
+)  # fmt: skip
+def test_user_features_config_names_the_key_that_is_wrong(
+    user_features: dict, sources_users: dict, message: str
+) -> None:
+    from tests import tiny
+
+    sources = {name: {"path": f"{name}.csv"} for name in ("users", "consents", "items", "interactions")}
+    sources["users"] |= sources_users
+    with pytest.raises(ValueError, match=message):
+        tiny.settings(user_features=user_features, sources=sources)
+
+
+def test_a_declared_attribute_may_be_mapped_from_the_file() -> None:
+    from tests import tiny
+
+    sources = {name: {"path": f"{name}.csv"} for name in ("users", "consents", "items", "interactions")}
+    sources["users"]["columns"] = {"past_year_spend": "PastYearSpend"}
+    settings = tiny.settings(user_features={"attributes": {"past_year_spend": "numeric"}}, sources=sources)
+    assert settings.user_features.feature_names == ("past_year_spend",)

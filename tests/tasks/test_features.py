@@ -17,6 +17,7 @@ from tailor.tasks.features import (
     build_features,
     build_staging_models,
     cutoffs_for,
+    stage_user_sql_features,
 )
 from tailor.warehouse import connect, run_context
 
@@ -28,7 +29,7 @@ def features_at_cutoff(company: Path, run_date: date) -> dict[str, pl.DataFrame]
     ctx = run_context(settings, run_date)
     extract_sources.fn(settings, ctx)
     with connect(settings) as con:
-        build_staging_models(con, ctx)
+        build_staging_models(con, ctx, settings)
         build_cutoff_features(con, settings, CUTOFF, CUTOFF.date(), with_ranking=True)
         frames = {}
         for model in PER_CUTOFF_MODELS + RANKING_CUTOFF_MODELS:
@@ -163,7 +164,8 @@ def retail_features(
     tiny.insert(con, "items", [{"published_at": datetime(2025, 1, 1), **item} for item in items])
     tiny.insert(con, "interactions", events)
     build_staging_models(con, tiny.context(), settings)
-    params = {"cutoff": tiny.CUTOFF, "cutoff_day": tiny.RUN_DATE, "popularity_days": 14}
+    params = {"cutoff": tiny.CUTOFF, "cutoff_day": tiny.RUN_DATE, "popularity_days": 14, "attribute_names": []}
+    stage_user_sql_features(con, settings or tiny.settings(), tiny.CUTOFF, tiny.RUN_DATE)
     for model in PER_CUTOFF_MODELS:
         materialize_partition(con, model, "cutoff", params)
     return tuple(
@@ -319,7 +321,8 @@ def test_user_features_read_a_staging_copy_without_order_columns() -> None:
         "('u1', 'eggs', 'purchase', 4, 300.0, timestamp '2026-02-20 10:00')) "
         "as t(user_id, item_id, event_type, relevance, value, occurred_at)"
     )
-    params = {"cutoff": tiny.CUTOFF, "cutoff_day": tiny.RUN_DATE}
+    params = {"cutoff": tiny.CUTOFF, "cutoff_day": tiny.RUN_DATE, "attribute_names": []}
+    stage_user_sql_features(con, tiny.settings(), tiny.CUTOFF, tiny.RUN_DATE)
     materialize_partition(con, "features/user_features", "cutoff", params)
     assert con.execute(
         "select n_purchases_90d, revenue_cents_90d from features.user_features"
@@ -394,3 +397,84 @@ def test_buy_again_candidates_come_only_where_repeats_are_allowed(company: Path)
     # allowed: bought items come back as buy-again candidates; excluded: no candidate was ever bought
     assert counts[True][0] > 0 and counts[True][1] > 0
     assert counts[False] == (0, 0)
+
+
+PAST_YEAR_SQL = """
+-- the company's own features as of $cutoff: a year of behaviour, beyond Tailor's 90 days
+select
+    user_id,
+    count(*) as n_events_365d,
+    arg_max(event_type, occurred_at) as last_event_type
+from staging.stg_interactions
+where occurred_at < $cutoff and occurred_at >= $cutoff - interval 365 day
+group by user_id
+"""
+
+
+def with_user_features(company: Path, sql: str, columns: dict[str, str]) -> None:
+    import yaml
+
+    (company / "past_year.sql").write_text(sql)
+    config = yaml.safe_load((company / "tailor.yaml").read_text())
+    config["user_features"] = config.get("user_features", {}) | {"sql": "past_year.sql", "sql_columns": columns}
+    (company / "tailor.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_declared_attributes_and_sql_features_reach_the_user_features(company: Path) -> None:
+    from tailor.tasks.train import CONVERSION_FEATURES, PROPENSITY_FEATURES, user_model_features
+
+    with_user_features(company, PAST_YEAR_SQL, {"n_events_365d": "numeric", "last_event_type": "categorical"})
+    frames = features_at_cutoff(company, date(2026, 11, 21))
+    features = frames["features.user_features"]
+    # the users files' own columns, as the file states them (the generated config declares them)
+    users = pl.concat(
+        [pl.read_csv(path) for path in sorted((company / "sources" / "users").glob("*.csv"))]
+    ).unique("user_id", keep="last")
+    joined = features.join(users.select("user_id", "coupon_share", "acquisition_channel"), on="user_id",
+                           suffix="_file")  # fmt: skip
+    assert joined.height == features.height > 0
+    assert (joined["coupon_share"] == joined["coupon_share_file"]).all()
+    assert (joined["acquisition_channel"] == joined["acquisition_channel_file"]).all()
+    assert features.schema["coupon_share"] == pl.Float64 and features.schema["acquisition_channel"] == pl.String
+    # the SQL features: counted before the cutoff only, typed as declared, absent users get none
+    interactions = pl.concat(
+        [pl.read_csv(p, try_parse_dates=True) for p in (company / "sources" / "interactions").glob("*.csv")]
+    ).filter(pl.col("occurred_at") < CUTOFF)
+    counts = interactions.group_by("user_id").agg(pl.len().alias("expected"))
+    checked = features.join(counts, on="user_id", how="left").with_columns(pl.col("expected").fill_null(0))
+    assert features.schema["n_events_365d"] == pl.Float64
+    assert (checked["n_events_365d"].fill_null(0) == checked["expected"]).all()
+    assert checked["expected"].max() > 0
+    assert set(features["last_event_type"].drop_nulls()) <= {"view", "click", "add_to_cart", "purchase", "rating", "return"}
+    # and every user-level model learns from them, unless config marks one sensitive
+    settings = load_settings(company / "tailor.yaml")
+    for base in (PROPENSITY_FEATURES, CONVERSION_FEATURES):
+        chosen = user_model_features(base, settings)
+        assert {"coupon_share", "acquisition_channel", "n_events_365d", "last_event_type"} <= set(chosen)
+    sensitive = settings.model_copy(
+        update={"privacy": settings.privacy.model_copy(
+            update={"sensitive_attributes": ["age_band", "gender", "acquisition_channel"]})}
+    )  # fmt: skip
+    assert "acquisition_channel" not in user_model_features(PROPENSITY_FEATURES, sensitive)
+
+
+@pytest.mark.parametrize(
+    ("sql", "columns", "message"),
+    [
+        (PAST_YEAR_SQL, {"n_events_365d": "numeric"}, "not declared last_event_type"),
+        (PAST_YEAR_SQL, {"n_events_365d": "numeric", "last_event_type": "categorical", "spend": "numeric"},
+         "missing spend"),
+        ("select user_id, 1 as n from staging.stg_users union all select user_id, 2 from staging.stg_users",
+         {"n": "numeric"}, "more than one row"),
+        ("select user_id, $horizon as n from staging.stg_users", {"n": "numeric"}, r"only \$cutoff"),
+        ("select user_id, no_such_column as n from staging.stg_users", {"n": "numeric"}, "no_such_column"),
+    ],
+)  # fmt: skip
+def test_a_broken_user_feature_sql_names_the_file_and_what_is_wrong(
+    company: Path, sql: str, columns: dict[str, str], message: str
+) -> None:
+    from tailor.tasks.features import UserFeaturesError
+
+    with_user_features(company, sql, columns)
+    with pytest.raises(UserFeaturesError, match=f"user_features.sql past_year.sql: .*{message}"):
+        features_at_cutoff(company, date(2026, 11, 21))

@@ -12,6 +12,7 @@ from tailor.tasks.train import (
     train_ranking,
 )
 from tailor.warehouse import connect
+from tests import tiny
 
 
 def test_models_beat_their_baselines_on_the_time_holdout(trained_company) -> None:
@@ -221,7 +222,13 @@ def test_sensitive_features_must_be_declared_sensitive_attributes() -> None:
     with pytest.raises(ValueError, match="not in sensitive_attributes"):
         PrivacyConfig(sensitive_features=["country"])
     with pytest.raises(ValueError, match="not a users column"):
-        PrivacyConfig(sensitive_attributes=["email"])
+        tiny.settings(privacy={"sensitive_attributes": ["email"]})
+    # a company's own attribute may be sensitive once it is declared
+    declared = tiny.settings(
+        privacy={"sensitive_attributes": ["gender", "health_flag"]},
+        user_features={"attributes": {"health_flag": "categorical"}},
+    )
+    assert declared.privacy.sensitive_attributes == ["gender", "health_flag"]
 
 
 def test_a_flow_that_does_not_train_serves_what_the_night_served(midsize_company) -> None:
