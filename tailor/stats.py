@@ -17,6 +17,10 @@ campaign in the analysis window); `diff` is treatment minus control.
 - Power (normal approximation, two-sided, fixed horizon): the minimum detectable effect at today's sizes, the
   power to detect a given effect, and the units and days a decision on it needs. One per-unit standard
   deviation serves both arms (the control's: a rate's is sqrt(p (1 - p))), as in GrowthBook's power calculator.
+
+Not enough data is a result, never an error or a warning: an arm of 0 or 1 units has no variance, so every
+estimator then returns NaN figures and says why in `reason` (`not_enough_units`), which the caller reports as
+the comparison's `untested_reason`; the power functions return NaN.
 """
 
 from __future__ import annotations
@@ -26,6 +30,19 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
+
+# An arm needs two units for a sample variance, and so for any interval or test.
+MIN_ARM_UNITS = 2
+
+
+def not_enough_units(control_n: int, treatment_n: int, minimum: int = MIN_ARM_UNITS) -> str | None:
+    """Why two arms cannot be compared (an arm with fewer than `minimum` units), or None when they can."""
+    if min(control_n, treatment_n) >= minimum:
+        return None
+    return (
+        f"not enough data: {control_n} units in the control and {treatment_n} in the treatment "
+        f"(each arm needs {minimum})"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class Comparison:
     lift: float  # relative: diff / control mean (NaN when the control mean is 0)
     lift_ci_low: float
     lift_ci_high: float
+    reason: str | None = None  # why the statistics are NaN (not enough data); None when they are computed
 
 
 def _relative(control: Sample, treatment: Sample, alpha: float) -> tuple[float, float, float]:
@@ -75,18 +93,21 @@ def _relative(control: Sample, treatment: Sample, alpha: float) -> tuple[float, 
     return lift, lift - half, lift + half
 
 
-def _untested(control: Sample, treatment: Sample) -> Comparison:
-    """The difference and lift without statistics: an arm too small to have a variance."""
-    diff = treatment.mean - control.mean
-    lift = treatment.mean / control.mean - 1 if control.mean else math.nan
-    return Comparison(diff, math.nan, math.nan, math.nan, math.nan, lift, math.nan, math.nan)
+def _untested(control: Sample, treatment: Sample, reason: str) -> Comparison:
+    """The difference and lift without statistics (NaN where an arm is empty): an arm too small to have a
+    variance."""
+    diff = treatment.mean - control.mean if min(control.n, treatment.n) > 0 else math.nan
+    has_lift = math.isfinite(diff) and control.mean != 0
+    lift = treatment.mean / control.mean - 1 if has_lift else math.nan
+    return Comparison(diff, math.nan, math.nan, math.nan, math.nan, lift, math.nan, math.nan, reason)
 
 
 def welch(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:
-    """Welch's unequal-variance t-test and its interval for the difference of means; NaN statistics when
-    an arm has fewer than two units (no variance, no degrees of freedom)."""
-    if min(control.n, treatment.n) < 2:
-        return _untested(control, treatment)
+    """Welch's unequal-variance t-test and its interval for the difference of means; NaN statistics and a
+    reason when an arm has fewer than two units (no variance, no degrees of freedom)."""
+    reason = not_enough_units(control.n, treatment.n)
+    if reason:
+        return _untested(control, treatment, reason)
     a, b = control.var / control.n, treatment.var / treatment.n
     se = math.sqrt(a + b)
     diff = treatment.mean - control.mean
@@ -102,9 +123,12 @@ def welch(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison
 
 
 def two_proportions(control: Sample, treatment: Sample, alpha: float = 0.05) -> Comparison:
-    """The two-proportion z-test (pooled variance under the null) with a Wald interval for the difference."""
-    if min(control.n, treatment.n) < 1:
-        return _untested(control, treatment)
+    """The two-proportion z-test (pooled variance under the null) with a Wald interval for the difference;
+    NaN statistics and a reason when an arm has fewer than two units (one unit's rate is 0 or 1, its
+    binomial variance 0: the interval would be a point and the test certain)."""
+    reason = not_enough_units(control.n, treatment.n)
+    if reason:
+        return _untested(control, treatment, reason)
     p_c, p_t, n_c, n_t = control.mean, treatment.mean, control.n, treatment.n
     diff = p_t - p_c
     pooled = (p_c * n_c + p_t * n_t) / (n_c + n_t)
@@ -118,8 +142,11 @@ def two_proportions(control: Sample, treatment: Sample, alpha: float = 0.05) -> 
 
 
 def cuped_theta(covariate: np.ndarray, metric: np.ndarray) -> float:
-    """The regression slope of the metric on its pre-exposure covariate, over both arms together."""
+    """The regression slope of the metric on its pre-exposure covariate, over both arms together: NaN with
+    fewer than two units (no slope to estimate), 0 when the covariate does not vary (it explains nothing)."""
     covariate, metric = np.asarray(covariate, float), np.asarray(metric, float)
+    if covariate.size < MIN_ARM_UNITS:
+        return math.nan
     var = covariate.var(ddof=1)
     return float(np.cov(covariate, metric, ddof=1)[0, 1] / var) if var > 0 else 0.0
 
@@ -154,10 +181,16 @@ class Posterior:
     chance_to_beat_control: float
     expected_loss: float  # of shipping the treatment: E[max(control - treatment, 0)]
     control_loss: float  # of keeping the control: E[max(treatment - control, 0)]
+    reason: str | None = None  # why the figures are NaN (no standard error: not enough data)
 
 
 def bayesian(diff: float, se: float) -> Posterior:
-    """Normal(diff, se^2) posterior of the effect under a flat prior."""
+    """Normal(diff, se^2) posterior of the effect under a flat prior; NaN and a reason when the difference
+    or its standard error is unknown (an arm too small to have a variance)."""
+    if not (math.isfinite(diff) and math.isfinite(se)):
+        return Posterior(
+            math.nan, math.nan, math.nan, "not enough data: the difference has no standard error"
+        )
     if se <= 0:
         return Posterior(float(diff > 0), max(-diff, 0.0), max(diff, 0.0))
     z = diff / se
@@ -174,6 +207,7 @@ class Sequential:
     ci_low: float
     ci_high: float
     p_value: float
+    reason: str | None = None  # why the figures are NaN (not enough data)
 
 
 def sequential(
@@ -182,8 +216,16 @@ def sequential(
     """Always-valid interval and p-value from a normal-mixture SPRT with mixing variance tau^2.
 
     tau^2 = s^2 rho^2 with s^2 = se^2 * units (the per-unit variance) and rho chosen so the confidence
-    sequence is narrowest at `tuning_units` units (eq. 161 of Howard et al.)."""
-    if se <= 0 or units <= 0:
+    sequence is narrowest at `tuning_units` units (eq. 161 of Howard et al.). NaN and a reason when the
+    difference or its standard error is unknown or fewer than two units were seen."""
+    if not (math.isfinite(diff) and math.isfinite(se)) or units < MIN_ARM_UNITS:
+        return Sequential(
+            math.nan,
+            math.nan,
+            math.nan,
+            f"not enough data: {units} units and no standard error of the difference",
+        )
+    if se <= 0:
         return Sequential(diff, diff, 1.0 if diff == 0 else 0.0)
     v = se**2
     rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / tuning_units
@@ -199,17 +241,26 @@ class SampleRatio:
     p_value: float
     observed: dict[str, int]
     expected_share: dict[str, float]
+    reason: str | None = None  # why there is no test (p_value NaN): one arm, or fewer than two units
 
 
 def sample_ratio(observed: dict[str, int], shares: dict[str, float]) -> SampleRatio:
-    """Chi-squared test of the arms' unit counts against their intended shares (normalised)."""
+    """Chi-squared test of the arms' unit counts against their intended shares (normalised). An arm with
+    0 or 1 units is tested like any other (an arm the allocation starved is exactly what the test finds);
+    with a single arm, or fewer than two units in all, there is nothing to test: NaN and a reason."""
     arms = sorted(shares)
     counts = np.asarray([observed.get(arm, 0) for arm in arms], dtype=float)
     total_share = sum(shares.values())
-    expected = np.asarray([shares[arm] / total_share for arm in arms]) * counts.sum()
-    p = 1.0 if len(arms) < 2 or counts.sum() == 0 else float(sps.chisquare(counts, expected).pvalue)
-    return SampleRatio(p, {arm: int(c) for arm, c in zip(arms, counts, strict=True)},
-                       {arm: shares[arm] / total_share for arm in arms})  # fmt: skip
+    expected_share = {arm: shares[arm] / total_share for arm in arms}
+    counted = {arm: int(c) for arm, c in zip(arms, counts, strict=True)}
+    if len(arms) < 2:
+        return SampleRatio(math.nan, counted, expected_share, "a single arm: no split to check")
+    if counts.sum() < MIN_ARM_UNITS:
+        return SampleRatio(
+            math.nan, counted, expected_share, f"not enough data: {int(counts.sum())} units in all arms"
+        )
+    expected = np.asarray([expected_share[arm] for arm in arms]) * counts.sum()
+    return SampleRatio(float(sps.chisquare(counts, expected).pvalue), counted, expected_share)
 
 
 # Power. The test is two-sided at level alpha; the far tail (rejecting in the wrong direction) adds under

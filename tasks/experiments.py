@@ -6,8 +6,12 @@ and per metric every variant is compared with the control (the holdout unless th
 `control_variant`) by the methods of tailor/stats.py. A failed sample-ratio check marks the whole
 campaign's results as not trusted: they are published, flagged, and steer nothing.
 
-The campaign's `primary_metric` decides; the other metrics are guardrails a variant must not significantly
-worsen. A metric an arm cannot move by design (a click, for the holdout that gets no message) is not tested.
+The metrics come from the catalogue in config (`experiments.metrics`: Tailor's built-ins and the company's
+own, event-based or from its SQL files), each with its CUPED covariate (its pre-period, a users attribute, an
+expression over the behaviour before the send, or none). The campaign's `primary_metric` decides; its
+`guardrails` are metrics a variant must not significantly worsen; other metrics are not computed. A metric
+an arm cannot move by design (a click, for the holdout that gets no message) is not tested, and neither is a
+comparison the estimators find too little data for (tailor/stats.py says why, in `untested_reason`).
 Each row carries the power of today's sample (minimum detectable effect, power at the observed difference,
 days to a decision) and each variant a verdict in words: ship, keep running or stop.
 
@@ -31,7 +35,8 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -43,8 +48,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor import stats, uplift
-from tailor.config import CampaignConfig, ExperimentsConfig, Settings
-from tailor.sql import ensure_table, query, replace_run_rows
+from tailor.config import (
+    METRIC_SQL_PARAMETERS,
+    CampaignConfig,
+    ConfigError,
+    ExperimentsConfig,
+    MetricConfig,
+    Settings,
+)
+from tailor.sql import bind, ensure_table, query, replace_run_rows
 from tailor.tasks.features import stage_user_sql_features
 from tailor.tasks.ope import POLICY_COLUMNS, evaluate_policies, store_policy_evaluation
 from tailor.tasks.train import (
@@ -65,26 +77,68 @@ UPLIFT_SHARES = (0.1, 0.2, 0.3)
 
 @dataclass(frozen=True)
 class Metric:
-    name: str  # tailor.config.EXPERIMENT_METRICS lists the names a campaign may choose as primary
-    column: str  # per unit, in experiment_units
-    covariate: str  # the same behaviour before the send (CUPED)
-    is_rate: bool
+    name: str  # in the catalogue (tailor.config ExperimentsConfig.catalogue): the built-ins and the company's
+    column: str  # per unit, in the units frame; NULL where the unit is not (yet) measured on the metric
+    # CUPED's covariate: an expression over the unit's columns (a bare column name is one: a behaviour before
+    # the send, a users attribute, the metric's pre-period), validated by tailor.config.covariate_names; None:
+    # no adjustment
+    covariate: str | None
+    is_rate: bool  # binary: the two-proportion test; otherwise Welch's
     higher_is_better: bool
-    # only a user who was sent the message can move it (tailor.config.MESSAGE_METRICS): against the holdout
-    # it is zero by construction, so that comparison is not tested
+    # only a user who was sent the message can move it: against the holdout it is zero by construction, so
+    # that comparison is not tested
     needs_message: bool = False
     unit: str = "points"  # how a difference reads: a rate in percentage points, a mean in its own unit
+    sql: str | None = None  # the company's SQL file that computes it, relative to the config file
 
 
-# How active a user was before the send (all events) correlates more with each outcome than the same
-# behaviour's own history (few users have past purchases or clicks): on generated data 0.15 against 0.10
-# for conversion, 0.08 against 0.04 for revenue.
-METRICS = (
-    Metric("conversion_rate", "is_converted", "events_before", is_rate=True, higher_is_better=True),
-    Metric("click_rate", "is_clicked", "events_before", is_rate=True, higher_is_better=True, needs_message=True),
-    Metric("revenue_per_user", "revenue_cents", "events_before", is_rate=False, higher_is_better=True,
-           unit="cents"),
-)  # fmt: skip
+def metric_column(name: str) -> str:
+    """The units frame's column of an event-based or SQL metric (prefixed: never a unit's own column)."""
+    return f"metric__{name}"
+
+
+def pre_period_column(name: str) -> str:
+    """Its value over the same length of time before the send (CUPED's default covariate)."""
+    return f"metric__{name}__before"
+
+
+def as_metric(name: str, definition: MetricConfig) -> Metric:
+    """A catalogue entry as the analysis reads it."""
+    column = definition.exposure_outcome or metric_column(name)
+    choice = definition.covariate_choice
+    covariate = {"none": None, "pre_period": pre_period_column(name)}.get(choice, choice)
+    is_rate = definition.metric_kind == "binary"
+    return Metric(
+        name, column, covariate, is_rate, definition.higher_is_better, definition.needs_message,
+        "points" if is_rate else (definition.unit or ""), definition.sql,
+    )  # fmt: skip
+
+
+def catalogue_metrics(config: ExperimentsConfig) -> dict[str, Metric]:
+    """Every metric a campaign may name, by name."""
+    return {name: as_metric(name, definition) for name, definition in config.catalogue.items()}
+
+
+# Tailor's own metrics as they are without configuration (the hand-made rows of tests and old results read them)
+METRICS = tuple(catalogue_metrics(ExperimentsConfig()).values())
+
+
+def campaign_metrics(campaign: CampaignConfig, config: ExperimentsConfig) -> list[tuple[Metric, str]]:
+    """The campaign's metrics and their roles: its primary, then its guardrails. Without guardrails named,
+    every other catalogue metric that can be tested against the control: a metric only the message moves
+    is left out when the control is the holdout (every comparison with it would be untested)."""
+    metrics = catalogue_metrics(config)
+    primary = campaign.primary_metric
+    if campaign.guardrails is not None:
+        guardrails = campaign.guardrails
+    else:
+        guardrails = [
+            name for name, metric in metrics.items()
+            if name != primary and not (metric.needs_message and campaign.control_variant is None)
+        ]  # fmt: skip
+    return [(metrics[primary], "primary"), *((metrics[name], "guardrail") for name in guardrails)]
+
+
 VERDICTS = ("ship", "keep running", "stop")
 
 RESULT_COLUMNS: dict[str, str] = {
@@ -274,10 +328,27 @@ def _nan_to_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def covariate_values(frames: list[pl.DataFrame], expression: str) -> list[np.ndarray] | None:
+    """The covariate of each frame's units, evaluated over their own columns (Polars' SQL: the expression can
+    read nothing else); a unit without one (no attribute known before its send) gets the mean of the others,
+    which adjusts it by nothing. None when no unit has one."""
+    values = [
+        frame.select(pl.sql_expr(expression).cast(pl.Float64)).to_series().fill_nan(None).to_numpy()
+        for frame in frames
+    ]
+    pooled = np.concatenate(values)
+    known = pooled[np.isfinite(pooled)]
+    if known.size == 0:
+        return None
+    mean = float(known.mean())
+    return [np.where(np.isfinite(x), x, mean) for x in values]
+
+
 def compare(
     control: pl.DataFrame, treatment: pl.DataFrame, metric: Metric, settings: Settings
 ) -> dict[str, Any]:
-    """One variant against the control on one metric: every statistic the results table holds."""
+    """One variant against the control on one metric: every statistic the results table holds, or only an
+    `untested_reason` when the estimators find too little data."""
     config = settings.experiments
     alpha = config.alpha
     y_c, y_t = (
@@ -290,15 +361,21 @@ def compare(
                                     stats.Sample.of_counts(int(y_t.sum()), y_t.size), alpha)  # fmt: skip
     else:
         raw = stats.welch(s_c, s_t, alpha)
+    if raw.reason is not None:
+        return {"untested_reason": raw.reason}
     row: dict[str, Any] = {
         "test": "two_proportion" if metric.is_rate else "welch",
         "diff": raw.diff, "ci_low": raw.ci_low, "ci_high": raw.ci_high, "p_value": raw.p_value,
         "lift": raw.lift, "lift_ci_low": raw.lift_ci_low, "lift_ci_high": raw.lift_ci_high,
     }  # fmt: skip
     decision = raw
-    if config.cuped:
-        x_c = control[metric.covariate].to_numpy()
-        x_t = treatment[metric.covariate].to_numpy()
+    covariates = (
+        covariate_values([control, treatment], metric.covariate)
+        if config.cuped and metric.covariate is not None
+        else None
+    )
+    if covariates is not None:
+        x_c, x_t = covariates
         x_all, y_all = np.concatenate([x_c, x_t]), np.concatenate([y_c, y_t])
         theta = stats.cuped_theta(x_all, y_all)
         mean_x = float(x_all.mean())
@@ -388,25 +465,173 @@ def analyse_campaign(
     con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, settings: Settings, ctx: RunContext
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     start = window_start(campaign, settings, ctx)
-    units = query(
-        con,
-        "marts/experiment_units",
-        {
-            "campaign_id": campaign.campaign_id,
-            "window_start": start,
-            "cutoff": ctx.cutoff,
-            "cutoff_day": ctx.run_date,
-            "covariate_days": settings.experiments.covariate_days,
-        },
-    ).pl()
-    return analyse_units(units, campaign, settings, ctx, start)
+    metrics = campaign_metrics(campaign, settings.experiments)
+    units, measured = experiment_units(con, campaign, settings, ctx, start, [metric for metric, _ in metrics])
+    roles = [(measured[metric.name], role) for metric, role in metrics]
+    return analyse_units(units, campaign, settings, ctx, start, roles)
+
+
+def experiment_units(
+    con: duckdb.DuckDBPyConnection,
+    campaign: CampaignConfig,
+    settings: Settings,
+    ctx: RunContext,
+    start: datetime,
+    metrics: list[Metric],
+) -> tuple[pl.DataFrame, dict[str, Metric]]:
+    """The campaign's units with a column per metric and the covariates they read, and the metrics as
+    measured (an SQL metric without a pre-period column has no default covariate)."""
+    catalogue = settings.experiments.catalogue
+    params = {
+        "campaign_id": campaign.campaign_id,
+        "window_start": start,
+        "cutoff": ctx.cutoff,
+        "cutoff_day": ctx.run_date,
+        "covariate_days": settings.experiments.covariate_days,
+        # the event-based definitions as values: the SQL never holds a config's text
+        "event_metrics": [
+            {
+                "metric": metric.name, "event_types": catalogue[metric.name].event_type,
+                "window_days": catalogue[metric.name].outcome_window_days,
+                "aggregate": catalogue[metric.name].aggregate, "sum_of": catalogue[metric.name].sum_of,
+            }
+            for metric in metrics if catalogue[metric.name].event_type
+        ],
+    }  # fmt: skip
+    units = query(con, "marts/experiment_units", params).pl()
+    units = with_event_metrics(units, [m.name for m in metrics if catalogue[m.name].event_type])
+    measured = {metric.name: metric for metric in metrics}
+    for metric in metrics:
+        if metric.sql is not None:
+            units, measured[metric.name] = with_sql_metric(
+                con, units, metric, catalogue[metric.name], settings, params
+            )
+    attributes = sorted({name for metric in metrics for name in catalogue[metric.name].attributes})
+    units = with_attributes(units, attributes)
+    return units.drop("event_metrics", "user_attributes"), measured
+
+
+def with_event_metrics(units: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """Each event-based metric's value and pre-period as columns (from the units' list of them)."""
+    if not names:
+        return units
+    long = (
+        units.select("user_id", "event_metrics")
+        .explode("event_metrics")
+        .drop_nulls("event_metrics")
+        .unnest("event_metrics")
+    )
+    for name in names:
+        one = long.filter(pl.col("metric") == name).select(
+            "user_id",
+            pl.col("value").cast(pl.Float64).alias(metric_column(name)),
+            pl.col("value_before").cast(pl.Float64).alias(pre_period_column(name)),
+        )
+        units = units.join(one, on="user_id", how="left")
+    return units
+
+
+def metric_sql(settings: Settings, metric: Metric) -> str:
+    """A company metric's SQL, read afresh each run (it may change between runs)."""
+    path = settings.resolve(str(metric.sql))
+    try:
+        return path.read_text(encoding="utf-8").strip().rstrip(";")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            f"key 'experiments.metrics.{metric.name}.sql': cannot read SQL file {path} ({error})"
+        ) from None
+
+
+def with_sql_metric(
+    con: duckdb.DuckDBPyConnection,
+    units: pl.DataFrame,
+    metric: Metric,
+    definition: MetricConfig,
+    settings: Settings,
+    params: dict[str, Any],
+) -> tuple[pl.DataFrame, Metric]:
+    """The company's SQL metric joined onto the units by (user_id, sent_at): a unit it returns no row for
+    counts 0, one whose window_days (when set) has not closed by the cutoff is not yet measured."""
+    key = f"key 'experiments.metrics.{metric.name}.sql'"
+    text = metric_sql(settings, metric)
+    try:
+        # only the parameters a metric's SQL is promised (load_settings checked it reads no other)
+        result = con.sql(text, params=bind(text, {name: params[name] for name in METRIC_SQL_PARAMETERS})).pl()
+    except (duckdb.Error, KeyError) as error:
+        raise ConfigError(f"{key}: {metric.sql} fails: {' '.join(str(error).split())}") from None
+    missing = [column for column in ("user_id", "sent_at", "value") if column not in result.columns]
+    if missing:
+        raise ConfigError(
+            f"{key}: {metric.sql} returns no {', '.join(missing)} column; it returns one row per unit: "
+            "user_id, sent_at, value and optionally value_before"
+        )
+    has_before = "value_before" in result.columns
+    keep = ["user_id", "sent_at", "value", *(["value_before"] if has_before else [])]
+    result = result.select(
+        pl.col("user_id").cast(pl.Utf8),
+        pl.col("sent_at").cast(pl.Datetime("us")),
+        *(pl.col(name).cast(pl.Float64) for name in keep[2:]),
+    )
+    if result.select(pl.struct("user_id", "sent_at").is_duplicated().any()).item():
+        raise ConfigError(f"{key}: {metric.sql} returns more than one row for a unit (user_id, sent_at)")
+    if metric.is_rate and not result["value"].drop_nulls().is_in([0.0, 1.0]).all():
+        raise ConfigError(f"{key}: {metric.sql} returns values other than 0 and 1 for a binary metric")
+    names = {"value": metric.column, "value_before": pre_period_column(metric.name)}
+    joined = units.with_columns(pl.col("sent_at").cast(pl.Datetime("us"))).join(
+        result.rename({k: v for k, v in names.items() if k in result.columns}),
+        on=["user_id", "sent_at"],
+        how="left",
+    )
+    joined = joined.with_columns(pl.col(metric.column).fill_null(0.0))
+    if definition.window_days is not None:
+        still_open = pl.col("sent_at") + pl.duration(days=definition.window_days) > params["cutoff"]
+        joined = joined.with_columns(
+            pl.when(still_open).then(None).otherwise(pl.col(metric.column)).alias(metric.column)
+        )
+    if metric.covariate == pre_period_column(metric.name) and not has_before:
+        log.info("metric %s: its SQL returns no value_before, so it has no pre-period covariate", metric.name)
+        metric = replace(metric, covariate=None)
+    return joined, metric
+
+
+# A users column a covariate reads is an identifier from config: only ever a plain lowercase name, and only
+# one staging.stg_users has (never its ids or timestamps).
+_ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_NOT_ATTRIBUTES = ("user_id", "created_at", "known_on", "is_latest")
+
+
+def with_attributes(units: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """The users attributes covariates read, as columns of their own (from the struct of the user's row
+    known before the send); ConfigError for a name that is not a numeric column of staging.stg_users
+    (load_settings has checked that config declares it: user_features.attributes become its columns)."""
+    if not names:
+        return units
+    fields = {field.name: field.dtype for field in units.schema["user_attributes"].fields}  # type: ignore[union-attr]
+    columns = []
+    for name in names:
+        if not _ATTRIBUTE.match(name) or name in _NOT_ATTRIBUTES or name not in fields:
+            raise ConfigError(
+                f"covariate {name!r} is not a column of staging.stg_users (its attributes: "
+                f"{', '.join(f for f in fields if f not in _NOT_ATTRIBUTES)})"
+            )
+        if not (fields[name].is_numeric() or fields[name] == pl.Boolean):
+            raise ConfigError(f"covariate {name!r}: a users column of type {fields[name]}, not a number")
+        columns.append(pl.col("user_attributes").struct.field(name).cast(pl.Float64).alias(name))
+    return units.with_columns(columns)
 
 
 def analyse_units(
-    units: pl.DataFrame, campaign: CampaignConfig, settings: Settings, ctx: RunContext, start: datetime
+    units: pl.DataFrame,
+    campaign: CampaignConfig,
+    settings: Settings,
+    ctx: RunContext,
+    start: datetime,
+    metrics: list[tuple[Metric, str]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One campaign's result rows and summary from its units (sql/marts/experiment_units.sql's rows)."""
+    """One campaign's result rows and summary from its units (experiment_units' frame), on its metrics and
+    their roles (default: campaign_metrics)."""
     config = settings.experiments
+    metrics = campaign_metrics(campaign, config) if metrics is None else metrics
     arms = {arm: frame for (arm,), frame in units.partition_by("variant_id", as_dict=True).items()}
     units_by_arm = {arm: frame.height for arm, frame in sorted(arms.items())}
     control_arm = campaign.control_variant or HOLDOUT
@@ -424,12 +649,14 @@ def analyse_units(
     }  # fmt: skip
     # enrollment so far: the window's units arrived over these days
     elapsed_days = (ctx.cutoff - start).total_seconds() / 86400
-    control = arms.get(control_arm)
-    control_units = control.height if control is not None else 0
     rows: list[dict[str, Any]] = []
-    for metric in METRICS:
+    for metric, role in metrics:
+        # a unit whose outcome window is still open at the cutoff is not measured on the metric yet
+        measured = {arm: frame.filter(pl.col(metric.column).is_not_null()) for arm, frame in arms.items()}
+        control = measured.get(control_arm)
+        control_units = control.height if control is not None else 0
         metric_rows = []
-        for arm, frame in sorted(arms.items()):
+        for arm, frame in sorted(measured.items()):
             mean, sd = arm_posterior(frame, metric)
             is_control = arm == control_arm
             row = base | {
@@ -437,7 +664,7 @@ def analyse_units(
                 "units": frame.height, "mean": mean, "posterior_mean": mean, "posterior_sd": sd,
                 "control_units": control_units,
                 "control_mean": arm_posterior(control, metric)[0] if control is not None else None,
-                "metric_role": "primary" if metric.name == campaign.primary_metric else "guardrail",
+                "metric_role": role,
                 "higher_is_better": metric.higher_is_better,
                 "untested_reason": None if is_control else untested_reason(
                     metric, arm, control_arm, frame.height, control_units, config.min_units
@@ -445,7 +672,8 @@ def analyse_units(
             }  # fmt: skip
             if not is_control and row["untested_reason"] is None and control is not None:
                 row |= compare(control, frame, metric, settings)
-                row |= power_columns(control, frame, metric, config.alpha, elapsed_days)
+                if row["untested_reason"] is None:
+                    row |= power_columns(control, frame, metric, config.alpha, elapsed_days)
             metric_rows.append(row)
         # only tested rows enter the correction: an untested one is no comparison, and counting it would
         # only make the others' adjusted p-values larger
@@ -460,14 +688,15 @@ def analyse_units(
             # significant only if the interval the decision rests on agrees (it does for one comparison)
             row["is_significant"] = bool(p_adjusted < config.alpha and (low > 0 or high < 0))
         rows += metric_rows
-    verdicts = variant_verdicts(rows, campaign, config, srm.p_value, is_srm)
+    by_name = {metric.name: metric for metric, _ in metrics}
+    verdicts = variant_verdicts(rows, campaign, config, srm.p_value, is_srm, by_name)
     for row in rows:
         row["verdict"], row["verdict_reason"] = verdicts.get(row["variant_id"], (None, None))
     summary = {
         "window_start": start.isoformat(),
         "units_by_arm": units_by_arm,
         "control": control_arm,
-        "sample_ratio_p_value": srm.p_value,
+        "sample_ratio_p_value": _nan_to_none(srm.p_value),
         "is_trusted": not is_srm,
         "significant": sorted(
             f"{row['variant_id']}:{row['metric']}" for row in rows if row.get("is_significant")
@@ -485,6 +714,7 @@ def variant_verdicts(
     config: ExperimentsConfig,
     srm_p_value: float,
     is_srm: bool,
+    metrics: dict[str, Metric] | None = None,
 ) -> dict[str, tuple[str, str]]:
     """variant -> (verdict, reason) for every variant arm; the control and the holdout get none."""
     by_arm: dict[str, dict[str, dict[str, Any]]] = {}
@@ -492,7 +722,8 @@ def variant_verdicts(
         if not row["is_control"] and row["variant_id"] != HOLDOUT:
             by_arm.setdefault(row["variant_id"], {})[row["metric"]] = row
     return {
-        arm: verdict(metric_rows, campaign.primary_metric, config.max_days_to_decision, srm_p_value, is_srm)
+        arm: verdict(metric_rows, campaign.primary_metric, config.max_days_to_decision, srm_p_value, is_srm,
+                     metrics)
         for arm, metric_rows in by_arm.items()
     }  # fmt: skip
 
@@ -507,14 +738,12 @@ def _direction(row: dict[str, Any]) -> int:
     return sign if row["higher_is_better"] else -sign
 
 
-def _effect(row: dict[str, Any]) -> str:
+def effect_in_words(row: dict[str, Any], metric: Metric) -> str:
     """A row's difference in words: the metric, the decision's estimate in its unit, the relative lift and
     the adjusted p-value, e.g. 'conversion_rate +1.20 percentage points (+15.0%) against holdout, adjusted p 0.003'."""
-    metric = next(m for m in METRICS if m.name == row["metric"])
     estimate = row["cuped_diff"] if row.get("cuped_diff") is not None else row["diff"]
-    amount = (
-        f"{estimate * 100:+.2f} percentage points" if metric.is_rate else f"{estimate:+,.1f} {metric.unit}"
-    )
+    unit = f" {metric.unit}" if metric.unit else ""
+    amount = f"{estimate * 100:+.2f} percentage points" if metric.is_rate else f"{estimate:+,.2f}{unit}"
     lift = row.get("lift")
     relative = f" ({lift:+.1%})" if lift is not None and math.isfinite(lift) else ""
     return (
@@ -524,13 +753,24 @@ def _effect(row: dict[str, Any]) -> str:
 
 
 def verdict(
-    metric_rows: dict[str, dict[str, Any]], primary: str, max_days: int, srm_p_value: float, is_srm: bool
+    metric_rows: dict[str, dict[str, Any]],
+    primary: str,
+    max_days: int,
+    srm_p_value: float,
+    is_srm: bool,
+    metrics: dict[str, Metric] | None = None,
 ) -> tuple[str, str]:
     """GrowthBook-style decision on one variant from its rows (metric -> row), with the numbers behind it.
 
     Not trusted (sample-ratio mismatch): stop. Primary significantly worse, or any tested guardrail: stop,
     naming it. Primary significantly better: ship. Otherwise keep running, unless detecting the primary's
-    observed difference at 80% power would take more than `max_days` days: stop."""
+    observed difference at 80% power would take more than `max_days` days: stop. `metrics` says how each
+    metric's difference reads (default: the built-ins)."""
+    known = metrics or {metric.name: metric for metric in METRICS}
+
+    def _effect(row: dict[str, Any]) -> str:
+        return effect_in_words(row, known[row["metric"]])
+
     if is_srm:
         return "stop", (
             f"sample-ratio mismatch: fix the assignment before reading results (the arms' units against their "

@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor import charts
 from tailor.config import CampaignConfig, Settings
 from tailor.sql import ensure_table, replace_run_rows, table_exists
-from tailor.tasks.experiments import METRICS, ensure_tables, intended_shares
+from tailor.tasks.experiments import Metric, catalogue_metrics, ensure_tables, intended_shares
 from tailor.tasks.fairness import ensure_audit_table
 from tailor.warehouse import RunContext, connect
 
@@ -345,16 +345,18 @@ def repeats_reason(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str | Non
 # ---- experiments ---------------------------------------------------------------------------------------
 
 
-def in_units(row: dict[str, Any], currency: str) -> dict[str, str]:
+def in_units(row: dict[str, Any], currency: str, metrics: dict[str, Metric]) -> dict[str, str]:
     """The row's means and expected loss as people read them: rates in %, money in the data's currency
-    (the results hold cents)."""
-    metric = next((m for m in METRICS if m.name == row["metric"]), None)
+    (the results hold cents), other means in their own unit."""
+    metric = metrics.get(row["metric"])
 
     def shown(value: Any) -> str:
         if value is None or not isinstance(value, int | float) or not math.isfinite(value):
             return "-"
         if metric is not None and metric.is_rate:
             return f"{100 * value:.2f}%"
+        if metric is not None and metric.unit != "cents":
+            return f"{value:,.2f} {metric.unit}".rstrip()
         return f"{value / 100:,.2f} {currency}"
 
     return {
@@ -409,11 +411,11 @@ def campaign_section(
     rows = mine.to_dicts()
     first = rows[0]
     campaign = next((c for c in settings.campaigns if c.campaign_id == campaign_id), None)
-    units_by_arm = {
-        r["variant_id"]: r["units"]
-        for r in rows
-        if r["metric"] == rows[0]["metric"] and r["units"] is not None
-    }
+    # a metric whose window is still open measures fewer units: the arm's units are its most measured ones
+    units_by_arm: dict[str, int] = {}
+    for r in rows:
+        if r["units"] is not None:
+            units_by_arm[r["variant_id"]] = max(units_by_arm.get(r["variant_id"], 0), r["units"])
     tested = [r for r in rows if not r["is_control"]]
     lift_rows = pl.DataFrame(
         [{"label": f"{r['variant_id']} · {r['metric']}",
@@ -435,7 +437,12 @@ def campaign_section(
         "alpha": first["alpha"],
         "correction": first["correction"],
         "verdicts": arm_verdicts(rows),
-        "rows": [r | {"outcome": outcome(r)} | in_units(r, settings.currency) for r in tested],
+        "rows": [
+            r
+            | {"outcome": outcome(r)}
+            | in_units(r, settings.currency, catalogue_metrics(settings.experiments))
+            for r in tested
+        ],
         "lift_chart": charts.lift_chart(
             lift_rows, f"{campaign_id}: relative lift against {first['control_variant_id']}"
         ),

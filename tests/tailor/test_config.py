@@ -277,6 +277,128 @@ def test_a_relative_command_line_target_may_not_climb(tmp_path: Path, capsys) ->
     assert "file://../../.." in error and "'..'" in error and error.count("\n") == 1
 
 
+def _with_metrics(tmp_path: Path, metrics: dict) -> Path:
+    return write(tmp_path, minimal() | {"experiments": {"metrics": metrics}})
+
+
+def test_a_company_metric_joins_the_catalogue_after_the_built_ins(tmp_path: Path) -> None:
+    (tmp_path / "orders.sql").write_text(
+        "select user_id, sent_at, 1 as value from staging.stg_campaign_exposures "
+        "where campaign_id = $campaign_id and sent_at < $cutoff  -- $unbound in a comment is fine\n"
+    )
+    settings = load_settings(
+        _with_metrics(tmp_path, {
+            "carts": {"event_type": "add_to_cart", "window_days": 3, "aggregate": "count",
+                      "covariate": "ln(1 + events_before) - 0.5 * clicks_before"},
+            "orders": {"sql": "orders.sql", "kind": "binary", "higher_is_better": True},
+            "visit": {"event_type": ["view"], "window_days": 14, "covariate": "none"},
+        })
+    )  # fmt: skip
+    catalogue = settings.experiments.catalogue
+    assert list(catalogue) == [
+        "conversion_rate",
+        "click_rate",
+        "revenue_per_user",
+        "visit",
+        "units",
+        "carts",
+        "orders",
+    ]
+    assert catalogue["carts"].event_type == ["add_to_cart"] and catalogue["carts"].metric_kind == "continuous"
+    assert catalogue["visit"].window_days == 14 and catalogue["visit"].covariate_choice == "none"
+    assert (
+        catalogue["orders"].metric_kind == "binary" and catalogue["orders"].covariate_choice == "pre_period"
+    )
+    assert catalogue["conversion_rate"].covariate_choice == "events_before"
+    assert catalogue["units"].outcome_window_days == 7 and catalogue["units"].sum_of == "quantity"
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        ({"event_type": "opened", "window_days": 7}, "event_type opened is not one of view, click"),
+        ({"event_type": "view", "sql": "x.sql", "kind": "binary"}, "exactly one of event_type, sql"),
+        ({"window_days": 7}, "exactly one of event_type, sql"),
+        ({"event_type": "view", "aggregate": "count", "kind": "binary"}, "kind binary needs aggregate any"),
+        ({"event_type": "view", "kind": "continuous"}, "aggregate any is binary"),
+        ({"sql": "x.sql"}, "an SQL metric must say its kind"),
+        ({"event_type": "view", "window_days": 0}, "metrics.m.window_days"),
+        (
+            {"exposure_outcome": "is_converted", "covariate": "pre_period"},
+            "an exposure outcome has no pre-period",
+        ),
+        # a covariate is arithmetic on the unit's columns: nothing that could reach further
+        (
+            {"event_type": "view", "covariate": "events_before; drop table x"},
+            "unexpected ';' at character 14",
+        ),
+        ({"event_type": "view", "covariate": "'a' || country"}, 'unexpected "\'" at character 1'),
+        (
+            {"event_type": "view", "covariate": "read_csv(events_before)"},
+            "read_csv() is not one of ln, log10",
+        ),
+        ({"event_type": "view", "covariate": "ln + 1"}, "ln is a function, call it as ln(...)"),
+        ({"event_type": "view", "covariate": "Events_Before"}, "unexpected 'E' at character 1"),
+    ],
+)
+def test_a_metric_definition_that_cannot_work_is_refused_naming_it(
+    tmp_path: Path, metric: dict, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"key 'experiments\.metrics\.m") as error:
+        load_settings(_with_metrics(tmp_path, {"m": metric}))
+    assert expected in str(error.value)
+
+
+def test_metric_names_are_plain_identifiers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"experiments\.metrics\.Visits.*should match pattern"):
+        load_settings(_with_metrics(tmp_path, {"Visits": {"event_type": "view"}}))
+
+
+def test_a_covariate_reads_only_behaviour_columns_and_declared_numeric_users_attributes(
+    tmp_path: Path,
+) -> None:
+    declared = {"attributes": {"past_year_spend": "numeric", "channel_type": "categorical"}}
+
+    def load(covariate: str, user_features: dict | None = None):
+        data = minimal() | {"experiments": {"metrics": {"m": {"event_type": "view", "covariate": covariate}}}}
+        return load_settings(
+            write(tmp_path, data | ({"user_features": user_features} if user_features else {}))
+        )
+
+    with pytest.raises(ConfigError) as error:
+        load("past_year_spend")
+    message = str(error.value)
+    assert "key 'experiments.metrics.m.covariate': 'past_year_spend' is neither a behaviour column" in message
+    assert "(none declared; declare it in user_features.attributes as numeric)" in message
+    settings = load("ln(1 + past_year_spend) + events_before", declared)
+    assert settings.experiments.catalogue["m"].attributes == ["past_year_spend"]
+    # a categorical attribute is no number, Tailor's own users columns are text, a unit's id is no attribute
+    for covariate in ("channel_type", "country", "user_id + 1"):
+        with pytest.raises(
+            ConfigError,
+            match=r"is neither a behaviour column \(events_before.*\) nor a numeric users attribute \(past_year_spend;",
+        ):
+            load(covariate, declared)
+    settings = load("greatest(events_before, clicks_before)")
+    assert settings.experiments.catalogue["m"].attributes == []
+
+
+def test_a_metric_sql_file_must_exist_and_read_only_its_parameters(tmp_path: Path) -> None:
+    metric = {"sql": "metrics/orders.sql", "kind": "continuous"}
+    with pytest.raises(ConfigError, match=r"key 'experiments\.metrics\.orders\.sql': cannot read SQL file"):
+        load_settings(_with_metrics(tmp_path, {"orders": metric}))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "orders.sql").write_text(
+        "select * from t where d < $run_date and c = $campaign_id"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings(_with_metrics(tmp_path, {"orders": metric}))
+    assert (
+        "reads $run_date; a metric's SQL is given $campaign_id, $window_start, $cutoff, $cutoff_day"
+        in str(error.value)
+    )
+
+
 @pytest.mark.parametrize(
     ("user_features", "sources_users", "message"),
     [

@@ -212,21 +212,114 @@ def test_relative_lift_interval_covers_the_true_lift() -> None:
     assert abs(np.mean(covered) - 0.95) < 0.01 + _band(0.95, runs)
 
 
-def test_welch_of_a_one_unit_arm_gives_nan_statistics_instead_of_an_error() -> None:
-    rng = np.random.default_rng(10)
-    many = stats.Sample.of(rng.normal(5, 1, 200))
-    for control, treatment in (
-        (stats.Sample.of(np.array([4.0])), many),
-        (many, stats.Sample.of(np.array([7.0]))),
-    ):
-        result = stats.welch(control, treatment)
-        assert result.diff == pytest.approx(treatment.mean - control.mean)
-        assert all(math.isnan(v) for v in (result.se, result.ci_low, result.ci_high, result.p_value))
-    empty = stats.welch(stats.Sample.of(np.array([])), many)
-    assert math.isnan(empty.p_value) and math.isnan(empty.diff)
-    assert math.isnan(
-        stats.two_proportions(stats.Sample.of_counts(0, 0), stats.Sample.of_counts(5, 50)).p_value
-    )
+TINY_ARMS = [(0, 200), (1, 200), (200, 0), (200, 1), (0, 0), (1, 1), (0, 1)]
+
+
+def _values(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(5, 1, n)
+
+
+@pytest.fixture
+def no_warnings():
+    """Any warning (numpy's degrees-of-freedom or empty-mean RuntimeWarning) fails the test."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+@pytest.mark.usefixtures("no_warnings")
+@pytest.mark.parametrize(("n_c", "n_t"), TINY_ARMS)
+def test_welch_and_two_proportions_with_an_arm_of_0_or_1_units_say_not_enough_data(
+    n_c: int, n_t: int
+) -> None:
+    control, treatment = stats.Sample.of(_values(n_c, 1)), stats.Sample.of(_values(n_t, 2))
+    rates = (stats.Sample.of_counts(min(n_c, 1), n_c), stats.Sample.of_counts(n_t // 3, n_t))
+    for result, (c, t) in ((stats.welch(control, treatment), (control, treatment)),
+                           (stats.two_proportions(*rates), rates)):  # fmt: skip
+        assert result.reason is not None and result.reason.startswith("not enough data")
+        assert f"{n_c} units in the control and {n_t} in the treatment" in result.reason
+        for figure in (result.se, result.ci_low, result.ci_high, result.p_value, result.lift_ci_low):
+            assert math.isnan(figure)
+        if min(n_c, n_t) == 0:
+            assert math.isnan(result.diff) and math.isnan(result.lift)
+        else:  # both arms have a mean: the difference is still reported, only its statistics are not
+            assert result.diff == pytest.approx(t.mean - c.mean)
+
+
+@pytest.mark.usefixtures("no_warnings")
+def test_two_units_per_arm_are_enough_and_carry_no_reason() -> None:
+    result = stats.welch(stats.Sample.of(np.array([1.0, 2.0])), stats.Sample.of(np.array([3.0, 5.0])))
+    reference = sps.ttest_ind([3.0, 5.0], [1.0, 2.0], equal_var=False)
+    assert result.reason is None and result.p_value == pytest.approx(reference.pvalue, abs=1e-12)
+    rates = stats.two_proportions(stats.Sample.of_counts(1, 2), stats.Sample.of_counts(2, 2))
+    assert rates.reason is None and rates.diff == pytest.approx(0.5)
+
+
+@pytest.mark.usefixtures("no_warnings")
+@pytest.mark.parametrize("n", [0, 1])
+def test_cuped_theta_of_fewer_than_two_units_is_nan(n: int) -> None:
+    assert math.isnan(stats.cuped_theta(np.arange(n, dtype=float), np.arange(n, dtype=float)))
+    # two units are enough; a covariate that never varies explains nothing
+    assert stats.cuped_theta(np.array([1.0, 3.0]), np.array([2.0, 6.0])) == pytest.approx(2.0)
+    assert stats.cuped_theta(np.array([4.0, 4.0]), np.array([2.0, 6.0])) == 0.0
+
+
+@pytest.mark.usefixtures("no_warnings")
+@pytest.mark.parametrize(("n_c", "n_t"), TINY_ARMS)
+def test_sequential_and_bayesian_of_a_comparison_without_statistics_are_nan_with_a_reason(
+    n_c: int, n_t: int
+) -> None:
+    comparison = stats.welch(stats.Sample.of(_values(n_c, 3)), stats.Sample.of(_values(n_t, 4)))
+    seq = stats.sequential(comparison.diff, comparison.se, n_c + n_t)
+    assert seq.reason is not None and seq.reason.startswith("not enough data")
+    assert all(math.isnan(v) for v in (seq.ci_low, seq.ci_high, seq.p_value))
+    posterior = stats.bayesian(comparison.diff, comparison.se)
+    assert posterior.reason is not None and posterior.reason.startswith("not enough data")
+    assert all(math.isnan(v) for v in (posterior.chance_to_beat_control, posterior.expected_loss))
+    # a known difference and standard error over fewer than two units is no sequence either
+    assert math.isnan(stats.sequential(0.1, 0.05, 1).p_value)
+    assert stats.sequential(0.1, 0.05, 2).reason is None and stats.bayesian(0.1, 0.05).reason is None
+
+
+@pytest.mark.usefixtures("no_warnings")
+def test_sample_ratio_of_arms_with_0_or_1_units() -> None:
+    shares = {"holdout": 0.1, "contacted": 0.9}
+    for observed in ({}, {"holdout": 1}, {"contacted": 1}, {"holdout": 0, "contacted": 0}):
+        result = stats.sample_ratio(observed, shares)
+        assert math.isnan(result.p_value) and result.reason.startswith("not enough data"), observed
+    single = stats.sample_ratio({"a": 500}, {"a": 1.0})
+    assert math.isnan(single.p_value) and "single arm" in single.reason
+    # a starved arm among many units is what the check exists for: tested, and flagged
+    for starved in (0, 1):
+        result = stats.sample_ratio({"holdout": starved, "contacted": 999}, shares)
+        expected = sps.chisquare([starved, 999], [0.1 * (999 + starved), 0.9 * (999 + starved)]).pvalue
+        assert result.reason is None and result.p_value == pytest.approx(expected, rel=1e-12)
+        assert result.p_value < 1e-20
+    # two units are tested (the chi-squared test of a fair 1:1)
+    assert stats.sample_ratio({"a": 1, "b": 1}, {"a": 0.5, "b": 0.5}).p_value == pytest.approx(1.0)
+
+
+@pytest.mark.usefixtures("no_warnings")
+@pytest.mark.parametrize(("n_c", "n_t"), TINY_ARMS)
+def test_power_functions_with_an_arm_of_0_or_1_units(n_c: int, n_t: int) -> None:
+    control = stats.Sample.of(_values(n_c, 5))
+    sd = math.sqrt(control.var)  # NaN: fewer than two units have no deviation
+    assert math.isnan(sd) == (n_c < 2)
+    # either arm of 0 or 1 units: the control has no deviation, or the treatment none to compare
+    if n_c < 2 or n_t == 0:
+        assert math.isnan(stats.minimum_detectable_effect(sd, n_c, n_t))
+        assert math.isnan(stats.power_at(0.5, sd, n_c, n_t))
+        assert math.isnan(stats.days_to_decision(0.5, sd, n_c, n_t, 7.0))
+    # a known deviation but an empty arm: no difference can be detected at any size
+    if min(n_c, n_t) == 0:
+        assert math.isnan(stats.minimum_detectable_effect(1.0, n_c, n_t))
+        assert math.isnan(stats.power_at(0.5, 1.0, n_c, n_t))
+        assert math.isnan(stats.days_to_decision(0.5, 1.0, n_c, n_t, 7.0))
+    if n_c < 2:
+        assert math.isnan(stats.units_needed(0.5, sd, 0.5))
+    assert math.isnan(stats.rate_sd(stats.Sample.of_counts(0, 0).mean))
 
 
 POWER_CASES = [

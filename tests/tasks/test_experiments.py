@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -12,24 +13,16 @@ import pytest
 from tailor import stats
 from tailor import uplift as uplift_lib
 from tailor.config import CampaignConfig, VariantConfig, load_settings
-from tailor.sql import query, replace_run_rows
+from tailor.sql import replace_run_rows
 from tailor.tasks import experiments as ex
 from tailor.warehouse import connect, run_context
 
 
 def _units(settings, ctx, campaign: CampaignConfig) -> pl.DataFrame:
     with connect(settings) as con:
-        return query(
-            con,
-            "marts/experiment_units",
-            {
-                "campaign_id": campaign.campaign_id,
-                "window_start": ex.window_start(campaign, settings, ctx),
-                "cutoff": ctx.cutoff,
-                "cutoff_day": ctx.run_date,
-                "covariate_days": settings.experiments.covariate_days,
-            },
-        ).pl()
+        start = ex.window_start(campaign, settings, ctx)
+        metrics = [metric for metric, _ in ex.campaign_metrics(campaign, settings.experiments)]
+        return ex.experiment_units(con, campaign, settings, ctx, start, metrics)[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +49,28 @@ def true_effects(settings, ctx, campaign: CampaignConfig, truth: pl.DataFrame) -
 
 
 def test_every_campaign_variant_and_metric_has_a_row_and_the_allocation_is_trusted(analysed) -> None:
-    _, settings, _, _, summary, results, _, _ = analysed
+    _, settings, ctx, _, summary, results, _, _ = analysed
     assert set(summary) == {c.campaign_id for c in settings.campaigns}
     for campaign in settings.campaigns:
         mine = results.filter(pl.col("campaign_id") == campaign.campaign_id)
         arms = {v.variant_id for v in campaign.variants} | {"holdout"}
-        assert mine.height == len(arms) * len(ex.METRICS)
-        assert set(mine["variant_id"]) == arms and set(mine["metric"]) == {m.name for m in ex.METRICS}
+        names = {m.name for m, _ in ex.campaign_metrics(campaign, settings.experiments)}
+        # the default guardrails: every other metric of the catalogue, but clicks, which the holdout (the
+        # control) cannot have
+        assert names == {"conversion_rate", "revenue_per_user", "visit", "units"}
+        assert mine.height == len(arms) * len(names)
+        assert set(mine["variant_id"]) == arms and set(mine["metric"]) == names
         # the generator randomises sends as configured: no sample-ratio mismatch
         assert mine["is_trusted"].all() and mine["srm_p_value"].min() > settings.experiments.srm_p_value
         tested = mine.filter(~pl.col("is_control") & pl.col("untested_reason").is_null())
         assert tested["p_value_adjusted"].is_not_null().all()
         assert tested["mde"].is_not_null().all() and tested["power_at_observed"].is_not_null().all()
-        # the holdout gets no message: click_rate against it is not tested, and says why
-        clicks = mine.filter(
-            (pl.col("metric") == "click_rate") & ~pl.col("is_control")
-            & ((pl.col("variant_id") == "holdout") | (pl.col("control_variant_id") == "holdout"))
-        )  # fmt: skip
-        assert clicks.height > 0 and clicks["untested_reason"].str.contains("no message").all()
-        assert clicks["p_value"].is_null().all() and clicks["p_value_adjusted"].is_null().all()
+        # the event-based built-ins are measured on the units whose 7-day window closed by the cutoff
+        visits = mine.filter((pl.col("metric") == "visit") & (pl.col("variant_id") == "holdout"))
+        units = _units(settings, ctx, campaign).filter(pl.col("variant_id") == "holdout")
+        closed = units.filter(pl.col("sent_at") + pl.duration(days=7) <= ctx.cutoff)
+        assert visits["units"].item() == closed.height > 0 and 0 < visits["mean"].item() < 1
+        assert visits["mean"].item() == pytest.approx(closed["metric__visit"].mean())
         # every variant has one verdict on all its rows; the holdout (the control here) none
         variants = mine.filter(pl.col("variant_id") != "holdout")
         assert set(variants["verdict"]) <= set(ex.VERDICTS) and variants["verdict_reason"].is_not_null().all()
@@ -130,7 +126,7 @@ def test_the_generators_effects_are_covered_at_the_stated_rate_over_many_replays
         frame = probs.select("events_before").with_columns(
             pl.Series("is_converted", (rng.random(p.size) < p).astype(int))
         )
-        metric = ex.METRICS[0]
+        metric = ex.catalogue_metrics(settings.experiments)["conversion_rate"]
         row = ex.compare(frame.filter(pl.Series(~treated)), frame.filter(pl.Series(treated)), metric, config)
         # the population effect of a random half, given these users: the mean difference of their probabilities
         covered += row["cuped_ci_low"] <= effect <= row["cuped_ci_high"]
@@ -333,7 +329,10 @@ def test_stored_results_are_replaced_when_a_night_is_rerun(analysed) -> None:
 
 
 def test_sample_ratio_of_an_empty_campaign_is_not_a_failure() -> None:
-    assert stats.sample_ratio({}, {"holdout": 0.1, "contacted": 0.9}).p_value == 1.0
+    campaign = CampaignConfig(campaign_id="c", channel="email", variants=[VariantConfig(variant_id="a")])
+    check = ex.sample_ratio_check({}, campaign)
+    assert math.isnan(check.p_value) and check.reason.startswith("not enough data")
+    assert not check.p_value < 0.001  # so the campaign is not flagged
 
 
 # Planted experiments: units made by hand, analysed by the same code as the warehouse's.
@@ -358,6 +357,11 @@ def planted_units(seed: int, arms: dict[str, tuple[int, float, float, float]]) -
 
 
 def analyse_planted(tmp_path, units: pl.DataFrame, **campaign_update) -> tuple[list[dict], dict]:
+    """The planted units analysed on the three metrics they carry (the primary and the other two as
+    guardrails)."""
+    primary = campaign_update.get("primary_metric", "conversion_rate")
+    planted = ("conversion_rate", "click_rate", "revenue_per_user")
+    campaign_update.setdefault("guardrails", [name for name in planted if name != primary])
     settings = load_settings_for(tmp_path)
     campaign = settings.campaigns[0].model_copy(update=campaign_update)
     ctx = run_context(settings, DAY)
@@ -490,11 +494,12 @@ def test_the_verdict_waits_for_a_decision_only_up_to_the_configured_days() -> No
     assert small[0] == "keep running" and "40 in a" in small[1]
 
 
-def test_primary_metric_is_validated_and_the_metric_lists_agree(tmp_path) -> None:
-    from tailor.config import EXPERIMENT_METRICS, MESSAGE_METRICS, ConfigError
+def test_primary_metric_and_guardrails_are_validated_against_the_catalogue(tmp_path) -> None:
+    from tailor.config import ConfigError
 
-    assert tuple(metric.name for metric in ex.METRICS) == EXPERIMENT_METRICS
-    assert tuple(metric.name for metric in ex.METRICS if metric.needs_message) == MESSAGE_METRICS
+    assert [metric.name for metric in ex.METRICS] == [
+        "conversion_rate", "click_rate", "revenue_per_user", "visit", "units"
+    ]  # fmt: skip
     settings = load_settings_for(tmp_path)
     assert settings.campaigns[0].primary_metric == "conversion_rate"
     assert settings.experiments.max_days_to_decision == 60
@@ -502,10 +507,31 @@ def test_primary_metric_is_validated_and_the_metric_lists_agree(tmp_path) -> Non
     text = config.read_text()
     config.write_text(text.replace("    variants:", "    primary_metric: opens\n    variants:"))
     with pytest.raises(
-        ConfigError, match=r"key 'campaigns\.0\.primary_metric'.*'opens' is not one of"
+        ConfigError,
+        match=r"tailor\.yaml: campaigns\.0: primary_metric 'opens' is not in experiments\.metrics "
+        r"\(conversion_rate, click_rate, revenue_per_user, visit, units\)",
     ) as error:
         load_settings(config)
     assert "\n" not in str(error.value)
+    # a campaign file is named as the file, and a guardrail as the guardrail
+    config.write_text(text)
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "spring.yaml").write_text(
+        "campaign_id: spring\nchannel: email\nprimary_metric: visit\nguardrails: [units, visits]\n"
+        "variants: [{variant_id: a}]\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"spring\.yaml: guardrails 'visits' is not in experiments\.metrics"
+    ):
+        load_settings(config)
+    (campaigns / "spring.yaml").write_text(
+        "campaign_id: spring\nchannel: email\nprimary_metric: visit\nguardrails: [units, visit]\n"
+        "variants: [{variant_id: a}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"spring\.yaml: key 'guardrails'.*'visit' is the primary_metric"):
+        load_settings(config)
+    (campaigns / "spring.yaml").unlink()
     # click_rate cannot be decided against the holdout, which gets no message
     config.write_text(text.replace("    variants:", "    primary_metric: click_rate\n    variants:"))
     with pytest.raises(
@@ -515,7 +541,16 @@ def test_primary_metric_is_validated_and_the_metric_lists_agree(tmp_path) -> Non
     config.write_text(
         text.replace("    variants:", "    primary_metric: click_rate\n    control_variant: a\n    variants:")
     )
-    assert load_settings(config).campaigns[0].primary_metric == "click_rate"
+    settings = load_settings(config)
+    campaign = settings.campaigns[0]
+    assert campaign.primary_metric == "click_rate"
+    # against a variant, every other metric is a default guardrail; against the holdout, clicks are not
+    roles = [(metric.name, role) for metric, role in ex.campaign_metrics(campaign, settings.experiments)]
+    assert roles == [("click_rate", "primary"), ("conversion_rate", "guardrail"),
+                     ("revenue_per_user", "guardrail"), ("visit", "guardrail"), ("units", "guardrail")]  # fmt: skip
+    held_out = campaign.model_copy(update={"primary_metric": "visit", "control_variant": None})
+    names = [metric.name for metric, _ in ex.campaign_metrics(held_out, settings.experiments)]
+    assert names == ["visit", "conversion_rate", "revenue_per_user", "units"]
 
 
 def test_a_results_table_from_before_the_new_columns_gains_them(tmp_path) -> None:
@@ -530,3 +565,207 @@ def test_a_results_table_from_before_the_new_columns_gains_them(tmp_path) -> Non
         stored = con.sql("select * from meta.experiment_results").pl()
     assert stored.columns == list(ex.RESULT_COLUMNS)
     assert stored["verdict"].to_list() == ["ship"] and stored["diff"].to_list() == [0.01]
+
+
+# A company's own metrics and covariates, on a hand-made warehouse.
+
+BASKET_SQL = """
+-- each unit's purchase value in the 14 days after its send, and in the 14 days before it
+with sends as (
+    select user_id, min(sent_at) as sent_at
+    from staging.stg_campaign_exposures
+    where campaign_id = $campaign_id and sent_at >= $window_start and sent_at < $cutoff
+        and known_on < $cutoff_day
+    group by user_id
+)
+
+select
+    sends.user_id,
+    sends.sent_at,
+    coalesce(sum(events.value) filter (where events.occurred_at >= sends.sent_at), 0) as value,
+    coalesce(sum(events.value) filter (where events.occurred_at < sends.sent_at), 0) as value_before
+from sends
+left join staging.stg_interactions as events
+    on events.user_id = sends.user_id
+    and events.event_type = 'purchase'
+    and events.occurred_at >= sends.sent_at - interval 14 day
+    and events.occurred_at < sends.sent_at + interval 14 day
+group by all
+"""
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def spring_company(tmp_path) -> tuple:
+    """4,000 users, half sent variant a and half held out, from Feb 1 to 20 (plus 200 on Feb 27, whose 7-day
+    window is still open at the March 2 cutoff). A user's past-year spend (a users attribute) drives whether
+    they visit in the week after the send; their visits in the week before it (the metric's pre-period)
+    depend on it only weakly. Variant a raises visiting and buying."""
+    from tailor.tasks.features import build_staging_models
+    from tests import tiny
+
+    rng = np.random.default_rng(19)
+    n, late = 4000, 200
+    users = [f"u{i:04d}" for i in range(n)]
+    spend = rng.lognormal(4, 1, n)
+    z = np.log(spend) - 4
+    treated = rng.random(n) < 0.5
+    sent_at = [datetime(2026, 2, 1, 9) + timedelta(hours=int(h)) for h in rng.integers(0, 19 * 24, n - late)]
+    sent_at += [datetime(2026, 2, 27, 9)] * late
+    visits = rng.random(n) < _sigmoid(-0.5 + 1.5 * z + 0.4 * treated)
+    visited_before = rng.random(n) < _sigmoid(-0.5 + 0.3 * z)
+    bought = rng.random(n) < np.where(treated, 0.3, 0.1)
+    con = tiny.warehouse()
+    # a company-declared users attribute, as extract adds it to raw.users (user_features.attributes)
+    con.execute("alter table raw.users add column past_year_spend double")
+    tiny.insert(con, "users", [
+        {"user_id": u, "created_at": datetime(2025, 1, 1), "past_year_spend": float(s)}
+        for u, s in zip(users, spend, strict=True)
+    ])  # fmt: skip
+    tiny.insert(con, "campaign_exposures", [
+        {"campaign_id": "spring", "variant_id": "a" if t else "holdout", "user_id": u, "sent_at": s,
+         "revenue_cents": 0}
+        for u, t, s in zip(users, treated, sent_at, strict=True)
+    ])  # fmt: skip
+    events = []
+    for i, user in enumerate(users):
+        facts = [({"event_type": "view", "occurred_at": sent_at[i] + timedelta(hours=30)}, visits[i]),
+                 ({"event_type": "click", "occurred_at": sent_at[i] - timedelta(days=3)}, visited_before[i]),
+                 ({"event_type": "purchase", "occurred_at": sent_at[i] + timedelta(days=2), "value": 2000.0},
+                  bought[i])]  # fmt: skip
+        events += [event | {"user_id": user, "item_id": "i1"} for event, happened in facts if happened]
+    tiny.insert(con, "interactions", events)
+    (tmp_path / "basket.sql").write_text(BASKET_SQL)
+    visit = {"event_type": ["view", "click"], "window_days": 7}
+    metrics = {
+        "visit_7d": visit,
+        "visit_7d_by_spend": visit | {"covariate": "past_year_spend"},
+        "visit_7d_by_log_spend": visit | {"covariate": "ln(1 + past_year_spend)"},
+        "basket_cents": {"sql": "basket.sql", "kind": "continuous", "window_days": 14, "unit": "cents"},
+    }
+    settings = tiny.settings(
+        user_features={"attributes": {"past_year_spend": "numeric"}}, experiments={"metrics": metrics}
+    )
+    # as load_settings leaves it: the SQL file is found relative to the config file
+    settings = settings.model_copy(update={"config_path": str(tmp_path / "tailor.yaml")})
+    build_staging_models(con, tiny.context(), settings)
+    campaign = CampaignConfig(
+        campaign_id="spring", channel="email", holdout_share=0.5, primary_metric="visit_7d",
+        guardrails=["visit_7d_by_spend", "visit_7d_by_log_spend", "basket_cents", "units"],
+        variants=[VariantConfig(variant_id="a")],
+    )  # fmt: skip
+    truth = {"treated": treated, "visits": visits, "bought": bought, "late": late, "sent_at": sent_at}
+    return con, settings, campaign, truth
+
+
+def test_a_declared_metric_with_a_users_attribute_as_covariate_narrows_the_interval_more(tmp_path) -> None:
+    from tests import tiny
+
+    con, settings, campaign, truth = spring_company(tmp_path)
+    rows, summary = ex.analyse_campaign(con, campaign, settings, tiny.context())
+    a = rows_of(rows, "a")
+    assert summary["is_trusted"] and set(a) == {
+        "visit_7d", "visit_7d_by_spend", "visit_7d_by_log_spend", "basket_cents", "units"
+    }  # fmt: skip
+    assert a["visit_7d"]["metric_role"] == "primary" and a["basket_cents"]["metric_role"] == "guardrail"
+    # the units whose 7-day window is still open are not measured yet; the three visit metrics agree
+    treated, late = truth["treated"], truth["late"]
+    measured = ~np.r_[np.zeros(len(treated) - late, bool), np.ones(late, bool)]
+    visits = truth["visits"]
+    expected = float(visits[treated & measured].mean())
+    for name in ("visit_7d", "visit_7d_by_spend", "visit_7d_by_log_spend"):
+        assert a[name]["units"] == int((treated & measured).sum()), name
+        assert a[name]["mean"] == pytest.approx(expected), name
+        assert a[name]["test"] == "two_proportion" and a[name]["diff"] > 0
+        assert a[name]["diff"] == pytest.approx(a["visit_7d"]["diff"])
+    default = a["visit_7d"]["cuped_interval_narrowing"]
+    by_spend = a["visit_7d_by_spend"]["cuped_interval_narrowing"]
+    by_log_spend = a["visit_7d_by_log_spend"]["cuped_interval_narrowing"]
+    # the pre-period (visits in the week before) says little about next week's; the spend says much
+    assert 0 <= default < 0.02 and by_spend > default + 0.03 and by_log_spend > by_spend, (
+        default,
+        by_spend,
+        by_log_spend,
+    )
+    width = {
+        name: a[name]["cuped_ci_high"] - a[name]["cuped_ci_low"] for name in ("visit_7d", "visit_7d_by_spend")
+    }
+    assert width["visit_7d_by_spend"] < width["visit_7d"]
+    assert a["visit_7d"]["verdict"] == "ship" and a["visit_7d"]["verdict_reason"].startswith("visit_7d +")
+
+
+def test_a_metric_from_the_companys_sql_file_is_computed_and_tested(tmp_path) -> None:
+    from tests import tiny
+
+    con, settings, campaign, truth = spring_company(tmp_path)
+    rows, _ = ex.analyse_campaign(con, campaign, settings, tiny.context())
+    basket = rows_of(rows, "a")["basket_cents"]
+    holdout = rows_of(rows, "holdout")["basket_cents"]
+    # measured once its 14 days closed (sent by Feb 16), the value the file returns: 2,000 cents a purchase
+    treated, bought = truth["treated"], truth["bought"]
+    closed = np.array([s <= datetime(2026, 2, 16, 0) for s in truth["sent_at"]])
+    assert basket["units"] == int((treated & closed).sum()) and holdout["units"] == int(
+        (~treated & closed).sum()
+    )
+    assert basket["mean"] == pytest.approx(2000 * bought[treated & closed].mean())
+    assert basket["control_mean"] == pytest.approx(2000 * bought[~treated & closed].mean())
+    assert basket["test"] == "welch" and basket["untested_reason"] is None
+    assert basket["is_significant"] and basket["ci_low"] > 0
+    metric = ex.catalogue_metrics(settings.experiments)["basket_cents"]
+    assert ex.effect_in_words(basket, metric).startswith(f"basket_cents {basket['cuped_diff']:+,.2f} cents")
+    # its pre-period is the file's value_before: no purchases before the sends, so nothing to adjust by
+    assert basket["cuped_interval_narrowing"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_metric_sql_file_or_covariate_that_does_not_fit_is_a_config_error_naming_it(tmp_path) -> None:
+    from tailor.config import ConfigError
+    from tests import tiny
+
+    con, settings, campaign, _ = spring_company(tmp_path)
+    sql_file = tmp_path / "basket.sql"
+    only_basket = campaign.model_copy(update={"primary_metric": "basket_cents", "guardrails": []})
+    for text, expected in (
+        ("select user_id, sent_at from staging.stg_campaign_exposures", "returns no value column"),
+        ("select user_id, sent_at, 1 as value from staging.stg_campaign_exposures "
+         "union all select user_id, sent_at, 2 from staging.stg_campaign_exposures", "more than one row for a unit"),
+        ("select user_id, sent_at, 1 as value from no_such_table", "fails: Catalog Error"),
+    ):  # fmt: skip
+        sql_file.write_text(text)
+        with pytest.raises(ConfigError, match=r"key 'experiments\.metrics\.basket_cents\.sql'") as error:
+            ex.analyse_campaign(con, only_basket, settings, tiny.context())
+        assert expected in str(error.value)
+    # a binary metric's file must return 0 or 1
+    binary = settings.experiments.metrics["basket_cents"].model_copy(update={"kind": "binary"})
+    binary_settings = settings.model_copy(update={"experiments": settings.experiments.model_copy(
+        update={"metrics": settings.experiments.metrics | {"basket_cents": binary}})})  # fmt: skip
+    sql_file.write_text("select user_id, sent_at, 2 as value from staging.stg_campaign_exposures")
+    with pytest.raises(ConfigError, match="values other than 0 and 1 for a binary metric"):
+        ex.analyse_campaign(con, only_basket, binary_settings, tiny.context())
+    # a covariate on a users column that is not a number, or not there at all
+    for covariate, expected in (("country", "a users column of type String, not a number"),
+                                ("loyalty_tier", "'loyalty_tier' is not a column of staging.stg_users")):  # fmt: skip
+        metric = settings.experiments.metrics["visit_7d"].model_copy(update={"covariate": covariate})
+        bad = settings.model_copy(update={"experiments": settings.experiments.model_copy(
+            update={"metrics": {"visit_7d": metric}})})  # fmt: skip
+        with pytest.raises(ConfigError, match=expected):
+            ex.analyse_campaign(con, campaign.model_copy(update={"guardrails": []}), bad, tiny.context())
+
+
+def test_a_campaign_on_exposure_outcomes_alone_needs_no_event_metrics(tmp_path) -> None:
+    from tests import tiny
+
+    con, settings, campaign, truth = spring_company(tmp_path)
+    plain = campaign.model_copy(
+        update={"primary_metric": "conversion_rate", "guardrails": ["revenue_per_user"]}
+    )
+    rows, summary = ex.analyse_campaign(con, plain, settings, tiny.context())
+    assert {row["metric"] for row in rows} == {"conversion_rate", "revenue_per_user"}
+    assert summary["units_by_arm"] == {
+        "a": int(truth["treated"].sum()),
+        "holdout": int((~truth["treated"]).sum()),
+    }
+    # nobody converted: a difference of zero, tested
+    conversion = rows_of(rows, "a")["conversion_rate"]
+    assert conversion["diff"] == 0 and conversion["untested_reason"] is None
