@@ -27,17 +27,16 @@ EXPERIMENT_DATASETS = ("experiment_results", "uplift_evaluation", "allocation_de
 
 
 @flow(name="tailor-experiment-analysis", validate_parameters=False)
-def experiment_analysis(
-    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
+def experiment_analysis(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
     """Tonight's analysis of every campaign, stored in the warehouse for the allocation and publication."""
-    return analyse_experiments(settings, ctx, models)
+    return analyse_experiments(settings, ctx)
 
 
 @flow(name="tailor-experiments", on_failure=[notify_failure])
 def experiments(config_path: str, run_date: date | None = None, target: str | None = None) -> dict[str, Any]:
-    """Extract the newest sends, analyse them with the serving models, and publish the results. It shares
-    the warehouse with the nightly run, so it takes the same run lock."""
+    """Extract the newest sends, analyse them (from sends and outcomes alone: no model of the nightly run
+    is needed) and publish the results. It shares the warehouse with the nightly run, so it takes the same
+    run lock."""
     settings = load_settings(config_path, {"publish.target": target} if target else None)
     register_key(settings)  # erasure needs it in every mode: say so before anything runs
     ctx = run_context(settings, run_date)
@@ -51,7 +50,7 @@ def experiments(config_path: str, run_date: date | None = None, target: str | No
             quality = validate_sources(settings, ctx, loads)
         build_staging(settings, ctx)
         models = serving_models(settings, ctx)
-        campaigns = experiment_analysis(settings, ctx, models)
+        campaigns = experiment_analysis(settings, ctx)
         write_report(settings, ctx)
         only = EXPERIMENT_DATASETS
         local = write_datasets(settings, ctx, models, quality, {"experiments": campaigns}, only=only)

@@ -1,4 +1,4 @@
-"""The nightly run: extract -> erase -> validate -> features -> train -> experiments -> score -> segments ->
+"""The nightly run: extract -> erase -> validate -> features -> experiments -> train -> score -> segments ->
 variants -> fairness audit -> report -> publish."""
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ def run_stages(settings: Settings, ctx: RunContext, force: bool) -> dict[str, An
         source_quality = validate_sources(settings, ctx, loads)
         feature_rows = build_features_cached(settings, force)(settings, ctx)
         quality = combine(source_quality, validate_features(settings, ctx))
+    # the experiments read sends and outcomes alone: they are analysed (and stored) before training, so a
+    # model that cannot be trained tonight never stops them; `tailor experiments` can then publish them
+    experiments = experiment_analysis(settings, ctx)
     models = train_models(settings, ctx)
-    experiments = experiment_analysis(settings, ctx, models)
     scored = score_users(settings, ctx, models)
     segments = build_segments(settings, ctx, models)
     campaigns = assign_variants(settings, ctx, models)

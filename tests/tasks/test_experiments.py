@@ -28,7 +28,7 @@ def _units(settings, ctx, campaign: CampaignConfig) -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def analysed(midsize_company):
     out, settings, ctx, models = midsize_company
-    summary = ex.analyse_experiments.fn(settings, ctx, models)
+    summary = ex.analyse_experiments.fn(settings, ctx)
     with connect(settings) as con:
         results = con.sql(
             "select * from meta.experiment_results where run_date = $d", params={"d": ctx.run_date}
@@ -273,7 +273,7 @@ def test_the_next_nights_bandit_moves_toward_the_variant_that_converted_better(
     )
     score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
-    ex.analyse_experiments.fn(settings, ctx, models)
+    ex.analyse_experiments.fn(settings, ctx)
     night_one = assign_variants(settings, ctx, models)["app_nudge"]["intended_shares"]
 
     # a week of sends to the campaign's users, reported on the last day
@@ -299,7 +299,7 @@ def test_the_next_nights_bandit_moves_toward_the_variant_that_converted_better(
     extract_sources.fn(settings, night_two_ctx)
     with connect(settings) as con:
         build_staging_models(con, night_two_ctx)
-    ex.analyse_experiments.fn(settings, night_two_ctx, models)
+    ex.analyse_experiments.fn(settings, night_two_ctx)
     night_two = assign_variants(settings, night_two_ctx, models)["app_nudge"]["intended_shares"]
     assert night_two["urgency"] > night_one["urgency"] + 0.2 and night_two["urgency"] > 0.9, (
         night_one,
@@ -317,8 +317,8 @@ def test_the_next_nights_bandit_moves_toward_the_variant_that_converted_better(
 
 
 def test_stored_results_are_replaced_when_a_night_is_rerun(analysed) -> None:
-    _, settings, ctx, models, first, _, _, _ = analysed
-    assert ex.analyse_experiments.fn(settings, ctx, models) == first
+    _, settings, ctx, _, first, _, _, _ = analysed
+    assert ex.analyse_experiments.fn(settings, ctx) == first
     with connect(settings) as con:
         counts = con.execute(
             "select count(*), count(distinct (campaign_id, variant_id, metric)) from meta.experiment_results "

@@ -45,7 +45,7 @@ def _allocate(settings, ctx, models) -> None:
     from tailor.tasks.segments import build_segments
     from tailor.tasks.variants import assign_variants
 
-    analyse_experiments.fn(settings, ctx, models)
+    analyse_experiments.fn(settings, ctx)
     score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
     assign_variants(settings, ctx, models)

@@ -162,7 +162,7 @@ def test_without_a_proven_uplift_model_the_truly_best_single_variant_serves(mids
     out, settings, ctx, models = midsize_company
     score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
-    analyse_experiments.fn(settings, ctx, models)
+    analyse_experiments.fn(settings, ctx)
     summary = assign_variants(settings, ctx, models)
     assert summary["weekly_digest"]["policy"] == "personalized"
     assert summary["weekly_digest"]["best_single_variant"] == "editorial"
