@@ -56,21 +56,45 @@ SHARED_CHANCE_POLICIES = ("split", "bandit")
 
 
 def logged_sends(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, ctx: RunContext, start: datetime
+    con: duckdb.DuckDBPyConnection, campaign_id: str, settings: Settings, ctx: RunContext, start: datetime
 ) -> pl.DataFrame:
     """The campaign's sends from `start` to the cutoff with outcomes, logged propensity, the decision log's
-    share that day, and the user's contexts (segment: the RFM segment, 'unknown' without marts.segments)."""
+    share that day, and the user's contexts (segment: the RFM segment at the cutoff, 'unknown' where the
+    cutoff's user features are not built)."""
     sends = query(
         con,
         "marts/logged_sends",
         {"campaign_id": campaign_id, "window_start": start, "cutoff": ctx.cutoff, "cutoff_day": ctx.run_date},
     ).pl()
-    if table_exists(con, "marts.segments"):
-        segments = con.sql("select user_id, rfm_segment as segment from marts.segments").pl()
+    segments = cutoff_segments(con, settings, ctx)
+    if segments is not None:
         sends = sends.join(segments, on="user_id", how="left", maintain_order="left")
     else:
         sends = sends.with_columns(pl.lit(None, pl.Utf8).alias("segment"))
     return sends.with_columns(pl.col("segment").fill_null("unknown"))
+
+
+def cutoff_segments(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext) -> pl.DataFrame | None:
+    """Each user's RFM segment at the cutoff, computed by the segments' own SQL from the cutoff's features,
+    not read from marts.segments: that table is whichever night last built it, so a rerun would see other
+    segments than the first run did."""
+    from tailor.tasks.segments import rule_params  # here: tasks/segments.py imports scoring, which is heavier
+
+    if not table_exists(con, "features.user_features"):
+        return None
+    params = {"run_date": ctx.run_date, "cutoff": ctx.cutoff, **rule_params(settings)}
+    # the segments' SQL joins tonight's clusters, which the RFM segment does not depend on and which the
+    # segments stage has not learned yet when the experiments run: an empty stand-in, rolled back after
+    con.execute("begin transaction")
+    try:
+        con.execute("create schema if not exists model")
+        con.execute(
+            "create table if not exists model.user_clusters (user_id varchar, cluster_id bigint, cluster_name varchar)"
+        )
+        segments = query(con, "marts/segments", params).pl()
+    finally:
+        con.execute("rollback")
+    return segments.select("user_id", pl.col("rfm_segment").alias("segment")) if segments.height else None
 
 
 def logging_propensity(sends: pl.DataFrame, campaign: CampaignConfig) -> np.ndarray:
@@ -245,7 +269,7 @@ def evaluate_policies(
     variant_ids = [variant.variant_id for variant in campaign.approved_variants]
     names = [f"variant:{v}" for v in variant_ids] + [PERSONALIZED, BANDIT, CONTEXTUAL, AS_LOGGED]
     key = {"run_date": ctx.run_date, "campaign_id": campaign.campaign_id}
-    sends = logged_sends(con, campaign.campaign_id, ctx, start)
+    sends = logged_sends(con, campaign.campaign_id, settings, ctx, start)
     propensity = logging_propensity(sends, campaign)
     known = np.isfinite(propensity)
     reason = None
@@ -343,13 +367,14 @@ def personalized_policy(
     from tailor.tasks import experiments
 
     variant_ids = [variant.variant_id for variant in campaign.approved_variants]
-    examples = experiments.uplift_examples(con, campaign, settings, ctx, start)
+    gate = experiments.uplift_gate(con, campaign, ctx).only(variant_ids)
+    # the models need each send's features; the best single variant needs only who and when
+    examples = experiments.uplift_examples(con, campaign, settings, ctx, start) if gate.models else sends
     target = np.zeros((sends.height, actions))
     valued = np.zeros(sends.height, dtype=bool)
     if examples.height == 0:
         return target, valued, "no send of a user with profiling consent"
     test = examples.filter(pl.Series(experiments.split_parts(examples, settings, ctx) == uplift.TEST))
-    gate = experiments.uplift_gate(con, campaign, ctx).only(variant_ids)
     scores = {}
     for variant, model in gate.models.items():
         learner = uplift.load_learner(model["learner"], model["paths"], model["propensity"])

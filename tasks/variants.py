@@ -191,7 +191,7 @@ def allocate_contextual(
     allocation = campaign.allocation
     n = users.height
     start = ctx.cutoff - timedelta(days=allocation.lookback_days)
-    sends = logged_sends(con, campaign.campaign_id, ctx, start)
+    sends = logged_sends(con, campaign.campaign_id, settings, ctx, start)
     prior = (allocation.prior_successes, allocation.prior_failures)
     pooled = {variant: feedback.posteriors.get(variant, prior) for variant in variant_ids}
     posteriors = bandit.context_posteriors(

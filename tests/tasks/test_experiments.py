@@ -154,22 +154,24 @@ def test_the_split_policy_checks_every_variants_share() -> None:
     assert fair.p_value > 0.5 and skewed.p_value < 1e-10 and stray.p_value < 1e-10
 
 
-def test_the_uplift_evaluation_runs_on_sends_alone_and_proves_nothing_on_too_few_units(analysed) -> None:
+def test_the_uplift_evaluation_runs_on_sends_alone_and_needs_enough_units(analysed) -> None:
     _, settings, ctx, _, _, _, uplift, _ = analysed
     digest = uplift.filter(pl.col("campaign_id") == "weekly_digest")
     assert set(digest["variant_id"]) == {"discount", "editorial", "new_arrivals"}
-    # 5,000 users give a campaign about a thousand units (one per user): fewer than min_units in a part
-    assert not digest["drives_policy"].any()
-    assert all("experiments.uplift.min_units (200)" in reason for reason in digest["policy_reason"])
-    assert all("the best single variant (editorial) serves" in reason for reason in digest["policy_reason"])
-    # with a lower bar every learner is fitted on train, the best on validation is measured on test
+    # a bar above the campaign's units: no variant is evaluated, and each row says why and what serves
     config = settings.experiments.model_copy(
-        update={"uplift": settings.experiments.uplift.model_copy(update={"min_units": 40})}
+        update={"uplift": settings.experiments.uplift.model_copy(update={"min_units": 100_000})}
     )
-    lowered = settings.model_copy(update={"experiments": config})
+    raised = settings.model_copy(update={"experiments": config})
     campaign = next(c for c in settings.campaigns if c.campaign_id == "weekly_digest")
     with connect(settings) as con:
-        rows, curves, models = ex.evaluate_uplift(con, campaign, lowered, ctx, "editorial")
+        starved, _, no_models = ex.evaluate_uplift(con, campaign, raised, ctx, "editorial")
+    assert not any(row["drives_policy"] for row in starved) and no_models == []
+    assert all("experiments.uplift.min_units (100000)" in row["policy_reason"] for row in starved)
+    assert all("the best single variant (editorial) serves" in row["policy_reason"] for row in starved)
+    # at the default bar every learner is fitted on train, the best on validation is measured on test
+    with connect(settings) as con:
+        rows, curves, models = ex.evaluate_uplift(con, campaign, settings, ctx, "editorial")
     assert {row["variant_id"] for row in rows} == {"discount", "editorial", "new_arrivals"}
     for row in rows:
         validation = json.loads(row["validation_qini"])

@@ -75,6 +75,10 @@ def biased_company(tmp_path_factory):
     out = tmp_path_factory.mktemp("biased")
     generate(out, n_users=5000, n_items=600, days=60, end=date(2026, 11, 26), seed=42, plant_bias=True)
     settings = load_settings(out / "tailor.yaml")
+    # 5,000 users leave a part of the split fewer than the default 200 holdout sends: at 100 the uplift models
+    # are evaluated, those of discount and new_arrivals drive the personalized e-mail, and the audit sees it
+    uplift = settings.experiments.uplift.model_copy(update={"min_units": 100})
+    settings = settings.model_copy(update={"experiments": settings.experiments.model_copy(update={"uplift": uplift})})
     ctx = run_context(settings, date(2026, 11, 27))
     extract_sources.fn(settings, ctx)
     build_features.fn(settings, ctx)

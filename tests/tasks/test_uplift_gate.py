@@ -291,7 +291,7 @@ def test_the_time_split_measures_on_the_last_days_of_sends(evaluated) -> None:
     # sends run from February 1 to 21 and the cutoff is March 2: the last 13 days hold February 17 to 21
     config = settings(split="time", test_days=13, validation_days=4)
     (row,), _, _ = ex.evaluate_uplift(con, config.campaigns[0], config, ctx)
-    units = ex.uplift_examples(con, config.campaigns[0], ctx, datetime(2026, 1, 1))
+    units = ex.uplift_examples(con, config.campaigns[0], config, ctx, datetime(2026, 1, 1))
     test_from, validation_from = datetime(2026, 2, 17), datetime(2026, 2, 13)
     assert row["split"] == "time" and row["test_units"] == units.filter(pl.col("sent_at") >= test_from).height
     assert (
@@ -304,7 +304,7 @@ def test_the_time_split_measures_on_the_last_days_of_sends(evaluated) -> None:
 
 def test_a_sensitive_attribute_is_a_feature_only_when_config_names_it(evaluated) -> None:
     con, ctx, *_ = evaluated[True]
-    units = ex.uplift_examples(con, campaign(), ctx, datetime(2026, 1, 1))
+    units = ex.uplift_examples(con, campaign(), tiny.settings(), ctx, datetime(2026, 1, 1))
     default = ex.uplift_features(units, tiny.settings(), "uplift_c__a")
     allowed = ex.uplift_features(
         units, tiny.settings(privacy={"sensitive_features": ["age_band"]}), "uplift_c__a"

@@ -154,12 +154,17 @@ def test_content_respects_consent_audience_and_renders_every_message(allocated) 
 
 
 def test_without_a_proven_uplift_model_the_truly_best_single_variant_serves(midsize_company) -> None:
-    """On 5,000 generated users no uplift model is proven (too few units per campaign), so the personalized
-    policy gives every profiled user who does not explore the variant of highest posterior conversion; the
-    generator knows each user's true conversion probability under each variant: it is the true best."""
+    """Where no uplift model is proven (here: min_units above the campaign's units, so none is evaluated), the
+    personalized policy gives every profiled user who does not explore the variant of highest posterior
+    conversion; the generator knows each user's true conversion probability under each variant: it is the
+    true best."""
     from tailor.tasks.experiments import analyse_experiments
 
     out, settings, ctx, models = midsize_company
+    experiments = settings.experiments.model_copy(
+        update={"uplift": settings.experiments.uplift.model_copy(update={"min_units": 100_000})}
+    )
+    settings = settings.model_copy(update={"experiments": experiments})
     score_users(settings, ctx, models)
     build_segments.fn(settings, ctx, models)
     analyse_experiments.fn(settings, ctx)
