@@ -66,6 +66,7 @@ from tailor.tasks.train import (
     lightgbm_params,
     predict_propensity,
     user_model_features,
+    vocabulary,
 )
 from tailor.warehouse import RunContext, connect
 
@@ -946,15 +947,6 @@ def uplift_features(examples: pl.DataFrame, settings: Settings, model_name: str)
     return features
 
 
-def string_vocabulary(frame: pl.DataFrame, features: tuple[str, ...]) -> dict[str, list[str]]:
-    """Each text column's values in the training rows: the categories (a value first seen later is missing)."""
-    return {
-        name: sorted(v for v in frame[name].unique().to_list() if v is not None)
-        for name in features
-        if frame.schema[name] == pl.Utf8
-    }
-
-
 def uplift_matrix(
     frame: pl.DataFrame, features: tuple[str, ...], categories: dict[str, list[str]]
 ) -> tuple[np.ndarray, list[int]]:
@@ -1036,7 +1028,7 @@ def evaluate_variant(
     name = f"uplift_{campaign.campaign_id}{VARIANT_SEPARATOR}{variant_id}"
     train = units.filter(pl.Series(parts == uplift.TRAIN))
     features = uplift_features(train, settings, name)
-    categories = string_vocabulary(train, features)
+    categories = vocabulary(train, features)
     y = units[UPLIFT_OUTCOME].cast(pl.Float64).to_numpy()
     x, categorical = uplift_matrix(units, features, categories)
     learner, validation_qini = chosen_learner(x, treated, y, categorical, parts, settings)
@@ -1229,10 +1221,15 @@ def predicted_uplift(
     A user the features do not know (created after the cutoff) has missing features, as LightGBM allows."""
     scored = uplift_examples(con, campaign, settings, ctx, ctx.cutoff, mode="score")
     frame = users.select("user_id").join(scored, on="user_id", how="left", maintain_order="left")
+    return gated_scores(gate, frame)
+
+
+def gated_scores(gate: UpliftGate, frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Each proven variant's predicted uplift for the rows of `frame` (uplift features), from its stored learner."""
     out = {}
     for variant, model in gate.models.items():
         learner = uplift.load_learner(model["learner"], model["paths"], model["propensity"])
-        out[variant] = learner.predict(feature_matrix(frame, model["features"], model["categories"]))
+        out[variant] = learner.predict(feature_matrix(frame, tuple(model["features"]), model["categories"]))
     return out
 
 

@@ -37,7 +37,6 @@ import polars as pl
 from tailor import bandit, ope, uplift
 from tailor.config import CampaignConfig, Settings
 from tailor.sql import ensure_table, query, replace_run_rows, table_exists
-from tailor.tasks.train import feature_matrix
 from tailor.warehouse import RunContext
 
 log = logging.getLogger(__name__)
@@ -307,9 +306,7 @@ def evaluate_policies(
         settings.experiments.alpha, settings.experiments.ope_bootstrap_samples, settings.seed,
     )  # fmt: skip
     rows.append({"policy": DIFFERENCE, "metric": "conversion_rate"} | estimate_fields(difference))
-    if note:
-        rows = [row | {"reason": "; ".join(filter(None, [row["reason"], note]))} for row in rows]
-    return [key | row for row in rows]
+    return [key | row for row in with_note(rows, note)]
 
 
 def personalized_rows(
@@ -328,27 +325,23 @@ def personalized_rows(
     """The personalized policy's rows: its probabilities on the sends it can be valued on honestly (those of
     the uplift evaluation's test part: profiled users its models never learned from), each estimator."""
     target, valued, note = personalized_policy(con, campaign, settings, ctx, start, posteriors, sends, actions)
+    if valued.sum() < 2:
+        rows = skipped([PERSONALIZED], int(valued.sum()), f"not enough data: {note}")
+        return [row for row in rows if row["policy"] == PERSONALIZED]
     rows = []
     for metric, column in OPE_METRICS.items():
-        if valued.sum() < 2:
-            rows += [
-                {"policy": PERSONALIZED, "metric": metric, "estimator": estimator, "value": None, "ci_low": None,
-                 "ci_high": None, "effective_sample_size": 0.0, "logged_rows": int(valued.sum()),
-                 "reason": f"not enough data: {note}"}
-                for estimator in ope.ESTIMATORS
-            ]  # fmt: skip
-            continue
         reward = sends[column].cast(pl.Float64).to_numpy()
         estimated = estimate_rows(
             reward[valued], action[valued], propensity[valued], {PERSONALIZED: target[valued]}, contexts[valued],
             settings,
         )  # fmt: skip
-        rows += [
-            row | {"metric": metric, "reason": "; ".join(filter(None, [row["reason"], note]))}
-            for row in estimated
-            if row["policy"] == PERSONALIZED
-        ]
-    return rows
+        rows += [row | {"metric": metric} for row in estimated if row["policy"] == PERSONALIZED]
+    return with_note(rows, note)
+
+
+def with_note(rows: list[dict[str, Any]], note: str | None) -> list[dict[str, Any]]:
+    """The rows with `note` added to their reason."""
+    return [row | {"reason": "; ".join(filter(None, [row["reason"], note]))} for row in rows] if note else rows
 
 
 def personalized_policy(
@@ -375,10 +368,7 @@ def personalized_policy(
     if examples.height == 0:
         return target, valued, "no send of a user with profiling consent"
     test = examples.filter(pl.Series(experiments.split_parts(examples, settings, ctx) == uplift.TEST))
-    scores = {}
-    for variant, model in gate.models.items():
-        learner = uplift.load_learner(model["learner"], model["paths"], model["propensity"])
-        scores[variant] = learner.predict(feature_matrix(test, tuple(model["features"]), model["categories"]))
+    scores = experiments.gated_scores(gate, test)
     if scores:
         # as the allocation does: an evaluated variant without a proven model counts at its average effect
         scores |= {v: np.full(test.height, e) for v, e in gate.average_effect.items() if v not in scores}

@@ -50,6 +50,15 @@ def test_the_experiments_flow_publishes_under_its_own_prefix(company: Path, pref
     assert set(as_logged["campaign_id"]) == {"weekly_digest", "app_nudge"}
     assert as_logged["value"].is_not_null().all() and as_logged["reason"].is_null().all()
     assert ((as_logged["ci_low"] <= as_logged["value"]) & (as_logged["value"] <= as_logged["ci_high"])).all()
+    # the personalized policy as the gate runs it (no model proven on 800 users: the best single variant),
+    # valued on the uplift test users' sends only
+    personalized = policies.filter(
+        (pl.col("policy") == "personalized") & (pl.col("metric") == "conversion_rate") & (pl.col("estimator") == "snipw")
+    ).join(as_logged.filter(pl.col("estimator") == "snipw").select("campaign_id", all_rows="logged_rows"), on="campaign_id")
+    assert personalized.height == 2
+    for row in personalized.to_dicts():
+        assert "the best single variant" in row["reason"] and "test users" in row["reason"], row["reason"]
+        assert 0 < row["logged_rows"] < row["all_rows"]
     assert "<svg" in (run / "report.html").read_text()
     # the nightly run's own layout is untouched
     assert not (published / "latest.json").exists() and not (published / "runs").exists()
