@@ -85,6 +85,7 @@ def run_stages(settings: Settings, ctx: RunContext, force: bool) -> dict[str, An
                 "metrics": m["metrics"],
                 "decision": m["decision"],
                 "served_by": m.get("served_by"),
+                "trained": m.get("trained", True),
             }
             for name, m in models.items()
         },

@@ -11,7 +11,14 @@ from prefect.futures import PrefectFuture, as_completed
 
 from tailor.config import Settings
 from tailor.progress import progress
-from tailor.tasks.score import SCORING_MODELS, finish_scoring, prepare_scoring, score_shard
+from tailor.tasks.score import (
+    SCORING_MODELS,
+    finish_scoring,
+    prepare_scoring,
+    score_shard,
+    stream_scores,
+    streams_locally,
+)
 from tailor.tasks.shards import Shard, task_runner
 from tailor.tasks.variants import allocate_campaigns, render_shard, store_content
 from tailor.warehouse import RunContext
@@ -37,9 +44,12 @@ def render_shards(settings: Settings, shards: list[Shard]) -> list[dict[str, int
 
 
 def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, int]:
-    shards = prepare_scoring(settings, ctx)
     scoring_models = {name: models[name] for name in SCORING_MODELS if name in models}
-    counts = score_shards.with_options(task_runner=task_runner(settings))(shards, scoring_models)
+    if streams_locally(settings):
+        shards, counts = stream_scores(settings, ctx, scoring_models)
+    else:
+        shards = prepare_scoring(settings, ctx)
+        counts = score_shards.with_options(task_runner=task_runner(settings))(shards, scoring_models)
     return finish_scoring(settings, ctx, models, shards, counts)
 
 

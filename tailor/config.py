@@ -280,6 +280,14 @@ class RegistryConfig(StrictModel):
         description="a model serves only if its holdout metric beats the best simple baseline's by this "
         "relative margin (0.02: 2% better); otherwise the baseline serves",
     )
+    retrain_every_days: int = Field(
+        1,
+        ge=1,
+        le=90,
+        description="train the models every this many nights (7: weekly); the nights between score with the "
+        "models that serve now and skip the training cutoffs' features. A change to the model settings, the "
+        "code or the repeat-purchase decision, or a missing model file, retrains the next night",
+    )
 
 
 class ExclusionConfig(StrictModel):

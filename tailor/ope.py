@@ -30,6 +30,8 @@ from scipy import stats as scipy_stats
 ESTIMATORS = ("ipw", "snipw", "dr")
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_CELLS = 10_000_000  # resamples x distinct rows drawn at once: bounds the memory of the counts
+# above this many rows a resample draws blocks of rows, not rows (see resampled_sums)
+BOOTSTRAP_BLOCKS = 20_000
 
 
 class OffPolicyError(ValueError):
@@ -90,15 +92,30 @@ def resampled_sums(columns: np.ndarray, samples: int, seed: int) -> np.ndarray:
 
     Logged rows repeat a few distinct values (one weight per arm and context, a 0/1 reward), so a resample is
     drawn as multinomial counts of the distinct rows: the same distribution as drawing n rows, in time that
-    grows with the distinct rows rather than with n."""
+    grows with the distinct rows rather than with n. More rows than BOOTSTRAP_BLOCKS (a doubly robust term
+    has as many distinct values as rows) are first summed, centred on their mean, into that many blocks of
+    randomly assigned rows, and the blocks are resampled: a centred block sum has the variance of as many
+    rows whatever the block's size, so the resampled sums spread as the rows' would, in time that no
+    longer grows with the rows."""
     rng = np.random.default_rng(seed)
-    distinct, counts = np.unique(columns, axis=0, return_counts=True)
     n = columns.shape[0]
-    chunk = max(1, min(samples, BOOTSTRAP_CELLS // distinct.shape[0]))
+    offset = np.zeros(columns.shape[1])
+    if n > BOOTSTRAP_BLOCKS:
+        mean = columns.mean(axis=0)
+        block = rng.integers(0, BOOTSTRAP_BLOCKS, n)
+        units = np.column_stack(
+            [np.bincount(block, weights=column - centre, minlength=BOOTSTRAP_BLOCKS)
+             for column, centre in zip(columns.T, mean, strict=True)]
+        )  # fmt: skip
+        draws_per_sample, counts, offset = BOOTSTRAP_BLOCKS, np.ones(BOOTSTRAP_BLOCKS), n * mean
+    else:
+        units, counts = np.unique(columns, axis=0, return_counts=True)
+        draws_per_sample = n
+    chunk = max(1, min(samples, BOOTSTRAP_CELLS // units.shape[0]))
     sums = []
     for start in range(0, samples, chunk):
-        draws = rng.multinomial(n, counts / n, size=min(chunk, samples - start))
-        sums.append(draws @ distinct)
+        draws = rng.multinomial(draws_per_sample, counts / counts.sum(), size=min(chunk, samples - start))
+        sums.append(draws @ units + offset)
     return np.vstack(sums)
 
 

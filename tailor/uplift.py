@@ -47,7 +47,10 @@ def _ranked(scores: np.ndarray, treated: np.ndarray, converted: np.ndarray) -> t
 
 
 def qini_curve(scores: np.ndarray, treated: np.ndarray, converted: np.ndarray) -> QiniCurve:
-    is_treated, y = _ranked(scores, treated, converted)
+    return _ranked_qini(*_ranked(scores, treated, converted))
+
+
+def _ranked_qini(is_treated: np.ndarray, y: np.ndarray) -> QiniCurve:
     n = y.size
     n_t = np.concatenate([[0], np.cumsum(is_treated)])
     n_c = np.concatenate([[0], np.cumsum(~is_treated)])
@@ -256,7 +259,10 @@ def auuc(scores: np.ndarray, treated: np.ndarray, converted: np.ndarray) -> floa
     (Rzepakowski & Jaroszewicz 2012) at the top k units is (treated rate - control rate among them) * k, here
     divided by N like the Qini curve; unlike Qini it compares rates, so it does not lean on the arms' balance
     among the top units. A top share holding only one arm adds nothing (its rate difference is undefined)."""
-    is_treated, y = _ranked(scores, treated, converted)
+    return _ranked_auuc(*_ranked(scores, treated, converted))
+
+
+def _ranked_auuc(is_treated: np.ndarray, y: np.ndarray) -> float:
     n = y.size
     n_t, n_c = np.cumsum(is_treated), np.cumsum(~is_treated)
     y_t, y_c = np.cumsum(y * is_treated), np.cumsum(y * ~is_treated)
@@ -332,6 +338,31 @@ def _figures(scores: np.ndarray, treated: np.ndarray, y: np.ndarray, shares: tup
     )
 
 
+def _sorted_figures(is_treated: np.ndarray, y: np.ndarray, shares: tuple[float, ...]) -> np.ndarray:
+    """_figures of units already in ranked order (score descending): the same figures with no sort, as a
+    bootstrap resample of ranked units is itself ranked."""
+    ate = average_effect(is_treated, y)
+    at = []
+    for share in shares:
+        rates = []
+        for arm in (is_treated, ~is_treated):
+            if not arm.any():
+                rates = [math.nan, math.nan]
+                break
+            arm_y = y[arm]
+            rates.append(arm_y[: max(1, math.ceil(share * arm_y.size))].mean())
+        at.append(float(rates[0] - rates[1]))
+    return np.array(
+        [
+            _ranked_qini(is_treated, y).coefficient,
+            _ranked_auuc(is_treated, y),
+            ate,
+            *at,
+            *(u - ate for u in at),
+        ]
+    )
+
+
 def evaluate(
     scores: np.ndarray,
     treated: np.ndarray,
@@ -354,14 +385,19 @@ def evaluate(
     t_index, c_index = np.flatnonzero(is_treated), np.flatnonzero(~is_treated)
     draws = np.empty((samples, point.size))
     codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else None
+    # ranked once: a resample is each unit repeated as often as it was drawn, laid out in this order, so no
+    # resample needs a sort of its own (units tied on score keep their input order)
+    order = np.argsort(-scores, kind="stable")
     for b in range(samples):
         if codes is not None:
             # each unit repeated as often as its user was drawn
             drawn = np.bincount(rng.integers(0, codes.max() + 1, codes.max() + 1), minlength=codes.max() + 1)
-            index = np.repeat(np.arange(y.size), drawn[codes])
+            copies = drawn[codes]
         else:
             index = np.concatenate([rng.choice(t_index, t_index.size), rng.choice(c_index, c_index.size)])
-        draws[b] = _figures(scores[index], is_treated[index], y[index], shares)
+            copies = np.bincount(index, minlength=y.size)
+        ranked = np.repeat(order, copies[order])
+        draws[b] = _sorted_figures(is_treated[ranked], y[ranked], shares)
     tail = (1 - level) / 2 * 100
     with np.errstate(invalid="ignore"):
         low, high = (

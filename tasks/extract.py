@@ -157,11 +157,23 @@ def reader_sql(source: SourceConfig) -> tuple[str, dict[str, object]]:
 
 def describe_columns(
     con: duckdb.DuckDBPyConnection, relation_sql: str, params: dict[str, object]
-) -> list[str]:
-    statement = f"select column_name from (describe select * from {relation_sql})"
+) -> dict[str, str]:
+    """The file's (or the source SQL's) columns and their DuckDB types, in order."""
+    statement = f"select column_name, column_type from (describe select * from {relation_sql})"
     # a source's SQL need not read every parameter it is offered (an input, $file): bind what it names
     rows = con.execute(statement, bind(statement, params)).fetchall()
-    return [row[0] for row in rows]
+    return {name: column_type for name, column_type in rows}
+
+
+# file types that hold the canonical type's values exactly: read as they are, not through text (which
+# costs most of a typed file's load); every other type is parsed from its text and checked
+NATIVE_TYPES = {
+    "BIGINT": {"BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UINTEGER", "USMALLINT", "UTINYINT"},
+    "DOUBLE": {"DOUBLE", "FLOAT"},
+    "TIMESTAMP": {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"},
+    "BOOLEAN": {"BOOLEAN"},
+    "DATE": {"DATE"},
+}
 
 
 @dataclass(frozen=True)
@@ -245,9 +257,9 @@ class Projection:
     warnings: list[str]
 
 
-def projection(table: Table, source: SourceConfig, present: list[str], label: str) -> Projection:
-    """Map the file's columns onto the canonical ones; values that do not parse become NULL and are
-    reported per row (never a failed load), and an unmapped extra column is a warning."""
+def projection(table: Table, source: SourceConfig, present: dict[str, str], label: str) -> Projection:
+    """Map the file's columns (name -> DuckDB type) onto the canonical ones; values that do not parse
+    become NULL and are reported per row (never a failed load), and an unmapped extra column is a warning."""
     typed, originals = [], {}
     mapped = set()
     for column in table.columns:
@@ -256,12 +268,15 @@ def projection(table: Table, source: SourceConfig, present: list[str], label: st
             if column.required or column.name in source.columns:
                 raise ExtractError(
                     f"{label}: column '{file_column}' (mapped to {table.name}.{column.name}) is missing; "
-                    f"the file has {', '.join(present)}{_delimiter_hint(present, source)}"
+                    f"the file has {', '.join(present)}{_delimiter_hint(list(present), source)}"
                 )
             typed.append(f"null::{column.duckdb_type} as {quote_identifier(column.name)}")
             continue
         mapped.add(file_column)
         ref = quote_identifier(file_column)
+        if present[file_column] in NATIVE_TYPES.get(column.duckdb_type, ()):
+            typed.append(f"cast({ref} as {column.duckdb_type}) as {quote_identifier(column.name)}")
+            continue
         text = f"nullif(trim(cast({ref} as varchar)), '')"
         if (
             column.duckdb_type == "TIMESTAMP"
@@ -316,6 +331,9 @@ def insert_sql(table: Table, projection: Projection, relation: str) -> str:
     originals = ", ".join(
         f"{quote_identifier(name)} := {text}" for name, text in projection.originals.items()
     )
+    # a file whose every column is read as it is has no text to keep
+    original_values = f"struct_pack({originals})" if originals else "null::struct(none varchar)"
+    invalid = f"list_filter([{checks}], lambda name: name is not null)" if checks else "[]::varchar[]"
     canonical = ", ".join(quote_identifier(c.name) for c in table.columns)
     return f"""
         insert into raw.{table.name} by name
@@ -323,13 +341,13 @@ def insert_sql(table: Table, projection: Projection, relation: str) -> str:
             select * from {relation}
         ),
         parsed as (
-            select {", ".join(projection.typed)}, struct_pack({originals}) as original_values
+            select {", ".join(projection.typed)}, {original_values} as original_values
             from source
         ),
         final as (
             select
                 {canonical},
-                list_filter([{checks}], lambda name: name is not null) as {INVALID_COLUMNS},
+                {invalid} as {INVALID_COLUMNS},
                 original_values
             from parsed
         )
@@ -426,7 +444,7 @@ def boolean_spellings(
     con: duckdb.DuckDBPyConnection,
     table: Table,
     source: SourceConfig,
-    present: list[str],
+    present: dict[str, str],
     relation: str,
     params: dict[str, object],
     label: str,

@@ -11,8 +11,6 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from functools import cache
-from importlib.metadata import version
 from typing import Any
 
 import duckdb
@@ -21,11 +19,12 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor.config import RecommendationsConfig, Settings
 from tailor.schema import ATTRIBUTE_TYPES
-from tailor.sql import bind, materialize, materialize_partition, scalar, sql_root, table_exists
+from tailor.sql import bind, materialize, materialize_partition, scalar, table_exists
 from tailor.tasks.extract import quote_identifier
 from tailor.tasks.repeats import RepeatDecision, excluded_event_types
 from tailor.tasks.repeats import decide as decide_repeats
 from tailor.tasks.repeats import save as save_repeats
+from tailor.tasks.retrain import code_version, retrain_reason, user_sql_version
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
@@ -170,14 +169,23 @@ def build_staging_models(
 
 def build_feature_models(
     con: duckdb.DuckDBPyConnection, settings: Settings, ctx: RunContext
-) -> dict[str, int]:
+) -> tuple[dict[str, int], str | None]:
+    """Every feature table the night needs, and why it trains (None: it scores with the models serving now,
+    so only the scoring cutoff's features are built). Whether it trains is decided here, once, since
+    training needs the training cutoffs' features."""
     cuts = cutoffs_for(settings, ctx)
     check_training_windows(con, settings, ctx, cuts)
     repeats = decide_repeats(con, settings, cuts.score)
     save_repeats(con, ctx.run_date, repeats)
     log.info("repeat purchases %s", repeats.reason)
+    reason = retrain_reason(con, settings, ctx)
+    if reason is None:
+        log.info("no training tonight: the models that serve now score (registry.retrain_every_days)")
+    else:
+        log.info("training tonight: %s", reason)
+    with_training = reason is not None
     counts: dict[str, int] = {}
-    for cutoff in cuts.all():
+    for cutoff in cuts.all() if with_training else [cuts.score]:
         counts |= build_cutoff_features(
             con, settings, cutoff, cutoff_day(ctx, cutoff), with_ranking=cutoff in cuts.ranking()
         )
@@ -186,20 +194,22 @@ def build_feature_models(
         (cuts.ranking_holdout, True),
         (cuts.score, False),
     ):
-        counts |= build_candidates(con, settings, cutoff, is_training, repeats)
+        if with_training or not is_training:
+            counts |= build_candidates(con, settings, cutoff, is_training, repeats)
     counts["campaign_click_examples"] = materialize_partition(
         con,
         "features/campaign_click_examples",
         "cutoff",
         {"cutoff": cuts.score, "cutoff_day": ctx.run_date},
     )
-    for cutoff in (*cuts.propensity_train, cuts.propensity_holdout, cuts.score):
+    training_cutoffs = (*cuts.propensity_train, cuts.propensity_holdout) if with_training else ()
+    for cutoff in (*training_cutoffs, cuts.score):
         params = {"cutoff": cutoff, "horizon_days": settings.propensity.horizon_days}
         counts[f"propensity_examples@{cutoff:%Y-%m-%d}"] = materialize_partition(
             con, "features/propensity_examples", "cutoff", params
         )
     drop_stale_partitions(con, min(cuts.all()))
-    return counts
+    return counts, reason
 
 
 def build_cutoff_features(
@@ -340,6 +350,17 @@ def build_candidates(
     }
 
 
+def empty_transient_features(con: duckdb.DuckDBPyConnection) -> None:
+    """Delete every row of the tables only the run that built them needs (before the warehouse is
+    rewritten, which then copies none of them), and forget the feature build, so no rerun reuses it."""
+    for model in TRANSIENT_MODELS:
+        table = model.replace("/", ".")
+        if table_exists(con, table):
+            con.execute(f"delete from {table}")
+    if table_exists(con, "meta.feature_builds"):
+        con.execute("delete from meta.feature_builds")
+
+
 def drop_stale_partitions(con: duckdb.DuckDBPyConnection, oldest_needed: datetime) -> None:
     for model in TRANSIENT_MODELS:
         table = model.replace("/", ".")
@@ -355,32 +376,40 @@ def build_staging(settings: Settings, ctx: RunContext) -> dict[str, int]:
 
 @task(name="build-features", cache_policy=NO_CACHE)
 def build_features(settings: Settings, ctx: RunContext) -> dict[str, int]:
-    """Staging models, then features, candidates and training examples (SQL in DuckDB)."""
+    """Staging models, then features, candidates and training examples (SQL in DuckDB); records whether
+    the night trains for the train stage."""
     with connect(settings) as con:
         counts = build_staging_models(con, ctx, settings)
-        counts.update(build_feature_models(con, settings, ctx))
+        features, reason = build_feature_models(con, settings, ctx)
+        counts.update(features)
         con.execute(
             "create table if not exists meta.feature_builds (run_date date, data_fingerprint varchar)"
         )
+        con.execute("alter table meta.feature_builds add column if not exists retrain_reason varchar")
         con.execute("delete from meta.feature_builds")
         con.execute(
-            "insert into meta.feature_builds values ($d, $f)",
-            {"d": ctx.run_date, "f": data_fingerprint(con, ctx)},
+            "insert into meta.feature_builds values ($d, $f, $reason)",
+            {"d": ctx.run_date, "f": data_fingerprint(con, ctx), "reason": reason},
         )
     return counts
 
 
+def planned_training(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> tuple[bool, str]:
+    """(whether tonight trains, why) as tonight's feature build decided; a night with no recorded build
+    (features built outside the flow) trains."""
+    if not table_exists(con, "meta.feature_builds"):
+        return True, "no feature build recorded"
+    con.execute("alter table meta.feature_builds add column if not exists retrain_reason varchar")
+    rows = con.execute(
+        "select retrain_reason from meta.feature_builds where run_date = $d", {"d": ctx.run_date}
+    ).fetchall()
+    if not rows:
+        return True, "no feature build recorded tonight"
+    return rows[0][0] is not None, rows[0][0] or "within registry.retrain_every_days of the last training"
+
+
 # Reusing a night's features: a rerun of the same night (after a failed upload, say) with nothing new
 # loaded skips the feature build, the run's most expensive step, through Prefect's result cache.
-
-
-@cache
-def code_version() -> str:
-    """The package version and every SQL model's text: a changed model must rebuild."""
-    digest = hashlib.sha256(version("tailor").encode())
-    for path in sorted(sql_root().rglob("*.sql")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def data_fingerprint(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
@@ -398,19 +427,10 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     return hashlib.sha256(f"{files}#{erased}".encode()).hexdigest()
 
 
-def user_sql_version(settings: Settings) -> str:
-    """The company's user-feature SQL as it is now: an edit to it changes the features, as a config edit does."""
-    sql = settings.user_features.sql
-    if sql is None:
-        return ""
-    path = settings.resolve(sql)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
-
-
 def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """The key of a reusable build: the same night, config, code and data. No key (so a build) when the
-    warehouse's current build is of another night or other data, since the features live there, not in
-    the cached result."""
+    warehouse holds no build of this night and data (none, or another night's), since the features live there,
+    not in the cached result."""
     settings: Settings = parameters["settings"]
     ctx: RunContext = parameters["ctx"]
     with connect(settings) as con:
@@ -420,7 +440,7 @@ def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
             if table_exists(con, "meta.feature_builds")
             else []
         )
-    if built and built != [(ctx.run_date, fingerprint)]:
+    if built != [(ctx.run_date, fingerprint)]:
         return None
     key = (
         f"{settings.config_sha256}|{user_sql_version(settings)}|{ctx.run_date}|{fingerprint}|{code_version()}"

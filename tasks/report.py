@@ -246,13 +246,17 @@ def feature_importance(path: str | None, top: int = 15) -> pl.DataFrame:
     return frame.sort("gain_share", descending=True).head(top)
 
 
+# the models serving tonight: trained tonight, or on the last training night (registry.retrain_every_days)
+LATEST_TRAINING = "select max(run_date) from meta.models where run_date <= $run_date"
+
+
 def models_section(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> dict[str, Any] | None:
     if not table_exists(con, "meta.models"):
         return None
     models = read(
         con,
         "select model_name, model_version, is_promoted, decision, metrics, features, path "
-        "from meta.models where run_date = $run_date order by model_name",
+        f"from meta.models where run_date = ({LATEST_TRAINING}) order by model_name",
         ctx,
     )
     if models.height == 0:
@@ -733,8 +737,9 @@ def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
     if table_exists(con, "meta.models"):
         lines += ["| model | serving | decision |", "|---|---|---|"]
         for name, promoted, decision in con.execute(
-            "select model_name, is_promoted, decision from meta.models where run_date = $d order by 1",
-            {"d": ctx.run_date},
+            f"select model_name, is_promoted, decision from meta.models where run_date = ({LATEST_TRAINING}) "
+            "order by 1",
+            {"run_date": ctx.run_date},
         ).fetchall():
             lines.append(f"| {name} | {'yes' if promoted else 'no'} | {decision} |")
         lines.append("")

@@ -2,8 +2,10 @@
 engagement model), every user through the propensity model, then the marts: top-K recommendations with
 reasons and fallbacks, and propensity deciles.
 
-The candidates and users are written out in user shards (tasks/shards.py); each shard is scored by its own
-task, so memory holds a shard, not the table, and the shards can run on a Dask cluster.
+A local run streams the candidates from DuckDB to the models in batches, so memory holds a batch. With a
+shard count set or a Dask cluster, the candidates and users are written out in user shards
+(tasks/shards.py); each shard is scored by its own task, so memory holds a shard, not the table, and the
+shards can run on a Dask cluster.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +22,13 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from tailor.config import CHANNEL_CONSENT, Settings
+from tailor.progress import progress
 from tailor.sql import materialize, scalar
 from tailor.tasks.repeats import RepeatDecision, excluded_event_types
 from tailor.tasks.repeats import load as load_repeats
@@ -101,39 +106,122 @@ def write_scores(shard: Shard, name: str, frame: pl.DataFrame) -> None:
 def score_shard(shard: Shard, models: dict[str, dict[str, Any]]) -> dict[str, int]:
     """One shard: the ranker's score for every candidate, the engagement probability of audience items,
     and the users' conversion propensity. Reads and writes only the shard's files."""
-    candidates = shard.read("candidates")
+    scored, audience = score_candidates(shard.read("candidates"), models)
+    write_scores(shard, "scored_candidates", scored)
+    write_scores(shard, "audience_scores", audience)
+    users = shard.read("users")
+    write_scores(shard, "scored_users", score_user_frame(users, models))
+    # the process shows where the shard ran: this one, or a Dask worker
+    run_logger().info("shard %s of %s: %s candidates, %s users scored in process %s",
+                      shard.index + 1, shard.count, scored.height, users.height, os.getpid())  # fmt: skip
+    return {"candidates": scored.height, "users": users.height}
+
+
+def score_candidates(
+    candidates: pl.DataFrame, models: dict[str, dict[str, Any]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(every candidate's ranking and discovery scores, the audience items' engagement probability)."""
     scores = rank_candidates(candidates, models["ranking"])
     discovery = (
         rank_candidates(candidates, models["discovery"])
         if "discovery" in models
         else np.full(candidates.height, np.nan)
     )
-    write_scores(shard, "scored_candidates", candidates.select("user_id", "item_id", "is_audience_only")
-                 .with_columns(pl.Series("score", np.asarray(scores, dtype=np.float64)),
-                               pl.Series("discovery_score", discovery).fill_nan(None)))  # fmt: skip
+    scored = candidates.select("user_id", "item_id", "is_audience_only").with_columns(
+        pl.Series("score", np.asarray(scores, dtype=np.float64)),
+        pl.Series("discovery_score", discovery).fill_nan(None),
+    )
     engagement = models.get("engagement")
     # no engagement model serving (its predictions were constant): no audience is scored tonight
     audience = candidates.filter(pl.col("is_audience_item") & pl.lit(engagement is not None))
-    del candidates
     probability = (
         predict_propensity(
-            lgb.Booster(model_file=engagement["path"]),
+            booster(engagement["path"]),
             feature_matrix(audience, RANKING_FEATURES, {}),
             engagement["params"]["calibration"],
         )
         if audience.height and engagement is not None
         else []
     )
-    write_scores(shard, "audience_scores", audience.select("user_id", "item_id").with_columns(
-        pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))))  # fmt: skip
-    users = shard.read("users")
+    audience_scores = audience.select("user_id", "item_id").with_columns(
+        pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))
+    )
+    return scored, audience_scores
+
+
+def score_user_frame(users: pl.DataFrame, models: dict[str, dict[str, Any]]) -> pl.DataFrame:
     conversion = score_propensity(users, models["propensity"]) if users.height else []
-    write_scores(shard, "scored_users", users.select("user_id").with_columns(
-        pl.Series("conversion_probability", np.asarray(conversion, dtype=np.float64))))  # fmt: skip
-    # the process shows where the shard ran: this one, or a Dask worker
-    run_logger().info("shard %s of %s: %s candidates, %s users scored in process %s",
-                      shard.index + 1, shard.count, len(scores), users.height, os.getpid())  # fmt: skip
-    return {"candidates": len(scores), "users": users.height}
+    return users.select("user_id").with_columns(
+        pl.Series("conversion_probability", np.asarray(conversion, dtype=np.float64))
+    )
+
+
+def booster(path: str) -> lgb.Booster:
+    """A model file loaded once per process and version of the file (a stream scores many batches with it)."""
+    stat = os.stat(path)
+    return _booster(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _booster(path: str, mtime_ns: int, size: int) -> lgb.Booster:
+    return lgb.Booster(model_file=path)
+
+
+# a batch of candidates streamed from DuckDB: about 0.5 GB of features and matrix, whatever the company's size
+STREAM_ROWS = 1_000_000
+
+
+def streams_locally(settings: Settings) -> bool:
+    """A local run with no shard count set streams candidates from DuckDB to the models: no shard files
+    (shards exist for runners that cannot read the warehouse, such as a Dask cluster)."""
+    return settings.compute.task_runner == "local" and settings.compute.shards is None
+
+
+@task(name="score-candidates", cache_policy=NO_CACHE)
+def stream_scores(
+    settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
+) -> tuple[list[Shard], list[dict[str, int]]]:
+    """Every in-scope user's candidates streamed from DuckDB through the models in batches of STREAM_ROWS
+    rows, the scores written as they come; memory holds one batch. Returns what the shards would (one
+    shard's files) for the gather step."""
+    folder = ctx.run_dir / "scoring"
+    shutil.rmtree(folder, ignore_errors=True)
+    (shard,) = make_shards(folder, 1)
+    writers = {name: pq.ParquetWriter(shard.path(name), scored_schema(name)) for name in SCORED_SCHEMAS}
+    candidates, users = 0, 0
+    try:
+        with connect(settings) as con:
+            total = int(scalar(con, "select count(*) from features.ranking_examples where cutoff = $cutoff",
+                               {"cutoff": ctx.cutoff}))  # fmt: skip
+            reader = con.sql(
+                "select * from features.ranking_examples where cutoff = $cutoff", params={"cutoff": ctx.cutoff}
+            ).to_arrow_reader(STREAM_ROWS)
+            with progress("scoring candidates", total=total, unit="rows") as bar:
+                for batch in reader:
+                    scored, audience = score_candidates(pl.from_arrow(pa.Table.from_batches([batch])), models)
+                    writers["scored_candidates"].write_table(cast_scores(scored, "scored_candidates"))
+                    writers["audience_scores"].write_table(cast_scores(audience, "audience_scores"))
+                    candidates += scored.height
+                    bar.advance(scored.height)
+            frame = con.sql(
+                "select * from features.propensity_examples where cutoff = $cutoff", params={"cutoff": ctx.cutoff}
+            ).pl()
+            writers["scored_users"].write_table(cast_scores(score_user_frame(frame, models), "scored_users"))
+            users = frame.height
+    finally:
+        for writer in writers.values():
+            writer.close()
+    run_logger().info("%s candidates and %s users scored in process %s, streamed from the warehouse",
+                      f"{candidates:,}", f"{users:,}", os.getpid())  # fmt: skip
+    return [shard], [{"candidates": candidates, "users": users}]
+
+
+def scored_schema(name: str) -> pa.Schema:
+    return pl.DataFrame(schema=SCORED_SCHEMAS[name]).to_arrow().schema
+
+
+def cast_scores(frame: pl.DataFrame, name: str) -> pa.Table:
+    return frame.cast(SCORED_SCHEMAS[name]).to_arrow().cast(scored_schema(name))  # type: ignore[arg-type]
 
 
 def rank_candidates(candidates: pl.DataFrame, ranking: dict[str, Any]) -> np.ndarray:
@@ -145,7 +233,7 @@ def rank_candidates(candidates: pl.DataFrame, ranking: dict[str, Any]) -> np.nda
         scores = ranking_baseline_scores(candidates, served_by.removeprefix(BASELINE_PREFIX))
         # an item the baseline does not offer goes last, never out: the list still fills to k
         return scores.to_numpy().astype(np.float64).clip(min=-1e12)
-    ranker = lgb.Booster(model_file=ranking["path"])
+    ranker = booster(ranking["path"])
     return np.asarray(ranker.predict(feature_matrix(candidates, RANKING_FEATURES, {})), dtype=np.float64)
 
 
@@ -154,7 +242,7 @@ def score_propensity(users: pl.DataFrame, propensity: dict[str, Any]) -> np.ndar
     if "baseline_serving" in propensity and propensity.get("served_by", MODEL) != MODEL:
         return predict_propensity_baseline(users, propensity["baseline_serving"])
     return predict_propensity(
-        lgb.Booster(model_file=propensity["path"]),
+        booster(propensity["path"]),
         feature_matrix(users, tuple(propensity["features"]), propensity["categories"]),
         propensity["params"]["calibration"],
     )
@@ -238,8 +326,12 @@ def finish_scoring(
 
 
 def score_users(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """The whole scoring stage in this process, shard after shard (the flow runs the shards as tasks)."""
-    shards = prepare_scoring.fn(settings, ctx)
+    """The whole scoring stage in this process: streamed, or shard after shard when a shard count is set
+    (the flow runs the shards as tasks)."""
     needed = {name: models[name] for name in SCORING_MODELS if name in models}
-    counts = [score_shard.fn(shard, needed) for shard in shards]
+    if streams_locally(settings):
+        shards, counts = stream_scores.fn(settings, ctx, needed)
+    else:
+        shards = prepare_scoring.fn(settings, ctx)
+        counts = [score_shard.fn(shard, needed) for shard in shards]
     return finish_scoring.fn(settings, ctx, models, shards, counts)

@@ -26,9 +26,10 @@ from tailor import metrics
 from tailor.calibration import apply_platt, calibration_table, fit_platt
 from tailor.config import Settings
 from tailor.sql import query, read_partition, scalar
-from tailor.tasks.features import Cutoffs, cutoffs_for
+from tailor.tasks.features import Cutoffs, cutoffs_for, planned_training
 from tailor.tasks.repeats import PURCHASE, excluded_event_types
 from tailor.tasks.repeats import load as load_repeats
+from tailor.tasks.retrain import record_training
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
@@ -902,11 +903,17 @@ def serving_entry(
 @task(name="train", cache_policy=NO_CACHE)
 def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
     """Fit, evaluate and register the propensity and ranking models; each scores tonight only if it is
-    not worse than the current champion on tonight's holdout (within the configured tolerance)."""
+    not worse than the current champion on tonight's holdout (within the configured tolerance). A night
+    between trainings (registry.retrain_every_days) serves the models that serve now."""
+    with connect(settings) as con:
+        ensure_registry(con)
+        trains, reason = planned_training(con, ctx)
+    if not trains:
+        log.info("no training tonight (%s): the models that serve now score", reason)
+        return {name: model | {"trained": False} for name, model in serving_models.fn(settings, ctx).items()}
     cuts = cutoffs_for(settings, ctx)
     serving = {}
     with connect(settings) as con:
-        ensure_registry(con)
         # where customers buy again, a second ranker picks the new products (see train_ranking)
         discovery = (
             [train_ranking(con, settings, ctx, cuts, DISCOVERY)]
@@ -934,6 +941,7 @@ def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any
                     "decision": decision,
                     "challenger_version": challenger.version,
                 }
+        record_training(con, settings, ctx.run_date)
     return serving
 
 

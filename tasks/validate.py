@@ -293,6 +293,28 @@ def _quiet(context: Any) -> None:
         pass
 
 
+def checked_columns(con: duckdb.DuckDBPyConnection, specs: list[ExpectationSpec]) -> str:
+    """The select list of gate_rows that a table's expectations read, with the row key and file that
+    failing rows are listed by: every other column would only cost conversion and memory. All columns
+    when a rule has a row condition (it may read any)."""
+    present = [row[0] for row in con.execute("select column_name from (describe gate_rows)").fetchall()]
+    if any("row_condition" in spec.kwargs for spec in specs):
+        return ", ".join(quote_identifier(name) for name in present)
+    wanted = {ROW_KEY, SOURCE_FILE}
+    for spec in specs:
+        kwargs = spec.kwargs
+        wanted.update(name for key in ("column", "column_A", "column_B") if isinstance(name := kwargs.get(key), str))
+        wanted.update(kwargs.get("column_list") or [])
+    # a column a rule names but the rows lack stays out: GX then reports the rule as failed, naming it
+    return ", ".join(quote_identifier(name) for name in present if name in wanted)
+
+
+def gate_frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pd.DataFrame:
+    """Rows for Great Expectations through Arrow: about 8 times faster than DuckDB's own pandas
+    conversion for string columns, to the same dtypes."""
+    return con.sql(sql, params=params).to_arrow_table().to_pandas()
+
+
 def run_suite(table: str, frame: pd.DataFrame, specs: list[ExpectationSpec], cutoff: datetime) -> list[Check]:
     """One table's expectations on one frame, in a context of its own (for tests and tools)."""
     return Gate("raw").run(table, frame, specs, cutoff)
@@ -620,11 +642,14 @@ def _validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, Sour
             every_file = [uri for chunk in chunks for uri in chunk]
             materialize_temp(con, f"checks/raw_{table}", {"run_date": ctx.run_date, "files": every_file},
                              "gate_rows", (SOURCE_FILE, ROW_KEY))  # fmt: skip
+            columns = checked_columns(con, suite.expectations)
             for part, files in enumerate(chunks):
-                frame = con.execute(
-                    f"select * from gate_rows where list_contains($files, {SOURCE_FILE}) order by {SOURCE_FILE}, {ROW_KEY}",
+                frame = gate_frame(
+                    con,
+                    f"select {columns} from gate_rows where list_contains($files, {SOURCE_FILE}) "
+                    f"order by {SOURCE_FILE}, {ROW_KEY}",
                     {"files": files},
-                ).df()
+                )
                 parts.append(gate.run(f"{table}_part{part}", frame, suite.expectations, ctx.cutoff))
                 loaded += len(frame)
                 del frame
@@ -655,7 +680,7 @@ def user_ranges(con: duckdb.DuckDBPyConnection, rows: int) -> list[tuple[str | N
 
 
 USER_RANGE = (
-    "select * from gate_rows where ($low is null or user_id >= $low) and ($high is null or user_id < $high) "
+    "select {columns} from gate_rows where ($low is null or user_id >= $low) and ($high is null or user_id < $high) "
     "or ($low is null and user_id is null)"
 )
 
@@ -674,10 +699,11 @@ def validate_features(settings: Settings, ctx: RunContext) -> dict[str, Any]:
                              ("user_id",) if has_users else ())  # fmt: skip
             rows = int(con.execute("select count(*) from gate_rows").fetchall()[0][0])
             ranges = user_ranges(con, rows) if has_users else [(None, None)]
+            columns = checked_columns(con, suite.expectations)
             parts = []
             for index, (low, high) in enumerate(ranges):
-                frame = con.execute(USER_RANGE if has_users else "select * from gate_rows",
-                                    {"low": low, "high": high} if has_users else {}).df()  # fmt: skip
+                frame = gate_frame(con, (USER_RANGE if has_users else "select {columns} from gate_rows").format(columns=columns),
+                                   {"low": low, "high": high} if has_users else {})  # fmt: skip
                 parts.append(gate.run(f"{table}_part{index}" if len(ranges) > 1 else table, frame,
                                       suite.expectations, ctx.cutoff))  # fmt: skip
                 del frame

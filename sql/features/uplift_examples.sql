@@ -61,52 +61,67 @@ events as (
         events.event_type,
         events.value,
         events.occurred_at,
-        -- a purchase is an order, as in user_features: a line without an order_id is an order of its own
-        coalesce(events.order_id, 'line:' || hash(events.item_id, events.occurred_at, events.value))
-            as order_key
+        -- a purchase is an order, as in user_features: a line without an order_id is an order of its own;
+        -- every other event belongs to no order
+        case when events.event_type = 'purchase' then
+            coalesce(events.order_id, 'line:' || hash(events.item_id, events.occurred_at, events.value))
+        end as order_key
     from anchors
     inner join staging.stg_interactions as events
         on events.user_id = anchors.user_id
         and events.occurred_at < anchors.anchor_at
 ),
 
-behaviour as (
+orders as (
+    -- per unit, each order once (and the unit's other events together, order_key null): an order counts
+    -- in a window when its latest purchase line before the anchor falls in it, so the purchase counts
+    -- below are plain counts, not distinct counts over every event (which cost most of this model's time)
     select
         user_id,
         anchor_at,
+        order_key,
         count(*) filter (where occurred_at >= anchor_at - interval 7 day) as n_events_7d,
         count(*) filter (where occurred_at >= anchor_at - interval 30 day) as n_events_30d,
         count(*) filter (where occurred_at >= anchor_at - interval 90 day) as n_events_90d,
         count(*) filter (where occurred_at >= anchor_at - interval 365 day) as n_events_365d,
-        count(distinct order_key) filter (
-            where event_type = 'purchase' and occurred_at >= anchor_at - interval 7 day
-        ) as n_purchases_7d,
-        count(distinct order_key) filter (
-            where event_type = 'purchase' and occurred_at >= anchor_at - interval 30 day
-        ) as n_purchases_30d,
-        count(distinct order_key) filter (
-            where event_type = 'purchase' and occurred_at >= anchor_at - interval 90 day
-        ) as n_purchases_90d,
-        count(distinct order_key) filter (
-            where event_type = 'purchase' and occurred_at >= anchor_at - interval 365 day
-        ) as n_purchases_365d,
         -- net of returns, as staging signs them
-        coalesce(sum(value) filter (
+        sum(value) filter (
             where event_type in ('purchase', 'return') and occurred_at >= anchor_at - interval 7 day
-        ), 0) as spend_cents_7d,
-        coalesce(sum(value) filter (
+        ) as spend_cents_7d,
+        sum(value) filter (
             where event_type in ('purchase', 'return') and occurred_at >= anchor_at - interval 30 day
-        ), 0) as spend_cents_30d,
-        coalesce(sum(value) filter (
+        ) as spend_cents_30d,
+        sum(value) filter (
             where event_type in ('purchase', 'return') and occurred_at >= anchor_at - interval 90 day
-        ), 0) as spend_cents_90d,
-        coalesce(sum(value) filter (
+        ) as spend_cents_90d,
+        sum(value) filter (
             where event_type in ('purchase', 'return') and occurred_at >= anchor_at - interval 365 day
-        ), 0) as spend_cents_365d,
-        date_diff('second', max(occurred_at), anchor_at) / 86400.0 as days_since_last_event,
-        date_diff('second', max(occurred_at) filter (where event_type = 'purchase'), anchor_at) / 86400.0
-            as days_since_last_purchase
+        ) as spend_cents_365d,
+        max(occurred_at) as last_event_at,
+        max(occurred_at) filter (where event_type = 'purchase') as last_purchase_at
     from events
+    group by user_id, anchor_at, order_key
+),
+
+behaviour as (
+    select
+        user_id,
+        anchor_at,
+        cast(sum(n_events_7d) as bigint) as n_events_7d,
+        cast(sum(n_events_30d) as bigint) as n_events_30d,
+        cast(sum(n_events_90d) as bigint) as n_events_90d,
+        cast(sum(n_events_365d) as bigint) as n_events_365d,
+        count(*) filter (where last_purchase_at >= anchor_at - interval 7 day) as n_purchases_7d,
+        count(*) filter (where last_purchase_at >= anchor_at - interval 30 day) as n_purchases_30d,
+        count(*) filter (where last_purchase_at >= anchor_at - interval 90 day) as n_purchases_90d,
+        count(*) filter (where last_purchase_at >= anchor_at - interval 365 day) as n_purchases_365d,
+        coalesce(sum(spend_cents_7d), 0) as spend_cents_7d,
+        coalesce(sum(spend_cents_30d), 0) as spend_cents_30d,
+        coalesce(sum(spend_cents_90d), 0) as spend_cents_90d,
+        coalesce(sum(spend_cents_365d), 0) as spend_cents_365d,
+        date_diff('second', max(last_event_at), anchor_at) / 86400.0 as days_since_last_event,
+        date_diff('second', max(last_purchase_at), anchor_at) / 86400.0 as days_since_last_purchase
+    from orders
     group by user_id, anchor_at
 ),
 

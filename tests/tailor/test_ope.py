@@ -244,3 +244,12 @@ def test_resampling_distinct_rows_spreads_like_resampling_rows() -> None:
     p = values.mean()
     assert (sums / values.size).std() == pytest.approx(np.sqrt(p * (1 - p) / values.size), rel=0.05)
     assert (sums / values.size).mean() == pytest.approx(p, abs=0.001)
+
+
+def test_resampling_blocks_of_many_rows_spreads_like_resampling_rows() -> None:
+    # more rows than blocks, every value distinct: the spread of the mean is still the rows' sd / sqrt(n)
+    values = np.random.default_rng(1).exponential(2.0, ope.BOOTSTRAP_BLOCKS * 5)
+    sums = ope.resampled_sums(values[:, np.newaxis], 2_000, seed=SEED)[:, 0]
+    means = sums / values.size
+    assert means.std() == pytest.approx(values.std() / np.sqrt(values.size), rel=0.08)
+    assert means.mean() == pytest.approx(values.mean(), rel=0.002)

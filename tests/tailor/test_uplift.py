@@ -125,6 +125,18 @@ def test_the_bootstrap_is_reproducible_for_a_seed() -> None:
     assert first.qini.value == other.qini.value and first.qini.low != other.qini.low
 
 
+def test_a_ranked_resample_gives_the_figures_of_the_resample_itself() -> None:
+    # the bootstrap lays each resample out in the ranking computed once; with distinct scores that is
+    # exactly the resample ranked on its own
+    scores, treated, converted = _informed(7, n=3000)
+    scores = scores + np.random.default_rng(8).random(scores.size) * 1e-6  # no ties
+    index = np.random.default_rng(9).integers(0, scores.size, scores.size)
+    order = np.argsort(-scores, kind="stable")
+    ranked = np.repeat(order, np.bincount(index, minlength=scores.size)[order])
+    direct = uplift._figures(scores[index], treated[index], converted[index], (0.1, 0.3))
+    assert uplift._sorted_figures(treated[ranked], converted[ranked], (0.1, 0.3)) == pytest.approx(direct)
+
+
 # ---- splits ---------------------------------------------------------------------------------------------------
 
 
