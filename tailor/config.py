@@ -795,6 +795,12 @@ class UpliftConfig(StrictModel):
         min_length=1,
         description="fitted on the training units; the best validation Qini is evaluated on the test units",
     )
+    max_training_units: int = Field(
+        200_000,
+        ge=1_000,
+        description="the learners fit on a seeded sample of this many training units when there are more "
+        "(their time grows with the units; validation and test keep every unit)",
+    )
     bootstrap_samples: int = Field(
         200, ge=20, description="resamples (each arm drawn separately) behind every interval"
     )

@@ -25,13 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 from scipy import stats as scipy_stats
 
 ESTIMATORS = ("ipw", "snipw", "dr")
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_CELLS = 10_000_000  # resamples x distinct rows drawn at once: bounds the memory of the counts
-# above this many rows a resample draws blocks of rows, not rows (see resampled_sums)
-BOOTSTRAP_BLOCKS = 20_000
+# past this many distinct rows (and this many rows) a resample draws blocks of rows (see resampled_sums)
+MULTINOMIAL_MAX_DISTINCT = 256
+BOOTSTRAP_BLOCKS = 2_000
 
 
 class OffPolicyError(ValueError):
@@ -92,31 +94,40 @@ def resampled_sums(columns: np.ndarray, samples: int, seed: int) -> np.ndarray:
 
     Logged rows repeat a few distinct values (one weight per arm and context, a 0/1 reward), so a resample is
     drawn as multinomial counts of the distinct rows: the same distribution as drawing n rows, in time that
-    grows with the distinct rows rather than with n. More rows than BOOTSTRAP_BLOCKS (a doubly robust term
-    has as many distinct values as rows) are first summed, centred on their mean, into that many blocks of
-    randomly assigned rows, and the blocks are resampled: a centred block sum has the variance of as many
-    rows whatever the block's size, so the resampled sums spread as the rows' would, in time that no
-    longer grows with the rows."""
+    grows with the distinct rows rather than with n. Rows with many distinct values (a doubly robust term
+    has as many as rows) are first summed, centred on their mean, into BOOTSTRAP_BLOCKS blocks of randomly
+    assigned rows, and blocks are drawn: a centred block sum has the variance of as many rows whatever the
+    block's size, so the resampled sums spread as the rows' would, in time that does not grow with the rows."""
     rng = np.random.default_rng(seed)
     n = columns.shape[0]
-    offset = np.zeros(columns.shape[1])
-    if n > BOOTSTRAP_BLOCKS:
-        mean = columns.mean(axis=0)
-        block = rng.integers(0, BOOTSTRAP_BLOCKS, n)
-        units = np.column_stack(
-            [np.bincount(block, weights=column - centre, minlength=BOOTSTRAP_BLOCKS)
-             for column, centre in zip(columns.T, mean, strict=True)]
-        )  # fmt: skip
-        draws_per_sample, counts, offset = BOOTSTRAP_BLOCKS, np.ones(BOOTSTRAP_BLOCKS), n * mean
-    else:
-        units, counts = np.unique(columns, axis=0, return_counts=True)
-        draws_per_sample = n
-    chunk = max(1, min(samples, BOOTSTRAP_CELLS // units.shape[0]))
+    units, counts = distinct_rows(columns)
+    if units.shape[0] <= MULTINOMIAL_MAX_DISTINCT or n <= BOOTSTRAP_BLOCKS:
+        chunk = max(1, min(samples, BOOTSTRAP_CELLS // units.shape[0]))
+        sums = []
+        for start in range(0, samples, chunk):
+            draws = rng.multinomial(n, counts / n, size=min(chunk, samples - start))
+            sums.append(draws @ units)
+        return np.vstack(sums)
+    mean = columns.mean(axis=0)
+    block = rng.integers(0, BOOTSTRAP_BLOCKS, n)
+    blocks = np.column_stack(
+        [np.bincount(block, weights=column - centre, minlength=BOOTSTRAP_BLOCKS)
+         for column, centre in zip(columns.T, mean, strict=True)]
+    )  # fmt: skip
+    chunk = max(1, min(samples, BOOTSTRAP_CELLS // BOOTSTRAP_BLOCKS))
     sums = []
     for start in range(0, samples, chunk):
-        draws = rng.multinomial(draws_per_sample, counts / counts.sum(), size=min(chunk, samples - start))
-        sums.append(draws @ units + offset)
+        drawn = rng.integers(0, BOOTSTRAP_BLOCKS, (min(chunk, samples - start), BOOTSTRAP_BLOCKS))
+        sums.append(blocks[drawn].sum(axis=1) + n * mean)
     return np.vstack(sums)
+
+
+def distinct_rows(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows in sorted order and how often each occurs (hashed, not sorted row by row as
+    numpy's unique along an axis does, which cost seconds on large logs)."""
+    frame = pl.from_numpy(np.ascontiguousarray(columns))
+    grouped = frame.group_by(frame.columns).len(name="_count").sort(frame.columns)
+    return grouped.drop("_count").to_numpy(), grouped["_count"].to_numpy().astype(np.int64)
 
 
 def percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:

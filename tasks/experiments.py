@@ -1068,10 +1068,16 @@ def chosen_learner(
     parts: np.ndarray,
     settings: Settings,
 ) -> tuple[uplift.FittedLearner, dict[str, float]]:
-    """Every configured learner fitted on the training units; the one with the highest Qini coefficient on the
-    validation units (ties: the first configured), and each learner's validation Qini."""
+    """Every configured learner fitted on the training units (a seeded sample of max_training_units when there
+    are more); the one with the highest Qini coefficient on the validation units (ties: the first
+    configured), and each learner's validation Qini."""
     boosting = uplift_boosting(settings)
     is_train, is_valid = parts == uplift.TRAIN, parts == uplift.VALIDATION
+    cap = settings.experiments.uplift.max_training_units
+    if is_train.sum() > cap:
+        sampled = np.random.default_rng(settings.seed).choice(np.flatnonzero(is_train), cap, replace=False)
+        is_train = np.zeros_like(is_train)
+        is_train[sampled] = True
     fitted, validation_qini = {}, {}
     for kind in settings.experiments.uplift.learners:
         fitted[kind] = uplift.FIT[kind](x[is_train], treated[is_train], y[is_train], categorical, boosting)

@@ -771,3 +771,37 @@ def test_a_campaign_on_exposure_outcomes_alone_needs_no_event_metrics(tmp_path) 
     # nobody converted: a difference of zero, tested
     conversion = rows_of(rows, "a")["conversion_rate"]
     assert conversion["diff"] == 0 and conversion["untested_reason"] is None
+
+
+def test_the_uplift_learners_fit_on_a_seeded_sample_of_at_most_max_training_units(
+    trained_company, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tailor import uplift
+    from tailor.tasks.experiments import chosen_learner
+
+    settings = trained_company[0]
+    uplift_config = settings.experiments.uplift.model_copy(
+        update={"max_training_units": 1_000, "learners": ["two_model"]}
+    )
+    settings = settings.model_copy(
+        update={"experiments": settings.experiments.model_copy(update={"uplift": uplift_config})}
+    )
+    fitted_rows = []
+    real = uplift.FIT["two_model"]
+
+    def recording(x, treated, y, categorical, boosting):
+        fitted_rows.append((len(x), x[:, 0].sum()))
+        return real(x, treated, y, categorical, boosting)
+
+    monkeypatch.setitem(uplift.FIT, "two_model", recording)
+    rng = np.random.default_rng(0)
+    x = rng.random((5_000, 3))
+    treated, y = rng.random(5_000) < 0.5, (rng.random(5_000) < 0.2).astype(float)
+    parts = np.where(np.arange(5_000) < 4_000, uplift.TRAIN, uplift.VALIDATION)
+    chosen_learner(x, treated, y, [], parts, settings)
+    chosen_learner(x, treated, y, [], parts, settings)
+    assert fitted_rows[0][0] == 1_000 and fitted_rows[0] == fitted_rows[1]  # the same sample: the seed's
+    fitted_rows.clear()
+    fewer = np.where(np.arange(5_000) < 800, uplift.TRAIN, uplift.VALIDATION)
+    chosen_learner(x, treated, y, [], fewer, settings)
+    assert fitted_rows[0] == (800, x[:800, 0].sum())  # under the cap: every training unit
