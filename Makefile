@@ -48,11 +48,14 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
-# the nightly flow end to end at three sizes (about an hour in all on 2 cores), then the gate on its own
+# the nightly flow end to end at three sizes, each a first load then a steady night (about 80 minutes in
+# all on 2 cores), then the gate on its own
 bench: install
-	$(BIN)/python bench/nightly.py --users 100000
-	$(BIN)/python bench/nightly.py --users 300000
-	$(BIN)/python bench/nightly.py --users 1000000
+	for users in 100000 300000 1000000; do \
+		$(BIN)/python bench/nightly.py --users $$users --night first && \
+		$(BIN)/python bench/nightly.py --users $$users --night steady || exit 1; \
+	done
+	$(BIN)/python bench/tables.py var/bench/nightly-100000 var/bench/nightly-300000 var/bench/nightly-1000000
 	$(BIN)/python bench/gate.py --users 200000 --days 60 --out var/bench/gate
 
 lint: install

@@ -350,11 +350,23 @@ def build_candidates(
     }
 
 
-def empty_transient_features(con: duckdb.DuckDBPyConnection) -> None:
-    """Delete every row of the tables only the run that built them needs (before the warehouse is
-    rewritten, which then copies none of them), and forget the feature build, so no rerun reuses it."""
-    for model in TRANSIENT_MODELS:
-        table = model.replace("/", ".")
+# what every night rebuilds from raw before reading it: staging, features and the scores
+REBUILT_SCHEMAS = ("staging", "features")
+REBUILT_TABLES = ("model.scored_candidates", "model.audience_scores", "model.scored_users")
+
+
+def empty_rebuilt_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Delete every row of the tables each night rebuilds before it reads them (before the warehouse is
+    rewritten after an erasure, which then copies none of them: most of the file), and forget the feature
+    build, so no rerun reuses features that are gone."""
+    tables = con.execute(
+        "select schema_name || '.' || table_name from duckdb_tables() where list_contains($schemas, schema_name) "
+        "and not temporary order by 1",
+        {"schemas": list(REBUILT_SCHEMAS)},
+    ).fetchall()
+    for (table,) in tables:
+        con.execute(f"delete from {table}")  # names from the catalog, never from input
+    for table in REBUILT_TABLES:
         if table_exists(con, table):
             con.execute(f"delete from {table}")
     if table_exists(con, "meta.feature_builds"):
