@@ -351,3 +351,17 @@ def test_a_run_killed_between_extract_and_the_gate_is_rolled_back_by_the_next(co
     assert warehouse_state(settings) == before
     assert night(settings, RUN_DAY)["success"]
     assert warehouse_state(settings)[0] == before[0]
+
+
+def test_the_gate_keeps_no_chunk_in_great_expectations_after_checking_it() -> None:
+    # GX caches every batch it validates: kept, a million users' 77 chunks of 1M rows held 23 GB
+    from tailor.quality import load_suites
+    from tailor.tasks.validate import Gate
+
+    gate = Gate("raw")
+    frame = pd.DataFrame({"user_id": ["u1", "u2", None], "_row_key": [1, 2, 3], "_source_file": ["f", "f", "f"]})
+    specs = [spec for spec in load_suites("raw", None)["interactions"].expectations if spec.rule == "user_id_present"]
+    checks = gate.run("interactions", frame, specs, datetime(2026, 11, 21))
+    assert [(c.rule, c.success, c.unexpected_count, c.row_keys) for c in checks] == [("user_id_present", False, 1, [3])]
+    engine = gate.source.get_execution_engine()
+    assert engine.batch_manager.batch_data_cache == {} and engine.batch_manager.batch_cache == {}
