@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from urllib.parse import urlparse
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 CRITICAL, WARNING = "critical", "warning"
 SAMPLE_SIZE = 5
 CHUNK_ROWS = 1_000_000
+GATE_BATCH_ROWS = 200_000  # rows read from DuckDB at a time while a chunk is assembled
 
 
 class DataQualityError(RuntimeError):
@@ -318,6 +321,30 @@ def checked_columns(con: duckdb.DuckDBPyConnection, specs: list[ExpectationSpec]
         wanted.update(kwargs.get("column_list") or [])
     # a column a rule names but the rows lack stays out: GX then reports the rule as failed, naming it
     return ", ".join(quote_identifier(name) for name in present if name in wanted)
+
+
+def chunk_frames(con: duckdb.DuckDBPyConnection, columns: str, chunks: list[list[str]]) -> Iterator[pd.DataFrame]:
+    """Each chunk's rows of gate_rows (its files', in file and row order) from one ordered pass over the
+    table: a query per chunk read the whole table once per chunk, quadratic in the files. Memory holds a
+    chunk and a batch."""
+    reader = con.sql(f"select {columns} from gate_rows order by {SOURCE_FILE}, {ROW_KEY}").to_arrow_reader(
+        GATE_BATCH_ROWS
+    )
+    pending = reader.schema.empty_table()  # rows read and not yet handed out
+    exhausted = False
+    for files in chunks:
+        last = files[-1] if files else None
+        # read on until a row past the chunk's last file arrives, or the rows end
+        while last is not None and not exhausted and (
+            pending.num_rows == 0 or pending[SOURCE_FILE][-1].as_py() <= last
+        ):
+            try:
+                pending = pa.concat_tables([pending, pa.Table.from_batches([reader.read_next_batch()])])
+            except StopIteration:
+                exhausted = True
+        inside = 0 if last is None else int(pc.sum(pc.less_equal(pending[SOURCE_FILE], last)).as_py() or 0)
+        yield pending.slice(0, inside).to_pandas()
+        pending = pending.slice(inside)
 
 
 def gate_frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pd.DataFrame:
@@ -654,15 +681,7 @@ def _validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, Sour
             materialize_temp(con, f"checks/raw_{table}", {"run_date": ctx.run_date, "files": every_file},
                              "gate_rows", (SOURCE_FILE, ROW_KEY))  # fmt: skip
             columns = checked_columns(con, suite.expectations)
-            for part, files in enumerate(chunks):
-                # the chunk's files are a range of the sorted file names: a range the table's min/max
-                # statistics prune, where a list lookup read every row once per chunk (quadratic in the files)
-                frame = gate_frame(
-                    con,
-                    f"select {columns} from gate_rows where {SOURCE_FILE} between $first and $last "
-                    f"order by {SOURCE_FILE}, {ROW_KEY}",
-                    {"first": files[0] if files else "", "last": files[-1] if files else ""},
-                )
+            for part, frame in enumerate(chunk_frames(con, columns, chunks)):
                 parts.append(gate.run(f"{table}_part{part}", frame, suite.expectations, ctx.cutoff))
                 loaded += len(frame)
                 del frame
