@@ -350,29 +350,6 @@ def build_candidates(
     }
 
 
-# what every night rebuilds from raw before reading it: staging, features and the scores
-REBUILT_SCHEMAS = ("staging", "features")
-REBUILT_TABLES = ("model.scored_candidates", "model.audience_scores", "model.scored_users")
-
-
-def empty_rebuilt_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Delete every row of the tables each night rebuilds before it reads them (before the warehouse is
-    rewritten after an erasure, which then copies none of them: most of the file), and forget the feature
-    build, so no rerun reuses features that are gone."""
-    tables = con.execute(
-        "select schema_name || '.' || table_name from duckdb_tables() where list_contains($schemas, schema_name) "
-        "and not temporary order by 1",
-        {"schemas": list(REBUILT_SCHEMAS)},
-    ).fetchall()
-    for (table,) in tables:
-        con.execute(f"delete from {table}")  # names from the catalog, never from input
-    for table in REBUILT_TABLES:
-        if table_exists(con, table):
-            con.execute(f"delete from {table}")
-    if table_exists(con, "meta.feature_builds"):
-        con.execute("delete from meta.feature_builds")
-
-
 def drop_stale_partitions(con: duckdb.DuckDBPyConnection, oldest_needed: datetime) -> None:
     for model in TRANSIENT_MODELS:
         table = model.replace("/", ".")
@@ -441,8 +418,8 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
 
 def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """The key of a reusable build: the same night, config, code and data. No key (so a build) when the
-    warehouse holds no build of this night and data (none, or another night's), since the features live there,
-    not in the cached result."""
+    warehouse's current build is of another night or other data, since the features live there, not in the
+    cached result."""
     settings: Settings = parameters["settings"]
     ctx: RunContext = parameters["ctx"]
     with connect(settings) as con:
@@ -452,7 +429,7 @@ def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
             if table_exists(con, "meta.feature_builds")
             else []
         )
-    if built != [(ctx.run_date, fingerprint)]:
+    if built and built != [(ctx.run_date, fingerprint)]:
         return None
     key = (
         f"{settings.config_sha256}|{user_sql_version(settings)}|{ctx.run_date}|{fingerprint}|{code_version()}"

@@ -42,7 +42,6 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import ConfigError, Settings
 from tailor.schema import LOADED_RUN_DATE, TABLES, USER_ID
 from tailor.sql import bind
-from tailor.tasks.features import empty_rebuilt_tables
 from tailor.warehouse import RunContext, compact, compaction_marker, connect
 
 log = logging.getLogger(__name__)
@@ -262,11 +261,6 @@ def erase_deleted_users(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     marker = compaction_marker(settings)
     if new_requests or late:
         marker.touch(mode=0o600)
-    if marker.exists():
-        # tonight rebuilds them from raw: copying last night's staging, features and scores would more than
-        # double the rewrite
-        with connect(settings) as con:
-            empty_rebuilt_tables(con)
     compacted = marker.exists() and compact(settings)
     if compacted:
         log.info("erasure: warehouse file rewritten without the freed blocks")
