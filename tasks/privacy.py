@@ -42,6 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor.config import ConfigError, Settings
 from tailor.schema import LOADED_RUN_DATE, TABLES, USER_ID
 from tailor.sql import bind
+from tailor.tasks.features import drop_other_nights_features
 from tailor.warehouse import RunContext, compact, compaction_marker, connect
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ def erase_deleted_users(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     hashes = RegisterHash.of(register_key(settings))
     with connect(settings) as con:
         ensure_register(con)
+        drop_other_nights_features(con, ctx)
         con.execute(
             f"create or replace temp table erase_ids as select {USER_ID}, min(requested_at) as requested_at "
             f"from raw.deletion_requests where {USER_ID} is not null group by {USER_ID}"

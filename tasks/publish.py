@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path, PurePosixPath
@@ -329,14 +329,60 @@ DATASETS = (
 )
 
 
-def read_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ctx: RunContext) -> pl.DataFrame:
+PSEUDONYMS = "publish_pseudonyms"  # the dataset's users and their pseudonyms, registered while it is read
+PSEUDONYM_COLUMN = "_pseudonym"
+
+
+def dataset_parts(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, ctx: RunContext, key: bytes | None, rows_per_file: int
+) -> Iterator[pl.DataFrame]:
+    """The dataset's rows in published order, `rows_per_file` at a time (one frame per part file). DuckDB
+    sorts (spilling past its memory limit) and this process holds one part: a dataset of any size is
+    published in the memory of one part. With a key, each row carries its user's pseudonym beside the raw
+    id (the consent check needs the raw id) and the order is by pseudonym: an order inherited from the raw
+    ids would let anyone line pseudonyms up with sequential ids."""
     # table, order and column names come from DATASETS above, never from input
     where = {True: "where run_date = $run_date", False: ""}[dataset.this_run_only]
     where = "where run_date <= $run_date" if dataset.history else where
-    return con.sql(
-        f"select * from {dataset.table} {where} order by {dataset.order_by}",
-        params={"run_date": ctx.run_date} if where else None,
-    ).pl()
+    params = {"run_date": ctx.run_date} if where else {}
+    source = f"select * from {dataset.table} {where}"
+    columns = [row[0] for row in con.execute(f"describe {source}", params).fetchall()]
+    order = [column.strip() for column in dataset.order_by.split(",")]
+    # the rows stream from a cursor of their own: the caller queries `con` between parts
+    with con.cursor() as reading:
+        if key is not None and "user_id" in columns:
+            ids = [row[0] for row in reading.execute(f"select distinct user_id from ({source})", params).fetchall()]
+            known = [uid for uid in ids if uid is not None]
+            reading.register(PSEUDONYMS, pa.table({
+                "user_id": pa.array(known, pa.string()),
+                PSEUDONYM_COLUMN: pa.array([pseudonym(key, uid) for uid in known], pa.string()),
+            }))  # fmt: skip
+            source = (
+                f"select published.*, pseudonyms.{PSEUDONYM_COLUMN} from ({source}) as published "
+                f"left join {PSEUDONYMS} as pseudonyms using (user_id)"
+            )
+            order = [PSEUDONYM_COLUMN if column == "user_id" else column for column in order]
+        ordered = reading.sql(f"select * from ({source}) order by {', '.join(order)}", params=params or None)
+        for part in exact_parts(ordered.to_arrow_reader(rows_per_file), rows_per_file):
+            yield pl.from_arrow(part)  # type: ignore[misc]
+
+
+def exact_parts(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """The reader's rows as tables of exactly `rows` rows (the last one shorter; one empty table when there
+    are none), so the part files do not depend on how the reader cut its batches."""
+    pending: list[pa.RecordBatch] = []
+    held, yielded = 0, False
+    for batch in reader:
+        while batch.num_rows:
+            taken = batch.slice(0, rows - held)
+            pending.append(taken)
+            held += taken.num_rows
+            batch = batch.slice(taken.num_rows)
+            if held == rows:
+                yield pa.Table.from_batches(pending, schema=reader.schema)
+                pending, held, yielded = [], 0, True
+    if pending or not yielded:
+        yield pa.Table.from_batches(pending, schema=reader.schema)
 
 
 def check_consent(
@@ -397,13 +443,21 @@ def pseudonymize(
             .with_columns(pl.col("_pseudonym").alias("user_id"))
             .drop("_pseudonym")
         )
-    for column in lists:
-        # id by id, keeping each list's order (most likely first)
-        listed = {uid: pseudonym(key, uid) for uid in hashed_frame[column].explode().drop_nulls().unique()}
-        hashed_frame = hashed_frame.with_columns(
+    hashed_frame = pseudonymize_lists(hashed_frame, key, lists)
+    return hashed_frame.sort(order_by, maintain_order=True) if order_by else hashed_frame
+
+
+def pseudonymize_lists(frame: pl.DataFrame, key: bytes | None, lists: tuple[str, ...]) -> pl.DataFrame:
+    """Every user id in the list columns `lists` replaced by its pseudonym, id by id, keeping each list's
+    order (most likely first)."""
+    if key is None:
+        return frame
+    for column in (column for column in lists if column in frame.columns):
+        listed = {uid: pseudonym(key, uid) for uid in frame[column].explode().drop_nulls().unique()}
+        frame = frame.with_columns(
             pl.col(column).list.eval(pl.element().replace_strict(listed, return_dtype=pl.Utf8))
         )
-    return hashed_frame.sort(order_by, maintain_order=True) if order_by else hashed_frame
+    return frame
 
 
 def _plain(data_type: pa.DataType) -> pa.DataType:
@@ -412,6 +466,14 @@ def _plain(data_type: pa.DataType) -> pa.DataType:
     if pa.types.is_large_list(data_type) or pa.types.is_list(data_type):
         return pa.list_(pa.field("element", _plain(data_type.value_type)))  # the name Parquet uses
     return data_type
+
+
+def pseudonymized_part(frame: pl.DataFrame, key: bytes | None, lists: tuple[str, ...]) -> pl.DataFrame:
+    """A part from dataset_parts with its user ids replaced by their pseudonyms (and the ids in the list
+    columns `lists`, as pseudonymize does)."""
+    if PSEUDONYM_COLUMN in frame.columns:
+        frame = frame.with_columns(pl.col(PSEUDONYM_COLUMN).alias("user_id")).drop(PSEUDONYM_COLUMN)
+    return pseudonymize_lists(frame, key, lists)
 
 
 def plain_types(table: pa.Table) -> pa.Table:
@@ -483,32 +545,43 @@ def write_parts(
 ) -> list[dict]:
     """Split a dataset into part files; the same rows in the same order give the same bytes. CSV and JSON
     lines are gzip-compressed (`.csv.gz`, `.jsonl.gz`) when `compression` says so; Parquet compresses inside."""
-    files = []
     n_parts = max(1, -(-table.num_rows // rows_per_file))
-    for part in range(n_parts):
-        chunk = table.slice(part * rows_per_file, rows_per_file)
-        for fmt in formats:
-            packed = compression if fmt in ("csv", "jsonl") else "none"
-            relative = f"{name}/part-{part:04d}.{fmt}" + (".gz" if packed == "gzip" else "")
-            path = folder / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if fmt == "parquet":
-                pq.write_table(chunk, path, compression="zstd", row_group_size=256_000, use_dictionary=True)
-            elif fmt == "jsonl":
-                write_jsonl(chunk, path, name, packed)
-            else:
-                with output_file(path, packed) as handle:
-                    pa_csv.write_csv(text_columns(chunk), handle)
-            files.append(
-                {
-                    "path": relative,
-                    "format": fmt,
-                    **({"compression": packed} if fmt in ("csv", "jsonl") else {}),
-                    "rows": chunk.num_rows,
-                    "bytes": path.stat().st_size,  # of the file as published: compressed, if it is
-                    "sha256": sha256_file(path),
-                }
-            )
+    return [
+        file
+        for part in range(n_parts)
+        for file in write_part(
+            table.slice(part * rows_per_file, rows_per_file), folder, name, part, formats, compression
+        )
+    ]
+
+
+def write_part(
+    chunk: pa.Table, folder: Path, name: str, part: int, formats: list[str], compression: str = "none"
+) -> list[dict]:
+    """Part file number `part` of a dataset, in each format; what the manifest lists about each file."""
+    files = []
+    for fmt in formats:
+        packed = compression if fmt in ("csv", "jsonl") else "none"
+        relative = f"{name}/part-{part:04d}.{fmt}" + (".gz" if packed == "gzip" else "")
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "parquet":
+            pq.write_table(chunk, path, compression="zstd", row_group_size=256_000, use_dictionary=True)
+        elif fmt == "jsonl":
+            write_jsonl(chunk, path, name, packed)
+        else:
+            with output_file(path, packed) as handle:
+                pa_csv.write_csv(text_columns(chunk), handle)
+        files.append(
+            {
+                "path": relative,
+                "format": fmt,
+                **({"compression": packed} if fmt in ("csv", "jsonl") else {}),
+                "rows": chunk.num_rows,
+                "bytes": path.stat().st_size,  # of the file as published: compressed, if it is
+                "sha256": sha256_file(path),
+            }
+        )
     return files
 
 
@@ -541,14 +614,56 @@ def build_feeds(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> None:
     materialize(con, "marts/personalize_segments", {"run_date": ctx.run_date})
 
 
-def publishable(frame: pl.DataFrame, dataset: Dataset, key: bytes | None) -> pa.Table:
-    order = [column.strip() for column in dataset.order_by.split(",")]
-    frame = pseudonymize(
-        frame.drop(dataset.drop_columns), key, [c for c in order if c in frame.columns], dataset.user_lists
-    )
+def publishable_part(frame: pl.DataFrame, dataset: Dataset, key: bytes | None) -> pa.Table:
+    """A part from dataset_parts as it is published: ids pseudonymized, internal columns dropped, names and
+    types as consumers expect."""
+    frame = pseudonymized_part(frame.drop(dataset.drop_columns), key, dataset.user_lists)
     if dataset.name in BRAZE_DATASETS:  # a UTC timestamp (Parquet TIMESTAMP adjusted to UTC), as Braze asks
         frame = frame.with_columns(pl.col("updated_at").dt.replace_time_zone("UTC"))
     return plain_types(frame.rename(dict(dataset.rename)).to_arrow())
+
+
+@dataclass
+class WrittenDataset:
+    rows: int
+    columns: dict[str, str]
+    files: list[dict]
+    has_user_ids: bool
+    check: Check | None  # the consent check over every part, when the dataset is about users
+
+
+def write_dataset(
+    con: duckdb.DuckDBPyConnection,
+    dataset: Dataset,
+    ctx: RunContext,
+    settings: Settings,
+    out: Path,
+    key: bytes | None,
+) -> WrittenDataset:
+    """The dataset's part files under `out`, part by part: each part's users checked for the consent its
+    rows need before it is written; on a violation the run's files are removed and nothing is published."""
+    formats = [
+        "parquet",
+        *(["csv"] if dataset.name in settings.publish.csv_datasets else []),
+        *(["jsonl"] if dataset.name in settings.publish.jsonl_datasets else []),
+    ]
+    publish = settings.publish
+    written = WrittenDataset(0, {}, [], False, None)
+    for number, part in enumerate(dataset_parts(con, dataset, ctx, key, publish.rows_per_file)):
+        try:
+            check = check_consent(con, dataset, part, settings)
+        except ConsentViolation:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        if check is not None:
+            checked = check.rows_checked + (written.check.rows_checked if written.check else 0)
+            written.check = replace(check, rows_checked=checked)
+        table = publishable_part(part, dataset, key)
+        written.files += write_part(table, out, dataset.name, number, formats, publish.compression)
+        written.rows += table.num_rows
+        written.columns = {field.name: str(field.type) for field in table.schema}
+        written.has_user_ids = "user_id" in part.columns
+    return written
 
 
 @task(name="write-datasets", cache_policy=NO_CACHE)
@@ -581,23 +696,14 @@ def write_datasets(
             if dataset.name == "data_quality":  # last: it reports the checks made above
                 store_results(con, ctx, ("output",), output_checks)
                 materialize(con, "marts/data_quality")
-            frame = read_dataset(con, dataset, ctx)
-            check = check_consent(con, dataset, frame, settings)
-            output_checks += [check] if check else []
             # a campaign system that must match on the real id gets it, for its dataset only
             external = dataset.name in settings.publish.external_id_datasets
-            table = publishable(frame, dataset, None if external else key)
-            formats = [
-                "parquet",
-                *(["csv"] if dataset.name in settings.publish.csv_datasets else []),
-                *(["jsonl"] if dataset.name in settings.publish.jsonl_datasets else []),
-            ]
-            rows, compression = settings.publish.rows_per_file, settings.publish.compression
-            files = write_parts(table, out, dataset.name, rows, formats, compression)
+            written = write_dataset(con, dataset, ctx, settings, out, None if external else key)
+            output_checks += [written.check] if written.check else []
             datasets[dataset.name] = {
                 "description": dataset.description,
-                "rows": table.num_rows,
-                "columns": {field.name: str(field.type) for field in table.schema},
+                "rows": written.rows,
+                "columns": written.columns,
                 # a baseline that served has no version: the manifest names no model then
                 "model_versions": {dataset.model: models[dataset.model]["version"]}
                 if dataset.model in models
@@ -611,9 +717,9 @@ def write_datasets(
                 "user_id": braze_id_kind(settings)
                 if dataset.name in BRAZE_DATASETS
                 else None
-                if "user_id" not in frame.columns and not dataset.user_lists
+                if not written.has_user_ids and not dataset.user_lists
                 else ("external" if external or key is None else "pseudonymous"),
-                "files": files,
+                "files": written.files,
             }
     docs = {}
     for stage_docs in sorted((ctx.run_dir / "data_docs").glob("*/index.html")) if only is None else []:

@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,20 +192,21 @@ def test_consent_class(company: Path, cli, monkeypatch) -> None:
     """A row for a user without consent, slipped past every filter upstream, stops the publication."""
     from tailor.tasks import publish
 
-    read = publish.read_dataset
+    read = publish.dataset_parts
 
-    def with_an_unconsented_row(con, dataset, ctx) -> pl.DataFrame:
-        frame = read(con, dataset, ctx)
-        if dataset.name != "recommendations" or frame.is_empty():
-            return frame
-        unconsented = con.execute(
-            "select user_id from staging.stg_consents where is_latest and purpose = 'profiling' "
-            "and not is_granted order by user_id limit 1"
-        ).fetchall()[0][0]
-        row = frame.head(1).with_columns(user_id=pl.lit(unconsented), is_personalized=pl.lit(True))
-        return pl.concat([frame, row])
+    def with_an_unconsented_row(con, dataset, ctx, key, rows_per_file) -> Iterator[pl.DataFrame]:
+        for frame in read(con, dataset, ctx, key, rows_per_file):
+            if dataset.name != "recommendations" or frame.is_empty():
+                yield frame
+                continue
+            unconsented = con.execute(
+                "select user_id from staging.stg_consents where is_latest and purpose = 'profiling' "
+                "and not is_granted order by user_id limit 1"
+            ).fetchall()[0][0]
+            row = frame.head(1).with_columns(user_id=pl.lit(unconsented), is_personalized=pl.lit(True))
+            yield pl.concat([frame, row])
 
-    monkeypatch.setattr(publish, "read_dataset", with_an_unconsented_row)
+    monkeypatch.setattr(publish, "dataset_parts", with_an_unconsented_row)
     config = str(company / "tailor.yaml")
     code, out, err = cli("run", "--config", config, "--run-date", RUN_DATE.isoformat(), "--json")
     assert code == 2

@@ -478,3 +478,32 @@ def test_a_broken_user_feature_sql_names_the_file_and_what_is_wrong(
     with_user_features(company, sql, columns)
     with pytest.raises(UserFeaturesError, match=f"user_features.sql past_year.sql: .*{message}"):
         features_at_cutoff(company, date(2026, 11, 21))
+
+
+def test_another_nights_transient_features_are_dropped_tonights_kept() -> None:
+    from tailor.tasks.features import TRANSIENT_MODELS, drop_other_nights_features
+    from tests import tiny
+
+    con = tiny.warehouse()
+    con.execute("create schema if not exists features")
+    con.execute("create table meta.feature_builds (run_date date, data_fingerprint varchar)")
+
+    def night_built(run_date: date) -> None:
+        con.execute("delete from meta.feature_builds")
+        con.execute("insert into meta.feature_builds values ($d, 'f')", {"d": run_date})
+        con.execute("create or replace table features.candidates as select 'u1' as user_id")
+        con.execute("create or replace table features.user_features as select 'u1' as user_id")
+
+    def tables() -> set[str]:
+        rows = con.execute("select table_name from information_schema.tables where table_schema = 'features'")
+        return {row[0] for row in rows.fetchall()}
+
+    # a rerun of tonight keeps its build to reuse it
+    night_built(tiny.RUN_DATE)
+    assert not drop_other_nights_features(con, tiny.context())
+    assert tables() == {"candidates", "user_features"}
+    # last night's: the transient tables and the record of their build go, the per-cutoff features stay
+    night_built(date(2026, 11, 1))
+    assert drop_other_nights_features(con, tiny.context())
+    assert "features/candidates" in TRANSIENT_MODELS and tables() == {"user_features"}
+    assert con.execute("select count(*) from meta.feature_builds").fetchall()[0][0] == 0

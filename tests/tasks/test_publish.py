@@ -40,6 +40,32 @@ def test_a_dataset_with_no_rows_keeps_its_user_id_a_string() -> None:
     assert pseudonymize(empty, b"k", ["user_id"]).schema == empty.schema
 
 
+def test_a_dataset_is_read_in_parts_in_the_order_of_its_pseudonyms() -> None:
+    # the streamed parts are what pseudonymizing and sorting the whole table gave: same rows, same order
+    import duckdb
+
+    from tailor.tasks.publish import Dataset, dataset_parts, exact_parts, no_user, pseudonymized_part
+
+    con = duckdb.connect()
+    con.execute(
+        "create table recs as select 'u' || (i % 37) as user_id, i // 37 + 1 as rank, i * 0.5 as score "
+        "from range(500) as t(i)"
+    )
+    dataset = Dataset("recs", "recs", "user_id, rank", None, "test", no_user)
+    ctx = RunContext(run_date=date(2026, 11, 21), cutoff=datetime(2026, 11, 21), run_dir=Path("."), seed=1)
+    whole = con.sql("select * from recs order by user_id, rank").pl()
+    for key, expected in ((b"k", pseudonymize(whole, b"k", ["user_id", "rank"])), (None, whole)):
+        parts = [pseudonymized_part(part, key, ()) for part in dataset_parts(con, dataset, ctx, key, 64)]
+        assert [part.height for part in parts] == [64] * 7 + [52]
+        assert pl.concat(parts).equals(expected)
+    # parts do not depend on how the reader cut its batches, and an empty table is one empty part
+    batches = pa.table({"x": list(range(10))}).to_batches(max_chunksize=3)
+    reader = pa.RecordBatchReader.from_batches(batches[0].schema, batches)
+    assert [part.num_rows for part in exact_parts(reader, 4)] == [4, 4, 2]
+    empty = pa.RecordBatchReader.from_batches(pa.schema([("x", pa.int64())]), [])
+    assert [(part.num_rows, part.schema.names) for part in exact_parts(empty, 4)] == [(0, ["x"])]
+
+
 def test_manifest_values_are_strict_json() -> None:
     from tailor.tasks.publish import json_safe
 
