@@ -350,12 +350,16 @@ def build_candidates(
     }
 
 
+DROPPED_BUILD = "dropped"  # a build's record whose transient tables are gone: it matches no night's data
+
+
 def drop_other_nights_features(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> bool:
     """Drop the feature tables only a night's own stages read (TRANSIENT_MODELS: candidates, examples,
     similarity, the largest tables in the warehouse) unless they are tonight's: tonight rebuilds them, so
     erasing users from them and copying them when the file is rewritten is wasted work (a rewrite at a
-    million users copied 117M similarity rows). A rerun of tonight keeps them to reuse its build; the record
-    of a build goes with its tables, so nothing claims features that are gone."""
+    million users copied 117M similarity rows). A rerun of tonight keeps them to reuse its build. The record
+    of the dropped build stays, marked, so no rerun of that night takes Prefect's cached result for
+    features that are gone."""
     built = (
         [row[0] for row in con.execute("select run_date from meta.feature_builds").fetchall()]
         if table_exists(con, "meta.feature_builds")
@@ -366,7 +370,7 @@ def drop_other_nights_features(con: duckdb.DuckDBPyConnection, ctx: RunContext) 
     for model in TRANSIENT_MODELS:
         con.execute(f"drop table if exists {model.replace('/', '.')}")
     if built:
-        con.execute("delete from meta.feature_builds")
+        con.execute(f"update meta.feature_builds set data_fingerprint = '{DROPPED_BUILD}'")
     return True
 
 
@@ -438,8 +442,8 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
 
 def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """The key of a reusable build: the same night, config, code and data. No key (so a build) when the
-    warehouse holds no build, or its build is of another night or other data, since the features live
-    there, not in the cached result."""
+    warehouse's current build is of another night or other data (or its tables were dropped), since the
+    features live there, not in the cached result."""
     settings: Settings = parameters["settings"]
     ctx: RunContext = parameters["ctx"]
     with connect(settings) as con:
@@ -449,7 +453,7 @@ def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
             if table_exists(con, "meta.feature_builds")
             else []
         )
-    if built != [(ctx.run_date, fingerprint)]:
+    if built and built != [(ctx.run_date, fingerprint)]:
         return None
     key = (
         f"{settings.config_sha256}|{user_sql_version(settings)}|{ctx.run_date}|{fingerprint}|{code_version()}"

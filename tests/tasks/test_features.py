@@ -502,8 +502,9 @@ def test_another_nights_transient_features_are_dropped_tonights_kept() -> None:
     night_built(tiny.RUN_DATE)
     assert not drop_other_nights_features(con, tiny.context())
     assert tables() == {"candidates", "user_features"}
-    # last night's: the transient tables and the record of their build go, the per-cutoff features stay
+    # last night's: the transient tables go, the per-cutoff features stay, and the build's record no longer
+    # matches any night's data (a rerun of that night must build, not take the cached result)
     night_built(date(2026, 11, 1))
     assert drop_other_nights_features(con, tiny.context())
     assert "features/candidates" in TRANSIENT_MODELS and tables() == {"user_features"}
-    assert con.execute("select count(*) from meta.feature_builds").fetchall()[0][0] == 0
+    assert con.execute("select data_fingerprint from meta.feature_builds").fetchall() == [("dropped",)]
