@@ -370,7 +370,7 @@ def drop_other_nights_features(con: duckdb.DuckDBPyConnection, ctx: RunContext) 
     for model in TRANSIENT_MODELS:
         con.execute(f"drop table if exists {model.replace('/', '.')}")
     if built:
-        con.execute(f"update meta.feature_builds set data_fingerprint = '{DROPPED_BUILD}'")
+        con.execute("update meta.feature_builds set data_fingerprint = $dropped", {"dropped": DROPPED_BUILD})
     return True
 
 
