@@ -853,17 +853,19 @@ def evaluate_uplift(
     settings: Settings,
     ctx: RunContext,
     best_single: str | None = None,
+    units: UpliftUnits | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Per approved variant, an uplift model of its units against the holdout's, from sends and outcomes alone
     (sql/features/uplift_examples.sql): every configured learner fitted on the training part, the best
     validation Qini chosen, and that one measured on the test part with bootstrap intervals. Returns the
     evaluation rows, the test Qini curves and the chosen learners' model rows (meta.uplift_models).
-    `best_single` names the variant that serves where no model is proven (for the policy's sentence)."""
+    `best_single` names the variant that serves where no model is proven (for the policy's sentence); `units`
+    are the campaign's uplift units when the caller has them (uplift_units)."""
     config = settings.experiments.uplift
     if not config.enabled:
         return [], [], []
-    examples = uplift_examples(con, campaign, settings, ctx, window_start(campaign, settings, ctx))
-    parts = split_parts(examples, settings, ctx)
+    units = units if units is not None else uplift_units(con, campaign, settings, ctx)
+    examples, parts = units.examples, units.parts
     control = examples["variant_id"] == HOLDOUT
     evaluations, curves, models = [], [], []
     for variant in campaign.approved_variants:
@@ -884,6 +886,26 @@ def evaluate_uplift(
         curves += curve
         models += [model] if model else []
     return evaluations, curves, models
+
+
+@dataclass(frozen=True)
+class UpliftUnits:
+    """A campaign's uplift units (uplift_examples in mode 'experiment', from its window's start) and each
+    one's part (split_parts)."""
+
+    examples: pl.DataFrame
+    parts: np.ndarray
+
+    def test(self) -> pl.DataFrame:
+        """The test part: the units no learner was fitted or chosen on."""
+        return self.examples.filter(pl.Series(self.parts == uplift.TEST))
+
+
+def uplift_units(
+    con: duckdb.DuckDBPyConnection, campaign: CampaignConfig, settings: Settings, ctx: RunContext
+) -> UpliftUnits:
+    examples = uplift_examples(con, campaign, settings, ctx, window_start(campaign, settings, ctx))
+    return UpliftUnits(examples, split_parts(examples, settings, ctx))
 
 
 def uplift_examples(
@@ -1257,6 +1279,8 @@ class ExperimentRun:
     curves: list[dict[str, Any]] = field(default_factory=list)
     uplift_models: list[dict[str, Any]] = field(default_factory=list)
     policies: list[dict[str, Any]] = field(default_factory=list)  # meta.policy_evaluation (tasks/ope.py)
+    # campaign -> the test part of its uplift units (None: uplift off), until its policies are evaluated
+    test_units: dict[str, pl.DataFrame | None] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -1274,7 +1298,14 @@ def analyse_experiments(settings: Settings, ctx: RunContext) -> dict[str, dict[s
             posteriors = posterior_rows(con, campaign, ctx, summary["is_trusted"])
             run.posteriors += posteriors
             best = best_single_variant({row["variant_id"]: (row["alpha"], row["beta"]) for row in posteriors})
-            evaluations, curves, uplift_models = evaluate_uplift(con, campaign, settings, ctx, best)
+            # the units' features cost most of the analysis: built once, their test part kept for the policy
+            # evaluation's personalized policy (valued on the same sends)
+            units = None
+            if settings.experiments.uplift.enabled:
+                units = uplift_units(con, campaign, settings, ctx)
+            evaluations, curves, uplift_models = evaluate_uplift(con, campaign, settings, ctx, best, units)
+            run.test_units[campaign.campaign_id] = units.test() if units is not None else None
+            del units
             run.uplift += evaluations
             run.curves += curves
             run.uplift_models += uplift_models
@@ -1297,7 +1328,8 @@ def analyse_experiments(settings: Settings, ctx: RunContext) -> dict[str, dict[s
         # after the uplift evaluation is stored: the personalized candidate is the policy its gate allows
         for campaign in settings.campaigns if settings.experiments.enabled else []:
             start = window_start(campaign, settings, ctx)
-            run.policies += evaluate_policies(con, campaign, settings, ctx, start, run.posteriors)
+            test_units = run.test_units.pop(campaign.campaign_id, None)
+            run.policies += evaluate_policies(con, campaign, settings, ctx, start, run.posteriors, test_units)
         store_policy_evaluation(con, run.policies, ctx)
     return dict(sorted(run.summary.items()))
 

@@ -257,9 +257,11 @@ def evaluate_policies(
     ctx: RunContext,
     start: datetime,
     posterior_rows: list[dict[str, Any]],
+    test_units: pl.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """The campaign's rows of meta.policy_evaluation: every candidate policy's value per send from the sends
-    since `start`, given tonight's rows of meta.variant_posteriors (the bandit's pooled posteriors)."""
+    since `start`, given tonight's rows of meta.variant_posteriors (the bandit's pooled posteriors).
+    `test_units`: the test part of tonight's uplift units (UpliftUnits.test), when the caller has it."""
     posteriors = {
         row["variant_id"]: (row["alpha"], row["beta"])
         for row in posterior_rows
@@ -296,8 +298,9 @@ def evaluate_policies(
         reward = sends[column].cast(pl.Float64).to_numpy()
         rows += [row | {"metric": metric} for row in estimate_rows(reward, action, propensity, policies, contexts,
                                                                    settings)]  # fmt: skip
+    arms_count = len(arms)
     rows += personalized_rows(
-        con, campaign, settings, ctx, start, posteriors, sends, action, propensity, contexts, len(arms)
+        con, campaign, settings, ctx, start, posteriors, sends, action, propensity, contexts, arms_count, test_units
     )
     conversion = sends["is_converted"].cast(pl.Float64).to_numpy()
     rows_index = np.arange(action.size)
@@ -321,10 +324,13 @@ def personalized_rows(
     propensity: np.ndarray,
     contexts: np.ndarray,
     actions: int,
+    test_units: pl.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """The personalized policy's rows: its probabilities on the sends it can be valued on honestly (those of
     the uplift evaluation's test part: profiled users its models never learned from), each estimator."""
-    target, valued, note = personalized_policy(con, campaign, settings, ctx, start, posteriors, sends, actions)
+    target, valued, note = personalized_policy(
+        con, campaign, settings, ctx, start, posteriors, sends, actions, test_units
+    )
     if valued.sum() < 2:
         rows = skipped([PERSONALIZED], int(valued.sum()), f"not enough data: {note}")
         return [row for row in rows if row["policy"] == PERSONALIZED]
@@ -353,21 +359,25 @@ def personalized_policy(
     posteriors: Mapping[str, bandit.Posterior],
     sends: pl.DataFrame,
     actions: int,
+    test_units: pl.DataFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(sends x actions) probabilities of the personalized policy under tonight's uplift gate, which sends it
-    is valued on, and how it chose."""
+    is valued on, and how it chose. `test_units`: the uplift units' test part, built here when not given."""
     # imported here: tasks/experiments.py imports this module
     from tailor.tasks import experiments
 
     variant_ids = [variant.variant_id for variant in campaign.approved_variants]
     gate = experiments.uplift_gate(con, campaign, ctx).only(variant_ids)
-    # the models need each send's features; the best single variant needs only who and when
-    examples = experiments.uplift_examples(con, campaign, settings, ctx, start) if gate.models else sends
     target = np.zeros((sends.height, actions))
     valued = np.zeros(sends.height, dtype=bool)
-    if examples.height == 0:
-        return target, valued, "no send of a user with profiling consent"
-    test = examples.filter(pl.Series(experiments.split_parts(examples, settings, ctx) == uplift.TEST))
+    if test_units is not None and test_units.height and gate.models:
+        test = test_units
+    else:
+        # the models need each send's features; the best single variant needs only who and when
+        examples = experiments.uplift_examples(con, campaign, settings, ctx, start) if gate.models else sends
+        if examples.height == 0:
+            return target, valued, "no send of a user with profiling consent"
+        test = examples.filter(pl.Series(experiments.split_parts(examples, settings, ctx) == uplift.TEST))
     scores = experiments.gated_scores(gate, test)
     if scores:
         # as the allocation does: an evaluated variant without a proven model counts at its average effect

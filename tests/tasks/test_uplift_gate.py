@@ -366,3 +366,21 @@ def test_on_generated_data_the_attribute_that_drives_uplift_lets_the_model_clear
     assert with_attribute["margin_at_target"] > without["margin_at_target"] + 0.05
     assert with_attribute["qini_coefficient"] > without["qini_coefficient"] + 0.005
     assert with_attribute["test_units"] == without["test_units"]
+
+
+def test_the_policy_evaluation_values_the_personalized_policy_on_the_evaluations_own_test_units(evaluated) -> None:
+    from tailor.tasks import ope
+
+    con, ctx, _, rows, _, models = evaluated[True]
+    store(con, ctx, rows, models)
+    config = settings()
+    chosen = config.campaigns[0]
+    start = ex.window_start(chosen, config, ctx)
+    sends = ope.logged_sends(con, chosen.campaign_id, config, ctx, start)
+    units = ex.uplift_units(con, chosen, config, ctx)
+    built = ope.personalized_policy(con, chosen, config, ctx, start, {}, sends, 2)
+    # the analysis hands over the test part it evaluated on, rather than building the units twice
+    given = ope.personalized_policy(con, chosen, config, ctx, start, {}, sends, 2, units.test())
+    assert "uplift models of a proven" in given[2]
+    assert given[1].sum() == units.test().height == rows[0]["test_units"]
+    assert np.array_equal(built[0], given[0]) and np.array_equal(built[1], given[1]) and built[2] == given[2]
