@@ -62,7 +62,7 @@ from tailor.tasks.experiments import (
 from tailor.tasks.ope import context_evidence, contextual_verdict, logged_sends
 from tailor.tasks.score import replace_table
 from tailor.tasks.shards import Shard, ShardWriter, make_shards
-from tailor.templates import TEMPLATE_FIELDS, compile_template, fit_to_limit
+from tailor.templates import TEMPLATE_FIELDS, compile_template, context_names, fit_to_limit, render_timer
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,17 @@ def compile_variants(campaign: CampaignConfig) -> dict[str, dict[str, Template]]
     return compiled
 
 
+def template_reads(campaign: CampaignConfig) -> dict[str, dict[str, tuple[str, ...]]]:
+    """variant -> field -> the context names its template reads, in a fixed order."""
+    return {
+        variant.variant_id: {
+            field: tuple(sorted(context_names(getattr(variant, field), campaign.channel, field)))
+            for field in TEMPLATE_FIELDS
+        }
+        for variant in campaign.approved_variants
+    }
+
+
 def render_rows(
     campaign: CampaignConfig,
     users: pl.DataFrame,
@@ -342,46 +353,51 @@ def render_rows(
 ) -> tuple[dict[str, list[str | None]], int]:
     """Rendered fields per user (None for the holdout) and how many texts were cut to the channel's limit.
 
-    Many users share a context (same country, segment and fallback items), so renders are cached."""
+    A field's text depends only on the values of the context names its template reads, and many users share
+    them (a fixed call to action, a subject per country, the same fallback items): each distinct text is
+    rendered once."""
     templates = compile_variants(campaign)
+    reads = template_reads(campaign)
     out: dict[str, list[str | None]] = {field: [] for field in (*TEMPLATE_FIELDS, "recommended_item_ids")}
-    cache: dict[tuple, tuple[list[str], int]] = {}
+    cache: dict[tuple[Any, ...], tuple[str, bool]] = {}
     truncated = 0
     rows = zip(users["user_id"], users["country"], users["language"], users["segment"], strict=True)
-    for (user_id, country, language, segment), variant_id, holdout in zip(
-        rows, variant_ids, is_holdout, strict=True
-    ):
-        if holdout:  # the holdout gets no message: it measures "no contact"
-            for values in out.values():
-                values.append(None)
-            continue
-        user_list = items.get(user_id, [])
-        # everything the template can see: the same items can carry another user's reason
-        key = (variant_id, country, language, segment, tuple(tuple(item.values()) for item in user_list))
-        if key not in cache:
-            context = {
-                "user": {"country": country, "language": language},
-                "segment": segment,
-                "items": user_list,
-                "campaign": {"id": campaign.campaign_id, "channel": campaign.channel},
-            }
-            texts, cut = [], 0
+    with render_timer():  # each render is still timed; its handler is installed once
+        for (user_id, country, language, segment), variant_id, holdout in zip(
+            rows, variant_ids, is_holdout, strict=True
+        ):
+            if holdout:  # the holdout gets no message: it measures "no contact"
+                for values in out.values():
+                    values.append(None)
+                continue
+            user_list = items.get(user_id, [])
+            # what distinguishes this user's context (the campaign's part is the same for everyone here); the
+            # items by every value: the same items can carry another user's reason
+            keys: dict[str, Any] = {"user": (country, language), "segment": segment}
+            context: dict[str, Any] | None = None
             for field in TEMPLATE_FIELDS:
-                try:
-                    text = templates[variant_id][field].render(context).strip()
-                except TemplateError as error:
-                    raise TemplateRenderError(
-                        f"campaign {campaign.campaign_id}, variant {variant_id}, {field}: failed for a user: {error}"
-                    ) from None
-                text, was_cut = fit_to_limit(text, limits.get(field))
-                texts.append(text)
-                cut += was_cut
-            cache[key] = (texts, cut)
-        texts, cut = cache[key]
-        truncated += cut
-        for field, text in zip(TEMPLATE_FIELDS, texts, strict=True):
-            out[field].append(text or None)
-        out["recommended_item_ids"].append(",".join(item["item_id"] for item in user_list) or None)
+                names = reads[variant_id][field]
+                if "items" in names and "items" not in keys:
+                    keys["items"] = tuple(tuple(item.values()) for item in user_list)
+                key = (variant_id, field, *(keys.get(name) for name in names))
+                if key not in cache:
+                    context = context or {
+                        "user": {"country": country, "language": language},
+                        "segment": segment,
+                        "items": user_list,
+                        "campaign": {"id": campaign.campaign_id, "channel": campaign.channel},
+                    }
+                    try:
+                        text = templates[variant_id][field].render(context).strip()
+                    except TemplateError as error:
+                        raise TemplateRenderError(
+                            f"campaign {campaign.campaign_id}, variant {variant_id}, {field}: failed for a user: {error}"
+                        ) from None
+                    cache[key] = fit_to_limit(text, limits.get(field))
+                text, was_cut = cache[key]
+                truncated += was_cut
+                out[field].append(text or None)
+            out["recommended_item_ids"].append(",".join(item["item_id"] for item in user_list) or None)
     return out, truncated
 
 

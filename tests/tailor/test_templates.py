@@ -153,6 +153,32 @@ def test_in_the_main_thread_the_timer_interrupts_work_no_sandbox_hook_sees(
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is not None
 
 
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no interval timer on this platform")
+def test_a_batch_installs_the_timer_once_and_every_render_in_it_is_still_interrupted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def spin(value: str) -> str:
+        give_up = time.monotonic() + 5
+        while time.monotonic() < give_up:
+            pass
+        return value
+
+    monkeypatch.setitem(templates._plain.filters, "spin", spin)
+    monkeypatch.setattr(templates, "RENDER_SECONDS", 0.05)
+    before = signal.getsignal(signal.SIGALRM)
+    fast = compile_template("{{ segment }}", "push", "body")
+    with templates.render_timer():
+        assert signal.getsignal(signal.SIGALRM) is templates._expired
+        for _ in range(3):  # a render that ends in time leaves the batch's handler and no timer behind
+            assert fast.render(sample_context("push", True)) == "active"
+            assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        for _ in range(2):
+            with pytest.raises(TemplateLimitError, match=r"time limit of 0\.05 s"):
+                compile_template("{{ segment|spin }}", "push", "body").render(sample_context("push", True))
+        assert signal.getsignal(signal.SIGALRM) is templates._expired
+    assert signal.getsignal(signal.SIGALRM) is before and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_a_limit_at_render_is_a_template_error_so_the_batch_reports_it_for_the_variant() -> None:
     # a real user's values can differ from the sample's: render_rows turns any TemplateError into a
     # TemplateRenderError naming campaign, variant and field

@@ -80,6 +80,38 @@ def test_two_users_with_the_same_items_never_share_each_others_reasons() -> None
     assert rendered["body"] == ["Because you viewed A", "Popular right now"]
 
 
+def test_each_distinct_text_is_rendered_once_and_equals_a_render_of_the_users_own_context(monkeypatch) -> None:
+    from tailor import templates
+    from tailor.templates import compile_template
+
+    mixed = campaign(variants=[VariantConfig(
+        variant_id="a", subject="Hi {{ user.country }}", headline="{{ items[0].title if items else 'new' }}",
+        body="{% set n = items|length %}<p>{{ segment }}: {{ n }}</p>", call_to_action="Open",
+    )])  # fmt: skip
+    rng = np.random.default_rng(5)
+    n = 300
+    users = pl.DataFrame({"user_id": [f"u{i}" for i in range(n)], "country": rng.choice(["DE", "FR"], n),
+                          "language": "de", "segment": rng.choice(["active", "new", "lapsed"], n)})  # fmt: skip
+    item = {"item_id": "i", "title": "t", "category": "c", "price_cents": 1, "reason": "r"}
+    items = {f"u{i}": [item | {"title": f"t{i % 7}"}] * (i % 3) for i in range(n)}
+    renders: list[str] = []
+    original = templates.BoundedTemplate.render
+    monkeypatch.setattr(templates.BoundedTemplate, "render", lambda self, *a, **k: renders.append(self.name or "")
+                        or original(self, *a, **k))  # fmt: skip
+    rendered, _ = render_rows(mixed, users, np.full(n, "a"), np.zeros(n, dtype=bool), items, {})
+    # a fixed call to action once, a subject per country, a headline per list of items, a body per (items,
+    # segment): what each template reads, and nothing else, tells users' texts apart
+    lists = [tuple(tuple(it.values()) for it in items[u]) for u in users["user_id"]]
+    assert len(renders) == 1 + 2 + len(set(lists)) + len(set(zip(lists, users["segment"], strict=True)))
+    assert len(renders) < 2 * n
+    for row, user in enumerate(users.iter_rows(named=True)):
+        context = {"user": {"country": user["country"], "language": "de"}, "segment": user["segment"],
+                   "items": items[user["user_id"]], "campaign": {"id": "c1", "channel": "email"}}  # fmt: skip
+        for field in ("subject", "headline", "body", "call_to_action"):
+            own = compile_template(getattr(mixed.variants[0], field), "email", field).render(context).strip()
+            assert rendered[field][row] == (own or None), (row, field)
+
+
 @pytest.fixture(scope="module")
 def allocated(trained_company):
     settings, ctx, models, _ = trained_company
