@@ -121,9 +121,16 @@ def score_candidates(
     candidates: pl.DataFrame, models: dict[str, dict[str, Any]]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(every candidate's ranking and discovery scores, the audience items' engagement probability)."""
-    scores = rank_candidates(candidates, models["ranking"])
+    engagement = models.get("engagement")
+    # no engagement model serving (its predictions were constant): no audience is scored tonight
+    is_audience = candidates["is_audience_item"].fill_null(False).to_numpy() & (engagement is not None)
+    # the ranker, discovery and engagement models read the same features: the matrix is built once
+    rankers = [models[name] for name in ("ranking", "discovery") if name in models]
+    needs_matrix = is_audience.any() or any(m.get("served_by", MODEL) == MODEL for m in rankers)
+    matrix = feature_matrix(candidates, RANKING_FEATURES, {}) if candidates.height and needs_matrix else None
+    scores = rank_candidates(candidates, models["ranking"], matrix)
     discovery = (
-        rank_candidates(candidates, models["discovery"])
+        rank_candidates(candidates, models["discovery"], matrix)
         if "discovery" in models
         else np.full(candidates.height, np.nan)
     )
@@ -131,19 +138,14 @@ def score_candidates(
         pl.Series("score", np.asarray(scores, dtype=np.float64)),
         pl.Series("discovery_score", discovery).fill_nan(None),
     )
-    engagement = models.get("engagement")
-    # no engagement model serving (its predictions were constant): no audience is scored tonight
-    audience = candidates.filter(pl.col("is_audience_item") & pl.lit(engagement is not None))
     probability = (
         predict_propensity(
-            booster(engagement["path"]),
-            feature_matrix(audience, RANKING_FEATURES, {}),
-            engagement["params"]["calibration"],
+            booster(engagement["path"]), matrix[is_audience], engagement["params"]["calibration"]
         )
-        if audience.height and engagement is not None
+        if is_audience.any() and engagement is not None and matrix is not None
         else []
     )
-    audience_scores = audience.select("user_id", "item_id").with_columns(
+    audience_scores = candidates.filter(pl.Series(is_audience)).select("user_id", "item_id").with_columns(
         pl.Series("engagement_probability", np.asarray(probability, dtype=np.float64))
     )
     return scored, audience_scores
@@ -224,8 +226,11 @@ def cast_scores(frame: pl.DataFrame, name: str) -> pa.Table:
     return frame.cast(SCORED_SCHEMAS[name]).to_arrow().cast(scored_schema(name))  # type: ignore[arg-type]
 
 
-def rank_candidates(candidates: pl.DataFrame, ranking: dict[str, Any]) -> np.ndarray:
-    """The serving order's scores: the ranker's, or the baseline's that beat it on the holdout."""
+def rank_candidates(
+    candidates: pl.DataFrame, ranking: dict[str, Any], matrix: np.ndarray | None = None
+) -> np.ndarray:
+    """The serving order's scores: the ranker's, or the baseline's that beat it on the holdout. `matrix`: the
+    candidates' ranking features, when the caller has built them."""
     if not candidates.height:
         return np.asarray([], dtype=np.float64)
     served_by = ranking.get("served_by", MODEL)
@@ -234,7 +239,9 @@ def rank_candidates(candidates: pl.DataFrame, ranking: dict[str, Any]) -> np.nda
         # an item the baseline does not offer goes last, never out: the list still fills to k
         return scores.to_numpy().astype(np.float64).clip(min=-1e12)
     ranker = booster(ranking["path"])
-    return np.asarray(ranker.predict(feature_matrix(candidates, RANKING_FEATURES, {})), dtype=np.float64)
+    if matrix is None:
+        matrix = feature_matrix(candidates, RANKING_FEATURES, {})
+    return np.asarray(ranker.predict(matrix), dtype=np.float64)
 
 
 def score_propensity(users: pl.DataFrame, propensity: dict[str, Any]) -> np.ndarray:

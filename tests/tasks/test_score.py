@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from tailor.config import CHANNEL_CONSENT, ComputeConfig
@@ -224,3 +225,34 @@ def test_a_baseline_that_cannot_be_measured_leaves_the_model_serving(scored) -> 
     beaten = {name: values | {"roc_auc": 0.99} for name, values in propensity["metrics"]["baselines"].items()}
     served_by, warning = baseline_verdict("propensity", propensity, metrics | {"baselines": beaten}, settings)
     assert served_by.startswith("baseline:") and "does not beat" in warning
+
+
+def test_one_feature_matrix_serves_every_model_with_the_scores_each_gives_alone(scored) -> None:
+    import lightgbm as lgb
+    import numpy as np
+
+    from tailor.tasks.score import score_candidates
+    from tailor.tasks.train import RANKING_FEATURES, feature_matrix, predict_propensity
+
+    settings, ctx, models, _ = scored
+    assert {"ranking", "engagement"} <= set(models)
+    # a discovery ranker reads the same features: the ranker's file stands in for one
+    models = models | {"discovery": models["ranking"]}
+    with connect(settings) as con:
+        candidates = con.sql(
+            "select * from features.ranking_examples where cutoff = $cutoff order by user_id, item_id",
+            params={"cutoff": ctx.cutoff},
+        ).pl()
+    scored_rows, audience = score_candidates(candidates, models)
+    own = feature_matrix(candidates, RANKING_FEATURES, {})
+    assert models["ranking"].get("served_by", "model") == "model"
+    for name, column in (("ranking", "score"), ("discovery", "discovery_score")):
+        alone = lgb.Booster(model_file=models[name]["path"]).predict(own)
+        assert np.array_equal(scored_rows[column].to_numpy(), alone), name
+    is_audience = candidates["is_audience_item"].to_numpy()
+    assert audience.height == int(is_audience.sum()) > 0
+    assert audience["user_id"].to_list() == candidates.filter(pl.col("is_audience_item"))["user_id"].to_list()
+    engagement = models["engagement"]
+    alone = predict_propensity(lgb.Booster(model_file=engagement["path"]), own[is_audience],
+                               engagement["params"]["calibration"])  # fmt: skip
+    assert np.array_equal(audience["engagement_probability"].to_numpy(), alone)
