@@ -99,13 +99,14 @@ def materialize_partition(
     """Replace one partition (rows whose `partition_column` equals that parameter) of `<layer>.<name>`.
 
     The model must select `$<partition_column> as <partition_column>`; rerunning it replaces, never appends.
-    A model that takes `$bucket` and `$buckets` is run once per bucket of users (it keeps the users whose
-    hash falls in `$bucket`), so memory holds one bucket's rows, not every user's.
+    A model that takes `$bucket` is run once per bucket of users (it keeps the users whose hash falls in
+    `$bucket`, or the rows an earlier model built in that bucket), so memory holds one bucket's rows, not
+    every user's; `$buckets` is how many there are (a model taking only that runs once, for all of them).
     """
     started = time.perf_counter()
     text = read_sql(model)
     target = table_name(model)
-    params = {"bucket": 0, "buckets": 1} | params
+    params = {"bucket": 0, "buckets": buckets} | params
     bound = bind(text, params)
     con.execute(f"create schema if not exists {target.split('.')[0]}")
     wanted = con.execute(
@@ -128,9 +129,9 @@ def materialize_partition(
         con.execute(
             f"delete from {target} where {partition_column} = $value", {"value": params[partition_column]}
         )
-        per_bucket = "buckets" in bound
+        per_bucket = "bucket" in bound
         for bucket in range(buckets if per_bucket else 1):
-            values = bound | ({"bucket": bucket, "buckets": buckets} if per_bucket else {})
+            values = bound | ({"bucket": bucket} if per_bucket else {})
             con.execute(f"insert into {target} by name {text}", values)
         con.execute("commit")
     except Exception:

@@ -48,6 +48,7 @@ RANKING_CUTOFF_MODELS = (
 # Large tables needed only by the run that built them.
 TRANSIENT_MODELS = (
     "features/candidate_users",
+    "features/user_item_events",
     "features/user_item_similarity",
     "features/user_item_purchases",
     "features/campaign_click_examples",
@@ -311,8 +312,9 @@ def build_candidates(
     is_training: bool,
     repeats: RepeatDecision,
 ) -> dict[str, int]:
-    """The candidate users (a training cutoff samples them), then their similarity and purchase features,
-    candidates and ranking examples, built in buckets of USERS_PER_BUCKET users."""
+    """The candidate users (a training cutoff samples them), then their events with each item (one pass
+    for all of them), similarity and purchase features, candidates and ranking examples, built in buckets
+    of USERS_PER_BUCKET users."""
     ranking = settings.ranking
     params = {
         "cutoff": cutoff,
@@ -342,6 +344,7 @@ def build_candidates(
             con, model, "cutoff", params, buckets
         )
         for model in (
+            "features/user_item_events",
             "features/user_item_similarity",
             "features/user_item_purchases",
             "features/candidates",

@@ -53,30 +53,27 @@ co_occurring as (
     -- items most co-interacted with the user's recent items
     select similarity.user_id, similarity.item_id
     from features.user_item_similarity as similarity
-    semi join users using (user_id)
     semi join live_items using (item_id)
-    where similarity.cutoff = $cutoff
+    where similarity.cutoff = $cutoff and similarity.user_bucket = $bucket
     qualify row_number() over (
         partition by similarity.user_id order by similarity.cooccurrence_score desc, similarity.item_id
     ) <= $n_similar
 ),
 
 recently_seen as (
-    select distinct interactions.user_id, interactions.item_id
-    from staging.stg_interactions as interactions
-    semi join users using (user_id)
+    select events.user_id, events.item_id
+    from features.user_item_events as events
     semi join live_items using (item_id)
-    where interactions.occurred_at < $cutoff
-        and interactions.occurred_at >= $cutoff - to_days(cast($recent_days as integer))
+    where events.cutoff = $cutoff and events.user_bucket = $bucket and events.is_recently_seen
 ),
 
 buy_again as (
     -- the user's own staples: what they bought on the most days
     select purchases.user_id, purchases.item_id
     from features.user_item_purchases as purchases
-    semi join users using (user_id)
     semi join live_items using (item_id)
-    where $allow_repeat and purchases.cutoff = $cutoff and purchases.buy_again_rank <= $n_buy_again
+    where $allow_repeat and purchases.cutoff = $cutoff and purchases.user_bucket = $bucket
+        and purchases.buy_again_rank <= $n_buy_again
 ),
 
 audience_items as (
@@ -94,10 +91,9 @@ audience_items as (
 ),
 
 bought as (
-    select distinct user_id, item_id
-    from staging.stg_interactions
-    semi join users using (user_id)
-    where list_contains($excluded_event_types, event_type) and occurred_at < $cutoff
+    select user_id, item_id
+    from features.user_item_events
+    where cutoff = $cutoff and user_bucket = $bucket and is_excluded
 ),
 
 unioned as (
@@ -145,6 +141,8 @@ final as (
     select
         -- keys
         $cutoff as cutoff,
+        -- the bucket the row was built in: a later model reading one bucket skips the others' row groups
+        cast($bucket as integer) as user_bucket,
         unioned.user_id,
         unioned.item_id,
         -- which sources proposed the item

@@ -1,36 +1,23 @@
 -- One row per candidate as of $cutoff: user, item and user-item features, and the graded relevance
 -- of what the user did with the item in the $label_days after the cutoff (0 for a scoring cutoff).
-with users as (
-    -- one bucket of users at a time (see tailor/sql.py): every window below is per user
-    select user_id
-    from features.candidate_users
-    where cutoff = $cutoff and user_hash % $buckets = $bucket
+with candidates as (
+    -- one bucket of users at a time (see tailor/sql.py): every window below is per user. Read by the
+    -- bucket each row was built in: a filter on the table's own column skips the other buckets' row
+    -- groups, where a join with the bucket's users read every candidate and joined them before filtering
+    select * from features.candidates where cutoff = $cutoff and user_bucket = $bucket
 ),
 
-candidates as (
-    select * from features.candidates semi join users using (user_id) where cutoff = $cutoff
-),
-
-labels as (
-    select user_id, item_id, max(relevance) as relevance
-    from staging.stg_interactions
-    where occurred_at >= $cutoff
-        and occurred_at < $cutoff + to_days(cast($label_days as integer))
-        and user_id in (select user_id from users)
-    group by user_id, item_id
-),
-
-user_item_history as (
+events as (
+    -- what the user did with the item before the cutoff (30 days) and after it (the label)
     select
         user_id,
         item_id,
-        count(*) as n_user_item_events_30d,
-        max(relevance) as max_user_item_relevance_30d,
-        date_diff('second', max(occurred_at), $cutoff) / 86400.0 as days_since_user_item_event
-    from staging.stg_interactions
-    where occurred_at < $cutoff and occurred_at >= $cutoff - interval 30 day
-        and user_id in (select user_id from users)
-    group by user_id, item_id
+        n_user_item_events_30d,
+        max_user_item_relevance_30d,
+        date_diff('second', last_event_at_30d, $cutoff) / 86400.0 as days_since_user_item_event,
+        label_relevance
+    from features.user_item_events
+    where cutoff = $cutoff and user_bucket = $bucket
 ),
 
 top_item as (
@@ -42,11 +29,11 @@ top_item as (
 
 similarity as (
     -- only this bucket's pairs: the whole table is the largest in the warehouse
-    select * from features.user_item_similarity semi join users using (user_id) where cutoff = $cutoff
+    select * from features.user_item_similarity where cutoff = $cutoff and user_bucket = $bucket
 ),
 
 purchases as (
-    select * from features.user_item_purchases semi join users using (user_id) where cutoff = $cutoff
+    select * from features.user_item_purchases where cutoff = $cutoff and user_bucket = $bucket
 ),
 
 repurchase as (
@@ -86,9 +73,9 @@ final as (
         coalesce(affinity.affinity, 0) as user_category_affinity,
         coalesce(affinity.affinity_share, 0) as user_category_affinity_share,
         coalesce(affinity.category_rank, 99) as user_category_rank,
-        coalesce(history.n_user_item_events_30d, 0) as n_user_item_events_30d,
-        coalesce(history.max_user_item_relevance_30d, 0) as max_user_item_relevance_30d,
-        history.days_since_user_item_event,
+        coalesce(events.n_user_item_events_30d, 0) as n_user_item_events_30d,
+        coalesce(events.max_user_item_relevance_30d, 0) as max_user_item_relevance_30d,
+        events.days_since_user_item_event,
         coalesce(similarity.cooccurrence_score, 0) as cooccurrence_score,
         coalesce(similarity.max_cooccurrence, 0) as max_cooccurrence,
         coalesce(similarity.n_similar_recent_items, 0) as n_similar_recent_items,
@@ -121,7 +108,7 @@ final as (
         ) as cooccurrence_percentile,
         items.n_users_recent / greatest((select max(n_users_recent) from top_item), 1) as popularity_relative,
         -- label
-        coalesce(labels.relevance, 0) as relevance
+        coalesce(events.label_relevance, 0) as relevance
     from candidates
     inner join features.user_features as users
         on users.cutoff = candidates.cutoff and users.user_id = candidates.user_id
@@ -131,16 +118,14 @@ final as (
         on affinity.cutoff = candidates.cutoff
         and affinity.user_id = candidates.user_id
         and affinity.category = items.category
-    left join user_item_history as history
-        on history.user_id = candidates.user_id and history.item_id = candidates.item_id
+    left join events
+        on events.user_id = candidates.user_id and events.item_id = candidates.item_id
     left join similarity
         on similarity.user_id = candidates.user_id and similarity.item_id = candidates.item_id
     left join purchases
         on purchases.user_id = candidates.user_id and purchases.item_id = candidates.item_id
     left join repurchase
         on repurchase.item_id = candidates.item_id
-    left join labels
-        on labels.user_id = candidates.user_id and labels.item_id = candidates.item_id
 )
 
 select * from final

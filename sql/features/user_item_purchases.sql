@@ -36,6 +36,8 @@ per_item as (
 final as (
     select
         $cutoff as cutoff,
+        -- the bucket the row was built in: a later model reading one bucket skips the others' row groups
+        cast($bucket as integer) as user_bucket,
         per_item.user_id,
         per_item.item_id,
         per_item.n_purchase_days as n_user_item_purchases,

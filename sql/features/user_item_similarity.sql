@@ -24,6 +24,8 @@ pairs as (
 final as (
     select
         $cutoff as cutoff,
+        -- the bucket the row was built in: a later model reading one bucket skips the others' row groups
+        cast($bucket as integer) as user_bucket,
         user_id,
         item_id,
         -- summed in fixed point: an integer sum does not depend on how threads split the work, and

@@ -44,6 +44,29 @@ def test_materialize_partition_replaces_rather_than_appends(monkeypatch) -> None
     assert sql.count_rows(con, "features.demo") == 2
 
 
+def test_a_model_taking_bucket_runs_once_per_bucket_and_one_taking_only_buckets_once(monkeypatch) -> None:
+    con = duckdb.connect()
+    con.execute("create schema staging")
+    con.execute("create table staging.stg_interactions as select 'u' || i as user_id, i from range(12) t(i)")
+    models = {
+        "features/per_bucket": "select $cutoff as cutoff, $bucket as bucket, user_id "
+        "from staging.stg_interactions where i % $buckets = $bucket",
+        "features/all_buckets": "select $cutoff as cutoff, i % $buckets as bucket, user_id "
+        "from staging.stg_interactions",
+    }
+    monkeypatch.setattr(sql, "read_sql", lambda model: models[model])
+    for model in models:
+        assert sql.materialize_partition(con, model, "cutoff", {"cutoff": 1}, buckets=4) == 12, model
+    # each user once, in the same bucket, whether built a bucket at a time or in one statement
+    assert (
+        con.execute(
+            "select user_id, bucket from features.per_bucket except select user_id, bucket from features.all_buckets"
+        ).fetchall()
+        == []
+    )
+    assert con.execute("select count(distinct bucket) from features.per_bucket").fetchall() == [(4,)]
+
+
 def test_parameters_in_comments_and_string_literals_are_not_parameters() -> None:
     text = "select $a, '$USD' -- the customer's $b\nfrom t where x = $c and y = 'it''s $d' -- $e\n"
     assert sql.parameter_names(text) == {"a", "c"}

@@ -111,40 +111,48 @@ def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkey
     from tailor.tasks.repeats import load as load_repeats
 
     settings, ctx, _, _ = trained_company
-    tables = ("user_item_similarity", "candidates", "ranking_examples")
+    # user_bucket says which bucket built a row: the one column that differs between the two builds
+    tables = ("user_item_events", "user_item_similarity", "candidates", "ranking_examples")
 
-    def snapshot() -> dict[str, list]:
+    def snapshot() -> tuple[dict[str, list], dict[str, list]]:
         with connect(settings) as con:
             features.build_candidates(con, settings, ctx.cutoff, False, load_repeats(con, ctx.run_date))
-            return {
+            rows = {
                 table: con.execute(
-                    f"select * from features.{table} where cutoff = $c order by all", {"c": ctx.cutoff}
+                    f"select * exclude (user_bucket) from features.{table} where cutoff = $c order by all"
+                    if table != "ranking_examples"
+                    else f"select * from features.{table} where cutoff = $c order by all",
+                    {"c": ctx.cutoff},
                 ).fetchall()
                 for table in tables
             }
+            users = {
+                table: con.execute(
+                    f"select user_bucket, list(distinct user_id) from features.{table} where cutoff = $c "
+                    "group by user_bucket order by user_bucket",
+                    {"c": ctx.cutoff},
+                ).fetchall()
+                for table in ("user_item_events", "candidates")
+            }
+        return rows, users
 
-    one_pass = snapshot()
+    one_pass, _ = snapshot()
     monkeypatch.setattr(features, "USERS_PER_BUCKET", 150)  # about five buckets of the small company
-    bucketed = snapshot()
+    bucketed, buckets = snapshot()
     monkeypatch.undo()
     snapshot()  # leave the shared warehouse as one pass built it
     for table in tables:
         assert len(bucketed[table]) == len(one_pass[table]) > 0, table
         assert bucketed[table] == one_pass[table], table
-    # and the buckets really split the users: each holds some, none holds them all, none overlap
-    from tailor.sql import bind, read_sql
-
-    text = read_sql("features/ranking_examples")
-    with connect(settings) as con:
-        users_per_bucket = [
-            con.execute(
-                f"select count(distinct user_id) from ({text})",
-                bind(text, {"cutoff": ctx.cutoff, "label_days": 7, "bucket": bucket, "buckets": 5}),
-            ).fetchall()[0][0]
-            for bucket in range(5)
-        ]
+    # and the buckets really split the users: each holds some, none holds them all, none overlap, and the
+    # events table (one pass for all buckets) puts each user in the bucket the candidates were built in
     total = len({row[1] for row in one_pass["ranking_examples"]})
-    assert sum(users_per_bucket) == total and min(users_per_bucket) > 0 and max(users_per_bucket) < total
+    for table, per_bucket in buckets.items():
+        sizes = [len(users) for _, users in per_bucket]
+        assert len(per_bucket) > 1 and sum(sizes) == len({u for _, users in per_bucket for u in users}), table
+        assert min(sizes) > 0 and max(sizes) < total, table
+    events_bucket = {u: b for b, users in buckets["user_item_events"] for u in users}
+    assert all(events_bucket.get(u, b) == b for b, users in buckets["candidates"] for u in users)
 
 
 # --- retail facts: orders, returns and items never recommended, on hand-made rows -------------------
