@@ -32,6 +32,28 @@ similarity as (
     select * from features.user_item_similarity where cutoff = $cutoff and user_bucket = $bucket
 ),
 
+cooccurrence as (
+    -- scale-free versions: training windows and the scoring window hold different amounts of data
+    -- (among the user's recommendation candidates: items scored only for an audience stay apart, so
+    -- configuring an audience never changes what the ranker sees). Ranked on these few columns alone: a
+    -- window over the whole row sorted every feature with it, the stage's largest cost
+    select
+        candidates.user_id,
+        candidates.item_id,
+        coalesce(similarity.cooccurrence_score, 0) as cooccurrence_score,
+        coalesce(similarity.max_cooccurrence, 0) as max_cooccurrence,
+        coalesce(similarity.n_similar_recent_items, 0) as n_similar_recent_items,
+        coalesce(similarity.cooccurrence_score, 0)
+            / greatest(max(coalesce(similarity.cooccurrence_score, 0)) over per_user, 1e-9)
+            as cooccurrence_relative,
+        percent_rank() over (per_user order by coalesce(similarity.cooccurrence_score, 0))
+            as cooccurrence_percentile
+    from candidates
+    left join similarity
+        on similarity.user_id = candidates.user_id and similarity.item_id = candidates.item_id
+    window per_user as (partition by candidates.user_id, candidates.is_audience_only)
+),
+
 purchases as (
     select * from features.user_item_purchases where cutoff = $cutoff and user_bucket = $bucket
 ),
@@ -76,9 +98,9 @@ final as (
         coalesce(events.n_user_item_events_30d, 0) as n_user_item_events_30d,
         coalesce(events.max_user_item_relevance_30d, 0) as max_user_item_relevance_30d,
         events.days_since_user_item_event,
-        coalesce(similarity.cooccurrence_score, 0) as cooccurrence_score,
-        coalesce(similarity.max_cooccurrence, 0) as max_cooccurrence,
-        coalesce(similarity.n_similar_recent_items, 0) as n_similar_recent_items,
+        cooccurrence.cooccurrence_score,
+        cooccurrence.max_cooccurrence,
+        cooccurrence.n_similar_recent_items,
         -- repurchase: how often and how lately the user bought the item, their cycle and the item's
         coalesce(purchases.n_user_item_purchases, 0) as n_user_item_purchases,
         purchases.days_since_user_item_purchase,
@@ -93,19 +115,8 @@ final as (
                     coalesce(purchases.user_item_interval_days, repurchase.item_repurchase_interval_days), 1
                 )
         end as repurchase_due_ratio,
-        -- scale-free versions: training windows and the scoring window hold different amounts of data
-        -- (among the user's recommendation candidates: items scored only for an audience stay apart, so
-        -- configuring an audience never changes what the ranker sees)
-        coalesce(similarity.cooccurrence_score, 0)
-            / greatest(
-                max(coalesce(similarity.cooccurrence_score, 0))
-                    over (partition by candidates.user_id, candidates.is_audience_only),
-                1e-9
-            ) as cooccurrence_relative,
-        percent_rank() over (
-            partition by candidates.user_id, candidates.is_audience_only
-            order by coalesce(similarity.cooccurrence_score, 0)
-        ) as cooccurrence_percentile,
+        cooccurrence.cooccurrence_relative,
+        cooccurrence.cooccurrence_percentile,
         items.n_users_recent / greatest((select max(n_users_recent) from top_item), 1) as popularity_relative,
         -- label
         coalesce(events.label_relevance, 0) as relevance
@@ -120,8 +131,8 @@ final as (
         and affinity.category = items.category
     left join events
         on events.user_id = candidates.user_id and events.item_id = candidates.item_id
-    left join similarity
-        on similarity.user_id = candidates.user_id and similarity.item_id = candidates.item_id
+    inner join cooccurrence
+        on cooccurrence.user_id = candidates.user_id and cooccurrence.item_id = candidates.item_id
     left join purchases
         on purchases.user_id = candidates.user_id and purchases.item_id = candidates.item_id
     left join repurchase
