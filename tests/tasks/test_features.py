@@ -155,6 +155,73 @@ def test_candidates_built_in_user_buckets_equal_one_pass(trained_company, monkey
     assert all(events_bucket.get(u, b) == b for b, users in buckets["candidates"] for u in users)
 
 
+def test_user_item_events_hold_each_window_the_candidates_and_examples_read() -> None:
+    """recent_days longer than 30 days: an item seen 40 days back is recent with no 30-day events; a
+    purchase (an excluded type) 400 days back still excludes; an event after the cutoff is only the label;
+    a user who is no candidate has no rows, and an event outside every window makes none."""
+    from datetime import timedelta
+
+    from tailor.sql import materialize_partition
+    from tests import tiny
+
+    cutoff = datetime(2026, 2, 20)  # a training cutoff: the label window lies before the run's cutoff
+
+    def event(user: str, item: str, days: int, kind: str = "view") -> dict:
+        return {"user_id": user, "item_id": item, "event_type": kind, "occurred_at": cutoff + timedelta(days)}
+
+    con = tiny.warehouse()
+    created = datetime(2024, 1, 1)
+    tiny.insert(con, "users", [{"user_id": user, "created_at": created} for user in ("u1", "u2", "u3")])
+    tiny.insert(con, "items", [{"published_at": created, **item} for item in (MILK, BREAD, EGGS)])
+    tiny.insert(
+        con,
+        "interactions",
+        [
+            event("u1", "milk", -40),
+            event("u1", "bread", -5),
+            event("u1", "bread", -3, "purchase"),
+            event("u1", "eggs", -400, "purchase"),
+            event("u1", "milk", 2, "purchase"),
+            event("u2", "eggs", -100),
+            event("u3", "milk", -1),
+        ],
+    )
+    build_staging_models(con, tiny.context())
+    con.execute("create schema if not exists features")
+    con.execute(
+        "create table features.candidate_users as select $c as cutoff, user_id, "
+        "cast(md5_number(user_id) % 1048576 as integer) as user_hash from (values ('u1'), ('u2')) t(user_id)",
+        {"c": cutoff},
+    )
+    params = {"cutoff": cutoff, "recent_days": 45, "label_days": 7, "excluded_event_types": ["purchase"]}
+    materialize_partition(con, "features/user_item_events", "cutoff", params, buckets=2)
+    rows = {
+        (row["user_id"], row["item_id"]): row
+        for row in con.sql("select * from features.user_item_events").pl().to_dicts()
+    }
+    relevance = dict(
+        con.execute(
+            "select item_id || '@' || date_diff('day', $c, occurred_at), relevance "
+            "from staging.stg_interactions where user_id = 'u1'",
+            {"c": cutoff},
+        ).fetchall()
+    )
+    assert set(rows) == {("u1", "milk"), ("u1", "bread"), ("u1", "eggs")}
+    milk, bread, eggs = rows["u1", "milk"], rows["u1", "bread"], rows["u1", "eggs"]
+    assert milk["n_user_item_events_30d"] == 0
+    assert milk["max_user_item_relevance_30d"] is None and milk["last_event_at_30d"] is None
+    assert milk["is_recently_seen"] and not milk["is_excluded"]
+    assert milk["label_relevance"] == relevance["milk@2"] > 0
+    assert bread["n_user_item_events_30d"] == 2
+    assert bread["max_user_item_relevance_30d"] == max(relevance["bread@-5"], relevance["bread@-3"])
+    assert bread["last_event_at_30d"] == cutoff - timedelta(days=3)
+    assert bread["is_recently_seen"] and bread["is_excluded"] and bread["label_relevance"] is None
+    assert not eggs["is_recently_seen"] and eggs["is_excluded"] and eggs["n_user_item_events_30d"] == 0
+    # the bucket is the one the per-bucket models compute from the same hash
+    hashes = dict(con.execute("select user_id, user_hash from features.candidate_users").fetchall())
+    assert all(row["user_bucket"] == hashes[user] % 2 for (user, _), row in rows.items())
+
+
 # --- retail facts: orders, returns and items never recommended, on hand-made rows -------------------
 
 
