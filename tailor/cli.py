@@ -257,12 +257,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 @contextmanager
 def flow_session(
-    args: argparse.Namespace, settings: Any, run_date: date | None, command: str
+    args: argparse.Namespace, settings: Any, run_date: date | None, command: str, first_date: date | None = None
 ) -> Iterator[None]:
     """What every command that runs a flow needs, cheapest check first: the run log, the run lock (a refused
-    run starts nothing), then the Prefect API (a temporary server when none is configured)."""
+    run starts nothing), the sources and the publish target (a wrong path or bucket fails in seconds), then
+    the Prefect API (a temporary server when none is configured). Nothing before the API notifies: a run
+    refused here never became a flow run. `first_date` is the earliest night the command runs."""
     from tailor.prefect_api import prefect_api
+    from tailor.tasks.extract import check_sources_present
     from tailor.tasks.privacy import register_key
+    from tailor.tasks.publish import check_publish_target
     from tailor.tasks.runs import run_lock
     from tailor.terminal import attach_run_log, detach_run_log
     from tailor.warehouse import today_in
@@ -270,9 +274,13 @@ def flow_session(
     register_key(settings)  # every run erases what it is asked to: without the key, say so in a second
     log_file = attach_run_log(settings.resolve(settings.warehouse.runs_dir) / "logs", command)
     args.log_path = log_file.baseFilename
+    night = run_date or today_in(settings.timezone)
     try:
-        with run_lock(settings, run_date or today_in(settings.timezone)), prefect_api():
-            yield
+        with run_lock(settings, night):
+            check_sources_present(settings, first_date or night)
+            check_publish_target(settings)
+            with prefect_api():
+                yield
     except BaseException:
         # the traceback goes to the log file only: the terminal gets main's one line
         log_file.handle(
@@ -378,7 +386,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise UsageError(f"--end {args.end} is before --start {args.start}")
     from tailor.progress import show_progress
 
-    with flow_session(args, settings, args.end, "backfill"), show_progress(_watched(args)):
+    with flow_session(args, settings, args.end, "backfill", args.start), show_progress(_watched(args)):
         from tailor.flows.schedule import backfill
 
         summary = backfill(

@@ -6,13 +6,16 @@ credentials come from the standard AWS chain, the pseudonymisation key from an e
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
+import types
+from collections.abc import Mapping, Sequence
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -25,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from tailor.schema import CONSENT_PURPOSES, DATASET_NAMES, EVENT_TYPES, TABLES
 
@@ -1167,13 +1172,82 @@ def _key_path(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location) or "(top level)"
 
 
-def _describe(error: dict[str, Any]) -> str:
+# How alike a misspelling and a valid key must be (difflib's ratio) before the valid one is suggested: high
+# enough that an unrelated key gets no suggestion rather than a misleading one.
+_SUGGESTION_CUTOFF = 0.7
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types a value of this annotation may be: Annotated, Optional and unions unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [member for arg in get_args(annotation) for member in _members(arg)]
+    return [annotation]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _keys(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """The keys a file may give the model, aliases included; excluded fields are filled in by the loader."""
+    keys: dict[str, FieldInfo] = {}
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        for key in (name, field.alias, field.validation_alias):
+            if isinstance(key, str):
+                keys[key] = field
+    return keys
+
+
+def _step(annotation: Any, part: int | str) -> list[Any]:
+    """The types one part of an error's location leads to: a model's field, a list's item, a dict's value."""
+    found: list[Any] = []
+    for member in _members(annotation):
+        origin = get_origin(member)
+        if _is_model(member) and isinstance(part, str):
+            field = _keys(member).get(part)
+            if field is not None:
+                found.append(field.annotation)
+            elif part == member.__name__:  # pydantic names the member of a union of models it tried
+                found.append(member)
+        elif origin in (list, tuple, set, frozenset, Sequence) and isinstance(part, int):
+            found.extend(get_args(member)[:1])
+        elif origin in (dict, Mapping):
+            found.extend(get_args(member)[1:2])
+    return found
+
+
+def suggest_key(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The valid key closest to the unknown one that ends `loc` (a pydantic error's location, validating
+    `model`), or None when no valid key there is close."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    here: list[Any] = [model]
+    for part in loc[:-1]:
+        here = [found for annotation in here for found in _step(annotation, part)]
+    models = [member for annotation in here for member in _members(annotation) if _is_model(member)]
+    valid = sorted({key for model_here in models for key in _keys(model_here)})
+    close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=_SUGGESTION_CUTOFF)
+    return close[0] if close else None
+
+
+def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     key = _key_path(error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"key '{key}': unknown key"
+        suggestion = suggest_key(model, error["loc"])
+        return f"key '{key}': unknown key" + (f" (did you mean '{suggestion}'?)" if suggestion else "")
     if error["type"] == "missing":
         return f"key '{key}': required value missing"
     return f"key '{key}': {error['msg']}"
+
+
+def validation_problems(error: ValidationError, model: type[BaseModel]) -> str:
+    """A pydantic error on validating `model` as one line: `key '<dotted key>': <problem>`, joined by '; '."""
+    return "; ".join(_describe(detail, model) for detail in error.errors())
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -1251,8 +1325,7 @@ def load_settings(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             }
         )
     except ValidationError as error:
-        problems = "; ".join(_describe(detail) for detail in error.errors())  # type: ignore[arg-type]
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {validation_problems(error, Settings)}") from None
     settings = settings.model_copy(
         update={"campaigns": [*settings.campaigns, *load_campaign_files(settings, path)]}
     )
@@ -1300,8 +1373,7 @@ def load_campaign_files(settings: Settings, config_name: str | Path) -> list[Cam
         try:
             campaign = CampaignConfig.model_validate(data)
         except ValidationError as error:
-            problems = "; ".join(_describe(detail) for detail in error.errors())  # type: ignore[arg-type]
-            raise ConfigError(f"{file}: {problems}") from None
+            raise ConfigError(f"{file}: {validation_problems(error, CampaignConfig)}") from None
         campaigns.append(campaign.model_copy(update={"source_file": str(file)}))
     return campaigns
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tailor.config import ConfigError
+from tailor.config import ConfigError, validation_problems
 
 SUITES_DIR = Path(str(resources.files("tailor.defaults"))) / "quality"
 STAGES = ("raw", "features")
@@ -112,11 +112,7 @@ def load_suite(path: Path) -> TableSuite:
     try:
         return TableSuite.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"key '{'.'.join(str(p) for p in e['loc'])}': {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-            for e in error.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {validation_problems(error, TableSuite)}") from None
 
 
 def load_suites(stage: str, folder: Path | None = None) -> dict[str, TableSuite]:

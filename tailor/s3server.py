@@ -142,22 +142,24 @@ def _buckets_ready(endpoint_url: str, buckets: tuple[str, ...]) -> bool:
     return True
 
 
-def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
+def stop_pid(pid: int, timeout_s: float = 15.0) -> bool:
+    """Stop the process group `pid` leads; False when there was none to stop."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        return False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         if _is_zombie(pid):
-            return
+            return True
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    return True
 
 
 def _is_zombie(pid: int) -> bool:
@@ -165,6 +167,18 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except (OSError, IndexError):
         return False
+
+
+def stop_from_pidfile(pidfile: Path) -> str:
+    """Stop the server a PID file names and remove the file; the line telling what happened."""
+    if not pidfile.exists():
+        return f"no SeaweedFS server to stop (no {pidfile})"
+    pid = int(pidfile.read_text())
+    stopped = stop_pid(pid)
+    pidfile.unlink()
+    if stopped:
+        return f"stopped SeaweedFS (PID {pid})"
+    return f"SeaweedFS (PID {pid}) was not running; removed {pidfile}"
 
 
 def _main() -> None:
@@ -182,9 +196,7 @@ def _main() -> None:
     args = parser.parse_args()
 
     if args.action == "stop":
-        if args.pidfile.exists():
-            stop_pid(int(args.pidfile.read_text()))
-            args.pidfile.unlink()
+        print(stop_from_pidfile(args.pidfile))
         return
     if args.pidfile.exists():
         pid = int(args.pidfile.read_text())

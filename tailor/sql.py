@@ -17,6 +17,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from tailor.progress import progress
+
 log = logging.getLogger(__name__)
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -130,9 +132,12 @@ def materialize_partition(
             f"delete from {target} where {partition_column} = $value", {"value": params[partition_column]}
         )
         per_bucket = "bucket" in bound
-        for bucket in range(buckets if per_bucket else 1):
-            values = bound | ({"bucket": bucket} if per_bucket else {})
-            con.execute(f"insert into {target} by name {text}", values)
+        with progress(f"{target}[{params[partition_column]}]", total=buckets if per_bucket else 1,
+                      unit="buckets", log_end=False) as bar:  # fmt: skip
+            for bucket in range(buckets if per_bucket else 1):
+                values = bound | ({"bucket": bucket} if per_bucket else {})
+                con.execute(f"insert into {target} by name {text}", values)
+                bar.advance(1)
         con.execute("commit")
     except Exception:
         con.execute("rollback")

@@ -22,6 +22,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from tailor.progress import boosting_rounds
+
 CURVE_POINTS = 101
 
 
@@ -160,16 +162,17 @@ def fit_booster(
     if stop.all() or not stop.any() or (binary and not _is_binary(y[~stop])):
         stop = np.zeros(y.size, bool)  # too few rows to hold any out: the full bound of rounds, no stopping
     fit = lgb.Dataset(x[~stop], y[~stop], categorical_feature=categorical, free_raw_data=False)
-    if not stop.any():
-        return lgb.train(params, fit, num_boost_round=boosting.rounds)
-    valid = lgb.Dataset(x[stop], y[stop], reference=fit)
-    return lgb.train(
-        params,
-        fit,
-        num_boost_round=boosting.rounds,
-        valid_sets=[valid],
-        callbacks=[lgb.early_stopping(boosting.stopping_rounds, verbose=False)],
-    )
+    with boosting_rounds(f"uplift booster {role}", boosting.rounds) as advance:
+        if not stop.any():
+            return lgb.train(params, fit, num_boost_round=boosting.rounds, callbacks=[advance])
+        valid = lgb.Dataset(x[stop], y[stop], reference=fit)
+        return lgb.train(
+            params,
+            fit,
+            num_boost_round=boosting.rounds,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(boosting.stopping_rounds, verbose=False), advance],
+        )
 
 
 def _arms(treated: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

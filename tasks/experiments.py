@@ -56,6 +56,7 @@ from tailor.config import (
     MetricConfig,
     Settings,
 )
+from tailor.progress import progress, reported
 from tailor.sql import bind, ensure_table, query, replace_run_rows
 from tailor.tasks.features import stage_user_sql_features
 from tailor.tasks.ope import POLICY_COLUMNS, evaluate_policies, store_policy_evaluation
@@ -868,23 +869,27 @@ def evaluate_uplift(
     examples, parts = units.examples, units.parts
     control = examples["variant_id"] == HOLDOUT
     evaluations, curves, models = [], [], []
-    for variant in campaign.approved_variants:
-        mine = (examples["variant_id"] == variant.variant_id) | control
-        outcome = evaluate_variant(
-            examples.filter(mine),
-            parts[mine.to_numpy()],
-            campaign,
-            variant.variant_id,
-            settings,
-            ctx,
-            best_single,
-        )
-        if outcome is None:
-            continue
-        evaluation, curve, model = outcome
-        evaluations.append(evaluation)
-        curves += curve
-        models += [model] if model else []
+    variants = campaign.approved_variants
+    with progress(f"uplift {campaign.campaign_id}", total=len(variants), unit="variants") as bar:
+        for variant in variants:
+            bar.advance(0, note=variant.variant_id)
+            mine = (examples["variant_id"] == variant.variant_id) | control
+            outcome = evaluate_variant(
+                examples.filter(mine),
+                parts[mine.to_numpy()],
+                campaign,
+                variant.variant_id,
+                settings,
+                ctx,
+                best_single,
+            )
+            bar.advance(1)
+            if outcome is None:
+                continue
+            evaluation, curve, model = outcome
+            evaluations.append(evaluation)
+            curves += curve
+            models += [model] if model else []
     return evaluations, curves, models
 
 
@@ -1285,14 +1290,17 @@ class ExperimentRun:
 
 
 @task(name="experiments", cache_policy=NO_CACHE)
+@reported("experiments")
 def analyse_experiments(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
     """Analyse every configured campaign's sends and store the results; returns a summary per campaign.
     Sends, outcomes and the staging tables are all it reads: no nightly model, so a failed or skipped
     training never stops it."""
     run = ExperimentRun()
-    with connect(settings) as con:
+    campaigns = settings.campaigns if settings.experiments.enabled else []
+    with connect(settings) as con, progress("experiments: campaigns", total=len(campaigns), unit="campaigns") as bar:
         ensure_tables(con)
-        for campaign in settings.campaigns if settings.experiments.enabled else []:
+        for campaign in campaigns:
+            bar.advance(0, note=campaign.campaign_id)
             rows, summary = analyse_campaign(con, campaign, settings, ctx)
             run.results += rows
             posteriors = posterior_rows(con, campaign, ctx, summary["is_trusted"])
@@ -1320,16 +1328,19 @@ def analyse_experiments(settings: Settings, ctx: RunContext) -> dict[str, dict[s
                 for row in evaluations
             }
             run.summary[campaign.campaign_id] = summary
+            bar.advance(1)
         replace_run_rows(con, "meta.experiment_results", RESULT_COLUMNS, run.results, ctx.run_date)
         replace_run_rows(con, "meta.variant_posteriors", POSTERIOR_COLUMNS, run.posteriors, ctx.run_date)
         replace_run_rows(con, "meta.uplift_evaluation", UPLIFT_COLUMNS, run.uplift, ctx.run_date)
         replace_run_rows(con, "meta.qini_curves", CURVE_COLUMNS, run.curves, ctx.run_date)
         replace_run_rows(con, "meta.uplift_models", UPLIFT_MODEL_COLUMNS, run.uplift_models, ctx.run_date)
         # after the uplift evaluation is stored: the personalized candidate is the policy its gate allows
-        for campaign in settings.campaigns if settings.experiments.enabled else []:
-            start = window_start(campaign, settings, ctx)
-            test_units = run.test_units.pop(campaign.campaign_id, None)
-            run.policies += evaluate_policies(con, campaign, settings, ctx, start, run.posteriors, test_units)
+        with progress("experiments: policy values", total=len(campaigns), unit="campaigns") as policy_bar:
+            for campaign in campaigns:
+                start = window_start(campaign, settings, ctx)
+                test_units = run.test_units.pop(campaign.campaign_id, None)
+                run.policies += evaluate_policies(con, campaign, settings, ctx, start, run.posteriors, test_units)
+                policy_bar.advance(1, note=campaign.campaign_id)
         store_policy_evaluation(con, run.policies, ctx)
     return dict(sorted(run.summary.items()))
 

@@ -40,7 +40,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings, SourceConfig
-from tailor.progress import progress
+from tailor.progress import progress, reported
 from tailor.retry import retry_unless
 from tailor.schema import (
     FILE_DATE,
@@ -741,6 +741,19 @@ def gated_loads(settings: Settings, ctx: RunContext) -> Iterator[None]:
         accept_loads(con)
 
 
+def check_sources_present(settings: Settings, run_date: date) -> None:
+    """Before anything starts: every source that may not be empty has a file this run may read, and every
+    input of a source's SQL has one, so a wrong path fails in seconds, not after the server and the lock's
+    work. Only lists the files (extract reads them)."""
+    for table_name, source in settings.sources.items():
+        pattern = settings.resolve_uri(source.path)
+        if TABLES[table_name].may_be_empty:
+            continue
+        if not eligible_files(list_source_objects(pattern, settings.storage), run_date):
+            raise ExtractError(f"source {table_name}: no file matches {pattern} before {run_date}")
+        find_inputs(settings, table_name, run_date)
+
+
 @task(
     name="extract",
     retries=2,
@@ -748,6 +761,7 @@ def gated_loads(settings: Settings, ctx: RunContext) -> Iterator[None]:
     retry_condition_fn=retry_unless(ExtractError),
     cache_policy=NO_CACHE,
 )
+@reported("extract")
 def extract_sources(settings: Settings, ctx: RunContext) -> dict[str, SourceLoad]:
     """Load every configured source; retried when storage fails, not when a file is bad."""
     loads = {}

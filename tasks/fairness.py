@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor import stats
 from tailor.config import Settings
+from tailor.progress import reported
 from tailor.sql import ensure_table, query, replace_run_rows
 from tailor.warehouse import RunContext, connect
 
@@ -136,6 +137,7 @@ def describe(row: dict[str, Any]) -> str:
 
 
 @task(name="fairness-audit", cache_policy=NO_CACHE)
+@reported("fairness-audit")
 def audit_fairness(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     """Store tonight's audit in meta.fairness_audit; fail the run on a flag when config says so."""
     attributes = settings.privacy.sensitive_attributes

@@ -18,6 +18,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import RecommendationsConfig, Settings
+from tailor.progress import progress, reported
 from tailor.schema import ATTRIBUTE_TYPES
 from tailor.sql import bind, materialize, materialize_partition, scalar, table_exists
 from tailor.tasks.extract import quote_identifier
@@ -186,17 +187,22 @@ def build_feature_models(
         log.info("training tonight: %s", reason)
     with_training = reason is not None
     counts: dict[str, int] = {}
-    for cutoff in cuts.all() if with_training else [cuts.score]:
-        counts |= build_cutoff_features(
-            con, settings, cutoff, cutoff_day(ctx, cutoff), with_ranking=cutoff in cuts.ranking()
-        )
-    for cutoff, is_training in (
-        (cuts.ranking_train, True),
-        (cuts.ranking_holdout, True),
-        (cuts.score, False),
-    ):
-        if with_training or not is_training:
+    feature_cutoffs = cuts.all() if with_training else [cuts.score]
+    with progress("features: users and items", total=len(feature_cutoffs), unit="cutoffs") as bar:
+        for cutoff in feature_cutoffs:
+            counts |= build_cutoff_features(
+                con, settings, cutoff, cutoff_day(ctx, cutoff), with_ranking=cutoff in cuts.ranking()
+            )
+            bar.advance(1, note=f"{cutoff:%Y-%m-%d}")
+    candidate_cutoffs = [
+        (cutoff, is_training)
+        for cutoff, is_training in ((cuts.ranking_train, True), (cuts.ranking_holdout, True), (cuts.score, False))
+        if with_training or not is_training
+    ]
+    with progress("features: candidates", total=len(candidate_cutoffs), unit="cutoffs") as bar:
+        for cutoff, is_training in candidate_cutoffs:
             counts |= build_candidates(con, settings, cutoff, is_training, repeats)
+            bar.advance(1, note=f"{cutoff:%Y-%m-%d}")
     counts["campaign_click_examples"] = materialize_partition(
         con,
         "features/campaign_click_examples",
@@ -384,6 +390,7 @@ def drop_stale_partitions(con: duckdb.DuckDBPyConnection, oldest_needed: datetim
 
 
 @task(name="build-staging", cache_policy=NO_CACHE)
+@reported("build-staging")
 def build_staging(settings: Settings, ctx: RunContext) -> dict[str, int]:
     """Only the staging models: what a flow that analyses but does not train (experiments) reads."""
     with connect(settings) as con:
@@ -391,6 +398,7 @@ def build_staging(settings: Settings, ctx: RunContext) -> dict[str, int]:
 
 
 @task(name="build-features", cache_policy=NO_CACHE)
+@reported("build-features")
 def build_features(settings: Settings, ctx: RunContext) -> dict[str, int]:
     """Staging models, then features, candidates and training examples (SQL in DuckDB); records whether
     the night trains for the train stage."""

@@ -40,6 +40,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import ConfigError, Settings
+from tailor.progress import reported
 from tailor.schema import LOADED_RUN_DATE, TABLES, USER_ID
 from tailor.sql import bind
 from tailor.tasks.features import drop_other_nights_features
@@ -226,6 +227,7 @@ def clear_run_copies(runs_dir: Path) -> int:
 
 
 @task(name="erase-deleted-users", cache_policy=NO_CACHE)
+@reported("erase-deleted-users")
 def erase_deleted_users(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     """Honour new deletion requests everywhere and drop registered users from tonight's new rows."""
     hashes = RegisterHash.of(register_key(settings))

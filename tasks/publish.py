@@ -51,6 +51,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tailor.config import CHANNEL_CONSENT, Settings
+from tailor.progress import reported
 from tailor.sql import materialize, query
 from tailor.storage import ObjectStore, StorageError, check_target, is_connection_error, open_store
 from tailor.tasks.braze import (
@@ -667,6 +668,7 @@ def write_dataset(
 
 
 @task(name="write-datasets", cache_policy=NO_CACHE)
+@reported("write-datasets")
 def write_datasets(
     settings: Settings,
     ctx: RunContext,
@@ -920,6 +922,7 @@ def remove_superseded(store: ObjectStore, root: str, keep_hours: float, now: dat
 
 
 @task(name="upload", retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+@reported("upload")
 def upload_run(
     settings: Settings, ctx: RunContext, local_run: Path, target: str, root: str = "runs"
 ) -> dict[str, Any]:

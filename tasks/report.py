@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor import charts
 from tailor.config import CampaignConfig, Settings
+from tailor.progress import reported
 from tailor.sql import ensure_table, replace_run_rows, table_exists
 from tailor.tasks.experiments import Metric, catalogue_metrics, ensure_tables, intended_shares
 from tailor.tasks.fairness import ensure_audit_table
@@ -766,6 +767,7 @@ def artifact_markdown(con: duckdb.DuckDBPyConnection, ctx: RunContext) -> str:
 
 
 @task(name="report", cache_policy=NO_CACHE)
+@reported("report")
 def write_report(settings: Settings, ctx: RunContext) -> Path:
     """Render the run report into the run folder and attach its headline to the flow run as a Prefect
     artifact. Publishing renders it again with the publish's timings and links (`published_report`)."""

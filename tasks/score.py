@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from tailor.config import CHANNEL_CONSENT, Settings
-from tailor.progress import progress
+from tailor.progress import progress, reported
 from tailor.sql import materialize, scalar
 from tailor.tasks.repeats import RepeatDecision, excluded_event_types
 from tailor.tasks.repeats import load as load_repeats
@@ -71,6 +71,7 @@ SCORING_MODELS = ("ranking", "discovery", "engagement", "propensity")
 
 
 @task(name="prepare-scoring", cache_policy=NO_CACHE)
+@reported("prepare-scoring")
 def prepare_scoring(settings: Settings, ctx: RunContext) -> list[Shard]:
     """Every in-scope user's candidates and propensity features, one Parquet folder per user shard."""
     folder = ctx.run_dir / "scoring"
@@ -180,6 +181,7 @@ def streams_locally(settings: Settings) -> bool:
 
 
 @task(name="score-candidates", cache_policy=NO_CACHE)
+@reported("score-candidates")
 def stream_scores(
     settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]
 ) -> tuple[list[Shard], list[dict[str, int]]]:
@@ -295,6 +297,7 @@ def recommendation_params(
 
 
 @task(name="score", cache_policy=NO_CACHE)
+@reported("score")
 def finish_scoring(
     settings: Settings,
     ctx: RunContext,

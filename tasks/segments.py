@@ -19,6 +19,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from tailor.config import RfmRule, Settings
+from tailor.progress import reported
 from tailor.sql import materialize, query
 from tailor.tasks.score import replace_table
 from tailor.warehouse import RunContext, connect
@@ -242,6 +243,7 @@ def segment_profiles(
 
 
 @task(name="segments", cache_policy=NO_CACHE)
+@reported("segments")
 def build_segments(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """RFM segments and clusters per user, their profiles, and the item and category audiences."""
     with connect(settings) as con:

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from tailor import metrics
 from tailor.calibration import apply_platt, calibration_table, fit_platt
 from tailor.config import Settings
+from tailor.progress import boosting_rounds, reported
 from tailor.sql import query, read_partition, scalar
 from tailor.tasks.features import Cutoffs, cutoffs_for, planned_training
 from tailor.tasks.repeats import PURCHASE, excluded_event_types
@@ -290,6 +291,7 @@ def fit_binary(
     features: tuple[str, ...],
     settings: Settings,
     max_rounds: int | None = None,
+    model_name: str = "propensity",
 ) -> tuple[lgb.Booster, dict[str, Any], dict[str, list[str]], dict[str, float], np.ndarray, np.ndarray]:
     """A calibrated LightGBM binary classifier: early-stopped on a seeded share of the users, then
     Platt-scaled on those users, so its probabilities can be taken at face value."""
@@ -310,13 +312,15 @@ def fit_binary(
     categorical = [n for n in names if n in categories]
     fit = lgb.Dataset(x[~is_valid], y[~is_valid], feature_name=names, categorical_feature=categorical)
     valid = lgb.Dataset(x[is_valid], y[is_valid], reference=fit)
-    booster = lgb.train(
-        params,
-        fit,
-        num_boost_round=min(config.n_estimators, max_rounds or config.n_estimators),
-        valid_sets=[valid],
-        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
-    )
+    rounds = min(config.n_estimators, max_rounds or config.n_estimators)
+    with boosting_rounds(f"train {model_name}", rounds) as advance:
+        booster = lgb.train(
+            params,
+            fit,
+            num_boost_round=rounds,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False), advance],
+        )
     a, b = fit_platt(booster.predict(x[is_valid], raw_score=True), y[is_valid])
     return booster, params, categories, {"a": a, "b": b}, x, y
 
@@ -329,7 +333,7 @@ def train_engagement(
     train = read_partition(con, "features/ranking_examples", cuts.ranking_train, ("user_id", "item_id")).pl()
     train = train.with_columns((pl.col("relevance") > 0).alias("is_engaged"))
     booster, params, _categories, calibration, x, y = fit_binary(
-        train, "is_engaged", RANKING_FEATURES, settings, ENGAGEMENT_MAX_ROUNDS
+        train, "is_engaged", RANKING_FEATURES, settings, ENGAGEMENT_MAX_ROUNDS, "engagement"
     )
     holdout = read_partition(
         con, "features/ranking_examples", cuts.ranking_holdout, ("user_id", "item_id")
@@ -391,7 +395,9 @@ def train_campaign_conversions(
         name = conversion_model_name(str(campaign_id), str(variant_id))
         features = user_model_features(CONVERSION_FEATURES, settings)
         check_features(name, features, settings)
-        booster, params, categories, calibration, x, y = fit_binary(train, "is_converted", features, settings)
+        booster, params, categories, calibration, x, y = fit_binary(
+            train, "is_converted", features, settings, model_name=name
+        )
         version, path = save_model(booster, ctx.run_dir, name)
         trained.append(
             TrainedModel(
@@ -556,13 +562,14 @@ def fit_ranker(
     valid = lgb.Dataset(
         x[is_valid], y[is_valid], group=group_sizes(train["user_id"].filter(is_valid)), reference=fit
     )
-    booster = lgb.train(
-        params,
-        fit,
-        num_boost_round=config.n_estimators,
-        valid_sets=[valid],
-        callbacks=[lgb.early_stopping(20, verbose=False)],
-    )
+    with boosting_rounds("train ranking", config.n_estimators) as advance:
+        booster = lgb.train(
+            params,
+            fit,
+            num_boost_round=config.n_estimators,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(20, verbose=False), advance],
+        )
     return booster, params, x, y, train.height
 
 
@@ -901,6 +908,7 @@ def serving_entry(
 
 
 @task(name="train", cache_policy=NO_CACHE)
+@reported("train")
 def train_models(settings: Settings, ctx: RunContext) -> dict[str, dict[str, Any]]:
     """Fit, evaluate and register the propensity and ranking models; each scores tonight only if it is
     not worse than the current champion on tonight's holdout (within the configured tolerance). A night

@@ -35,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor.config import Settings
 from tailor.datadocs import localize_assets
+from tailor.progress import progress, reported
 from tailor.quality import ExpectationSpec, TableSuite, expectation_class, load_suites, resolve_kwargs
 from tailor.schema import ORIGINAL_VALUES, PERSONAL_COLUMNS, ROW_KEY, SOURCE_FILE, TABLES
 from tailor.sql import materialize_temp, query, scalar
@@ -649,6 +650,7 @@ def suites_for(settings: Settings, stage: str) -> dict[str, TableSuite]:
 
 
 @task(name="validate-sources", cache_policy=NO_CACHE)
+@reported("validate-sources")
 def validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, SourceLoad]) -> dict[str, Any]:
     """The gate on the rows this run loaded: quarantine bad rows, stop on a critical failure."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -668,11 +670,11 @@ def _validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, Sour
     gate = Gate("raw")
     checks = extract_warning_checks(loads)
     quarantined = {}
-    with connect(settings) as con:
-        for table in settings.sources:
-            suite = suites.get(table)
-            if suite is None:
-                continue
+    checked = [table for table in settings.sources if table in suites]
+    with connect(settings) as con, progress("gate: sources", total=len(checked), unit="tables") as bar:
+        for table in checked:
+            suite = suites[table]
+            bar.advance(0, note=table)
             parts, loaded = [], 0
             chunks = file_chunks(con, table, ctx)
             # the checked rows of every chunk in one pass (duplicates are found against all loaded rows
@@ -692,8 +694,10 @@ def _validate_sources(settings: Settings, ctx: RunContext, loads: dict[str, Sour
                 quarantine_share_check(table, quarantined[table], loaded, suite, table_checks)
             )
             checks += table_checks + activity_checks(con, gate, suite, ctx)
+            bar.advance(1, note=f"{table}: {loaded:,} rows in {len(parts)} chunk(s)")
         store_results(con, ctx, ("extract", "raw"), checks)
-    gate.write_docs(ctx.run_dir / "data_docs" / "raw")
+    with progress("gate: data docs (sources)", total=None, unit="pages"):
+        gate.write_docs(ctx.run_dir / "data_docs" / "raw")
     report = QualityReport(checks, quarantined)
     fail_if_critical(report, settings, ctx, "sources")
     return report.summary()
@@ -718,13 +722,15 @@ USER_RANGE = (
 
 
 @task(name="validate-features", cache_policy=NO_CACHE)
+@reported("validate-features")
 def validate_features(settings: Settings, ctx: RunContext) -> dict[str, Any]:
     """The gate on tonight's feature tables, before any model trains on or scores them."""
     suites = suites_for(settings, "features")
     gate = Gate("features")
     checks: list[Check] = []
-    with connect(settings) as con:
+    with connect(settings) as con, progress("gate: features", total=len(suites), unit="tables") as bar:
         for table, suite in suites.items():
+            bar.advance(0, note=table)
             # the table's checked rows once, sorted by user (if it has users), then a range of users at a time
             has_users = "user_id" in query(con, f"checks/features_{table}", {"cutoff": ctx.cutoff}).columns
             materialize_temp(con, f"checks/features_{table}", {"cutoff": ctx.cutoff}, "gate_rows",
@@ -741,8 +747,10 @@ def validate_features(settings: Settings, ctx: RunContext) -> dict[str, Any]:
                 del frame
             con.execute("drop table gate_rows")
             checks += merge_parts(table, parts)
+            bar.advance(1, note=f"{table}: {rows:,} rows")
         store_results(con, ctx, ("features",), checks)
-    gate.write_docs(ctx.run_dir / "data_docs" / "features")
+    with progress("gate: data docs (features)", total=None, unit="pages"):
+        gate.write_docs(ctx.run_dir / "data_docs" / "features")
     report = QualityReport(checks)
     fail_if_critical(report, settings, ctx, "features")
     return report.summary()

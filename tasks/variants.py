@@ -47,6 +47,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tailor import bandit
 from tailor.config import CampaignConfig, Settings
+from tailor.progress import reported
 from tailor.sql import materialize, query, replace_run_rows
 from tailor.tasks.experiments import (
     DECISION_COLUMNS,
@@ -583,6 +584,7 @@ class RenderPlan:
 
 
 @task(name="allocate", cache_policy=NO_CACHE)
+@reported("allocate")
 def allocate_campaigns(settings: Settings, ctx: RunContext, models: dict[str, dict[str, Any]]) -> RenderPlan:
     """Allocate every campaign active on the run date and log each decision; the users to render, with
     the items their copy can show, go to one file per user shard."""
@@ -646,6 +648,7 @@ def render_shard(settings: Settings, shard: Shard) -> dict[str, int]:
 
 
 @task(name="variants", cache_policy=NO_CACHE)
+@reported("variants")
 def store_content(
     settings: Settings, ctx: RunContext, plan: RenderPlan, truncated: list[dict[str, int]]
 ) -> dict[str, dict[str, Any]]:

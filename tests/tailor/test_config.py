@@ -42,6 +42,35 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path: Path) -> None:
     assert "unknown key" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {"recommendations": {"max_per_categroy": 3}},
+            "key 'recommendations.max_per_categroy': unknown key (did you mean 'max_per_category'?)",
+        ),
+        ({"recomendations": {"k": 5}}, "key 'recomendations': unknown key (did you mean 'recommendations'?)"),
+        (
+            {"segments": {"rfm_rules": [{"name": "lapsed", "max_days_since_purchse": 90}]}},
+            "key 'segments.rfm_rules.0.max_days_since_purchse': unknown key "
+            "(did you mean 'max_days_since_purchase'?)",
+        ),
+    ],
+)
+def test_a_misspelled_key_gets_the_closest_valid_key_at_its_place(
+    tmp_path: Path, extra: dict, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, minimal() | extra))
+    assert str(error.value).endswith(expected)
+
+
+def test_a_key_far_from_every_valid_one_gets_no_suggestion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, minimal() | {"recommendations": {"colour_scheme": "dark"}}))
+    assert str(error.value).endswith("key 'recommendations.colour_scheme': unknown key")
+
+
 def test_wrong_type_names_the_key(tmp_path: Path) -> None:
     data = minimal() | {"recommendations": {"k": "ten"}}
     with pytest.raises(ConfigError, match=r"recommendations\.k"):
@@ -175,6 +204,14 @@ def test_campaign_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_settings(write(tmp_path, minimal()))
     assert str(path) in str(error.value) and "allocation.policy" in str(error.value)
+
+
+def test_a_misspelled_key_in_a_campaign_files_variant_gets_a_suggestion(tmp_path: Path) -> None:
+    variants = [{"variant_id": "a", "subject": "Hi"}, {"variant_id": "b", "subjet": "Hello"}]
+    path = campaign_file(tmp_path / "campaigns", "c1", email_campaign(variants=variants))
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, minimal()))
+    assert str(error.value) == f"{path}: key 'variants.1.subjet': unknown key (did you mean 'subject'?)"
 
 
 def test_audience_segments_must_exist_and_ids_be_unique(tmp_path: Path) -> None:

@@ -58,7 +58,9 @@ def test_config_class_unknown_key(company: Path) -> None:
     )
     result = tailor("run", "--config", str(config), "--quiet")
     assert result.returncode == 2
-    assert "max_per_categroy" in one_line(result.stderr)
+    assert "'recommendations.max_per_categroy': unknown key (did you mean 'max_per_category'?)" in one_line(
+        result.stderr
+    )
 
 
 def test_config_class_malformed_yaml(company: Path) -> None:
@@ -107,6 +109,35 @@ def test_server_start_class(company: Path, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "temporary Prefect server did not start" in one_line(result.stderr)
     assert json.loads(result.stdout)["error_type"] == "PrefectServerError"
+
+
+def refused_before_the_server(company: Path, tmp_path: Path, config: Path) -> str:
+    """The run's one line when a Prefect server could not start in time: a check that fails before the
+    server gives its own line, one after it would give the server's (and no flow run, so no notification,
+    can exist without the server)."""
+    env = {"TAILOR_PREFECT_START_TIMEOUT_SECONDS": "0.3", "PREFECT_HOME": str(tmp_path / "prefect")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    result = subprocess.run(
+        [sys.executable, "-m", "tailor.cli", "run", "--config", str(config), "--quiet"],
+        capture_output=True, text=True, timeout=300, env={**environment, **env},
+    )  # fmt: skip
+    assert result.returncode == 2
+    return one_line(result.stderr)
+
+
+def test_missing_sources_are_found_before_the_server_starts(company: Path, tmp_path: Path) -> None:
+    (company / "sources" / "items").rename(company / "sources" / "items-moved")
+    line = refused_before_the_server(company, tmp_path, company / "tailor.yaml")
+    assert re.search(r"source items: no file matches \S*sources/items/\S* before ", line), line
+    assert not (company / "var" / "tailor.duckdb").exists()
+
+
+def test_an_unwritable_target_is_found_before_the_server_starts(company: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the target folder should be")
+    config = edit_config(company, lambda c: c["publish"].update({"target": f"file://{blocked}"}))
+    line = refused_before_the_server(company, tmp_path, config)
+    assert str(blocked) in line and "temporary Prefect server" not in line, line
 
 
 # --- found during a run: the CLI's main, with the test session's Prefect server

@@ -123,6 +123,25 @@ def test_a_bad_suite_file_names_the_file_and_key(tmp_path: Path) -> None:
         ExpectationSpec(rule="Bad Rule", type="expect_column_values_to_not_be_null")
 
 
+def test_a_misspelled_suite_key_gets_the_closest_valid_key_and_a_far_one_none(tmp_path: Path) -> None:
+    path = tmp_path / "interactions.yaml"
+    expectation = {"rule": "x", "type": "expect_column_values_to_not_be_null", "kwarg": {}, "colour": "red"}
+    suite = {
+        "table": "interactions",
+        "stage": "raw",
+        "expectations": [expectation],
+        "volume": {"min_ratoi": 0.5},
+    }
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError) as error:
+        load_suite(path)
+    assert str(error.value) == (
+        f"{path}: key 'expectations.0.colour': unknown key; "
+        "key 'expectations.0.kwarg': unknown key (did you mean 'kwargs'?); "
+        "key 'volume.min_ratoi': unknown key (did you mean 'min_ratio'?)"
+    )
+
+
 def test_chunked_validation_agrees_with_one_pass(company: Path, monkeypatch) -> None:
     import tailor.tasks.validate as validate
     from tailor.config import load_settings
