@@ -6,6 +6,11 @@ Why: GX 1.x writes pages that load bootstrap, jQuery, bootstrap-table, Font Awes
 from a published run on a machine without internet (or where the company's policy blocks CDNs), they are
 unstyled and their results table stays empty, and opened with internet they tell third parties who reads them.
 With relative links to files inside the folder, the same folder works from file:// and from S3 alike.
+
+Every published run carries each stage's folder, so the folder holds only what its pages use: GX's static/
+folder loses the images and fonts no page or stylesheet links (3.5 MB of tutorial images and 0.6 MB of fonts its
+pages never load, in every stage), the vega scripts (0.8 MB) go only with pages that draw a chart, and a
+bundled stylesheet names no font file the bundle leaves out.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable
+from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,10 @@ VENDORED: dict[str, str] = {
     "unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js": (
         "bootstrap-table-1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js"
     ),
+    # GX links the unminified build from its result and suite pages and the minified one from its index: the
+    # same two rules, so the minified file serves both
     "unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css": (
-        "bootstrap-table-1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css"
+        "bootstrap-table-1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css"
     ),
     "unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css": (
         "bootstrap-table-1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css"
@@ -65,6 +74,12 @@ VENDORED: dict[str, str] = {
     "cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed-6.29.0/build/vega-embed.min.js",
 }
 
+# GX's pages load vega on every page, but only a chart (GX's graph.j2: an inline script calling vegaEmbed) uses
+# it: a page without one goes without these 0.8 MB, and the folder carries them only if some page draws a chart.
+CHART_SCRIPTS = frozenset(
+    {"cdn.jsdelivr.net/npm/vega@5", "cdn.jsdelivr.net/npm/vega-lite@5", "cdn.jsdelivr.net/npm/vega-embed@6"}
+)
+
 # Images GX loads from its own web-assets bucket, of which the docs folder already holds a copy (GX copies its
 # static/ folder into every site); the path is relative to the docs folder.
 SITE_FILES: dict[str, str] = {
@@ -89,6 +104,15 @@ _PINNING = re.compile(
 _STYLE = re.compile(r"(<style\b[^>]*>)(.*?)(</style\s*>)", re.IGNORECASE | re.DOTALL)
 _CSS_URL = re.compile(r"""url\(\s*(['"]?)([^'")]*)\1\s*\)""", re.IGNORECASE)
 _CSS_IMPORT = re.compile(r"""@import\s+(['"])([^'"]*)\1[^;]*;""", re.IGNORECASE)
+# a script element with no src: the page's own code, where a chart calls vegaEmbed
+_INLINE_SCRIPT = re.compile(r"<script\b(?![^>]*\ssrc\s*=)[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
+_USES_VEGA = re.compile(r"\bvega")
+_UP = re.compile(r"^(?:\.\.?/)+")  # the ../ and ./ that lead from a page back to the folder
+_FONT_FACE = re.compile(r"@font-face\s*\{[^}]*\}", re.IGNORECASE)
+_FONT_SRC = re.compile(r"(;?\s*)\bsrc\s*:([^;}]*)", re.IGNORECASE)
+_TOP_LEVEL_COMMA = re.compile(r",(?![^(]*\))")  # not the commas inside url(...) or format(...)
+# the attributes through which a page names a file: loaded (src, srcset, poster, data) or linked (href)
+_LINK_ATTRIBUTES = frozenset({"src", "href", "srcset", "poster", "data"})
 
 
 def is_external(url: str) -> bool:
@@ -116,6 +140,7 @@ def localize_assets(folder: Path) -> list[str]:
         if rewritten != text:
             page.write_text(rewritten, encoding="utf-8")
     _copy_bundle(used, folder / VENDOR)
+    _remove_unlinked_site_files(folder)
     if unknown:
         log.warning(
             "Data Docs in %s: left out %d reference(s) to files Tailor bundles no copy of (the pages would "
@@ -138,7 +163,30 @@ def _local(url: str, page: Path, folder: Path, used: set[str]) -> str | None:
     return quote(Path(os.path.relpath(target, page.parent)).as_posix())
 
 
+def _site_file(url: str, page: Path, folder: Path) -> str | None:
+    """GX links its own static/ files by counting folders up from the page, and a validation result page
+    counts one too few (favicon.j2: the suite name's dots + 3, for a page 5 folders deep): its favicon link
+    names validations/static/..., a file that is nowhere. For a relative `url` that names no file, but does
+    name one of the folder's static/ files once its leading ../ are dropped, the right link to that file."""
+    parts = urlsplit(html.unescape(url).strip())
+    path = unquote(parts.path)
+    if parts.scheme or parts.netloc or not path or (page.parent / path).is_file():
+        return None
+    meant = _UP.sub("", path)
+    if not meant.startswith("static/") or not (folder / meant).is_file():
+        return None
+    link = quote(Path(os.path.relpath(folder / meant, page.parent)).as_posix())
+    return urlunsplit(("", "", link, parts.query, parts.fragment))
+
+
+def _draws_chart(text: str) -> bool:
+    """True when a page's own scripts use vega: the only reason it loads vega, vega-lite and vega-embed."""
+    return any(_USES_VEGA.search(script) for script in _INLINE_SCRIPT.findall(text))
+
+
 def _rewrite_page(text: str, page: Path, folder: Path, used: set[str], unknown: set[str]) -> str:
+    charts = _draws_chart(text)
+
     def leave_out(url: str) -> None:
         if _key(html.unescape(url)) not in LEFT_OUT:
             unknown.add(html.unescape(url))
@@ -156,7 +204,12 @@ def _rewrite_page(text: str, page: Path, folder: Path, used: set[str], unknown: 
                     tag = tag.replace(attribute.group(0), "")
                 continue
             if not is_external(value):
+                site_file = _site_file(value, page, folder)
+                if site_file is not None:
+                    tag = tag.replace(attribute.group(0), f'{attribute.group(1)}"{site_file}"')
                 continue
+            if not charts and _key(html.unescape(value)) in CHART_SCRIPTS:
+                return ""
             local = _local(value, page, folder, used)
             if local is None:
                 leave_out(value)
@@ -201,7 +254,43 @@ def _copy_bundle(used: set[str], vendor: Path) -> None:
     for path in sorted(wanted):
         target = vendor / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(BUNDLE / path, target)
+        if path.endswith(".css"):
+            target.write_bytes(bundled_stylesheet(path).encode("utf-8"))
+        else:
+            shutil.copyfile(BUNDLE / path, target)
+
+
+def _bundled(url: str, base: PurePosixPath) -> str | None:
+    """The bundle path of a relative `url` in a bundled stylesheet in folder `base`, or None for a URL that
+    names no file (data: URIs, fragments, external URLs: the bundle's stylesheets link nothing external)."""
+    url = url.strip()
+    if not url or is_external(url) or ":" in url.split("/", 1)[0] or url.startswith("#"):
+        return None
+    return os.path.normpath(base / unquote(urlsplit(url).path)).replace(os.sep, "/")
+
+
+def bundled_stylesheet(path: str) -> str:
+    """The bundled stylesheet at `path` as the docs folder carries it: each @font-face names only the font
+    files the bundle holds, and a face with none left is dropped. Font Awesome's declares .ttf fallbacks and
+    faces the pages never use; a browser would never ask for them, but a published folder should link nothing
+    it does not hold (every current browser reads the woff2 that stays)."""
+    text = (BUNDLE / path).read_bytes().decode("utf-8")
+    base = PurePosixPath(path).parent
+
+    def held(source: str) -> bool:
+        url = _CSS_URL.search(source)
+        target = _bundled(url.group(2), base) if url else None
+        return target is None or (BUNDLE / target).is_file()  # local(...) and data: sources stay
+
+    def sources(match: re.Match[str]) -> str:
+        kept = [source.strip() for source in _TOP_LEVEL_COMMA.split(match.group(2)) if held(source)]
+        return f"{match.group(1)}src:{','.join(kept)}" if kept else ""
+
+    def face(match: re.Match[str]) -> str:
+        rule = _FONT_SRC.sub(sources, match.group(0))
+        return rule.replace("{;", "{") if _FONT_SRC.search(rule) else ""
+
+    return _FONT_FACE.sub(face, text)
 
 
 def _stylesheet_files(path: str) -> set[str]:
@@ -209,13 +298,93 @@ def _stylesheet_files(path: str) -> set[str]:
     purpose (a font face the pages never use) stays out."""
     files = set()
     base = PurePosixPath(path).parent
-    for match in _CSS_URL.finditer((BUNDLE / path).read_text(encoding="utf-8")):
-        url = match.group(2).strip()
-        if not url or is_external(url) or ":" in url.split("/", 1)[0] or url.startswith("#"):
-            continue  # data: URIs, fragments; the bundle's stylesheets link nothing external
-        relative = os.path.normpath(base / urlsplit(url).path).replace(os.sep, "/")
+    for match in _CSS_URL.finditer(bundled_stylesheet(path)):
+        relative = _bundled(match.group(2), base)
+        if relative is None:
+            continue
         if (BUNDLE / relative).is_file():
             files.add(relative)
         else:
             log.debug("%s links %s, which the bundle leaves out", path, relative)
     return files
+
+
+class _Links(HTMLParser):
+    """The URLs a page names in its elements' attributes, and the CSS of its <style> elements and style
+    attributes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+        self.css: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if not value:
+                continue
+            if name == "srcset":
+                self.urls += [candidate.split()[0] for candidate in value.split(",") if candidate.split()]
+            elif name in _LINK_ATTRIBUTES:
+                self.urls.append(value)
+            elif name == "style":
+                self.css.append(value)
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.css.append(data)
+
+
+def _css_urls(css: str) -> list[str]:
+    return [m.group(2) for m in _CSS_URL.finditer(css)] + [m.group(2) for m in _CSS_IMPORT.finditer(css)]
+
+
+def _target(url: str, directory: Path) -> Path | None:
+    """The file a relative `url` names from `directory`, or None for one that names no file here."""
+    url = url.strip()
+    if not url or url.startswith(("#", "/")) or urlsplit(url).scheme or is_external(url):
+        return None  # fragments, site-absolute paths, data:, javascript:, mailto:, other hosts
+    path = unquote(urlsplit(url).path)
+    return Path(os.path.normpath(directory / path)) if path else None
+
+
+def _linked_files(folder: Path) -> set[Path]:
+    """Every file in `folder` that a page links (any element's src, href, srcset, poster or data, and the
+    url() and @import of its CSS), and the files those stylesheets link in turn."""
+    folder = Path(os.path.abspath(folder))
+    pending: list[tuple[Path, Iterable[str]]] = []
+    for page in folder.rglob("*.html"):
+        links = _Links()
+        links.feed(page.read_text(encoding="utf-8"))
+        pending.append((page, links.urls + [url for css in links.css for url in _css_urls(css)]))
+    linked: set[Path] = set()
+    while pending:
+        source, urls = pending.pop()
+        for url in urls:
+            target = _target(url, source.parent)
+            if target is None or target in linked or not target.is_file():
+                continue
+            linked.add(target)
+            if target.suffix.lower() == ".css":
+                pending.append((target, _css_urls(target.read_text(encoding="utf-8", errors="replace"))))
+    return linked
+
+
+def _remove_unlinked_site_files(folder: Path) -> None:
+    """Remove the files of GX's static/ folder that nothing links: GX copies the whole folder into every site,
+    tutorial animations and fonts its pages never load included. The vendored files are all linked or
+    licences, and stay."""
+    folder = Path(os.path.abspath(folder))
+    static, vendor = folder / "static", folder / VENDOR
+    if not static.is_dir():
+        return
+    linked = _linked_files(folder)
+    for path in sorted(static.rglob("*"), reverse=True):  # files before the folders that hold them
+        if path.is_file() and not path.is_relative_to(vendor) and path not in linked:
+            path.unlink()
+        elif path.is_dir() and path != vendor and not any(path.iterdir()):
+            path.rmdir()
