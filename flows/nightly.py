@@ -16,7 +16,7 @@ from tailor.tasks.fairness import audit_fairness
 from tailor.tasks.features import build_features_cached
 from tailor.tasks.notify import notify_failure
 from tailor.tasks.privacy import erase_deleted_users, register_key
-from tailor.tasks.publish import check_publish_target, upload_run, write_datasets
+from tailor.tasks.publish import check_publish_target, published_quality, upload_run, write_datasets
 from tailor.tasks.report import write_report
 from tailor.tasks.runs import run_lock, run_started, run_succeeded
 from tailor.tasks.segments import build_segments
@@ -77,7 +77,7 @@ def run_stages(settings: Settings, ctx: RunContext, force: bool) -> dict[str, An
         "extracted": {name: load.rows_loaded for name, load in loads.items()},
         "watermarks": {name: load.watermark for name, load in loads.items()},
         "erasure": erasure,
-        "data_quality": quality,
+        "data_quality": published_quality(local_run),
         "feature_rows": feature_rows,
         "models": {
             name: {

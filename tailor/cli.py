@@ -535,6 +535,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 2
 
 
+def checks_by_stage(quality: dict[str, Any]) -> str:
+    return ", ".join(f"{count} on {stage}" for stage, count in quality["checks_by_stage"].items())
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     published = summary["published"]
     quality = summary["data_quality"]
@@ -549,6 +553,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         *(f"  {name:<20} {rows:>12,}" for name, rows in summary["extracted"].items()),
         "",
         f"data quality: {quality['passed']}/{quality['expectations']} checks passed"
+        + (f" ({checks_by_stage(quality)})" if quality.get("checks_by_stage") else "")
         + (f", {quality['failed_warning']} warning(s)" if quality["failed_warning"] else "")
         + (
             ", quarantined rows: " + ", ".join(f"{t} {n:,}" for t, n in quarantined.items())

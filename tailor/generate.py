@@ -642,8 +642,8 @@ def generated_config(fmt: str, seed: int) -> dict:
         "seed": seed,
         "warehouse": {"path": "var/tailor.duckdb", "runs_dir": "var/runs"},
         "sources": {table: source(table) for table in TABLES},
-        # Synthetic users: publishing their raw ids is harmless. Real data should stay pseudonymous.
-        "publish": {"target": "file://published", "published_user_id": "external"},
+        # private by default, as every config: a copy of this file pointed at real data publishes no real id
+        "publish": {"target": "file://published", "published_user_id": "pseudonymous"},
         "item_audiences": {"categories": ["books", "electronics"], "top_n": 100},
         "user_features": {"attributes": dict(GENERATED_ATTRIBUTES)},
     }

@@ -68,7 +68,7 @@ from tailor.tasks.fairness import ensure_audit_table
 from tailor.tasks.personalize import LINE_SHAPES
 from tailor.tasks.report import REPORT_FILE, published_report
 from tailor.tasks.train import served_by_label
-from tailor.tasks.validate import Check, store_results
+from tailor.tasks.validate import Check, QualityReport, combine, store_results
 from tailor.warehouse import RunContext, connect
 
 log = logging.getLogger(__name__)
@@ -723,6 +723,8 @@ def write_datasets(
                 else ("external" if external or key is None else "pseudonymous"),
                 "files": written.files,
             }
+    if output_checks:  # the run's checks add up to the published data_quality rows
+        quality = combine(quality, QualityReport(output_checks).summary())
     docs = {}
     for stage_docs in sorted((ctx.run_dir / "data_docs").glob("*/index.html")) if only is None else []:
         stage = stage_docs.parent.name
@@ -754,6 +756,12 @@ def write_datasets(
         json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False, default=str) + "\n"
     )
     return out
+
+
+def published_quality(local_run: Path) -> dict[str, Any]:
+    """The run's data-quality summary as its manifest publishes it: the gate's checks and those made while
+    writing the datasets (consent), so the counts match the published data_quality rows."""
+    return json.loads((local_run / "manifest.json").read_text())["data_quality"]
 
 
 def _retry_on_connection_errors(task: Any, task_run: Any, state: Any) -> bool:

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import statistics
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -84,6 +85,10 @@ class Check:
         )
 
 
+# what each stage's checks are about, in the run's summary and manifest (meta.data_quality keeps the stage)
+STAGE_NAMES = {"extract": "sources", "raw": "sources", "features": "features", "output": "published files"}
+
+
 @dataclass
 class QualityReport:
     checks: list[Check]
@@ -103,6 +108,7 @@ class QualityReport:
             "passed": len(self.checks) - len(self.failed),
             "failed_critical": len(self.critical_failures),
             "failed_warning": len(self.failed) - len(self.critical_failures),
+            "checks_by_stage": dict(sorted(Counter(STAGE_NAMES.get(c.stage, c.stage) for c in self.checks).items())),
             "quarantined_rows": dict(sorted(self.quarantined.items())),
             "success": not self.critical_failures,
             # published in the manifest: no sample values, which may hold ids
@@ -113,11 +119,14 @@ class QualityReport:
 def combine(*summaries: dict[str, Any]) -> dict[str, Any]:
     """One summary over the gate's stages (for the manifest and the run summary)."""
     quarantined: dict[str, int] = {}
+    by_stage: Counter[str] = Counter()
     for summary in summaries:
         for table, rows in summary.get("quarantined_rows", {}).items():
             quarantined[table] = quarantined.get(table, 0) + rows
+        by_stage.update(summary.get("checks_by_stage", {}))
     return {
         "expectations": sum(s["expectations"] for s in summaries),
+        "checks_by_stage": dict(sorted(by_stage.items())),
         "passed": sum(s["passed"] for s in summaries),
         "failed_critical": sum(s["failed_critical"] for s in summaries),
         "failed_warning": sum(s["failed_warning"] for s in summaries),

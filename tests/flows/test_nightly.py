@@ -121,6 +121,13 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
             assert "email" not in dataset["columns"]
             assert {"user_id", "EXTERNAL_ID"} & set(dataset["columns"]), name
         raw_interactions = con.execute("select count(*) from raw.interactions").fetchall()[0][0]
+        checks = con.execute(
+            "select count(*) from marts.data_quality where run_date = $d", {"d": RUN_DATE}
+        ).fetchall()[0][0]
+    # the summary's and the manifest's counts add up to the night's published data_quality rows
+    quality = manifest["data_quality"]
+    assert quality["expectations"] == checks == sum(quality["checks_by_stage"].values())
+    assert quality["checks_by_stage"]["published files"] > 0 and summary["data_quality"] == quality
     assert manifest["datasets"]["recommendations"]["model_versions"] == {
         "ranking": manifest["models"]["ranking"]["version"]
     }

@@ -78,3 +78,10 @@ def test_window_probability_uses_weekday_factors() -> None:
     result = window_conversion_probability(p, date(2026, 11, 23), 2)  # a Monday and a Tuesday
     expected = 1 - (1 - 0.1 * WEEKDAY_FACTOR[0]) * (1 - 0.1 * WEEKDAY_FACTOR[1])
     assert result[0] == 0.0 and result[1] == np.float64(expected)
+
+
+def test_a_generated_config_publishes_pseudonyms_not_the_raw_ids(small_company: Path) -> None:
+    # a copy of the generated file pointed at real data must not publish real ids
+    settings = load_settings(small_company / "tailor.yaml")
+    assert settings.publish.published_user_id == "pseudonymous"
+    assert settings.pseudonym_key() is not None
