@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 
 from tailor.config import RecommendationsConfig, Settings
 from tailor.progress import progress, reported
@@ -475,6 +475,8 @@ def features_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
 def build_features_cached(settings: Settings, force: bool = False) -> Task:
     """build_features through Prefect's result cache (kept in Prefect's local result storage, under
     PREFECT_HOME); `force` rebuilds."""
+    # the policy, not cache_key_fn: the task's own NO_CACHE would stay set beside a key function (Prefect
+    # warns on every run that both are set)
     return build_features.with_options(
-        cache_key_fn=features_cache_key, persist_result=True, refresh_cache=force
+        cache_policy=CacheKeyFnPolicy(cache_key_fn=features_cache_key), persist_result=True, refresh_cache=force
     )

@@ -583,3 +583,24 @@ def test_another_nights_transient_features_are_dropped_tonights_kept() -> None:
     assert drop_other_nights_features(con, tiny.context())
     assert "features/candidates" in TRANSIENT_MODELS and tables() == {"user_features"}
     assert con.execute("select data_fingerprint from meta.feature_builds").fetchall() == [("dropped",)]
+
+
+def test_the_cached_build_names_one_cache_rule_so_prefect_warns_of_nothing(trained_company) -> None:
+    import logging
+
+    from prefect.cache_policies import CacheKeyFnPolicy
+
+    from tailor.tasks.features import build_features_cached, features_cache_key
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("prefect.tasks")  # Prefect's warning of a task given two cache rules
+    logger.addHandler(handler)
+    try:
+        cached = build_features_cached(trained_company[0], force=True)
+    finally:
+        logger.removeHandler(handler)
+    assert not [record for record in records if "cache_key_fn" in record.getMessage()]
+    assert isinstance(cached.cache_policy, CacheKeyFnPolicy)
+    assert cached.cache_policy.cache_key_fn is features_cache_key and cached.refresh_cache is True
