@@ -472,8 +472,10 @@ def _plain(data_type: pa.DataType) -> pa.DataType:
 def pseudonymized_part(frame: pl.DataFrame, key: bytes | None, lists: tuple[str, ...]) -> pl.DataFrame:
     """A part from dataset_parts with its user ids replaced by their pseudonyms (and the ids in the list
     columns `lists`, as pseudonymize does)."""
-    if PSEUDONYM_COLUMN in frame.columns:
-        frame = frame.with_columns(pl.col(PSEUDONYM_COLUMN).alias("user_id")).drop(PSEUDONYM_COLUMN)
+    if PSEUDONYM_COLUMN in frame.columns and "user_id" in frame.columns:
+        frame = frame.with_columns(pl.col(PSEUDONYM_COLUMN).alias("user_id"))
+    # a dataset that drops user_id (Braze's feeds name users by EXTERNAL_ID) publishes no pseudonym either
+    frame = frame.drop(PSEUDONYM_COLUMN, strict=False)
     return pseudonymize_lists(frame, key, lists)
 
 
@@ -704,6 +706,8 @@ def write_datasets(
             output_checks += [written.check] if written.check else []
             datasets[dataset.name] = {
                 "description": dataset.description,
+                # where BI on the DuckDB file finds these rows: not every dataset is a mart (README)
+                "warehouse_table": dataset.table,
                 "rows": written.rows,
                 "columns": written.columns,
                 # a baseline that served has no version: the manifest names no model then

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,6 +15,7 @@ import pytest
 from tailor.tasks.publish import (
     DATASETS,
     ConsentViolation,
+    Dataset,
     check_consent,
     pseudonymize,
     upload_run,
@@ -370,6 +372,58 @@ def test_published_datasets_match_the_contract_in_docs(published) -> None:
         actual = {field.name: str(field.type) for field in schema}
         assert actual == documented[name], name
         assert dataset["columns"] == actual
+
+
+def readme_warehouse_tables() -> dict[str, str]:
+    """README.md: dataset -> the warehouse table it is read from, from the table headed
+    "| dataset | warehouse table |", one dataset a row."""
+    from tests.conftest import REPO
+
+    lines = (REPO / "README.md").read_text().splitlines()
+    [header] = [i for i, line in enumerate(lines) if line.startswith("| dataset | warehouse table |")]
+    tables: dict[str, str] = {}
+    for line in lines[header + 2 :]:  # past the header and its |---| line
+        if not line.startswith("|"):
+            break
+        dataset, table = (cell.strip().strip("`") for cell in line.strip("|").split("|")[:2])
+        assert dataset not in tables, f"README lists {dataset} twice"
+        tables[dataset] = table
+    return tables
+
+
+def test_the_readme_names_the_warehouse_table_of_every_dataset() -> None:
+    """Not every dataset is a mart: the README's table must name the table publish reads, for every dataset
+    and no other, so a new dataset or a moved table fails here until the docs follow."""
+    assert readme_warehouse_tables() == {dataset.name: dataset.table for dataset in DATASETS}
+
+
+def warehouse_rows(con: duckdb.DuckDBPyConnection, dataset: Dataset, run_date: date) -> int:
+    """The rows of the dataset's table that the run publishes: its night's, every night's up to it, or all."""
+    rows = con.table(dataset.table)
+    column, night = duckdb.ColumnExpression("run_date"), duckdb.ConstantExpression(run_date)
+    if dataset.this_run_only:
+        rows = rows.filter(column == night)
+    elif dataset.history:
+        rows = rows.filter(column <= night)
+    return rows.count("*").fetchall()[0][0]
+
+
+def test_every_dataset_is_in_the_warehouse_table_the_manifest_and_readme_name(published) -> None:
+    """The manifest's `warehouse_table` is the README's, the table is in the warehouse after the run, and
+    it holds the rows the run published. (Before the Braze test below, which edits the marts.)"""
+    settings, ctx, *_, local = published
+    manifest = json.loads((local / "manifest.json").read_text())
+    documented = readme_warehouse_tables()
+    named = {name: entry["warehouse_table"] for name, entry in manifest["datasets"].items()}
+    assert named == documented
+    with connect(settings) as con:
+        present = {f"{schema}.{table}" for schema, table in con.execute(
+            "select table_schema, table_name from information_schema.tables").fetchall()}  # fmt: skip
+        for dataset in DATASETS:
+            assert dataset.table in present, dataset.name
+            assert warehouse_rows(con, dataset, ctx.run_date) == manifest["datasets"][dataset.name]["rows"], (
+                dataset.name
+            )
 
 
 def jsonl(path: Path) -> list[dict]:
