@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from tailor import human
 from tailor.config import CampaignConfig, ConfigError, DraftingConfig, RfmRule, Settings, load_settings
 from tailor.templates import compile_template, sample_context, template_problem
 
@@ -148,7 +149,8 @@ def describe_rule(rule: RfmRule) -> str:
         (rule.max_days_since_activity, "active within the last {} days"),
         (rule.min_purchases_90d, "at least {} purchases in 90 days"),
     ]
-    stated = [text.format(f"{value:g}") for value, text in conditions if value is not None]
+    # as configured, in plain grouped digits (`:g` wrote a million days as 1e+06)
+    stated = [text.format(human.setting(value)) for value, text in conditions if value is not None]
     return ", ".join(stated) or "everyone not in an earlier segment"
 
 

@@ -47,7 +47,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor import stats, uplift
+from tailor import human, stats, uplift
 from tailor.config import (
     METRIC_SQL_PARAMETERS,
     CampaignConfig,
@@ -641,8 +641,9 @@ def analyse_units(
     is_srm = srm.p_value < config.srm_p_value
     if is_srm:
         log.warning(
-            "campaign %s: sample-ratio mismatch (p = %.2g; units %s, intended shares %s): its results are "
-            "not trusted tonight", campaign.campaign_id, srm.p_value, srm.observed, srm.expected_share,
+            "campaign %s: sample-ratio mismatch (%s; units %s, intended shares %s): its results are "
+            "not trusted tonight", campaign.campaign_id, human.p_phrase(srm.p_value), srm.observed,
+            srm.expected_share,
         )  # fmt: skip
     base = {
         "run_date": ctx.run_date, "campaign_id": campaign.campaign_id, "control_variant_id": control_arm,
@@ -742,16 +743,15 @@ def _direction(row: dict[str, Any]) -> int:
 
 def effect_in_words(row: dict[str, Any], metric: Metric) -> str:
     """A row's difference in words: the metric, the decision's estimate in its unit, the relative lift and
-    the adjusted p-value, e.g. 'conversion_rate +1.20 percentage points (+15.0%) against holdout, adjusted p 0.003'."""
+    the adjusted p-value, e.g. 'conversion_rate +1.20 percentage points (+15.0%) against holdout, adjusted
+    p = 0.003' ('adjusted p < 0.001' when smaller: never scientific notation)."""
     estimate = row["cuped_diff"] if row.get("cuped_diff") is not None else row["diff"]
     unit = f" {metric.unit}" if metric.unit else ""
     amount = f"{estimate * 100:+.2f} percentage points" if metric.is_rate else f"{estimate:+,.2f}{unit}"
     lift = row.get("lift")
-    relative = f" ({lift:+.1%})" if lift is not None and math.isfinite(lift) else ""
-    return (
-        f"{row['metric']} {amount}{relative} against {row['control_variant_id']}, "
-        f"adjusted p {row['p_value_adjusted']:.2g}"
-    )
+    relative = f" ({lift:+,.1%})" if lift is not None and math.isfinite(lift) else ""
+    p_value = human.p_phrase(row["p_value_adjusted"], "adjusted p")
+    return f"{row['metric']} {amount}{relative} against {row['control_variant_id']}, {p_value}"
 
 
 def verdict(
@@ -776,7 +776,7 @@ def verdict(
     if is_srm:
         return "stop", (
             f"sample-ratio mismatch: fix the assignment before reading results (the arms' units against their "
-            f"intended shares: p = {srm_p_value:.2g})"
+            f"intended shares: {human.p_phrase(srm_p_value)})"
         )
     main = metric_rows[primary]
     if main["untested_reason"] is not None:
@@ -1426,7 +1426,8 @@ def harmful_variants(
     return {
         variant: (
             f"paused: conversion {diff * 100:+.2f} points against {control} "
-            f"({low * 100:+.2f} to {high * 100:+.2f}, adjusted p {p:.2g}) in the analysis of {day}"
+            f"({low * 100:+.2f} to {high * 100:+.2f}, {human.p_phrase(p, 'adjusted p')}) in the analysis "
+            f"of {day}"
         )
         for variant, day, diff, control, low, high, p in rows
     }

@@ -24,7 +24,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor import stats
+from tailor import human, stats
 from tailor.config import Settings
 from tailor.progress import reported
 from tailor.sql import ensure_table, query, replace_run_rows
@@ -129,10 +129,11 @@ def audit_rows(rates: pl.DataFrame, settings: Settings, ctx: RunContext) -> list
 
 
 def describe(row: dict[str, Any]) -> str:
+    """A flagged gap in a sentence, its adjusted p-value in plain decimals ("adjusted p < 0.001")."""
     return (
         f"{row['attribute']}={row['group_value']}: {row['metric']} of {row['subject']} {row['subject_id']} "
         f"is {row['disparate_impact_ratio']:.2f} of {row['attribute']}={row['reference_group']}'s "
-        f"(adjusted p = {row['p_value_adjusted']:.2g})"
+        f"({human.p_phrase(row['p_value_adjusted'], 'adjusted p')})"
     )
 
 
@@ -150,10 +151,11 @@ def audit_fairness(settings: Settings, ctx: RunContext) -> dict[str, Any]:
         replace_run_rows(con, "meta.fairness_audit", AUDIT_COLUMNS, rows, ctx.run_date)
     flagged = [row for row in rows if row["is_flagged"]]
     for row in flagged:
-        log.warning("fairness: %s, under %.2f", describe(row), settings.fairness.min_ratio)
+        log.warning("fairness: %s, under %s", describe(row), human.setting(settings.fairness.min_ratio))
     if flagged and settings.fairness.fail_on_flag:
         raise FairnessError(
-            f"fairness audit: {len(flagged)} disparate-impact ratio(s) under {settings.fairness.min_ratio}, "
+            f"fairness audit: {len(flagged)} disparate-impact ratio(s) under "
+            f"{human.setting(settings.fairness.min_ratio)}, "
             f"nothing published: " + "; ".join(describe(row) for row in flagged[:5])
         )
     return {

@@ -28,7 +28,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor import charts
+from tailor import charts, human
 from tailor.config import CampaignConfig, Settings
 from tailor.progress import reported
 from tailor.sql import ensure_table, replace_run_rows, table_exists
@@ -60,32 +60,30 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["num"] = number
     env.filters["pct"] = percent
+    env.filters["p"] = human.p_phrase  # in a sentence: p = 0.032, p < 0.001
+    env.filters["pvalue"] = human.p_value  # in a table's cell: 0.032, < 0.001
+    env.filters["setting"] = human.setting  # a configured threshold as written: 0.8, 0.05
     return env
 
 
 def number(value: Any, digits: int = 3) -> str:
-    """Numbers as people read them: thousands separated, floats to `digits` significant digits, never
-    scientific notation for the sizes a report shows."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    """Numbers as people read them (tailor.human.number): thousands separated, floats to `digits`
+    significant digits in plain decimals, never scientific notation (999.7 is 1,000 and 0.00004 is 0.00004,
+    not 1e+03 and 4.00e-05); booleans yes or no, text as it is."""
+    if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if value != 0 and abs(value) < 1e-4:
-            return f"{value:.2e}"
-        return f"{value:.{digits}g}"
+    if isinstance(value, int | float):
+        return human.number(value, digits)
     return str(value)
 
 
 def percent(value: Any, digits: int = 1) -> str:
-    """A ratio as a percentage with its sign (0.208 -> +20.8%)."""
+    """A ratio as a percentage with its sign, grouped (0.208 -> +20.8%, 26 -> +2,600.0%)."""
     if value is None or not isinstance(value, int | float) or not math.isfinite(value):
         return "-"
-    return f"{100 * value:+.{digits}f}%"
+    return f"{100 * value:+,.{digits}f}%"
 
 
 def read(con: duckdb.DuckDBPyConnection, sql: str, ctx: RunContext) -> pl.DataFrame:
@@ -574,6 +572,7 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
     ensure_audit_table(con)
     audit = read(con, "select * from meta.fairness_audit where run_date = $run_date", ctx)
     threshold = settings.fairness.min_ratio
+    shown = human.setting(threshold)
     if audit.height == 0:
         return {"audited": False, "threshold": threshold}
     unknown_group = pl.col("is_unknown_group").fill_null(False)
@@ -591,12 +590,12 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
         .with_columns(
             (pl.col("attribute") + "=" + pl.col("group_value") + " · " + pl.col("subject_id")).alias("group"),
             pl.when(pl.col("is_flagged")).then(pl.lit("flagged"))
-            .when(pl.col("disparate_impact_ratio") < threshold).then(pl.lit(f"under {threshold}, not significant"))
-            .otherwise(pl.lit(f"{threshold} or more")).alias("status"),
+            .when(pl.col("disparate_impact_ratio") < threshold).then(pl.lit(f"under {shown}, not significant"))
+            .otherwise(pl.lit(f"{shown} or more")).alias("status"),
         )
     )  # fmt: skip
     scale = charts.alt.Scale(
-        domain=["flagged", f"under {threshold}, not significant", f"{threshold} or more"],
+        domain=["flagged", f"under {shown}, not significant", f"{shown} or more"],
         range=[charts.BAD, "#E69F00", charts.NEUTRAL],
     )
     apart = audit.filter(pl.col("is_small_group") | unknown_group).select(
@@ -627,7 +626,7 @@ def fairness_section(con: duckdb.DuckDBPyConnection, settings: Settings, ctx: Ru
             worst,
             "group",
             "disparate_impact_ratio",
-            f"Lowest disparate-impact ratio per subject (line: {threshold})",
+            f"Lowest disparate-impact ratio per subject (line: {shown})",
             "disparate-impact ratio (group rate / reference rate)",
             "group · subject",
             color="status",

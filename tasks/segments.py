@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
+from tailor import human
 from tailor.config import RfmRule, Settings
 from tailor.progress import reported
 from tailor.sql import materialize, query
@@ -87,9 +88,9 @@ def format_value(value: float, unit: str) -> str:
     if not np.isfinite(value):
         return "-"
     if unit == "cents":
-        return f"{value / 100:,.2f}"
+        return human.money(value / 100)
     if unit == "share":
-        return f"{value:.0%}"
+        return human.share(value, digits=0)
     if unit == "per_30_days":
         value *= 30
     if abs(value) >= 10:
@@ -183,18 +184,20 @@ def raw_means(raw: np.ndarray) -> np.ndarray:
 
 
 def rule_description(rule: RfmRule) -> str:
+    """The rule in a marketer's words, its thresholds as configured (to six significant digits) in plain
+    grouped digits: 2,600 days, and 1,000,000 days where `:g` wrote 1e+06."""
     parts = []
     if rule.max_days_since_signup is not None:
-        parts.append(f"signed up within {rule.max_days_since_signup} days")
+        parts.append(f"signed up within {human.setting(rule.max_days_since_signup)} days")
     if rule.max_days_since_purchase is not None:
-        parts.append(f"bought within {rule.max_days_since_purchase:g} days")
+        parts.append(f"bought within {human.setting(rule.max_days_since_purchase)} days")
     if rule.min_days_since_purchase is not None:
-        parts.append(f"last bought {rule.min_days_since_purchase:g} or more days ago")
+        parts.append(f"last bought {human.setting(rule.min_days_since_purchase)} or more days ago")
     if rule.max_days_since_activity is not None:
-        parts.append(f"were active within {rule.max_days_since_activity:g} days")
+        parts.append(f"were active within {human.setting(rule.max_days_since_activity)} days")
     if rule.min_purchases_90d is not None:
         # purchases are orders: a basket of many lines counts once
-        parts.append(f"{rule.min_purchases_90d} or more orders in 90 days")
+        parts.append(f"{human.setting(rule.min_purchases_90d)} or more orders in 90 days")
     return ("Users who " + " and ".join(parts) if parts else "Everyone else") + " (first matching rule wins)."
 
 

@@ -22,7 +22,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor import metrics
+from tailor import human, metrics
 from tailor.calibration import apply_platt, calibration_table, fit_platt
 from tailor.config import Settings
 from tailor.progress import boosting_rounds, reported
@@ -804,7 +804,7 @@ def champion_gate(
             True,
             (
                 f"{metric} {new_value:.4f} against champion {champion['version']}'s {old_value:.4f} "
-                f"(tolerance {tolerance}): promoted"
+                f"(tolerance {human.setting(tolerance)}): promoted"
             ),
         )
     kept = champion | {"metrics": champion_metrics}
@@ -813,7 +813,7 @@ def champion_gate(
         False,
         (
             f"{metric} {new_value:.4f} is worse than champion {champion['version']}'s {old_value:.4f} by more than "
-            f"{tolerance}: the champion keeps scoring"
+            f"{human.setting(tolerance)}: the champion keeps scoring"
         ),
     )
 
@@ -856,7 +856,7 @@ def baseline_verdict(
         return MODEL, None
     else:
         against = f"a constant score's {floor:.2f}" if best_name == CONSTANT_RATE else f"{best_name}'s {floor:.4f}"
-        reason = f"{name}: {label} {value:.4f} does not beat {against} (margin {margin:.0%})"
+        reason = f"{name}: {label} {value:.4f} does not beat {against} (margin {human.share(margin)})"
     if best_name:
         return f"{BASELINE_PREFIX}{best_name}", f"{reason}: the {best_name} baseline serves instead"
     return None, f"{reason}: not served"

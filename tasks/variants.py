@@ -45,7 +45,7 @@ from jinja2 import Template, TemplateError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tailor import bandit
+from tailor import bandit, human
 from tailor.config import CampaignConfig, Settings
 from tailor.progress import reported
 from tailor.sql import materialize, query, replace_run_rows
@@ -414,7 +414,8 @@ def previous_shares(
 
 
 def explain(campaign: CampaignConfig, allocation: Allocation, variant_id: str, users: pl.DataFrame) -> str:
-    """Why the variant has tonight's share, in words."""
+    """Why the variant has tonight's share, in words; shares and chances as percentages (12.5%, a small one
+    0.004%)."""
     policy = campaign.allocation.policy
     if policy == "split":
         return "fixed split by the variants' weights"
@@ -422,7 +423,7 @@ def explain(campaign: CampaignConfig, allocation: Allocation, variant_id: str, u
         contexts = allocation.detail["context_shares"]
         return (
             f"{allocation.detail['contextual']}; Thompson sampling per {allocation.detail['context']} over "
-            f"{len(contexts):,} contexts, share {allocation.shares[variant_id]:.3f} overall"
+            f"{len(contexts):,} contexts, share {human.share(allocation.shares[variant_id])} overall"
         )
     if policy in ("bandit", "contextual_bandit"):
         prefix = f"{allocation.detail['contextual']}; " if "contextual" in allocation.detail else ""
@@ -430,7 +431,7 @@ def explain(campaign: CampaignConfig, allocation: Allocation, variant_id: str, u
         sends, conversions = allocation.detail["evidence"][variant_id]
         source = allocation.detail.get("posterior_date")
         return (
-            f"{prefix}Thompson sampling: P(best) {posterior['p_best']:.3f} from {sends:,} sends and "
+            f"{prefix}Thompson sampling: P(best) {human.share(posterior['p_best'])} from {sends:,} sends and "
             f"{conversions:,} conversions"
             + (f" (analysis of {source})" if source else " (no stored analysis yet)")
         )
@@ -472,7 +473,7 @@ def decision_rows(
     for variant_id in [*(v.variant_id for v in campaign.approved_variants), HOLDOUT]:
         if variant_id == HOLDOUT:
             share = counts.get(HOLDOUT, 0) / content.height if content.height else 0.0
-            reason = f"holdout: {campaign.holdout_share:.0%} of the audience is never contacted"
+            reason = f"holdout: {human.share(campaign.holdout_share)} of the audience is never contacted"
         elif variant_id in feedback.paused:
             share, reason = 0.0, feedback.paused[variant_id]
         elif campaign.allocation.policy == "personalized":

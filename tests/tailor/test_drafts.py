@@ -272,6 +272,18 @@ def test_more_candidates_than_asked_are_dropped() -> None:
     assert [r.reason for r in result.rejected] == ["more than the 2 candidates asked for"]
 
 
+def test_the_segment_definition_in_the_prompt_has_plain_grouped_numbers() -> None:
+    from tailor.config import RfmRule
+
+    rule = RfmRule(name="x", max_days_since_purchase=1_000_000.0, max_days_since_activity=2.25,
+                   min_purchases_90d=1200)  # fmt: skip
+    described = drafts.describe_rule(rule)
+    assert described == (
+        "bought within the last 1,000,000 days, active within the last 2.25 days, at least 1,200 purchases in 90 days"
+    )  # `:g` wrote 1e+06 and 1200
+    assert not re.search(r"\de[+-]\d", described)
+
+
 def test_no_accepted_candidate_leaves_the_file_untouched(config: Path, llm: FakeLLM) -> None:
     original = campaign_file(config).read_bytes()
     llm.replies = [chat([{"subject": "y" * 80, "headline": ""}])]

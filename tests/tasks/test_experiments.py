@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -494,6 +495,38 @@ def test_the_verdict_waits_for_a_decision_only_up_to_the_configured_days() -> No
         None, untested_reason="fewer than experiments.min_units (100) units: 40 in a, 12 in holdout"
     )
     assert small[0] == "keep running" and "40 in a" in small[1]
+
+
+def test_effects_and_verdicts_read_without_scientific_notation() -> None:
+    metrics = {metric.name: metric for metric in ex.METRICS}
+    tiny_p = _hand_row("conversion_rate", 0.012, True) | {"lift": 0.15, "p_value_adjusted": 3e-7}
+    effect = ex.effect_in_words(tiny_p, metrics["conversion_rate"])
+    assert effect == "conversion_rate +1.20 percentage points (+15.0%) against holdout, adjusted p < 0.001"
+    # a large money difference and lift are grouped digits; a p-value of 0.0123 keeps two digits
+    big = _hand_row("revenue_per_user", 260_000.0, True) | {"lift": 26.0, "p_value_adjusted": 0.0123}
+    effect = ex.effect_in_words(big, metrics["revenue_per_user"])
+    assert effect == "revenue_per_user +260,000.00 cents (+2,600.0%) against holdout, adjusted p = 0.012"
+    primary = _hand_row("conversion_rate", 0.012, True, 0, "primary") | {"p_value_adjusted": 3e-7}
+    rows = {"conversion_rate": primary}
+    shipped = ex.verdict(rows, "conversion_rate", 60, 0.5, False)
+    assert shipped == ("ship", "conversion_rate +1.20 percentage points (+10.0%) against holdout, adjusted p < "
+                               "0.001; no tested guardrail is significantly worse")  # fmt: skip
+    mismatch = ex.verdict(rows, "conversion_rate", 60, 3e-7, True)
+    assert mismatch[1].endswith("(the arms' units against their intended shares: p < 0.001)")
+    for text in (effect, shipped[1], mismatch[1]):
+        assert not re.search(r"\de[+-]\d", text), text
+
+
+def test_a_paused_variants_reason_writes_a_tiny_p_value_plainly(tmp_path) -> None:
+    day = date(2026, 11, 20)
+    rows = [_result(day, "a", -0.03, True) | {"p_value_adjusted": 3e-7}, _result(day, "b", 0.01, False)]
+    settings = _feedback_warehouse(tmp_path, rows, [_posterior(day, "a", 5)])
+    with connect(settings) as con:
+        paused = ex.harmful_variants(con, settings.campaigns[0], run_context(settings, day))
+    assert paused == {
+        "a": "paused: conversion -3.00 points against holdout (-4.00 to -2.00, adjusted p < 0.001) in the "
+        "analysis of 2026-11-20"
+    }  # `.2g` wrote 3e-07
 
 
 def test_primary_metric_and_guardrails_are_validated_against_the_catalogue(tmp_path) -> None:

@@ -171,3 +171,42 @@ def test_missing_blank_and_unknown_values_are_one_unknown_group_in_the_rates() -
         "m": 1,
         "unknown": 3,
     }
+
+
+def _flagged_row(p_value_adjusted: float) -> dict:
+    return {"attribute": "age_band", "group_value": "18-24", "subject": "campaign", "subject_id": "weekly",
+            "metric": "selected_share", "reference_group": "35-44", "disparate_impact_ratio": 0.69,
+            "p_value_adjusted": p_value_adjusted}  # fmt: skip
+
+
+def test_a_flagged_gap_in_words_has_a_plain_p_value() -> None:
+    from tailor.tasks.fairness import describe
+
+    assert describe(_flagged_row(3e-7)) == (
+        "age_band=18-24: selected_share of campaign weekly is 0.69 of age_band=35-44's (adjusted p < 0.001)"
+    )  # `.2g` wrote 3e-07
+    assert describe(_flagged_row(0.0123)).endswith("(adjusted p = 0.012)")
+
+
+def test_the_failure_names_the_threshold_as_configured_and_no_scientific_notation(monkeypatch) -> None:
+    import contextlib
+    import re
+
+    import duckdb
+
+    from tailor.tasks import fairness
+    from tests import tiny
+
+    settings = tiny.settings(privacy={"sensitive_attributes": ["age_band"]},
+                             fairness={"min_ratio": 0.00005, "fail_on_flag": True})  # fmt: skip
+    flagged = _flagged_row(3e-7) | {"run_date": tiny.RUN_DATE, "users": 900, "value": 0.3, "reference_value": 0.5,
+                                    "p_value": 3e-8, "is_small_group": False, "is_flagged": True,
+                                    "is_unknown_group": False}  # fmt: skip
+    monkeypatch.setattr(fairness, "connect", lambda _settings: contextlib.closing(duckdb.connect()))
+    monkeypatch.setattr(fairness, "query", lambda *_args: duckdb.sql("select 1"))
+    monkeypatch.setattr(fairness, "audit_rows", lambda *_args: [dict(flagged)])
+    with pytest.raises(FairnessError) as failed:
+        audit_fairness.fn(settings, tiny.context())
+    message = str(failed.value)
+    assert message.startswith("fairness audit: 1 disparate-impact ratio(s) under 0.00005, nothing published")
+    assert message.endswith("(adjusted p < 0.001)") and not re.search(r"\de[+-]\d", message), message

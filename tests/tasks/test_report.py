@@ -117,3 +117,48 @@ def test_a_model_that_predicts_a_constant_or_loses_to_its_baseline_is_warned_abo
     html = render(con, settings, ctx)
     assert html.count('class="warning"') == 2 and "It serves tonight anyway" in html
     assert "<details><summary>propensity v1: 1 features" in html  # the feature list is folded
+
+
+def test_report_numbers_never_use_scientific_notation() -> None:
+    import re
+
+    from tailor.tasks.report import number, percent
+
+    shown = [number(999.7), number(0.00004), number(2600.0), number(3e-7), number(1_234_567), percent(26.0)]
+    # `.3g` and `.2e` wrote 1e+03 and 4.00e-05
+    assert shown == ["1,000", "0.00004", "2,600", "0.0000003", "1,234,567", "+2,600.0%"]
+    assert not any(re.search(r"\de[+-]\d", text) for text in shown)
+
+
+def test_tiny_p_values_read_under_a_thousandth_in_the_experiment_and_fairness_sections() -> None:
+    import re
+    from datetime import date
+
+    from tailor.sql import replace_run_rows
+    from tailor.tasks.experiments import RESULT_COLUMNS, ensure_tables
+    from tailor.tasks.fairness import AUDIT_COLUMNS, ensure_audit_table
+
+    settings, ctx = tiny.settings(), tiny.context()
+    con = tiny.warehouse()
+    ensure_tables(con)
+    base = {"run_date": ctx.run_date, "campaign_id": "weekly", "control_variant_id": "holdout",
+            "window_start": date(2026, 2, 1), "srm_p_value": 3e-7, "is_trusted": False, "is_srm": True,
+            "alpha": 0.00005, "correction": "holm", "metric": "conversion_rate", "units": 2600}  # fmt: skip
+    replace_run_rows(con, "meta.experiment_results", RESULT_COLUMNS, [
+        base | {"variant_id": "holdout", "is_control": True, "mean": 0.05},
+        base | {"variant_id": "a", "is_control": False, "mean": 0.06, "control_mean": 0.05, "lift": 0.2,
+                "lift_ci_low": 0.1, "lift_ci_high": 0.3, "p_value_adjusted": 3e-7, "is_significant": True,
+                "verdict": "stop", "verdict_reason": "sample-ratio mismatch"},
+    ], ctx.run_date)  # fmt: skip
+    ensure_audit_table(con)
+    replace_run_rows(con, "meta.fairness_audit", AUDIT_COLUMNS,
+                     audit_rows(ctx, [("18-24", 0.69)], []), ctx.run_date)  # fmt: skip
+    con.execute("update meta.fairness_audit set p_value_adjusted = 3e-7, value = 0.00004 where is_flagged")
+    html = render(con, settings, ctx)
+    experiments = html.split('id="experiments"', 1)[1].split('id="fairness"', 1)[0]
+    assert "Sample-ratio mismatch (p &lt; 0.001)" in experiments  # was p = 3.00e-07
+    assert "alpha 0.00005" in experiments  # str(float) wrote 5e-05
+    assert "+20.0%</td><td>+10.0% to +30.0%</td><td>&lt; 0.001</td>" in experiments  # the p cell
+    flagged = html.split('id="fairness"', 1)[1]
+    assert "<td>0.00004</td>" in flagged and "<td>0.69</td><td>&lt; 0.001</td>" in flagged
+    assert not re.search(r"\de[+-]\d", re.sub(r"<svg.*?</svg>|<style.*?</style>", "", html, flags=re.S))

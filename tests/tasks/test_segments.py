@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -53,6 +55,24 @@ def test_rule_description_reads_like_the_rule() -> None:
     assert rule_description(rule) == (
         "Users who bought within 30 days and 3 or more orders in 90 days (first matching rule wins)."
     )
+
+
+def test_rule_description_writes_large_and_fractional_thresholds_in_plain_grouped_digits() -> None:
+    # `:g` wrote 1e+06 for a million days; counts were never grouped
+    rule = RfmRule(name="x", max_days_since_signup=10_000, max_days_since_purchase=2600.0,
+                   min_days_since_purchase=1_000_000.0, max_days_since_activity=2.25, min_purchases_90d=1200)  # fmt: skip
+    description = rule_description(rule)
+    assert description == (
+        "Users who signed up within 10,000 days and bought within 2,600 days and last bought 1,000,000 or "
+        "more days ago and were active within 2.25 days and 1,200 or more orders in 90 days "
+        "(first matching rule wins)."
+    )
+    assert not re.search(r"\de[+-]\d", description)
+
+
+def test_a_tiny_share_in_a_cluster_description_is_still_visible() -> None:
+    assert format_value(0.00004, "share") == "0.004%"  # was 0%
+    assert format_value(260_000_000.0, "cents") == "2,600,000.00"
 
 
 def test_cluster_descriptions_quote_means_in_the_datas_units_rounded_for_people() -> None:

@@ -241,3 +241,32 @@ def test_a_flow_that_does_not_train_serves_what_the_night_served(midsize_company
     for name, model in models.items():
         assert again[name]["version"] == model["version"], name
         assert again[name].get("served_by") == model.get("served_by"), name
+
+
+def test_model_decisions_write_small_tolerances_and_margins_plainly(tmp_path, monkeypatch) -> None:
+    import re
+
+    from tailor.tasks import train
+
+    settings = tiny.settings(registry={"tolerance": 0.00005, "baseline_margin": 0.005})
+    serves, warning = train.baseline_verdict(
+        "propensity", {"metrics": {"roc_auc": 0.6}}, {"baselines": {"recency": {"roc_auc": 0.74}}}, settings
+    )
+    assert (serves, warning) == (
+        "baseline:recency",
+        "propensity: ROC AUC 0.6000 does not beat recency's 0.7400 (margin 0.5%): the recency baseline serves "
+        "instead",
+    )  # `.0%` wrote margin 0%
+    path = tmp_path / "champion.txt"
+    path.write_text("model")
+    champion = {"version": "v1", "path": str(path), "features": ["f"], "metrics": {"roc_auc": 0.7}}
+    monkeypatch.setattr(train, "current_champion", lambda *_args: champion)
+    monkeypatch.setattr(train, "current_features", lambda *_args: ["f"])
+    monkeypatch.setattr(train, "rescore_champion", lambda *_args: {"roc_auc": 0.7})
+    challenger = train.TrainedModel("propensity", "v2", "", "", "", ["f"], {}, {}, 1, {"roc_auc": 0.69},
+                                    10, "", str(path))  # fmt: skip
+    _, promoted, decision = train.champion_gate(None, settings, tiny.context(), None, challenger)
+    assert not promoted and decision == (
+        "roc_auc 0.6900 is worse than champion v1's 0.7000 by more than 0.00005: the champion keeps scoring"
+    )  # str(float) wrote 5e-05
+    assert not re.search(r"\de[+-]\d", warning + decision)

@@ -307,3 +307,39 @@ def test_the_context_free_bandit_serves_when_the_contextual_one_is_not_better_of
     assert abs(np.mean(allocation.variant_id[de] == "a") - 0.5) < 0.03
     assert all(r.startswith("contextual bandit not better off-policy: conversion per send") for r in reasons)
     assert all("Thompson sampling: P(best)" in r for r in reasons), reasons
+
+
+def test_allocation_reasons_write_shares_and_chances_as_readable_percentages() -> None:
+    import re
+
+    import duckdb
+
+    from tailor.tasks.experiments import Feedback, ensure_tables
+    from tailor.tasks.variants import Allocation, decision_rows, explain
+    from tests import tiny
+
+    bandit = campaign(holdout_share=0.005, allocation={"policy": "bandit"})
+    empty = np.array([])
+    allocation = Allocation(empty, empty, empty, empty, empty, {"a": 0.99996, "b": 0.00004}, {
+        "posterior": {"a": {"p_best": 0.99996}, "b": {"p_best": 0.00004}},
+        "evidence": {"a": (26_000, 1_300), "b": (2_600, 1)}, "posterior_date": "2026-11-20",
+    })  # fmt: skip
+    content = pl.DataFrame({"variant_id": ["a"] * 199 + ["holdout"], "is_holdout": [False] * 199 + [True]})
+    con = duckdb.connect()
+    ensure_tables(con)
+    reasons = {
+        row["variant_id"]: row["reason"]
+        for row in decision_rows(con, bandit, allocation, Feedback({}, {}, None), content, tiny.context())
+    }
+    assert reasons == {
+        "a": "Thompson sampling: P(best) 100% from 26,000 sends and 1,300 conversions (analysis of 2026-11-20)",
+        "b": "Thompson sampling: P(best) 0.004% from 2,600 sends and 1 conversions (analysis of 2026-11-20)",
+        "holdout": "holdout: 0.5% of the audience is never contacted",  # `.0%` wrote 0%
+    }  # `.3f` wrote P(best) 1.000 and 0.000
+    contextual = Allocation(empty, empty, empty, empty, empty, {"a": 0.125, "b": 0.875}, {
+        "contextual": "contextual bandit serves", "context": "country", "context_shares": {"de": {}, "fr": {}},
+    })  # fmt: skip
+    assert explain(bandit, contextual, "a", content) == (
+        "contextual bandit serves; Thompson sampling per country over 2 contexts, share 12.5% overall"
+    )
+    assert not any(re.search(r"\de[+-]\d", reason) for reason in reasons.values())
