@@ -67,6 +67,14 @@ def _run_options(parser: argparse.ArgumentParser, force: bool) -> None:
             help="rebuild features even when the cache holds this night's build",
         )
     parser.add_argument(
+        "--presign",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="with an S3 target, also print links to the report and Data Docs that open without credentials "
+        "for SECONDS",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -308,6 +316,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config_path=str(args.config.resolve()), run_date=args.run_date, target=target, force=args.force
         )
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    summary["published"]["links"] = people_links(summary["published"], settings, args.presign)
     report(args, summary, format_summary)
     if _watched(args):
         print_summary_table(summary)
@@ -424,19 +433,26 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         from tailor.flows.experiments import experiments
 
         summary = experiments(config_path=str(args.config.resolve()), run_date=args.run_date, target=target)
+    summary["published"]["links"] = people_links(summary["published"], settings, args.presign)
     report(
         args,
         summary,
-        lambda run: f"{format_experiments(run['experiments'])}\nreport: {run['published']['report']}",
+        lambda run: "\n".join(
+            [format_experiments(run["experiments"]), *link_lines("report", run["published"]["links"]["report"])]
+            if run["published"]["links"]["report"]
+            else [format_experiments(run["experiments"])]
+        ),
     )
     return 0
 
 
 def format_experiments(experiments: dict[str, dict[str, Any]]) -> str:
+    from tailor.human import p_phrase
+
     lines = ["experiments (units per arm; significant differences against the control):"]
     for campaign, info in experiments.items():
         trust = (
-            "" if info["is_trusted"] else f"  SAMPLE-RATIO MISMATCH (p = {info['sample_ratio_p_value']:.2g})"
+            "" if info["is_trusted"] else f"  SAMPLE-RATIO MISMATCH ({p_phrase(info['sample_ratio_p_value'])})"
         )
         lines.append(
             f"  {campaign:<20} "
@@ -535,6 +551,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 2
 
 
+def people_links(published: dict[str, Any], settings: Any, presign_seconds: int | None) -> dict[str, Any]:
+    """What a person opens: the report and Data Docs as a local path (a folder target) or as the object's
+    page (S3), and with --presign a link that opens without credentials for a while."""
+    from tailor.storage import browser_link, presigned_link
+
+    pages = {"report": published.get("report"), **dict(enumerate(published.get("data_docs", [])))}
+    links: dict[str, Any] = {"report": None, "data_docs": []}
+    for name, uri in pages.items():
+        if uri is None:
+            continue
+        link = {"open": browser_link(uri, settings.storage)}
+        if presign_seconds and uri.startswith("s3://"):
+            link["presigned"] = presigned_link(uri, settings.storage, presign_seconds)
+            link["expires_in_seconds"] = presign_seconds
+        if name == "report":
+            links["report"] = link
+        else:
+            links["data_docs"].append(link)
+    return links
+
+
+def link_lines(label: str, link: dict[str, Any]) -> list[str]:
+    presigned = (
+        [f"  {label} without credentials (for {link['expires_in_seconds']:,} s): {link['presigned']}"]
+        if "presigned" in link
+        else []
+    )
+    return [f"{label}: {link['open']}", *presigned]
+
+
 def checks_by_stage(quality: dict[str, Any]) -> str:
     return ", ".join(f"{count} on {stage}" for stage, count in quality["checks_by_stage"].items())
 
@@ -561,7 +607,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             else ", no row quarantined"
         ),
         *(f"  {failure}" for failure in quality.get("failures", [])[:10]),
-        *(f"  data docs: {uri}" for uri in published.get("data_docs", [])),
+        *(
+            f"  {line}"
+            for link in published.get("links", {}).get("data_docs", [])
+            for line in link_lines("data docs", link)
+        ),
         "",
         f"propensity model {propensity['version']}: ROC AUC {pm['roc_auc']:.3f}, PR AUC {pm['pr_auc']:.3f}, "
         f"log loss {pm['log_loss']:.4f} (base rate {pm['baseline']['log_loss']:.4f}), "
@@ -587,7 +637,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         "files:",
         *(f"  {uri}" for uri in published["files"]),
         f"  {published['manifest']}",
-        f"report: {published['report']}",
+        *(
+            link_lines("report", published["links"]["report"])
+            if published.get("links", {}).get("report")
+            else [f"report: {published['report']}"]
+        ),
         f"latest.json: {published['latest']}"
         + ("" if published["latest_moved"] else " (kept on a newer run; this was a backfill)"),
         *(

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from tailor.config import StorageConfig
 
@@ -357,3 +357,27 @@ def fetch_to_local(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
     except Exception as error:
         raise StorageError(f"download of {uri} failed: {error}") from error
     return local
+
+
+def browser_link(uri: str, storage: StorageConfig) -> str:
+    """Where a person opens a published object: a file's local path; for S3 the object's page in the AWS
+    console, or its path-style URL on an S3-compatible endpoint (which serves it to a signed request or a
+    public bucket only: `presigned_link` gives one anyone can open for a while)."""
+    if uri.startswith("file://"):
+        return unquote(urlparse(uri).path)
+    if not uri.startswith("s3://"):
+        return uri
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        return f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}"
+    return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={quote(key, safe='')}"
+
+
+def presigned_link(uri: str, storage: StorageConfig, seconds: int) -> str:
+    """A URL that opens the S3 object without credentials until it expires in `seconds`."""
+    parsed = urlparse(uri)
+    return s3_client(storage).generate_presigned_url(
+        "get_object", Params={"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/")}, ExpiresIn=seconds
+    )

@@ -98,8 +98,17 @@ def test_summary_mentions_where_and_what(trained_company) -> None:
     text = format_summary(summary)
     assert "s3://b/p/latest.json" in text and "NDCG@10" in text and "ROC AUC" in text and "3/3" in text
     assert "4 behavioural clusters" in text and "bandit" in text and "holdout 1" in text
-    assert "SAMPLE-RATIO MISMATCH" in text and "a:click_rate" in text and "Qini 0.0123" in text
+    assert "SAMPLE-RATIO MISMATCH (p < 0.001)" in text and "a:click_rate" in text and "Qini 0.0123" in text
     assert "s3://b/p/runs/x/report.html" in text
+    # with the links a person opens, the report line gives them instead of the s3:// URI
+    summary["published"]["links"] = {
+        "report": {"open": "https://example/report.html", "presigned": "https://signed", "expires_in_seconds": 3600},
+        "data_docs": [{"open": "/srv/published/runs/x/data_docs/raw/index.html"}],
+    }
+    text = format_summary(summary)
+    assert "report: https://example/report.html\n" in text
+    assert "report without credentials (for 3,600 s): https://signed" in text
+    assert "data docs: /srv/published/runs/x/data_docs/raw/index.html" in text
     # the closing table for a terminal: one row per stage, each saying what the stage produced
     summary |= {
         "feature_rows": {"user_features": 70, "candidates": 30},

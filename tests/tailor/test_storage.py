@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from tailor.config import StorageConfig
-from tailor.storage import StorageError, fetch_to_local, list_source_objects, open_store
+from tailor.storage import (
+    StorageError,
+    browser_link,
+    fetch_to_local,
+    list_source_objects,
+    open_store,
+    presigned_link,
+)
 from tests.conftest import TEST_BUCKET
 
 
@@ -104,3 +111,33 @@ def test_a_bad_target_fails_in_seconds_with_one_line(s3_server, tmp_path: Path, 
     refused = failure(f"s3://{TEST_BUCKET}/p", storage)
     assert "credentials refused" in refused or "access denied" in refused
     assert "not-the-secret" not in refused
+
+
+def test_a_person_gets_a_path_for_a_file_and_a_page_for_an_s3_object(monkeypatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert browser_link("file:///srv/my%20runs/report.html", StorageConfig()) == "/srv/my runs/report.html"
+    assert browser_link("s3://bucket/p/runs/2026-11-21/report.html", StorageConfig()) == (
+        "https://s3.console.aws.amazon.com/s3/object/bucket?prefix=p%2Fruns%2F2026-11-21%2Freport.html"
+    )
+    compatible = StorageConfig(endpoint_url="http://127.0.0.1:8333/")
+    assert browser_link("s3://tailor/runs/a b.html", compatible) == "http://127.0.0.1:8333/tailor/runs/a%20b.html"
+
+
+def test_a_presigned_link_opens_the_object_without_credentials_until_it_expires(s3_server, tmp_path) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    storage = StorageConfig(endpoint_url=s3_server.endpoint_url)
+    store = open_store(f"s3://{TEST_BUCKET}/links", storage)
+    store.put_bytes(b"<html>the report</html>", "report.html")
+    uri = f"s3://{TEST_BUCKET}/links/report.html"
+    with urllib.request.urlopen(presigned_link(uri, storage, 60), timeout=10) as response:
+        assert response.read() == b"<html>the report</html>"
+    # the same object without a signature is refused: the link, not the bucket, grants the read
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(browser_link(uri, storage), timeout=10)
+    expired = presigned_link(uri, storage, 1)
+    time.sleep(2.5)
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(expired, timeout=10)
