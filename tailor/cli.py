@@ -286,7 +286,7 @@ def flow_session(
     try:
         with run_lock(settings, night):
             check_sources_present(settings, first_date or night)
-            check_publish_target(settings)
+            check_publish_target.fn(settings)  # the function, not the task: a task run needs the API
             with prefect_api():
                 yield
     except BaseException:

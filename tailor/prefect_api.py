@@ -38,6 +38,7 @@ TIMEOUT_ENV = "TAILOR_PREFECT_START_TIMEOUT_SECONDS"
 DEFAULT_TIMEOUT_SECONDS = 180.0
 ATTEMPTS = 2
 WATCHDOG_SECONDS = 1.0
+NOTE_EVERY_S = 10.0  # how often a slow start says it is still waiting
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -136,7 +137,9 @@ def start_server(timeout: float) -> tuple[subprocess.Popen[bytes], str]:
                 preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
             started = time.monotonic()
-            next_note = started + 30
+            # the run's first lines come from here: say what it waits for, and keep saying it on a busy host
+            log.info("Prefect API: starting a temporary server on 127.0.0.1:%d (attempt %d)", port, attempt)
+            next_note = started + NOTE_EVERY_S
             while True:
                 if healthy(api_url):
                     log.info(
@@ -154,7 +157,7 @@ def start_server(timeout: float) -> tuple[subprocess.Popen[bytes], str]:
                     break
                 if time.monotonic() > next_note:  # a busy host: say that it is still coming
                     log.info("waiting for the temporary Prefect server (%.0fs, attempt %d)", waited, attempt)
-                    next_note += 30
+                    next_note += NOTE_EVERY_S
                 time.sleep(0.25)
     raise PrefectServerError(
         f"the temporary Prefect server did not start ({'; then '.join(problems)}): on a busy machine raise "

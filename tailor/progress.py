@@ -114,7 +114,8 @@ def _watch() -> None:
                 _watcher = None
                 return
             innermost = max(_active, key=lambda step: step.started)
-        if time.monotonic() - _last_line >= HEARTBEAT_S:
+        # a step that has just started has not been silent: the watcher counts from its start
+        if time.monotonic() - max(_last_line, innermost.started) >= HEARTBEAT_S:
             innermost.line(f"still working: {innermost.status()}")
 
 

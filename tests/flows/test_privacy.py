@@ -129,8 +129,10 @@ def test_a_deleted_user_leaves_no_trace_in_any_table_or_file(privacy_run) -> Non
     # the sources still hold them (the source system did not erase them) and the run loaded their events
     assert file_hits(root / "sources" / "interactions", pattern)
     assert warehouse_hits(settings, pattern) == []
-    assert file_hits(root / "published", pattern) == []
     assert file_hits(root / "var" / "runs", pattern) == []
+    # the published files carry pseudonyms: neither the ids nor their pseudonyms may be there
+    published = id_pattern([*deleted, *pseudonyms_of(settings, deleted)])
+    assert file_hits(root / "published", published) == []
     with connect(settings) as con:
         registered = con.execute("select count(*) from meta.deletion_register").fetchall()[0][0]
     assert registered == len(set(deleted))
@@ -223,13 +225,22 @@ def test_a_deleted_user_sent_again_by_the_source_is_dropped_on_load(privacy_run,
     assert kept == 1
 
 
+def pseudonyms_of(settings, users: list[str]) -> list[str]:
+    from tailor.tasks.publish import pseudonym
+
+    return [pseudonym(settings.pseudonym_key(), user) for user in users]
+
+
 def test_a_user_who_withdrew_consent_yesterday_gets_nothing_today(privacy_run) -> None:
-    root, _, _, withdrawn, _, _ = privacy_run
+    root, settings, _, withdrawn, _, _ = privacy_run
     run = run_folder(root / "published", RUN_DATE)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["user_id"] == "external"  # the generated config publishes raw ids: they can be searched
-    hits = file_hits(run, id_pattern([withdrawn]))
+    assert manifest["user_id"].startswith("pseudonymous")  # the generated config, as every config, by default
+    hits = file_hits(run, id_pattern([withdrawn, *pseudonyms_of(settings, [withdrawn])]))
     assert hits == [], hits
+    # the search finds a published user by pseudonym: the absence above is no search that cannot match
+    published = pl.read_parquet(run / "recommendations" / "part-0000.parquet")["user_id"][0]
+    assert file_hits(run / "recommendations", id_pattern([published]))
     # the same user is in the warehouse's raw data: the absence above is consent, not a missing user
     assert file_hits(root / "sources" / "interactions", id_pattern([withdrawn]))
 
@@ -290,9 +301,8 @@ def test_erasure_without_the_key_fails_in_one_line_naming_the_variable(company: 
     from tailor.tasks.privacy import erase_deleted_users
     from tailor.warehouse import run_context
 
-    settings = load_settings(company / "tailor.yaml")  # external ids published: loads without the key
-    assert settings.publish.published_user_id == "external"
-    monkeypatch.delenv("TAILOR_PSEUDONYM_KEY")
+    settings = load_settings(company / "tailor.yaml")
+    monkeypatch.delenv("TAILOR_PSEUDONYM_KEY")  # gone after the config was read: the erasure itself refuses
     with pytest.raises(ConfigError, match="TAILOR_PSEUDONYM_KEY") as error:
         erase_deleted_users.fn(settings, run_context(settings, RUN_DATE))
     assert isinstance(error.value, USER_ERRORS) and "\n" not in str(error.value)

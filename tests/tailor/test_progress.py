@@ -78,6 +78,13 @@ def test_the_heartbeat_before_any_advance_is_the_innermost_steps(fast_clock, cap
     assert beats and all(line.startswith("inner: still working: 0/3 tables") for line in beats), beats
 
 
+def test_a_step_that_just_started_is_given_its_heartbeat_interval(fast_clock, caplog) -> None:
+    progress_module._last_line = 0.0  # nothing logged for as long as the process has run
+    with progress("fresh", total=3, unit="files"):
+        time.sleep(0.15)  # a few of the watcher's looks, all before HEARTBEAT_S
+    assert not [line for line in lines(caplog) if "still working" in line]
+
+
 def test_lines_while_advancing_are_rate_limited(caplog) -> None:
     with progress("quick", total=1000, unit="rows") as bar:
         for _ in range(1000):
