@@ -21,7 +21,8 @@ export TAILOR_PSEUDONYM_KEY ?= demo-only-pseudonym-key
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@echo "installing Tailor and its dependencies into $(VENV) (about 2 minutes the first time)"
+	$(BIN)/pip install --disable-pip-version-check --progress-bar off -e ".[dev]"
 	mkdir -p var
 	touch $@
 
