@@ -35,7 +35,7 @@ demo-data: install
 	test -f var/demo/tailor.yaml || $(BIN)/tailor generate --users 20000 --items 2000 --days 60 --out var/demo
 
 demo: s3-start demo-data
-	$(BIN)/tailor run --config config/demo.yaml
+	$(BIN)/tailor run --config config/demo.yaml --presign 86400
 	@echo
 	@echo "SeaweedFS is still serving s3://tailor on http://127.0.0.1:$(S3_PORT) (stop it: make demo-stop)."
 

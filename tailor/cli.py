@@ -582,7 +582,13 @@ def link_lines(label: str, link: dict[str, Any]) -> list[str]:
 
 
 def checks_by_stage(quality: dict[str, Any]) -> str:
-    return ", ".join(f"{count} on {stage}" for stage, count in quality["checks_by_stage"].items())
+    """The checks per stage in the night's order (the manifest's JSON keeps its keys sorted)."""
+    from collections import Counter
+
+    from tailor.tasks.validate import in_pipeline_order
+
+    counts = in_pipeline_order(Counter(quality["checks_by_stage"]))
+    return ", ".join(f"{count} on {stage}" for stage, count in counts.items())
 
 
 def format_summary(summary: dict[str, Any]) -> str:

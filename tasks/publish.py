@@ -789,6 +789,7 @@ def check_publish_target(settings: Settings) -> str:
     return target
 
 
+DOCS_INDEX = re.compile(r"/data_docs/[^/]+/index\.html$")
 ATTEMPT_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")
 POINTER = "latest.json"
 
@@ -891,7 +892,8 @@ def publish_attempt(
             if "/data_docs/" not in key and not key.endswith(("manifest.json", REPORT_FILE))
         ],
         "report": next((store.uri(key) for key in written if key.endswith(REPORT_FILE)), None),
-        "data_docs": [store.uri(key) for key in written if key.endswith("data_docs/raw/index.html")],
+        # each stage's front page (sources, features)
+        "data_docs": [store.uri(key) for key in written if DOCS_INDEX.search(key)],
     }
 
 

@@ -89,6 +89,11 @@ class Check:
 STAGE_NAMES = {"extract": "sources", "raw": "sources", "features": "features", "output": "published files"}
 
 
+def in_pipeline_order(counts: Counter[str]) -> dict[str, int]:
+    order = list(dict.fromkeys(STAGE_NAMES.values()))
+    return dict(sorted(counts.items(), key=lambda item: (order.index(item[0]) if item[0] in order else len(order), item[0])))
+
+
 @dataclass
 class QualityReport:
     checks: list[Check]
@@ -108,7 +113,7 @@ class QualityReport:
             "passed": len(self.checks) - len(self.failed),
             "failed_critical": len(self.critical_failures),
             "failed_warning": len(self.failed) - len(self.critical_failures),
-            "checks_by_stage": dict(sorted(Counter(STAGE_NAMES.get(c.stage, c.stage) for c in self.checks).items())),
+            "checks_by_stage": in_pipeline_order(Counter(STAGE_NAMES.get(c.stage, c.stage) for c in self.checks)),
             "quarantined_rows": dict(sorted(self.quarantined.items())),
             "success": not self.critical_failures,
             # published in the manifest: no sample values, which may hold ids
@@ -126,7 +131,7 @@ def combine(*summaries: dict[str, Any]) -> dict[str, Any]:
         by_stage.update(summary.get("checks_by_stage", {}))
     return {
         "expectations": sum(s["expectations"] for s in summaries),
-        "checks_by_stage": dict(sorted(by_stage.items())),
+        "checks_by_stage": in_pipeline_order(by_stage),
         "passed": sum(s["passed"] for s in summaries),
         "failed_critical": sum(s["failed_critical"] for s in summaries),
         "failed_warning": sum(s["failed_warning"] for s in summaries),

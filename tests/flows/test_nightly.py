@@ -128,6 +128,11 @@ def test_nightly_publishes_a_consistent_run_and_reruns_identically(
     quality = manifest["data_quality"]
     assert quality["expectations"] == checks == sum(quality["checks_by_stage"].values())
     assert quality["checks_by_stage"]["published files"] > 0 and summary["data_quality"] == quality
+    from tailor.cli import checks_by_stage
+
+    # in the night's order on the summary, whatever order the manifest's JSON keeps
+    assert re.fullmatch(r"\d+ on sources, \d+ on features, \d+ on published files", checks_by_stage(quality))
+    assert [uri.rsplit("/", 2)[1] for uri in summary["published"]["data_docs"]] == ["features", "raw"]
     assert manifest["datasets"]["recommendations"]["model_versions"] == {
         "ranking": manifest["models"]["ranking"]["version"]
     }
