@@ -53,7 +53,7 @@ def _names(value: str) -> list[str]:
     return names
 
 
-def _run_options(parser: argparse.ArgumentParser, force: bool) -> None:
+def _run_options(parser: argparse.ArgumentParser, force: bool, presign: bool = True) -> None:
     """The options every command that runs a flow shares."""
     parser.add_argument(
         "--target",
@@ -66,18 +66,33 @@ def _run_options(parser: argparse.ArgumentParser, force: bool) -> None:
             action="store_true",
             help="rebuild features even when the cache holds this night's build",
         )
+    if presign:
+        _presign_option(parser)
+    parser.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+PRESIGN_MAX_SECONDS = 7 * 24 * 3600  # S3's limit for a link signed with SigV4
+
+
+def _presign_seconds(value: str) -> int:
+    seconds = _positive(value)
+    if seconds > PRESIGN_MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{value!r}: S3 signs links for at most {PRESIGN_MAX_SECONDS} s (7 days)")
+    return seconds
+
+
+def _presign_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--presign",
-        type=_positive,
+        type=_presign_seconds,
         default=None,
         metavar="SECONDS",
         help="with an S3 target, also print links to the report and Data Docs that open without credentials "
         "for SECONDS",
     )
-    parser.add_argument(
-        "--quiet", action="store_true", help="print nothing but errors; the exit code says how it went"
-    )
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -139,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--config", type=Path, required=True, help="YAML config file, e.g. config/demo.yaml")
     back.add_argument("--start", type=_day, required=True, help="first date, YYYY-MM-DD")
     back.add_argument("--end", type=_day, required=True, help="last date, YYYY-MM-DD")
-    _run_options(back, force=True)
+    _run_options(back, force=True, presign=False)  # a backfill prints each night's folder, no pages
 
     serve = commands.add_parser(
         "serve",
@@ -615,7 +630,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         *(f"  {failure}" for failure in quality.get("failures", [])[:10]),
         *(
             f"  {line}"
-            for link in published.get("links", {}).get("data_docs", [])
+            for link in published.get("links", {}).get("data_docs")
+            or [{"open": uri} for uri in published.get("data_docs", [])]
             for line in link_lines("data docs", link)
         ),
         "",

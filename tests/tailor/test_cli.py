@@ -37,6 +37,17 @@ def test_bad_config_fails_fast_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_presign_takes_what_s3_can_sign_and_backfill_does_not_take_it(capsys) -> None:
+    assert build_parser().parse_args(["run", "--config", "c.yaml", "--presign", "604800"]).presign == 604800
+    for argv in (["run", "--config", "c.yaml", "--presign", "604801"], ["run", "--config", "c.yaml", "--presign", "0"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+    assert "7 days" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["backfill", "--config", "c.yaml", "--start", "2026-11-01", "--end", "2026-11-02",
+                                   "--presign", "60"])  # fmt: skip
+
+
 def test_bad_dates_are_rejected_by_the_parser(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--config", "c.yaml", "--run-date", "27/11/2026"])
