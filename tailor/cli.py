@@ -316,11 +316,7 @@ def flow_session(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tailor.config import load_settings
-
-    target = _absolute_target(args.target)
-    # fail on a bad config before Prefect starts anything
-    settings = load_settings(args.config, {"publish.target": target} if target else None)
+    target, settings = args.checked_target, args.settings  # checked in main, before the heavy imports
     from tailor.progress import show_progress
 
     started = time.monotonic()
@@ -402,10 +398,7 @@ def report(args: argparse.Namespace, summary: dict[str, Any], as_text: Any) -> N
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from tailor.config import load_settings
-
-    target = _absolute_target(args.target)
-    settings = load_settings(args.config, {"publish.target": target} if target else None)
+    target, settings = args.checked_target, args.settings
     if args.end < args.start:
         raise UsageError(f"--end {args.end} is before --start {args.start}")
     from tailor.progress import show_progress
@@ -440,10 +433,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from tailor.config import load_settings
-
-    target = _absolute_target(args.target)
-    settings = load_settings(args.config, {"publish.target": target} if target else None)
+    target, settings = args.checked_target, args.settings
     with flow_session(args, settings, args.run_date, "experiments"):
         from tailor.flows.experiments import experiments
 
@@ -679,13 +669,35 @@ class UsageError(ValueError):
     """Arguments that do not fit together."""
 
 
+FLOW_COMMANDS = ("run", "backfill", "experiments")
+
+
+def check_config_first(args: argparse.Namespace) -> None:
+    """A command that runs a flow reads its config (and --target) before anything else is imported, so a
+    mistake there is one line within a second, not after Prefect, LightGBM and GX have loaded."""
+    if args.command not in FLOW_COMMANDS:
+        return
+    from tailor.config import load_settings
+
+    args.checked_target = _absolute_target(args.target)
+    overrides = {"publish.target": args.checked_target} if args.checked_target else None
+    args.settings = load_settings(args.config, overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
     # a busy host starts even Prefect's own temporary server slowly (for code paths that start one)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-    from tailor.errors import USER_ERRORS
+    from tailor.config import ConfigError
+
+    try:
+        check_config_first(args)
+    except (ConfigError, UsageError) as error:
+        return fail(args, error)
+
+    from tailor.errors import USER_ERRORS  # imports every stage's module (Prefect, LightGBM, GX): seconds
     from tailor.terminal import filter_expected_failures, quiet_console
 
     for name in ("tailor",):

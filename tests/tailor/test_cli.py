@@ -48,6 +48,18 @@ def test_presign_takes_what_s3_can_sign_and_backfill_does_not_take_it(capsys) ->
                                    "--presign", "60"])  # fmt: skip
 
 
+def test_a_config_mistake_is_reported_before_prefect_or_lightgbm_is_even_imported(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"project": "x", "recommendations": {"max_per_categroy": 3}}))
+    probe = (
+        "import sys; from tailor.cli import main; code = main(['run', '--config', sys.argv[1]]); "
+        "print(code, sorted(m for m in ('prefect', 'lightgbm', 'great_expectations', 'duckdb') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[0] == "2 []", result.stdout + result.stderr
+    assert "did you mean 'max_per_category'?" in result.stderr
+
+
 def test_bad_dates_are_rejected_by_the_parser(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--config", "c.yaml", "--run-date", "27/11/2026"])
