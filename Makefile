@@ -22,7 +22,10 @@ export TAILOR_PSEUDONYM_KEY ?= demo-only-pseudonym-key
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@echo "installing Tailor and its dependencies into $(VENV) (about 2 minutes the first time)"
-	$(BIN)/pip install --disable-pip-version-check --progress-bar off -e ".[dev]"
+	@# pip says nothing while it unpacks the wheels it collected (about 40 s): a line every 15 s meanwhile
+	@( while sleep 15; do echo "  still installing ($$SECONDS s)"; done ) & ticker=$$!; \
+	$(BIN)/pip install --disable-pip-version-check --progress-bar off -e ".[dev]"; status=$$?; \
+	kill $$ticker; exit $$status
 	mkdir -p var
 	touch $@
 
