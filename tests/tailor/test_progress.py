@@ -18,6 +18,10 @@ def fast_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(progress_module, "HEARTBEAT_S", 0.3)
     monkeypatch.setattr(progress_module, "WATCH_EVERY_S", 0.05)
     monkeypatch.setattr(progress_module, "QUIET_BELOW_S", 0.0)
+    # a watcher left by an earlier test's steps may be inside a full-length sleep: let it see no step and end
+    watcher = progress_module._watcher
+    if watcher is not None:
+        watcher.join(timeout=10)
 
 
 class Records(logging.Handler):
