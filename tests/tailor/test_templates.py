@@ -216,3 +216,22 @@ def test_a_normal_template_renders_exactly_as_in_the_plain_sandbox(
         context = sample_context(channel, with_items)
         expected = plain.from_string(source).render(context)
         assert compile_template(source, channel, field).render(context) == expected
+
+
+def test_a_render_waiting_for_a_core_is_not_over_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget is the render's own CPU time: a render stalled by a loaded machine (here a filter that
+    waits) renders; one that spins is still stopped (test_the_time_budget_stops_a_slow_loop)."""
+    import threading
+
+    def wait(value: str) -> str:  # the thread holds no core while it waits, as when the machine is busy
+        time.sleep(0.3)
+        return value
+
+    monkeypatch.setitem(templates._plain.filters, "wait", wait)
+    monkeypatch.setattr(templates, "RENDER_SECONDS", 0.05)
+    template = compile_template("{% for _ in [1, 2] %}{{ segment|wait }}{% endfor %}", "push", "body")
+    rendered: list[str] = []
+    worker = threading.Thread(target=lambda: rendered.append(template.render(sample_context("push", True))))
+    worker.start()  # the nightly flow renders in worker threads, where only the budget's clock runs
+    worker.join()
+    assert rendered == ["activeactive"]
